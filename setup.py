@@ -1,0 +1,30 @@
+"""gatekeeper: a JWT-securing API gateway in Python (gevent + Werkzeug + python-jose + PLY)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="gatekeeper",
+    version="0.1.0",
+    description="A JWT-securing API gateway that reads Traefik and Kubernetes manifests from conf.d",
+    packages=find_packages(include=["gatekeeper", "gatekeeper.*"]),
+    package_data={"gatekeeper": ["demo/*.yaml"]},
+    python_requires=">=3.9",
+    install_requires=[
+        "gevent>=24.2,<27",
+        "werkzeug>=3.0,<4",
+        "requests>=2.31,<3",
+        "python-jose[cryptography]>=3.4,<4",
+        "cryptography>=42",
+        "ply>=3.11,<4",
+        "watchdog>=4.0,<7",
+        "PyYAML>=6.0,<7",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "pytest-timeout>=2.2",
+            "hypothesis>=6.100",
+            "flask>=3.0,<4",
+        ],
+    },
+    entry_points={"console_scripts": ["gatekeeper=gatekeeper.cli:main"]},
+)
