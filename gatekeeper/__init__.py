@@ -1,0 +1,20 @@
+"""gatekeeper: a JWT-securing API gateway.
+
+Public API only; importing it never monkey-patches, starts a thread or touches the network.
+"""
+from .errors import (AuthError, BadGateway, ConfigError, ExpressionError, Forbidden, GatekeeperError,
+                     GatewayTimeout, Unauthorized)
+
+__all__ = ["Gateway", "JWTMiddleware", "GatekeeperError", "ConfigError", "ExpressionError", "AuthError",
+           "Unauthorized", "Forbidden", "BadGateway", "GatewayTimeout"]
+
+
+def __getattr__(name: str):
+    # Lazy so that ``import gatekeeper`` stays light: the gateway pulls in the proxy and PLY.
+    if name == "Gateway":
+        from .app import Gateway
+        return Gateway
+    if name == "JWTMiddleware":
+        from .middleware import JWTMiddleware
+        return JWTMiddleware
+    raise AttributeError(f"module 'gatekeeper' has no attribute {name!r}")

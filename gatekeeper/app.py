@@ -1,0 +1,55 @@
+"""The gateway as a WSGI callable: reads the current configuration once per request and hands the request
+to the matching router's pre-built handler.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from .compile import CompileOptions, Config
+from .proxy import error_response
+
+NOT_FOUND = error_response(404, "Not Found")
+
+
+class Gateway:
+    """WSGI app routing requests by the routers of a conf.d directory.
+
+    >>> gateway = Gateway("conf.d")            # loads conf.d now; errors are in gateway.config.errors
+    >>> gateway.loader.reload()                # re-read conf.d (the watcher does this on every change)
+
+    Under gunicorn: ``gunicorn -k gevent 'gatekeeper.app:create_app("conf.d")'``.
+    """
+
+    def __init__(self, conf_d: "str | Path", *, entrypoint: Optional[str] = None,
+                 options: Optional[CompileOptions] = None, loader: Optional["ConfigLoader"] = None) -> None:
+        from .reload import ConfigLoader
+
+        self.loader = loader or ConfigLoader(conf_d, options=options)
+        if self.loader.config is None:
+            self.loader.load()
+        self.entrypoint = entrypoint
+
+    @property
+    def config(self) -> Config:
+        return self.loader.config  # type: ignore[return-value]
+
+    def for_entrypoint(self, name: str) -> "Gateway":
+        """The same configuration seen from one entry point (serves routers naming it or none)."""
+        return Gateway(self.loader.conf_d, entrypoint=name, loader=self.loader)
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        config = self.loader.config  # read once: a reload mid-request cannot change what this request sees
+        router = config.match(environ, self.entrypoint)
+        if router is None:
+            return NOT_FOUND(environ, start_response)
+        environ["gatekeeper.router"] = router.name
+        return router.handler(environ, start_response)
+
+
+def create_app(conf_d: str = "conf.d", watch: bool = True) -> Gateway:
+    """Factory for WSGI servers such as gunicorn: a Gateway over conf_d, watching it for changes."""
+    gateway = Gateway(conf_d)
+    if watch:
+        gateway.loader.watch()
+    return gateway

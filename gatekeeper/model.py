@@ -1,0 +1,75 @@
+"""Frozen definitions of routers, middlewares and services, as read from manifests.
+
+Both manifest shapes (Traefik file provider, Kubernetes) become these same objects; ``compile.py`` turns them
+into the runtime configuration. Each object knows where it came from so every message can say so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an object was defined: file relative to conf.d, line, provider (``file`` or ``kubernetescrd``)."""
+
+    file: str
+    line: int = 0
+    provider: str = "file"
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+def qualify(name: str, provider: str) -> str:
+    """``name`` -> ``name@provider`` unless already qualified (Traefik's naming)."""
+    return name if "@" in name else f"{name}@{provider}"
+
+
+@dataclass(frozen=True)
+class RouterDef:
+    name: str                       # qualified: api@file, apps-my-app-...@kubernetescrd
+    rule: str
+    service: str                    # qualified reference
+    middlewares: Tuple[str, ...]    # qualified references, in order
+    entry_points: Tuple[str, ...]
+    priority: int                   # as configured; 0 means "length of the rule"
+    source: Source
+
+    @property
+    def effective_priority(self) -> int:
+        return self.priority or len(self.rule)
+
+
+@dataclass(frozen=True)
+class MiddlewareDef:
+    name: str
+    kind: str                       # "plugin.jwt", "stripPrefix", "addPrefix", "headers", "chain"
+    options: Mapping[str, Any]
+    source: Source
+
+
+@dataclass(frozen=True)
+class ServerDef:
+    url: str
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class ServiceDef:
+    name: str
+    kind: str                                   # "loadBalancer" or "weighted"
+    source: Source
+    servers: Tuple[ServerDef, ...] = ()
+    pass_host_header: bool = True
+    children: Tuple[Tuple[str, int], ...] = ()  # weighted: (qualified service name, weight)
+    empty_reason: Optional[str] = None          # why a resolved service has no servers (Kubernetes)
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """Everything the manifests define, before compilation; duplicates already resolved."""
+
+    routers: Mapping[str, RouterDef] = field(default_factory=dict)
+    middlewares: Mapping[str, MiddlewareDef] = field(default_factory=dict)
+    services: Mapping[str, ServiceDef] = field(default_factory=dict)

@@ -1,0 +1,128 @@
+"""Traefik's file-provider dynamic configuration (``http: routers / middlewares / services``)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+from ..errors import ConfigError
+from ..manifests import Document
+from ..model import MiddlewareDef, RouterDef, ServerDef, ServiceDef, Source, qualify
+from . import Collector
+from .fields import (expand_env, line_of, pick, want_bool, want_int, want_list, want_str, want_str_list)
+
+PROVIDER = "file"
+ROUTER_FIELDS = ("rule", "entryPoints", "priority", "middlewares", "service", "tls", "ruleSyntax")
+MIDDLEWARE_KINDS = ("plugin", "stripPrefix", "addPrefix", "headers", "chain")
+SERVICE_KINDS = ("loadBalancer", "weighted")
+UNSUPPORTED_SERVICE_KINDS = ("mirroring", "failover")
+
+
+def read_document(doc: Document, out: Collector) -> None:
+    """Add the routers, middlewares and services of one ``http:`` document to ``out``."""
+    try:
+        top = pick(doc.data, ("http", "tcp", "udp", "tls"), "top level")
+    except ConfigError as err:
+        out.error(err.located(file=doc.file, line=doc.line))
+        return
+    for ignored in ("tcp", "udp", "tls"):
+        if top.get(ignored):
+            out.error(ConfigError(f"{ignored}: not supported (only http: is read); ignored",
+                                  file=doc.file, line=line_of(doc.data, ignored)))
+    try:
+        http = pick(top.get("http"), ("routers", "middlewares", "services", "serversTransports"), "http")
+    except ConfigError as err:
+        out.error(err.located(file=doc.file, line=doc.line))
+        return
+    readers: Dict[str, Callable[[str, Any, Source], Any]] = {
+        "router": read_router, "middleware": read_middleware, "service": read_service}
+    for kind, reader in readers.items():
+        section = http.get(kind + "s")
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            out.error(ConfigError(f"http.{kind}s: expected a mapping of names", file=doc.file,
+                                  line=line_of(http, kind + "s")))
+            continue
+        for name, body in section.items():
+            source = Source(doc.file, line_of(section, name) or doc.line, PROVIDER)
+            qualified = qualify(str(name), PROVIDER)
+            try:
+                out.add(kind, reader(qualified, expand_env(body, f"http.{kind}s.{name}"), source))
+            except ConfigError as err:
+                out.fail(kind, qualified, err.located(file=doc.file, line=source.line, obj=f'{kind} "{name}"'))
+
+
+def read_router(name: str, body: Any, source: Source) -> RouterDef:
+    fields = pick(body, ROUTER_FIELDS, "router")
+    if "rule" not in fields:
+        raise ConfigError("rule: required")
+    if "service" not in fields:
+        raise ConfigError("service: required")
+    return RouterDef(
+        name=name,
+        rule=want_str(fields["rule"], "rule"),
+        service=qualify(want_str(fields["service"], "service"), PROVIDER),
+        middlewares=tuple(qualify(m, PROVIDER) for m in want_str_list(fields.get("middlewares", []), "middlewares")),
+        entry_points=tuple(want_str_list(fields.get("entryPoints", []), "entryPoints")),
+        priority=want_int(fields.get("priority", 0), "priority", minimum=0),
+        source=source,
+    )
+
+
+def read_middleware(name: str, body: Any, source: Source) -> MiddlewareDef:
+    fields = pick(body, MIDDLEWARE_KINDS, "middleware")
+    if len(fields) != 1:
+        raise ConfigError(f"expected exactly one middleware type ({', '.join(MIDDLEWARE_KINDS)}), "
+                          f"got {len(fields)}")
+    kind, options = next(iter(fields.items()))
+    if kind == "plugin":
+        plugins = pick(options, ("jwt",), "plugin")
+        if len(plugins) != 1:
+            raise ConfigError("plugin: expected `jwt:`")
+        kind, options = "plugin.jwt", plugins["jwt"]
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"{kind}: expected a mapping of options")
+    return MiddlewareDef(name, kind, options, source)
+
+
+def read_service(name: str, body: Any, source: Source) -> ServiceDef:
+    fields = pick(body, SERVICE_KINDS + UNSUPPORTED_SERVICE_KINDS, "service")
+    if len(fields) != 1:
+        raise ConfigError(f"expected exactly one service type ({', '.join(SERVICE_KINDS)})")
+    kind, spec = next(iter(fields.items()))
+    if kind in UNSUPPORTED_SERVICE_KINDS:
+        raise ConfigError(f"{kind}: not supported by gatekeeper")
+    if kind == "weighted":
+        return read_weighted(name, spec, source)
+    return read_load_balancer(name, spec, source)
+
+
+def read_load_balancer(name: str, spec: Any, source: Source) -> ServiceDef:
+    fields = pick(spec, ("servers", "passHostHeader", "healthCheck", "sticky", "responseForwarding",
+                         "serversTransport"), "loadBalancer")
+    servers = []
+    for i, server in enumerate(want_list(fields.get("servers", []), "loadBalancer.servers")):
+        where = f"loadBalancer.servers[{i}]"
+        entry = pick(server, ("url", "weight", "preservePath"), where)
+        if "url" not in entry:
+            raise ConfigError(f"{where}.url: required")
+        weight = want_int(entry.get("weight", 1), f"{where}.weight", minimum=0)
+        servers.append(ServerDef(want_str(entry["url"], f"{where}.url"), weight))
+    return ServiceDef(name=name, kind="loadBalancer", source=source, servers=tuple(servers),
+                      pass_host_header=want_bool(fields.get("passHostHeader", True), "loadBalancer.passHostHeader"))
+
+
+def read_weighted(name: str, spec: Any, source: Source) -> ServiceDef:
+    fields = pick(spec, ("services", "sticky", "healthCheck"), "weighted")
+    children = []
+    for i, child in enumerate(want_list(fields.get("services", []), "weighted.services")):
+        where = f"weighted.services[{i}]"
+        entry = pick(child, ("name", "weight"), where)
+        if "name" not in entry:
+            raise ConfigError(f"{where}.name: required")
+        children.append((qualify(want_str(entry["name"], f"{where}.name"), PROVIDER),
+                         want_int(entry.get("weight", 1), f"{where}.weight", minimum=0)))
+    if not children:
+        raise ConfigError("weighted.services: at least one service is required")
+    return ServiceDef(name=name, kind="weighted", source=source, children=tuple(children))
