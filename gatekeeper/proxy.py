@@ -1,0 +1,321 @@
+"""Streaming reverse proxy: load-balanced services, forwarded headers, canned 502/503/504 answers.
+
+Everything decidable at config compile time is decided there: a :class:`ServerSpec` parses and checks its
+URL once, each server gets one keep-alive :class:`~gatekeeper.upstream.ConnectionPool`, and the smooth
+weighted round-robin order is precomputed. Per request the proxy only rebuilds the headers and moves bytes.
+
+Usage::
+
+    app = make_load_balancer([ServerSpec("http://127.0.0.1:9000", weight=3),
+                              ServerSpec("http://127.0.0.1:9001")])
+    split = make_weighted([(app, 3), (other_app, 1)])
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from urllib.parse import quote, urlsplit
+
+from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout
+from gatekeeper.upstream import ClientBodyError, ConnectionPool, Headers, Request
+
+log = logging.getLogger("gatekeeper.proxy")
+
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+T = TypeVar("T")
+
+# RFC 9110 7.6.1 hop-by-hop headers, plus Expect: pywsgi answers 100-continue to the client itself.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+                        "proxy-connection", "proxy-authenticate", "proxy-authorization", "expect"})
+# Headers the gateway sets itself: a client's `Connection: X-Real-Ip` must not remove them.
+GATEWAY_HEADERS = ("X-Forwarded-For", "X-Real-Ip", "X-Forwarded-Proto", "X-Forwarded-Host",
+                   "X-Forwarded-Port")
+PROTECTED = frozenset(h.lower() for h in GATEWAY_HEADERS) | {"host"}
+# environ keys of headers the proxy rebuilds or drops, never copied from the client as they are.
+SKIPPED_KEYS = frozenset("HTTP_" + h.upper().replace("-", "_") for h in (*HOP_BY_HOP, *GATEWAY_HEADERS,
+                                                                      "host"))
+WRR_PRECOMPUTE_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class ProxyLimits:
+    """Upstream timeouts and pool sizes (operations.md "Limits"); seconds, bytes."""
+
+    connect_timeout: float = 5.0
+    response_timeout: float = 60.0
+    max_idle_per_server: int = 64
+    idle_timeout: float = 30.0
+    max_header_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "response_timeout", "idle_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, not {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One upstream server, ``http[s]://host[:port][/base]``, checked once when the config compiles.
+
+    >>> ServerSpec("http://127.0.0.1:9000/api", weight=2).base_path
+    '/api'
+    """
+
+    url: str
+    weight: int = 1
+    scheme: str = field(init=False, repr=False, compare=False)
+    host: str = field(init=False, repr=False, compare=False)
+    port: int = field(init=False, repr=False, compare=False)
+    base_path: str = field(init=False, repr=False, compare=False)
+    authority: str = field(init=False, repr=False, compare=False)  # Host header when not passed
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weight, bool) or not isinstance(self.weight, int) or self.weight < 0:
+            raise ConfigError(f"server {self.url!r}: weight must be a whole number >= 0, not {self.weight!r}")
+        parts = parse_server_url(self.url)
+        for name, value in zip(("scheme", "host", "port", "base_path", "authority"), parts):
+            object.__setattr__(self, name, value)
+
+
+def parse_server_url(url: str) -> Tuple[str, str, int, str, str]:
+    """``url`` -> (scheme, host, port, base path without trailing slash, Host header value)."""
+    def bad(reason: str) -> ConfigError:
+        return ConfigError(f"server url {url!r}: {reason} (expected http://host[:port][/path])")
+    if not isinstance(url, str):
+        raise bad("not a string")
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https"):
+        raise bad("scheme must be http or https")
+    if not parts.hostname:
+        raise bad("no host")
+    if parts.username is not None or parts.password is not None:
+        raise bad("credentials in the url are not supported")
+    if parts.query or parts.fragment:
+        raise bad("no query or fragment allowed")
+    try:
+        port = parts.port
+    except ValueError:
+        raise bad("port must be a number from 1 to 65535") from None
+    default = 443 if parts.scheme == "https" else 80
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    authority = shown if port in (None, default) else f"{shown}:{port}"
+    return parts.scheme, host, port or default, parts.path.rstrip("/"), authority
+
+
+# --- canned answers -------------------------------------------------------------------------------
+
+def error_response(status_code: int, message: str = "") -> WSGIApp:
+    """A WSGI app answering ``status_code`` with a short text body, built once.
+
+    >>> not_found = error_response(404, "no router matches this request")
+    """
+    status = f"{status_code} {HTTPStatus(status_code).phrase}"
+    body = f"{status}{': ' + message if message else ''}\n".encode()
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+
+    def answer(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        start_response(status, list(headers))
+        return [body]
+    return answer
+
+
+BAD_GATEWAY = error_response(502)
+GATEWAY_TIMEOUT = error_response(504)
+NO_SERVER = error_response(503, "no server available")
+BAD_REQUEST_BODY = error_response(400, "incomplete request body")
+
+
+# --- request rewriting ----------------------------------------------------------------------------
+
+def request_target(environ: dict, base_path: str) -> str:
+    """Path and query exactly as received (``%2F`` stays encoded), behind the server's base path."""
+    target = environ.get("RAW_URI")
+    if not target:
+        query = environ.get("QUERY_STRING", "")
+        target = quote(environ.get("PATH_INFO", "") or "/", safe="/;=,@:!$&'()*+~") + ("?" + query if query else "")
+    elif not target.startswith("/"):  # absolute-form (GET http://host/path): keep path and query
+        parts = urlsplit(target)
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    return base_path + target if base_path else target
+
+
+def connection_tokens(environ: dict) -> frozenset:
+    """Lower-case header names the client's ``Connection`` header lists."""
+    value = environ.get("HTTP_CONNECTION")
+    return frozenset(t.strip().lower() for t in value.split(",")) if value else frozenset()
+
+
+def forwarded_headers(environ: dict, host: str) -> Headers:
+    """Client headers minus hop-by-hop ones, then ``Host`` and the gateway's own X-Forwarded-* headers.
+
+    Headers the client's ``Connection`` names are dropped, but never those the gateway sets: a
+    ``Connection: X-Forwarded-For`` only drops the client's own prefix of that header.
+    """
+    named = connection_tokens(environ)
+    dropped = named - PROTECTED
+    headers: Headers = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            if key in SKIPPED_KEYS:
+                continue
+            name = key[5:].replace("_", "-").title()
+            if dropped and name.lower() in dropped:
+                continue
+            headers.append((name, value))
+        elif key == "CONTENT_TYPE" and value:
+            headers.append(("Content-Type", value))
+    peer = environ.get("REMOTE_ADDR", "")
+    prior = None if "x-forwarded-for" in named else environ.get("HTTP_X_FORWARDED_FOR")
+    headers.append(("Host", host))
+    headers.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
+    headers.append(("X-Real-Ip", peer))
+    headers.append(("X-Forwarded-Proto", environ.get("wsgi.url_scheme", "http")))
+    headers.append(("X-Forwarded-Host", environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")))
+    headers.append(("X-Forwarded-Port", str(environ.get("SERVER_PORT", ""))))
+    return headers
+
+
+def body_reader(environ: dict) -> Tuple[Optional[Callable[[int], bytes]], Optional[int]]:
+    """(read callable, length): length None means chunked; (None, 0) means no body."""
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        return environ["wsgi.input"].read, int(length)
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return environ["wsgi.input"].read, None
+    return None, 0
+
+
+def response_headers(headers: Headers) -> Headers:
+    """Upstream headers minus hop-by-hop ones and those its ``Connection`` names; repeats kept."""
+    named = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            named.update(t.strip().lower() for t in value.split(","))
+    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+
+
+# --- forwarding -----------------------------------------------------------------------------------
+
+class Server:
+    """A :class:`ServerSpec` with its connection pool, made once per compiled configuration."""
+
+    __slots__ = ("spec", "pool")
+
+    def __init__(self, spec: ServerSpec, limits: ProxyLimits, pool_factory: Callable) -> None:
+        self.spec = spec
+        self.pool = pool_factory(spec.scheme, spec.host, spec.port, limits)
+
+    def host_header(self, environ: dict, pass_host_header: bool) -> str:
+        """The client's Host (passHostHeader, the default), else the server's own host[:port]."""
+        return (pass_host_header and environ.get("HTTP_HOST")) or self.spec.authority
+
+    def forward(self, environ: dict, start_response: Callable, pass_host_header: bool) -> Iterable[bytes]:
+        """Send the request to this server and stream its answer; 502/504 when it fails first."""
+        read, length = body_reader(environ)
+        request = Request(environ["REQUEST_METHOD"], request_target(environ, self.spec.base_path),
+                          forwarded_headers(environ, self.host_header(environ, pass_host_header)),
+                          read, length)
+        try:
+            response = self.pool.send(request)
+        except GatewayTimeout as exc:
+            log.warning("upstream %s: %s", self.spec.url, exc)
+            return GATEWAY_TIMEOUT(environ, start_response)
+        except BadGateway as exc:
+            log.warning("upstream %s: %s", self.spec.url, exc)
+            return BAD_GATEWAY(environ, start_response)
+        except ClientBodyError as exc:
+            log.info("client body: %s", exc)
+            return BAD_REQUEST_BODY(environ, start_response)
+        status = f"{response.status} {response.reason or phrase(response.status)}"
+        try:
+            start_response(status, response_headers(response.headers))
+        except BaseException:
+            response.body.close()
+            raise
+        return response.body
+
+
+def phrase(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def smooth_weighted_order(weights: Sequence[int]) -> Iterator[int]:
+    """Indexes in nginx's smooth weighted round-robin order (3:1 gives a, a, b, a, ...).
+
+    One period (sum of weights) is precomputed and cycled; a very long period is generated lazily.
+    """
+    def generate() -> Iterator[int]:
+        current = [0] * len(weights)
+        total = sum(weights)
+        while True:
+            for i, weight in enumerate(weights):
+                current[i] += weight
+            best = max(range(len(weights)), key=current.__getitem__)
+            current[best] -= total
+            yield best
+    total = sum(weights)
+    if total <= WRR_PRECOMPUTE_LIMIT:
+        return itertools.cycle(list(itertools.islice(generate(), total)))
+    return generate()
+
+
+class Balancer:
+    """Picks among weighted items in smooth WRR order; zero-weight items never get picked."""
+
+    def __init__(self, items: Sequence[Tuple[T, int]]) -> None:
+        live = [(item, weight) for item, weight in items if weight > 0]
+        self.items: List[T] = [item for item, _ in live]
+        self.order = smooth_weighted_order([w for _, w in live]) if live else None
+
+    def pick(self) -> Optional[T]:
+        # next() on itertools.cycle holds the GIL: safe with threads too; gevent never switches here.
+        return self.items[next(self.order)] if self.order is not None else None
+
+
+class LoadBalancer:
+    """WSGI app for a ``loadBalancer`` service; ``close()`` drops idle upstream connections."""
+
+    def __init__(self, servers: Sequence[ServerSpec], pass_host_header: bool, limits: ProxyLimits,
+                 pool_factory: Callable) -> None:
+        self.servers = [Server(spec, limits, pool_factory) for spec in servers]
+        self.balancer = Balancer([(s, s.spec.weight) for s in self.servers])
+        self.pass_host_header = pass_host_header
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        server = self.balancer.pick()
+        if server is None:
+            return NO_SERVER(environ, start_response)
+        return server.forward(environ, start_response, self.pass_host_header)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.pool.close()
+
+
+def make_load_balancer(servers: Sequence[ServerSpec], *, pass_host_header: bool = True,
+                       limits: ProxyLimits = ProxyLimits(), pool_factory: Callable = ConnectionPool
+                       ) -> LoadBalancer:
+    """A WSGI app proxying to ``servers`` in smooth weighted round robin; no servers: 503.
+
+    ``pool_factory(scheme, host, port, limits)`` exists for scripts/bench_proxy's client comparison.
+    """
+    return LoadBalancer(servers, pass_host_header, limits, pool_factory)
+
+
+def make_weighted(children: Sequence[Tuple[WSGIApp, int]]) -> WSGIApp:
+    """A WSGI app handing each request to one of ``children`` (app, weight) in smooth WRR order."""
+    balancer = Balancer(children)
+
+    def weighted(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        child = balancer.pick()
+        if child is None:
+            return NO_SERVER(environ, start_response)
+        return child(environ, start_response)
+    return weighted

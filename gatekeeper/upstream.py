@@ -1,0 +1,368 @@
+"""A lean HTTP/1.1 client for upstreams: pooled keep-alive connections, streamed bodies both ways.
+
+Chosen over urllib3 by measurement (``scripts/bench_proxy``, figures in docs/proxy.md): the gateway
+needs one thing from a client, to move bytes between two sockets with correct framing, and urllib3's
+generality (retries, redirects, decoding, http.client's email-based header parser) costs more per request
+than the rest of the proxy. Sockets come from the ``socket`` module, so under ``gevent.monkey`` they are
+cooperative; every upstream socket gets ``TCP_NODELAY`` (without it: Nagle + delayed ACK, ~40 ms a request).
+
+Usage::
+
+    pool = ConnectionPool("http", "127.0.0.1", 9000, ProxyLimits())
+    response = pool.send(Request("GET", "/hello", [("Host", "example")]))
+    for chunk in response.body: ...
+    response.body.close()        # back to the pool if the body was read to its end
+"""
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Tuple
+
+from gatekeeper.errors import BadGateway, GatewayTimeout
+
+CHUNK = 64 * 1024
+MAX_LINE = 64 * 1024
+Headers = List[Tuple[str, str]]
+
+# What a reused keep-alive connection may do if the upstream closed it while idle: these before any
+# response byte mean "stale connection", and a request without a body is sent again on a fresh one.
+STALE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    """What a pool needs to know from :class:`gatekeeper.proxy.ProxyLimits` (duck-typed)."""
+
+    connect_timeout: float = 5.0
+    response_timeout: float = 60.0
+    max_idle_per_server: int = 64
+    idle_timeout: float = 30.0
+    max_header_bytes: int = 64 * 1024
+
+
+@dataclass
+class Request:
+    """One request to send: ``body`` is a read(n) callable, ``length`` its size or None for chunked."""
+
+    method: str
+    target: str
+    headers: Headers
+    body: Optional[Callable[[int], bytes]] = None
+    length: Optional[int] = 0
+
+
+class UpstreamClosed(BadGateway):
+    """The upstream closed the connection before sending a response (stale keep-alive if reused)."""
+
+
+class Connection:
+    """One socket to an upstream, with a buffered reader for the responses."""
+
+    __slots__ = ("sock", "reader", "idle_since")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = sock.makefile("rb", CHUNK)
+        self.idle_since = 0.0
+
+    def looks_alive(self) -> bool:
+        """False when the idle socket is readable: the upstream closed it (EOF) or sent junk."""
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def close(self) -> None:
+        try:
+            self.reader.close()
+        finally:
+            self.sock.close()
+
+
+class ConnectionPool:
+    """Idle keep-alive connections to one server, most recently used first (warm, least likely stale)."""
+
+    def __init__(self, scheme: str, host: str, port: int, limits: PoolLimits = PoolLimits()) -> None:
+        self.host, self.port, self.limits = host, port, limits
+        self.tls = ssl.create_default_context() if scheme == "https" else None
+        self.idle: List[Connection] = []
+        self.closed = False
+
+    def connect(self) -> Connection:
+        """A fresh connection: refused/unreachable -> BadGateway, connect timeout -> GatewayTimeout."""
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.limits.connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+        except socket.timeout as exc:
+            raise GatewayTimeout(f"connect to {self.host}:{self.port} timed out") from exc
+        except OSError as exc:  # refused, unreachable, TLS failure
+            raise BadGateway(f"connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
+        sock.settimeout(self.limits.response_timeout)
+        return Connection(sock)
+
+    def acquire(self) -> Tuple[Connection, bool]:
+        """An idle connection that still looks alive (reused=True), else a new one."""
+        now = time.monotonic()
+        while self.idle:
+            conn = self.idle.pop()
+            if now - conn.idle_since < self.limits.idle_timeout and conn.looks_alive():
+                return conn, True
+            conn.close()
+        return self.connect(), False
+
+    def release(self, conn: Connection) -> None:
+        """Return a connection whose last response was read to its end."""
+        if self.closed or len(self.idle) >= self.limits.max_idle_per_server:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self.idle.append(conn)
+
+    def close(self) -> None:
+        """Close the idle connections; connections in use are closed when released."""
+        self.closed = True
+        while self.idle:
+            self.idle.pop().close()
+
+    def send(self, request: Request) -> "Response":
+        """Send ``request`` and read the response head; the body streams from ``response.body``.
+
+        A reused connection found dead before any response byte is retried once on a fresh
+        connection when the request has no body to replay.
+        """
+        conn, reused = self.acquire()
+        try:
+            return exchange(self, conn, request)
+        except (UpstreamClosed, *STALE_ERRORS):
+            if not (reused and not request.length and request.body is None):
+                raise_translated(conn)
+            conn = self.connect()
+            try:
+                return exchange(self, conn, request)
+            except BaseException:
+                raise_translated(conn)
+        except BaseException:
+            raise_translated(conn)
+
+
+def raise_translated(conn: Connection) -> None:
+    """Close ``conn`` and re-raise the current exception as BadGateway / GatewayTimeout."""
+    conn.close()
+    try:
+        raise
+    except (BadGateway, GatewayTimeout):
+        raise
+    except socket.timeout as exc:
+        raise GatewayTimeout("upstream did not answer in time") from exc
+    except OSError as exc:
+        raise BadGateway(f"upstream connection failed: {exc.strerror or exc}") from exc
+
+
+def exchange(pool: ConnectionPool, conn: Connection, request: Request) -> "Response":
+    """Write the request on ``conn`` and read the response head."""
+    head = [f"{request.method} {request.target} HTTP/1.1\r\n"]
+    head.extend(f"{name}: {value}\r\n" for name, value in request.headers)
+    if request.length is None:
+        head.append("Transfer-Encoding: chunked\r\n")
+    elif request.length or request.body is not None:
+        head.append(f"Content-Length: {request.length}\r\n")
+    head.append("\r\n")
+    conn.sock.sendall("".join(head).encode("latin-1"))
+    if request.body is not None:
+        send_body(conn.sock, request.body, request.length)
+    return read_response(pool, conn, request.method, pool.limits.max_header_bytes)
+
+
+class ClientBodyError(Exception):
+    """Reading the client's request body failed: the client's fault, not the upstream's."""
+
+
+def send_body(sock: socket.socket, read: Callable[[int], bytes], length: Optional[int]) -> None:
+    """Copy the client body to the upstream, with chunked framing when ``length`` is None."""
+    remaining = length
+    while remaining is None or remaining > 0:
+        try:
+            data = read(CHUNK if remaining is None else min(CHUNK, remaining))
+        except Exception as exc:  # noqa: BLE001 - any client-side failure
+            raise ClientBodyError(str(exc)) from exc
+        if not data:
+            break
+        if remaining is None:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            remaining -= len(data)
+            sock.sendall(data)
+    if remaining is None:
+        sock.sendall(b"0\r\n\r\n")
+    elif remaining:
+        raise ClientBodyError(f"client body ended {remaining} bytes short")
+
+
+@dataclass
+class Response:
+    """A response head, and its body as an iterable with ``close()`` (the WSGI response iterable)."""
+
+    status: int
+    reason: str
+    headers: Headers
+    body: "ResponseBody"
+
+
+def read_response(pool: ConnectionPool, conn: Connection, method: str, limit: int) -> Response:
+    """Parse the status line and headers (skipping 1xx interim responses), then frame the body."""
+    while True:
+        version, status, reason, headers = read_head(conn.reader, limit)
+        if status >= 200:
+            break
+        if status == 101:
+            raise BadGateway("upstream switched protocols, which was not asked for")
+    keep_alive = version == "HTTP/1.1"
+    length: Optional[int] = None
+    chunked = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "connection":
+            tokens = {t.strip().lower() for t in value.split(",")}
+            keep_alive = "close" not in tokens and (keep_alive or "keep-alive" in tokens)
+        elif lower == "transfer-encoding":
+            chunked = value.lower().rsplit(",", 1)[-1].strip() == "chunked"
+            if not chunked:
+                keep_alive = False  # read until close
+        elif lower == "content-length":
+            length = parse_length(value, length)
+    if method == "HEAD" or status in (204, 304):
+        mode, length = "none", 0
+    elif chunked:
+        mode = "chunked"
+    elif length is not None:
+        mode = "length"
+    else:
+        mode, keep_alive = "close", False
+    return Response(status, reason, headers, ResponseBody(pool, conn, mode, length or 0, keep_alive))
+
+
+def parse_length(value: str, previous: Optional[int]) -> int:
+    """A Content-Length value (``5, 5`` allowed); differing or non-numeric values are refused."""
+    values = {v.strip() for v in value.split(",")}
+    if len(values) != 1 or not next(iter(values)).isdigit():
+        raise BadGateway(f"upstream sent an invalid Content-Length: {value!r}")
+    length = int(values.pop())
+    if previous is not None and previous != length:
+        raise BadGateway("upstream sent conflicting Content-Length headers")
+    return length
+
+
+def read_head(reader, limit: int) -> Tuple[str, int, str, Headers]:
+    """One response head: (version, status, reason, headers); garbled or oversized -> BadGateway."""
+    line = reader.readline(MAX_LINE)
+    if not line:
+        raise UpstreamClosed("upstream closed the connection without answering")
+    parts = line.rstrip(b"\r\n").split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 \
+            or not parts[1].isdigit():
+        raise BadGateway(f"upstream sent a garbled status line: {line[:80]!r}")
+    size = len(line)
+    headers: Headers = []
+    while True:
+        line = reader.readline(MAX_LINE)
+        size += len(line)
+        if size > limit:
+            raise BadGateway("upstream response head is too large")
+        if line in (b"\r\n", b"\n"):
+            break
+        if not line.endswith(b"\n"):
+            raise BadGateway("upstream closed the connection inside the response head")
+        if line[:1] in (b" ", b"\t") and headers:  # obsolete line folding
+            name, value = headers.pop()
+            headers.append((name, value + " " + line.strip().decode("latin-1")))
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip():
+            raise BadGateway(f"upstream sent a garbled header line: {line[:80]!r}")
+        headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+    reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
+    return parts[0].decode("latin-1"), int(parts[1]), reason, headers
+
+
+class ResponseBody:
+    """The upstream body as a WSGI iterable: chunks of at most 64 KiB, never the whole body.
+
+    ``close()`` (called by the WSGI server, also when the client went away) returns the connection to
+    the pool only if the body was read to its end and the upstream keeps it alive; otherwise the
+    connection is closed. An upstream failure mid-body raises, so the server cuts the client connection
+    rather than pretending the short body is complete.
+    """
+
+    __slots__ = ("pool", "conn", "mode", "length", "keep_alive", "done")
+
+    def __init__(self, pool: ConnectionPool, conn: Connection, mode: str, length: int,
+                 keep_alive: bool) -> None:
+        self.pool, self.conn, self.mode, self.length = pool, conn, mode, length
+        self.keep_alive = keep_alive
+        self.done = mode == "none"
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            if self.mode == "length":
+                yield from self.read_length(self.length)
+            elif self.mode == "chunked":
+                yield from self.read_chunked()
+            elif self.mode == "close":
+                yield from self.read_to_close()
+        except socket.timeout as exc:
+            raise BadGateway("upstream timed out in the middle of the body") from exc
+        except OSError as exc:
+            raise BadGateway(f"upstream failed in the middle of the body: {exc}") from exc
+        self.done = True
+
+    def read_length(self, remaining: int) -> Iterator[bytes]:
+        read1 = self.conn.reader.read1
+        while remaining > 0:
+            data = read1(min(CHUNK, remaining))
+            if not data:
+                raise BadGateway(f"upstream body ended {remaining} bytes short")
+            remaining -= len(data)
+            yield data
+
+    def read_chunked(self) -> Iterator[bytes]:
+        reader = self.conn.reader
+        while True:
+            line = reader.readline(MAX_LINE)
+            if not line.endswith(b"\n"):
+                raise BadGateway("upstream closed the connection inside a chunked body")
+            size_text = line.split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise BadGateway(f"upstream sent a garbled chunk size: {line[:40]!r}") from None
+            if size == 0:
+                break
+            yield from self.read_length(size)
+            if reader.readline(MAX_LINE) not in (b"\r\n", b"\n"):
+                raise BadGateway("upstream chunk not followed by CRLF")
+        while reader.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
+            pass  # trailers: hop-by-hop, dropped
+
+    def read_to_close(self) -> Iterator[bytes]:
+        read1 = self.conn.reader.read1
+        while True:
+            data = read1(CHUNK)
+            if not data:
+                return
+            yield data
+
+    def close(self) -> None:
+        if self.conn is None:
+            return
+        conn, self.conn = self.conn, None
+        if self.done and self.keep_alive:
+            self.pool.release(conn)
+        else:
+            conn.close()
