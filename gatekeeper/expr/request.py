@@ -1,0 +1,148 @@
+"""What router matchers look at: :class:`RequestView` over a WSGI environ, and the routing path.
+
+A view is built once per request and is cheap to build (it only keeps the environ); each attribute is
+computed on first use, so a rule that only looks at the host never parses the path or the query.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from functools import cached_property
+from typing import Dict, List, Optional, Tuple, Union
+from urllib.parse import parse_qs, quote
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _escape_table() -> Dict[str, str]:
+    """Every spelling of a hex pair -> its routing form: ``2f``/``2F`` -> ``%2F`` (reserved, kept, upper-cased),
+    ``41``/``7e`` -> ``A``/``~`` (unreserved, decoded)."""
+    table = {}
+    for byte in range(256):
+        char = chr(byte)
+        replacement = char if char in _UNRESERVED else f"%{byte:02X}"
+        high, low = f"{byte:02X}"
+        for spelling in (high + low, high.lower() + low, high + low.lower(), high.lower() + low.lower()):
+            table[spelling] = replacement
+    return table
+
+
+_ESCAPE_TABLE = _escape_table()
+
+# Characters a path may carry unescaped (RFC 3986 pchar minus unreserved): used to re-escape PATH_INFO.
+_PATH_SAFE = "/!$&'()*+,;=:@"
+
+
+def _normalize_escape(match: "re.Match[str]") -> str:
+    return _ESCAPE_TABLE[match.group(1)]
+
+
+def routing_path(raw_path: str) -> str:
+    """The path routers match: escapes of unreserved characters decoded, reserved ones kept, hex upper-case.
+
+        >>> routing_path("/%7euser/a%2fb/%41")
+        '/~user/a%2Fb/A'
+    """
+    if "%" not in raw_path:
+        return raw_path
+    return _ESCAPE.sub(_normalize_escape, raw_path)
+
+
+def target_path(target: str) -> str:
+    """The path part of a raw request target: origin form, absolute form (``http://h/p?q``) or ``*``."""
+    if not target.startswith("/"):
+        scheme_end = target.find("://")
+        if scheme_end > 0:
+            slash = target.find("/", scheme_end + 3)
+            target = target[slash:] if slash >= 0 else "/"
+    for stop in ("?", "#"):
+        cut = target.find(stop)
+        if cut >= 0:
+            target = target[:cut]
+    return target
+
+
+def environ_key(header: str) -> str:
+    """The WSGI environ key of a header name: ``X-Api-Key`` -> ``HTTP_X_API_KEY``."""
+    key = header.upper().replace("-", "_")
+    if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        return key
+    return "HTTP_" + key
+
+
+def _host_of(authority: str) -> str:
+    """``Example.COM.:8080`` -> ``example.com``; ``[::1]:80`` -> ``::1``."""
+    host = authority.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        host = host[1:end] if end > 0 else host[1:]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+class RequestView:
+    """A request as router matchers see it, computed lazily from a WSGI environ.
+
+        >>> view = RequestView({"HTTP_HOST": "API.example.com:8443", "RAW_URI": "/v1/%7Ex?a=1",
+        ...                     "REQUEST_METHOD": "GET", "QUERY_STRING": "a=1", "REMOTE_ADDR": "10.0.0.7"})
+        >>> view.host, view.path, view.query["a"], str(view.client_ip)
+        ('api.example.com', '/v1/~x', ['1'], '10.0.0.7')
+    """
+
+    def __init__(self, environ: dict) -> None:
+        self.environ = environ
+
+    @property
+    def method(self) -> str:
+        return self.environ.get("REQUEST_METHOD", "GET")
+
+    @cached_property
+    def host(self) -> str:
+        environ = self.environ
+        return _host_of(environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "")
+
+    @cached_property
+    def path(self) -> str:
+        environ = self.environ
+        raw = environ.get("RAW_URI")
+        if raw is None:
+            decoded = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+            raw = quote(decoded.encode("latin-1", "replace"), safe=_PATH_SAFE) or "/"
+        return routing_path(target_path(raw))
+
+    @cached_property
+    def query(self) -> Dict[str, List[str]]:
+        text = self.environ.get("QUERY_STRING", "")
+        if not text.isascii():  # WSGI strings carry bytes as latin-1; the query's bytes are UTF-8
+            text = text.encode("latin-1", "replace").decode("utf-8", "replace")
+        return parse_qs(text, keep_blank_values=True)
+
+    @cached_property
+    def client_ip(self) -> Optional[IPAddress]:
+        """The peer address; ``X-Forwarded-For`` is never consulted (anyone can send it)."""
+        try:
+            return ipaddress.ip_address(self.environ.get("REMOTE_ADDR", ""))
+        except ValueError:
+            return None
+
+    def header_values(self, name: str) -> Tuple[str, ...]:
+        """Every value of header ``name``.
+
+        WSGI servers join repeated header lines with commas, so the joined value and each comma-separated
+        part (stripped) are all values: ``X-Role: a`` + ``X-Role: b`` arrives as ``a,b`` and yields
+        ``("a,b", "a", "b")``.
+        """
+        return self.values_of(environ_key(name))
+
+    def values_of(self, key: str) -> Tuple[str, ...]:
+        """:meth:`header_values` by environ key, for matchers that computed the key at compile time."""
+        value = self.environ.get(key)
+        if value is None:
+            return ()
+        if "," not in value:
+            return (value,)
+        return (value, *(part.strip() for part in value.split(",")))
