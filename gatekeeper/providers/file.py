@@ -48,7 +48,7 @@ def read_document(doc: Document, out: Collector) -> None:
             try:
                 out.add(kind, reader(qualified, expand_env(body, f"http.{kind}s.{name}"), source))
             except ConfigError as err:
-                out.fail(kind, qualified, err.located(file=doc.file, line=source.line, obj=f'{kind} "{name}"'))
+                out.fail(kind, qualified, err.located(file=doc.file, line=source.line, obj=f'{kind} "{qualified}"'))
 
 
 def read_router(name: str, body: Any, source: Source) -> RouterDef:

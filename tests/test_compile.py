@@ -1,0 +1,129 @@
+"""Manifests -> configuration: every error collected with file, line and object; last good versions kept."""
+import textwrap
+
+import pytest
+
+from gatekeeper.compile import compile_config
+from gatekeeper.manifests import read_dir
+
+SERVICE = """
+  services:
+    a: {loadBalancer: {servers: [{url: "http://127.0.0.1:9"}]}}
+"""
+
+
+def compile_dir(root, previous=None):
+    return compile_config(read_dir(root), previous)
+
+
+def messages(config):
+    return [str(e) for e in config.errors]
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("routers:\n    r: {rul: x, service: a}", 'routes.yaml:3: router "r@file": router: unknown field "rul"'),
+    ("routers:\n    r: {service: a}", 'routes.yaml:3: router "r@file": rule: required'),
+    ("routers:\n    r: {rule: 'Path(`/`)', service: a, priority: high}",
+     'routes.yaml:3: router "r@file": priority: expected a whole number, got a string'),
+    ("middlewares:\n    m: {stripPrefix: {prefixes: [/a]}, addPrefix: {prefix: /b}}",
+     'routes.yaml:3: middleware "m@file": expected exactly one middleware type'),
+    ("middlewares:\n    m: {basicAuth: {users: []}}", 'routes.yaml:3: middleware "m@file": middleware: unknown field "basicAuth"'),
+    ("middlewares:\n    m: {addPrefix: {prefix: nope}}", 'routes.yaml:3: middleware "m@file": addPrefix.prefix: must start with /'),
+    ("services:\n    s: {mirroring: {service: a}}", 'routes.yaml:3: service "s@file": mirroring: not supported'),
+    ("services:\n    s: {loadBalancer: {servers: [{url: 'ftp://x'}]}}", 'routes.yaml:3: service "s@file"'),
+    ("middlewares:\n    m: {addPrefix: {prefix: '{{ env \"GK_SURELY_UNSET\" }}'}}",
+     'environment variable GK_SURELY_UNSET is not set'),
+], ids=["unknown-field", "missing-rule", "bad-priority", "two-types", "unsupported-middleware",
+        "bad-addprefix", "mirroring", "bad-url", "unset-env"])
+def test_errors_name_file_line_and_object(conf_d, body, expected):
+    conf_d("routes.yaml", "http:\n  " + body + "\n")
+    config = compile_dir(conf_d.root)
+    assert any(expected in m for m in messages(config)), messages(config)
+
+
+def test_field_names_are_case_insensitive(conf_d):
+    conf_d("routes.yaml", """
+    HTTP:
+      Routers:
+        r: {RULE: "Path(`/`)", Service: a, EntryPoints: [web]}
+      Services:
+        a: {LoadBalancer: {Servers: [{URL: "http://127.0.0.1:9"}], PassHostHeader: false}}
+    """)
+    config = compile_dir(conf_d.root)
+    assert messages(config) == []
+    assert config.routers[0].definition.entry_points == ("web",)
+    assert config.services["a@file"].definition.pass_host_header is False
+
+
+def test_duplicate_names_first_file_wins(conf_d):
+    conf_d("a.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/a`)', service: s}\n" + SERVICE.replace(" a:", " s:"))
+    conf_d("b.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/b`)', service: s}\n")
+    config = compile_dir(conf_d.root)
+    assert config.routers[0].definition.rule == "Path(`/a`)"
+    assert any('b.yaml:3: router "r@file": defined again (first definition in a.yaml:3 wins)' in m
+               for m in messages(config))
+
+
+def test_cycles_are_errors_not_hangs(conf_d):
+    conf_d("routes.yaml", """
+    http:
+      routers:
+        r: {rule: "Path(`/`)", service: s1, middlewares: [c1]}
+      middlewares:
+        c1: {chain: {middlewares: [c2]}}
+        c2: {chain: {middlewares: [c1]}}
+      services:
+        s1: {weighted: {services: [{name: s2}]}}
+        s2: {weighted: {services: [{name: s1}]}}
+    """)
+    text = "\n".join(messages(compile_dir(conf_d.root)))
+    assert "refers back to itself" in text
+    assert 'router "r@file": answers 503' in text
+
+
+def test_unparseable_file_keeps_last_good_documents(conf_d):
+    path = conf_d("routes.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/a`)', service: a}\n" + SERVICE)
+    first = compile_dir(conf_d.root)
+    path.write_text("http:\n  routers: [oops\n")
+    second = compile_dir(conf_d.root, first)
+    assert [r.name for r in second.routers] == ["r@file"]
+    assert any("serving the last good version" in m for m in messages(second))
+    assert second.generation == first.generation + 1
+
+
+def test_invalid_object_keeps_previous_version_new_object_left_out(conf_d):
+    conf_d("routes.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/a`)', service: a}\n" + SERVICE)
+    first = compile_dir(conf_d.root)
+    conf_d("routes.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/a`)'}\n    n: {rule: 'Path(`/n`)'}\n" + SERVICE)
+    second = compile_dir(conf_d.root, first)
+    assert [r.name for r in second.routers] == ["r@file"]
+    assert second.routers[0].definition.service == "a@file"
+
+
+def test_broken_rule_keeps_previous_router(conf_d):
+    conf_d("routes.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/a`)', service: a}\n" + SERVICE)
+    first = compile_dir(conf_d.root)
+    conf_d("routes.yaml", "http:\n  routers:\n    r: {rule: 'Path(/a)', service: a}\n" + SERVICE)
+    second = compile_dir(conf_d.root, first)
+    assert second.routers[0].definition.rule == "Path(`/a`)"
+    assert second.routers[0].stale
+
+
+def test_deleted_file_objects_go_away(conf_d):
+    path = conf_d("routes.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/a`)', service: a}\n" + SERVICE)
+    first = compile_dir(conf_d.root)
+    path.unlink()
+    assert compile_dir(conf_d.root, first).routers == ()
+
+
+def test_unchanged_services_reuse_built_pools(conf_d):
+    conf_d("routes.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/a`)', service: a}\n" + SERVICE)
+    first = compile_dir(conf_d.root)
+    conf_d("routes.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/b`)', service: a}\n" + SERVICE)
+    second = compile_dir(conf_d.root, first)
+    assert second.services["a@file"].app is first.services["a@file"].app
+
+
+def test_not_a_manifest_is_reported(conf_d):
+    conf_d("other.yaml", "foo: bar\n")
+    assert any("not a manifest gatekeeper reads" in m for m in messages(compile_dir(conf_d.root)))
