@@ -237,6 +237,11 @@ def read_response(pool: ConnectionPool, conn: Connection, method: str, limit: in
                 keep_alive = False  # read until close
         elif lower == "content-length":
             length = parse_length(value, length)
+    if length is not None and sum(n.lower() == "content-length" for n, _ in headers) + \
+            sum(v.count(",") for n, v in headers if n.lower() == "content-length") > 1:
+        # "5, 5" or two equal headers: pass on one clean value, as clients may refuse the list
+        headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+        headers.append(("Content-Length", str(length)))
     if method == "HEAD" or status in (204, 304):
         mode, length = "none", 0
     elif chunked:
@@ -284,7 +289,7 @@ def read_head(reader, limit: int) -> Tuple[str, int, str, Headers]:
             headers.append((name, value + " " + line.strip().decode("latin-1")))
             continue
         name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
+        if not sep or not name or b" " in name or b"\t" in name:  # no space in or around a name
             raise BadGateway(f"upstream sent a garbled header line: {line[:80]!r}")
         headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
     reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
