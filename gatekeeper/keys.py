@@ -1,0 +1,303 @@
+"""Key sources: where the JWT middleware's verification keys come from.
+
+Every source turns its keys into signature-check closures once, at load time, indexed by algorithm and
+``kid``; a request only looks up ``candidates(alg, kid)``. The algorithms a source accepts come from the
+source and the key types, never from the token (an RSA key never verifies an HS or ES token).
+
+    >>> source = SecretSource(b"mysuperlongsecret")
+    >>> sorted(source.allowed_algs)
+    ['HS256', 'HS384', 'HS512']
+
+A remote key set (``jwksUrl``, ``trustedIssuers``) will be another :class:`KeySource` whose
+``candidates`` may refresh its set on an unknown ``kid``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from . import jsontext
+from .errors import ConfigError, Unauthorized
+from .jws import (ASYMMETRIC_ALGS, HMAC_ALGS, Verifier, algorithms_for_key, b64url_decode, build_verifier,
+                  hmac_verifier)
+
+log = logging.getLogger("gatekeeper.keys")
+
+MIN_RSA_BITS = 2048
+JWKS_RECHECK_SECONDS = 1.0
+
+DESCRIPTIONS = {
+    "alg_not_allowed": "the token's algorithm is not accepted here",
+    "unknown_kid": "no key matches the token's kid",
+    "no_keys": "no keys are available to verify the token",
+}
+
+_EC_CURVES = {"P-256": (ec.SECP256R1, 32), "P-384": (ec.SECP384R1, 48), "P-521": (ec.SECP521R1, 66)}
+_OKP_CURVES = {"Ed25519": (ed25519.Ed25519PublicKey, 32), "Ed448": (ed448.Ed448PublicKey, 57)}
+
+
+def _refuse(reason: str) -> Unauthorized:
+    return Unauthorized(reason, DESCRIPTIONS[reason])
+
+
+class KeyIndex:
+    """Verifiers by algorithm and by (kid, algorithm), built once; immutable after construction."""
+
+    def __init__(self, entries: Iterable[Tuple[Optional[str], str, Verifier]]) -> None:
+        by_alg: Dict[str, List[Verifier]] = {}
+        by_kid: Dict[Tuple[str, str], List[Verifier]] = {}
+        kids = set()
+        for kid, alg, verify in entries:
+            by_alg.setdefault(alg, []).append(verify)
+            if kid is not None:
+                kids.add(kid)
+                by_kid.setdefault((kid, alg), []).append(verify)
+        self.by_alg = {alg: tuple(v) for alg, v in by_alg.items()}
+        self.by_kid = {key: tuple(v) for key, v in by_kid.items()}
+        self.kids = frozenset(kids)
+        self.algs = frozenset(self.by_alg)
+
+    def select(self, alg: str, kid: Optional[str]) -> Sequence[Verifier]:
+        """With a ``kid``: that key (unknown: 401); without: every key that fits ``alg``."""
+        if kid is None:
+            found = self.by_alg.get(alg)
+        else:
+            if kid not in self.kids:
+                raise _refuse("unknown_kid")
+            found = self.by_kid.get((kid, alg))
+        if not found:
+            raise _refuse("alg_not_allowed")
+        return found
+
+
+class KeySource:
+    """Base of every key source: ``allowed_algs`` and ``candidates(alg, kid)``."""
+
+    option = ""
+    allowed_algs: FrozenSet[str] = frozenset()
+    uses_kid = True
+
+    def candidates(self, alg: str, kid: Optional[str]) -> Sequence[Verifier]:
+        raise NotImplementedError
+
+
+class SecretSource(KeySource):
+    """``signingSecret``: HS256/384/512 only; a single key, so the token's ``kid`` plays no part."""
+
+    option = "signingSecret"
+    uses_kid = False
+
+    def __init__(self, secret: bytes) -> None:
+        self._verifiers = {alg: (hmac_verifier(secret, alg),) for alg in HMAC_ALGS}
+        self.allowed_algs = frozenset(HMAC_ALGS)
+
+    def candidates(self, alg: str, kid: Optional[str]) -> Sequence[Verifier]:
+        try:
+            return self._verifiers[alg]
+        except KeyError:
+            raise _refuse("alg_not_allowed") from None
+
+
+def _check_public_key(key: Any, where: str) -> Tuple[str, ...]:
+    algs = algorithms_for_key(key)
+    if not algs:
+        raise ConfigError(f"{where}: unsupported key type or curve")
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        raise ConfigError(f"{where}: RSA key of {key.key_size} bits is too short (at least {MIN_RSA_BITS})")
+    return algs
+
+
+def load_public_pem(text: str, option: str = "publicKey") -> Any:
+    """A ``cryptography`` public key from PEM (SubjectPublicKeyInfo, PKCS#1 RSA, or a certificate)."""
+    data = text.strip().encode("utf-8")
+    if b"PRIVATE KEY-----" in data:
+        raise ConfigError(f"{option}: not a PEM public key (this is a private key: give its public half)")
+    try:
+        if data.startswith(b"-----BEGIN CERTIFICATE-----"):
+            return x509.load_pem_x509_certificate(data).public_key()
+        return load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{option}: not a PEM public key") from exc
+
+
+class PublicKeySource(KeySource):
+    """``publicKey``: one PEM key; its type decides the algorithms (RSA: RS*/PS*, EC: ES by curve, EdDSA)."""
+
+    option = "publicKey"
+    uses_kid = False
+
+    def __init__(self, pem: str) -> None:
+        key = load_public_pem(pem)
+        algs = _check_public_key(key, "publicKey")
+        self._verifiers = {alg: (build_verifier(key, alg),) for alg in algs}
+        self.allowed_algs = frozenset(algs)
+
+    def candidates(self, alg: str, kid: Optional[str]) -> Sequence[Verifier]:
+        try:
+            return self._verifiers[alg]
+        except KeyError:
+            raise _refuse("alg_not_allowed") from None
+
+
+# --- JWK Sets -------------------------------------------------------------------------------------------
+
+def _jwk_bytes(jwk: Mapping[str, Any], name: str, size: Optional[int] = None) -> bytes:
+    value = jwk.get(name)
+    if not isinstance(value, str):
+        raise ValueError(f'"{name}" missing')
+    raw = b64url_decode(value.rstrip("="))
+    if size is not None and len(raw) != size:
+        raise ValueError(f'"{name}" has {len(raw)} bytes, expected {size}')
+    return raw
+
+
+def jwk_public_key(jwk: Mapping[str, Any]) -> Any:
+    """A ``cryptography`` public key from an RSA, EC or OKP JWK (private members are ignored)."""
+    kty = jwk.get("kty")
+    if kty == "RSA":
+        n = int.from_bytes(_jwk_bytes(jwk, "n"), "big")
+        e = int.from_bytes(_jwk_bytes(jwk, "e"), "big")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    if kty == "EC":
+        if jwk.get("crv") not in _EC_CURVES:
+            raise ValueError(f"unsupported curve {jwk.get('crv')!r}")
+        curve, size = _EC_CURVES[jwk["crv"]]
+        x = int.from_bytes(_jwk_bytes(jwk, "x", size), "big")
+        y = int.from_bytes(_jwk_bytes(jwk, "y", size), "big")
+        return ec.EllipticCurvePublicNumbers(x, y, curve()).public_key()
+    if kty == "OKP":
+        if jwk.get("crv") not in _OKP_CURVES:
+            raise ValueError(f"unsupported curve {jwk.get('crv')!r}")
+        cls, size = _OKP_CURVES[jwk["crv"]]
+        return cls.from_public_bytes(_jwk_bytes(jwk, "x", size))
+    raise ValueError(f"unsupported kty {kty!r}")
+
+
+def _usable_for_signatures(jwk: Mapping[str, Any]) -> bool:
+    """A JWK with ``use`` other than ``sig`` (or ``key_ops`` without ``verify``) is not used (RFC 7517 4.2/4.3)."""
+    use = jwk.get("use")
+    if use is not None and use != "sig":
+        return False
+    ops = jwk.get("key_ops")
+    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+        return False
+    return jwk.get("kty") in ("RSA", "EC", "OKP")
+
+
+def jwks_entries(document: Any, option: str) -> List[Tuple[Optional[str], str, Verifier]]:
+    """(kid, alg, verifier) for every usable signing key of a JWK Set; problems are ConfigErrors."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ConfigError(f'{option}: not a JWK Set (a JSON object with a "keys" array)')
+    entries: List[Tuple[Optional[str], str, Verifier]] = []
+    for number, jwk in enumerate(document["keys"], 1):
+        if not isinstance(jwk, dict):
+            raise ConfigError(f"{option}: key {number}: not a JSON object")
+        if not _usable_for_signatures(jwk):
+            continue
+        kid = jwk.get("kid")
+        where = f"{option}: key {number}" + (f" (kid {kid!r})" if isinstance(kid, str) else "")
+        if kid is not None and not isinstance(kid, str):
+            raise ConfigError(f"{where}: kid is not a string")
+        try:
+            key = jwk_public_key(jwk)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        algs = _check_public_key(key, where)
+        stated = jwk.get("alg")
+        if stated is not None:
+            if stated not in ASYMMETRIC_ALGS:
+                continue  # e.g. RSA-OAEP: an encryption key, never a signature key
+            if stated not in algs:
+                raise ConfigError(f"{where}: alg {stated} does not fit a {jwk['kty']} key")
+            algs = (stated,)
+        entries.extend((kid, alg, build_verifier(key, alg)) for alg in algs)
+    if not entries:
+        raise ConfigError(f"{option}: the JWK Set holds no usable signature key")
+    return entries
+
+
+def parse_jwks(text: "str | bytes", option: str = "jwksFile") -> KeyIndex:
+    """A :class:`KeyIndex` from JWK Set JSON (strict: duplicate member names are an error)."""
+    try:
+        document = jsontext.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{option}: not valid JSON ({exc})") from exc
+    return KeyIndex(jwks_entries(document, option))
+
+
+class IndexedSource(KeySource):
+    """A key set held as a :class:`KeyIndex`; ``candidates`` honours ``kid``."""
+
+    option = "jwksFile"
+
+    def __init__(self, index: KeyIndex) -> None:
+        self._index = index
+        self.allowed_algs = frozenset(ASYMMETRIC_ALGS)  # what a key set may hold; the index narrows it
+
+    def candidates(self, alg: str, kid: Optional[str]) -> Sequence[Verifier]:
+        return self._index.select(alg, kid)
+
+
+class JWKSFileSource(IndexedSource):
+    """``jwksFile`` given as a path: read at load (errors are ConfigErrors) and re-read when it changes.
+
+    The file's stat is looked at no more than once a second; a changed file that no longer parses keeps
+    the keys already held and logs why, so a half-written file never locks everyone out.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp = self._stat()
+        super().__init__(parse_jwks(self._read(), "jwksFile"))
+        self._next_check = time.monotonic() + JWKS_RECHECK_SECONDS
+        self._lock = threading.Lock()
+
+    def _stat(self) -> Tuple[int, int, int]:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise ConfigError(f"jwksFile: cannot read {self.path}: {exc.strerror}") from exc
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _read(self) -> bytes:
+        try:
+            with open(self.path, "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise ConfigError(f"jwksFile: cannot read {self.path}: {exc.strerror}") from exc
+
+    def refresh_if_changed(self) -> None:
+        """Re-read the file when its stat changed; keep the old keys if the new content is unusable."""
+        try:
+            stamp = self._stat()
+            if stamp == self._stamp:
+                return
+            self._index = parse_jwks(self._read(), "jwksFile")
+            self._stamp = stamp
+            log.info("jwksFile %s re-read", self.path)
+        except ConfigError as exc:
+            log.warning("jwksFile %s: keeping the keys already loaded: %s", self.path, exc.reason)
+
+    def candidates(self, alg: str, kid: Optional[str]) -> Sequence[Verifier]:
+        now = time.monotonic()
+        if now >= self._next_check and self._lock.acquire(blocking=False):
+            try:
+                self._next_check = now + JWKS_RECHECK_SECONDS
+                self.refresh_if_changed()
+            finally:
+                self._lock.release()
+        return self._index.select(alg, kid)
+
+
+def jwks_file_source(value: str) -> IndexedSource:
+    """``jwksFile`` is either the JWK Set JSON itself (starts with ``{``) or a path to a file."""
+    if value.lstrip().startswith("{"):
+        return IndexedSource(parse_jwks(value, "jwksFile"))
+    return JWKSFileSource(value)
