@@ -113,8 +113,9 @@ def error_response(status_code: int, message: str = "") -> WSGIApp:
 
     >>> not_found = error_response(404, "no router matches this request")
     """
-    status = f"{status_code} {HTTPStatus(status_code).phrase}"
-    body = f"{status}{': ' + message if message else ''}\n".encode()
+    phrase = HTTPStatus(status_code).phrase
+    status = f"{status_code} {phrase}"
+    body = f"{status}{': ' + message if message and message != phrase else ''}\n".encode()
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
 
     def answer(environ: dict, start_response: Callable) -> Iterable[bytes]:

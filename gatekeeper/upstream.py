@@ -174,7 +174,11 @@ def exchange(pool: ConnectionPool, conn: Connection, request: Request) -> "Respo
     elif request.length or request.body is not None:
         head.append(f"Content-Length: {request.length}\r\n")
     head.append("\r\n")
-    conn.sock.sendall("".join(head).encode("latin-1"))
+    text = "".join(head)
+    if text.count("\n") != len(head) or text.count("\r") != len(head):
+        # a CR or LF inside a value (say, a claim copied into a header) would forge headers upstream
+        raise ValueError("refusing to send a header value containing CR or LF")
+    conn.sock.sendall(text.encode("latin-1"))
     if request.body is not None:
         send_body(conn.sock, request.body, request.length)
     return read_response(pool, conn, request.method, pool.limits.max_header_bytes)

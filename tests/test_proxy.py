@@ -155,6 +155,23 @@ def test_repeated_request_headers_arrive(proxy, echo_upstream):
     assert header_values(echo, "X-Multi") == ["one,two"]  # pywsgi joins repeats, as RFC 9110 allows
 
 
+def test_header_value_with_newline_is_never_sent(wsgi_server, raw_upstream):
+    requests_seen: List[bytes] = []
+
+    def recording(sock: socket.socket) -> None:
+        requests_seen.append(read_request(sock))
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        sock.close()
+    balancer = make_load_balancer([ServerSpec(f"http://127.0.0.1:{raw_upstream(recording)}")])
+
+    def injecting_middleware(environ, start_response):
+        environ["HTTP_X_USER"] = "alice\r\nX-Admin: 1"
+        return balancer(environ, start_response)
+    assert raw_get(wsgi_server(injecting_middleware).url, "/").status == 500
+    assert wait_until(lambda: requests_seen)  # the connection was opened, then closed unused
+    assert requests_seen == [b""]
+
+
 # --- headers --------------------------------------------------------------------------------------
 
 def test_hop_by_hop_request_headers_removed(proxy, echo_upstream):
@@ -436,8 +453,11 @@ def test_server_spec_rejects(url, weight, reason):
         ServerSpec(url, weight)
 
 
-def test_error_response_is_short_text(wsgi_server):
-    response = raw_get(wsgi_server(error_response(404, "no router matches")).url, "/")
+@pytest.mark.parametrize("message, body", [
+    ("no router matches", b"404 Not Found: no router matches\n"), ("Not Found", b"404 Not Found\n"),
+    ("", b"404 Not Found\n")], ids=["message", "phrase-not-repeated", "no-message"])
+def test_error_response_is_short_text(wsgi_server, message, body):
+    response = raw_get(wsgi_server(error_response(404, message)).url, "/")
     assert response.status == 404
     assert response.getheader("Content-Type") == "text/plain; charset=utf-8"
-    assert response.read() == b"404 Not Found: no router matches\n"
+    assert response.read() == body
