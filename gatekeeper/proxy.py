@@ -20,9 +20,11 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import quote, urlsplit
 
 from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout
-from gatekeeper.upstream import ClientBodyError, ConnectionPool, Headers, Request
+from gatekeeper.upstream import ClientBodyError, ConnectionPool, Headers, ProxyLimits, Request
 
 log = logging.getLogger("gatekeeper.proxy")
+
+__all__ = ["ProxyLimits", "ServerSpec", "error_response", "make_load_balancer", "make_weighted"]
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 T = TypeVar("T")
@@ -38,22 +40,6 @@ PROTECTED = frozenset(h.lower() for h in GATEWAY_HEADERS) | {"host"}
 SKIPPED_KEYS = frozenset("HTTP_" + h.upper().replace("-", "_") for h in (*HOP_BY_HOP, *GATEWAY_HEADERS,
                                                                       "host"))
 WRR_PRECOMPUTE_LIMIT = 10_000
-
-
-@dataclass(frozen=True)
-class ProxyLimits:
-    """Upstream timeouts and pool sizes (operations.md "Limits"); seconds, bytes."""
-
-    connect_timeout: float = 5.0
-    response_timeout: float = 60.0
-    max_idle_per_server: int = 64
-    idle_timeout: float = 30.0
-    max_header_bytes: int = 64 * 1024
-
-    def __post_init__(self) -> None:
-        for name in ("connect_timeout", "response_timeout", "idle_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be a positive number of seconds, not {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)

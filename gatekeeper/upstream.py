@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Tuple
 
-from gatekeeper.errors import BadGateway, GatewayTimeout
+from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout
 
 CHUNK = 64 * 1024
 MAX_LINE = 64 * 1024
@@ -34,14 +34,23 @@ STALE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 @dataclass(frozen=True)
-class PoolLimits:
-    """What a pool needs to know from :class:`gatekeeper.proxy.ProxyLimits` (duck-typed)."""
+class ProxyLimits:
+    """Upstream timeouts and pool sizes (operations.md "Limits"), in seconds and bytes.
+
+    >>> ProxyLimits(connect_timeout=2.0, response_timeout=30.0)
+    """
 
     connect_timeout: float = 5.0
-    response_timeout: float = 60.0
+    response_timeout: float = 60.0  # for the response head, and for each read of the body
     max_idle_per_server: int = 64
     idle_timeout: float = 30.0
     max_header_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "response_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
 
 
 @dataclass
@@ -70,12 +79,26 @@ class Connection:
         self.idle_since = 0.0
 
     def looks_alive(self) -> bool:
-        """False when the idle socket is readable: the upstream closed it (EOF) or sent junk."""
+        """False when the idle socket has something to read: EOF (the upstream closed it) or junk.
+
+        A non-blocking MSG_PEEK rather than select(), which fails for descriptors past 1023.
+        """
+        if isinstance(self.sock, ssl.SSLSocket):  # no MSG_PEEK through TLS
+            try:
+                return not select.select([self.sock], [], [], 0)[0]
+            except (OSError, ValueError):
+                return False
+        timeout = self.sock.gettimeout()
+        self.sock.settimeout(0)
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True  # nothing to read: open and idle
+        except OSError:
             return False
-        return not readable
+        finally:
+            self.sock.settimeout(timeout)
+        return False
 
     def close(self) -> None:
         try:
@@ -87,7 +110,7 @@ class Connection:
 class ConnectionPool:
     """Idle keep-alive connections to one server, most recently used first (warm, least likely stale)."""
 
-    def __init__(self, scheme: str, host: str, port: int, limits: PoolLimits = PoolLimits()) -> None:
+    def __init__(self, scheme: str, host: str, port: int, limits: ProxyLimits = ProxyLimits()) -> None:
         self.host, self.port, self.limits = host, port, limits
         self.tls = ssl.create_default_context() if scheme == "https" else None
         self.idle: List[Connection] = []
