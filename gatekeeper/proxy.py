@@ -24,7 +24,8 @@ from gatekeeper.upstream import ClientBodyError, ConnectionPool, Headers, ProxyL
 
 log = logging.getLogger("gatekeeper.proxy")
 
-__all__ = ["ProxyLimits", "ServerSpec", "error_response", "make_load_balancer", "make_weighted"]
+__all__ = ["ProxyLimits", "ServerSpec", "error_response", "make_load_balancer", "make_weighted",
+           "strip_connection_headers"]
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 T = TypeVar("T")
@@ -134,6 +135,18 @@ def connection_tokens(environ: dict) -> frozenset:
     """Lower-case header names the client's ``Connection`` header lists."""
     value = environ.get("HTTP_CONNECTION")
     return frozenset(t.strip().lower() for t in value.split(",")) if value else frozenset()
+
+
+def strip_connection_headers(environ: dict) -> None:
+    """Remove ``Connection`` and the client headers it names from ``environ`` (``Host`` excepted).
+
+    Call it where a request enters the gateway, before middlewares add headers: otherwise a client's
+    ``Connection: X-User`` would make the proxy drop the ``X-User`` a JWT middleware set. The proxy's
+    own pass then finds nothing left to drop.
+    """
+    for name in connection_tokens(environ) - {"host"}:
+        environ.pop("HTTP_" + name.upper().replace("-", "_"), None)
+    environ.pop("HTTP_CONNECTION", None)
 
 
 def forwarded_headers(environ: dict, host: str) -> Headers:

@@ -16,7 +16,7 @@ from gevent.server import StreamServer
 from gatekeeper.echo import echo_app, named_echo_app
 from gatekeeper.errors import ConfigError
 from gatekeeper.proxy import (ProxyLimits, ServerSpec, error_response, make_load_balancer,
-                              make_weighted)
+                              make_weighted, strip_connection_headers)
 from tests.conftest import wait_until
 
 FAST = ProxyLimits(connect_timeout=1.0, response_timeout=0.5)
@@ -202,6 +202,23 @@ def test_forwarded_headers_are_the_gateways(proxy, echo_upstream, connection, fo
     assert header_values(echo, "X-Forwarded-Host") == ["api.example"]
     assert header_values(echo, "X-Forwarded-Port") == [str(gateway.port)]
     assert header_values(echo, "Host") == ["api.example"]
+
+
+@pytest.mark.parametrize("strip_first, x_user", [(True, ["from-middleware"]), (False, [])],
+                         ids=["stripped-at-entry", "proxy-only"])
+def test_connection_cannot_remove_middleware_headers(wsgi_server, echo_upstream, strip_first, x_user):
+    balancer = make_load_balancer([ServerSpec(echo_upstream.url)])
+
+    def gateway_with_middleware(environ, start_response):
+        if strip_first:
+            strip_connection_headers(environ)
+        environ["HTTP_X_USER"] = "from-middleware"
+        return balancer(environ, start_response)
+    echo = echoed(raw_get(wsgi_server(gateway_with_middleware).url, "/", headers={
+        "Connection": "X-User, X-Forwarded-For, Host", "X-User": "forged", "X-Forwarded-For": "1.2.3.4"}))
+    assert header_values(echo, "X-User") == x_user
+    assert header_values(echo, "X-Forwarded-For") == ["127.0.0.1"]
+    assert header_values(echo, "Host") != []
 
 
 @pytest.mark.parametrize("pass_host, expected", [(True, "api.example"), (False, "127.0.0.1:{port}")],
