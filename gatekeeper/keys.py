@@ -82,27 +82,33 @@ class KeySource:
 
     option = ""
     allowed_algs: FrozenSet[str] = frozenset()
-    uses_kid = True
 
     def candidates(self, alg: str, kid: Optional[str]) -> Sequence[Verifier]:
         raise NotImplementedError
 
 
-class SecretSource(KeySource):
-    """``signingSecret``: HS256/384/512 only; a single key, so the token's ``kid`` plays no part."""
+class SingleKeySource(KeySource):
+    """One key with a verifier per algorithm its type allows; the token's ``kid`` plays no part."""
 
-    option = "signingSecret"
-    uses_kid = False
 
-    def __init__(self, secret: bytes) -> None:
-        self._verifiers = {alg: (hmac_verifier(secret, alg),) for alg in HMAC_ALGS}
-        self.allowed_algs = frozenset(HMAC_ALGS)
+    def __init__(self, verifiers: Mapping[str, Verifier]) -> None:
+        self._verifiers = {alg: (verify,) for alg, verify in verifiers.items()}
+        self.allowed_algs = frozenset(verifiers)
 
     def candidates(self, alg: str, kid: Optional[str]) -> Sequence[Verifier]:
         try:
             return self._verifiers[alg]
         except KeyError:
             raise _refuse("alg_not_allowed") from None
+
+
+class SecretSource(SingleKeySource):
+    """``signingSecret``: HS256/384/512 only."""
+
+    option = "signingSecret"
+
+    def __init__(self, secret: bytes) -> None:
+        super().__init__({alg: hmac_verifier(secret, alg) for alg in HMAC_ALGS})
 
 
 def _check_public_key(key: Any, where: str) -> Tuple[str, ...]:
@@ -127,23 +133,14 @@ def load_public_pem(text: str, option: str = "publicKey") -> Any:
         raise ConfigError(f"{option}: not a PEM public key") from exc
 
 
-class PublicKeySource(KeySource):
+class PublicKeySource(SingleKeySource):
     """``publicKey``: one PEM key; its type decides the algorithms (RSA: RS*/PS*, EC: ES by curve, EdDSA)."""
 
     option = "publicKey"
-    uses_kid = False
 
     def __init__(self, pem: str) -> None:
         key = load_public_pem(pem)
-        algs = _check_public_key(key, "publicKey")
-        self._verifiers = {alg: (build_verifier(key, alg),) for alg in algs}
-        self.allowed_algs = frozenset(algs)
-
-    def candidates(self, alg: str, kid: Optional[str]) -> Sequence[Verifier]:
-        try:
-            return self._verifiers[alg]
-        except KeyError:
-            raise _refuse("alg_not_allowed") from None
+        super().__init__({alg: build_verifier(key, alg) for alg in _check_public_key(key, "publicKey")})
 
 
 # --- JWK Sets -------------------------------------------------------------------------------------------
