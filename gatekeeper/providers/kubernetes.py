@@ -1,12 +1,556 @@
-"""Kubernetes manifests (Middleware, IngressRoute, Secret, Service, Endpoints, EndpointSlice)."""
+"""Kubernetes manifests: Traefik's CRDs resolved against core objects, as the ``kubernetescrd`` provider does.
+
+Lets a team run the same ``Middleware`` / ``IngressRoute`` / ``Secret`` / ``Service`` YAML with no cluster.
+``read_documents(docs, out)`` works in two passes: first every object is indexed by kind, namespace and name
+(the first in sorted file order wins), then Middlewares and IngressRoutes become definitions, with Secret
+references and Service endpoints resolved right then. Because resolution happens at collect time, an edited
+Secret or Endpoints file changes the definitions, and so the built pieces, on the next reload.
+
+Names follow Traefik's:
+
+- Middleware ``test-jwt`` in namespace ``apps``           -> ``apps-test-jwt@kubernetescrd``
+- IngressRoute ``my-app`` in ``apps``, a route matching M  -> router and service
+  ``apps-my-app-<first 10 hex digits of sha256(M)>@kubernetescrd``
+- each member of a route with several services (weighted) -> ``<namespace>-<service>-<port>@kubernetescrd``
+
+Anything other than the kinds read here (Deployment, ConfigMap, ...) is skipped silently.
+"""
 from __future__ import annotations
 
-from typing import List
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ..errors import ConfigError
 from ..manifests import Document
+from ..model import MiddlewareDef, RouterDef, ServerDef, ServiceDef, Source, qualify
 from . import Collector
+from . import file as file_provider
+from .fields import line_of, pick, type_name, want_bool, want_int, want_list, want_str, want_str_list
+
+PROVIDER = "kubernetescrd"
+TRAEFIK_API_VERSIONS = ("traefik.io/v1alpha1", "traefik.containo.us/v1alpha1")
+KINDS = {
+    **{(v, "Middleware"): "Middleware" for v in TRAEFIK_API_VERSIONS},
+    **{(v, "IngressRoute"): "IngressRoute" for v in TRAEFIK_API_VERSIONS},
+    ("v1", "Secret"): "Secret",
+    ("v1", "Service"): "Service",
+    ("v1", "Endpoints"): "Endpoints",
+    ("discovery.k8s.io/v1", "EndpointSlice"): "EndpointSlice",
+}
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+URN_PREFIX = "urn:k8s:secret:"
+# urn:k8s:secret:NAME:KEY with NAME a DNS subdomain and KEY a Secret data key, as Kubernetes allows them
+URN = re.compile(r"urn:k8s:secret:([a-z0-9](?:[-a-z0-9.]*[a-z0-9])?):([-._a-zA-Z0-9]+)")
+INGRESS_ROUTE_FIELDS = ("entryPoints", "routes", "tls", "parentRefs")
+ROUTE_FIELDS = ("match", "kind", "priority", "middlewares", "services", "syntax", "observability")
+# fields Traefik knows on a route's service; those after "weight" are accepted and ignored, like the file provider
+ROUTE_SERVICE_FIELDS = ("name", "namespace", "kind", "port", "scheme", "passHostHeader", "weight",
+                        "strategy", "sticky", "healthCheck", "responseForwarding", "serversTransport",
+                        "nativeLB", "nodePortLB")
+
+
+# --- the objects, indexed ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KubeObject:
+    """One recognised manifest: its kind, namespace, name and the document it came from."""
+
+    kind: str
+    namespace: str
+    name: str
+    doc: Document
+
+    @property
+    def body(self) -> Any:
+        return self.doc.data
+
+    @property
+    def line(self) -> int:
+        return line_of(self.doc.data) or self.doc.line
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    def located(self, err: ConfigError) -> ConfigError:
+        return err.located(file=self.doc.file, line=self.line, obj=self.ref)
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    port: int
+    target_port: Union[int, str, None]
+
+
+@dataclass(frozen=True)
+class KubeService:
+    namespace: str
+    name: str
+    ports: Tuple[ServicePort, ...] = ()
+    external_name: Optional[str] = None     # set for type ExternalName
+    problem: Optional[str] = None           # the manifest could not be read
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    ready: bool        # ready and not terminating: receives traffic
+    serving: bool      # still able to serve (may be terminating): used only when nothing is ready
+
+
+@dataclass(frozen=True)
+class EndpointGroup:
+    """Addresses sharing one set of ports: an Endpoints subset or an EndpointSlice. Ports by name."""
+
+    ports: Tuple[Tuple[str, Optional[int]], ...]
+    endpoints: Tuple[Endpoint, ...]
+
+
+@dataclass
+class Cluster:
+    """Every recognised object of one snapshot, looked up the way the CRD provider looks them up."""
+
+    objects: Dict[Tuple[str, str, str], KubeObject] = field(default_factory=dict)
+    secrets: Dict[Tuple[str, str], Dict[str, Union[str, ConfigError]]] = field(default_factory=dict)
+    services: Dict[Tuple[str, str], KubeService] = field(default_factory=dict)
+    endpoints: Dict[Tuple[str, str], List[EndpointGroup]] = field(default_factory=dict)
+
+    def of_kind(self, kind: str) -> List[KubeObject]:
+        return [obj for (k, _, _), obj in self.objects.items() if k == kind]
 
 
 def read_documents(docs: List[Document], out: Collector) -> None:
-    """Placeholder until the Kubernetes provider lands: other kinds are skipped silently, as Traefik does."""
+    """Add the definitions the Kubernetes documents make to ``out``; every problem is reported there."""
+    cluster = index_objects(docs, out)
+    for obj in cluster.of_kind("Middleware"):
+        read_middleware(obj, cluster, out)
+    for obj in cluster.of_kind("IngressRoute"):
+        read_ingress_route(obj, cluster, out)
+
+
+def index_objects(docs: List[Document], out: Collector) -> Cluster:
+    cluster = Cluster()
+    readers = {"Secret": index_secret, "Service": index_service, "Endpoints": index_endpoints,
+               "EndpointSlice": index_endpoint_slice}
+    for doc in docs:
+        kind = KINDS.get((str(doc.data.get("apiVersion")), str(doc.data.get("kind"))))
+        if kind is None:
+            continue
+        try:
+            namespace, name = metadata_names(doc.data)
+        except ConfigError as err:
+            out.error(err.located(file=doc.file, line=line_of(doc.data) or doc.line, obj=kind))
+            continue
+        obj = KubeObject(kind, namespace, name, doc)
+        first = cluster.objects.setdefault((kind, namespace, name), obj)
+        if first is not obj:
+            out.error(obj.located(ConfigError(f"defined again (first definition in {first.doc.file} wins)")))
+            continue
+        if kind in readers:
+            try:
+                readers[kind](obj, cluster)
+            except ConfigError as err:
+                out.error(obj.located(err))
+    return cluster
+
+
+def metadata_names(data: Any) -> Tuple[str, str]:
+    """(namespace, name) of a manifest; the namespace defaults to ``default`` as kubectl's does."""
+    meta = data.get("metadata")
+    if not isinstance(meta, dict):
+        raise ConfigError("metadata: expected a mapping with a name")
+    name = want_str(meta.get("name"), "metadata.name")
+    namespace = meta.get("namespace")
+    return (want_str(namespace, "metadata.namespace") if namespace is not None else "default"), name
+
+
+# --- Secret ----------------------------------------------------------------------------------------------
+
+def index_secret(obj: KubeObject, cluster: Cluster) -> None:
+    """Keys of a Secret: base64 ``data``, then ``stringData`` over it (as the API server merges them)."""
+    values: Dict[str, Union[str, ConfigError]] = {}
+    cluster.secrets[(obj.namespace, obj.name)] = values
+    data = mapping_field(obj.body, "data")
+    for key, encoded in data.items():
+        values[str(key)] = decode_secret_value(obj, str(key), encoded, line_of(data, key))
+    string_data = mapping_field(obj.body, "stringData")
+    for key, text in string_data.items():
+        values[str(key)] = want_str(text, f"stringData.{key}", empty_ok=True) if text is not None else ""
+    bad = [v for v in values.values() if isinstance(v, ConfigError)]
+    if bad:
+        raise bad[0]
+
+
+def decode_secret_value(obj: KubeObject, key: str, encoded: Any, line: Optional[int]) -> Union[str, ConfigError]:
+    try:
+        raw = base64.b64decode(want_str(encoded, f"data.{key}", empty_ok=True), validate=True)
+        return raw.decode("utf-8")
+    except (binascii.Error, ValueError) as exc:
+        problem = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "not valid base64"
+        return ConfigError(f"data.{key}: {problem}", file=obj.doc.file, line=line, obj=obj.ref)
+    except ConfigError as err:
+        return err.located(file=obj.doc.file, line=line, obj=obj.ref)
+
+
+def mapping_field(body: Any, key: str) -> Dict[Any, Any]:
+    value = body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {type_name(value)}", line=line_of(body, key))
+    return value
+
+
+def resolve_secrets(value: Any, namespace: str, cluster: Cluster, path: str, line: Optional[int]) -> Any:
+    """``value`` with every string equal to ``urn:k8s:secret:NAME:KEY`` replaced by that Secret's key."""
+    if isinstance(value, str):
+        return secret_value(value, namespace, cluster, path, line) if value.startswith(URN_PREFIX) else value
+    if isinstance(value, dict):
+        return {k: resolve_secrets(v, namespace, cluster, f"{path}.{k}", line_of(value, k) or line)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_secrets(v, namespace, cluster, f"{path}[{i}]", line) for i, v in enumerate(value)]
+    return value
+
+
+def secret_value(urn: str, namespace: str, cluster: Cluster, path: str, line: Optional[int]) -> str:
+    match = URN.fullmatch(urn)
+    if match is None:
+        raise ConfigError(f'{path}: malformed Secret reference "{urn}" (expected urn:k8s:secret:NAME:KEY)',
+                          line=line)
+    name, key = match.groups()
+    values = cluster.secrets.get((namespace, name))
+    if values is None:
+        raise ConfigError(f"{path}: Secret {namespace}/{name} does not exist (wanted its key \"{key}\")", line=line)
+    value = values.get(key)
+    if value is None:
+        raise ConfigError(f"{path}: Secret {namespace}/{name} has no key \"{key}\"", line=line)
+    if isinstance(value, ConfigError):
+        raise ConfigError(f"{path}: key \"{key}\" of Secret {namespace}/{name}: {value.reason}", line=line)
+    return value
+
+
+# --- Service, Endpoints, EndpointSlice ------------------------------------------------------------------
+
+def index_service(obj: KubeObject, cluster: Cluster) -> None:
+    key = (obj.namespace, obj.name)
+    try:
+        cluster.services[key] = read_service(obj)
+    except ConfigError as err:
+        cluster.services[key] = KubeService(obj.namespace, obj.name, problem=err.reason)
+        raise
+
+
+def read_service(obj: KubeObject) -> KubeService:
+    spec = mapping_field(obj.body, "spec")
+    ports = []
+    for i, entry in enumerate(want_list(spec.get("ports") or [], "spec.ports")):
+        where = f"spec.ports[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type_name(entry)}", line=line_of(spec, "ports"))
+        try:
+            target = entry.get("targetPort")
+            if target is not None and not (isinstance(target, str) and not target.isdigit()):
+                target = want_int(target, f"{where}.targetPort", minimum=1)
+            ports.append(ServicePort(want_str(entry.get("name") or "", f"{where}.name", empty_ok=True),
+                                     want_int(entry.get("port"), f"{where}.port", minimum=1), target))
+        except ConfigError as err:
+            raise err.located(line=line_of(entry))
+    external = None
+    if spec.get("type") == "ExternalName":
+        external = want_str(spec.get("externalName"), "spec.externalName")
+    return KubeService(obj.namespace, obj.name, tuple(ports), external)
+
+
+def index_endpoints(obj: KubeObject, cluster: Cluster) -> None:
+    """Endpoints (v1): each subset's ``addresses`` are ready, its ``notReadyAddresses`` are not."""
+    groups = []
+    for i, subset in enumerate(want_list(obj.body.get("subsets") or [], "subsets")):
+        where = f"subsets[{i}]"
+        if not isinstance(subset, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type_name(subset)}")
+        ready = [Endpoint(address_ip(a, f"{where}.addresses"), True, True)
+                 for a in want_list(subset.get("addresses") or [], f"{where}.addresses")]
+        not_ready = [Endpoint(address_ip(a, f"{where}.notReadyAddresses"), False, False)
+                     for a in want_list(subset.get("notReadyAddresses") or [], f"{where}.notReadyAddresses")]
+        groups.append(EndpointGroup(read_endpoint_ports(subset.get("ports"), f"{where}.ports"),
+                                    tuple(ready + not_ready)))
+    cluster.endpoints.setdefault((obj.namespace, obj.name), []).extend(groups)
+
+
+def address_ip(entry: Any, where: str) -> str:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a mapping with ip, got {type_name(entry)}")
+    return want_str(entry.get("ip"), f"{where}.ip")
+
+
+def index_endpoint_slice(obj: KubeObject, cluster: Cluster) -> None:
+    """EndpointSlice (discovery.k8s.io/v1): belongs to the Service named by its ``kubernetes.io/service-name``."""
+    labels = (obj.body.get("metadata") or {}).get("labels") or {}
+    service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
+    if not service:
+        raise ConfigError(f"metadata.labels: {SERVICE_NAME_LABEL} is required (it names the Service)")
+    endpoints = []
+    for i, entry in enumerate(want_list(obj.body.get("endpoints") or [], "endpoints")):
+        where = f"endpoints[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type_name(entry)}")
+        ready, serving = endpoint_conditions(entry.get("conditions"), f"{where}.conditions")
+        for address in want_str_list(entry.get("addresses") or [], f"{where}.addresses"):
+            endpoints.append(Endpoint(address, ready, serving))
+    group = EndpointGroup(read_endpoint_ports(obj.body.get("ports"), "ports"), tuple(endpoints))
+    cluster.endpoints.setdefault((obj.namespace, str(service)), []).append(group)
+
+
+def endpoint_conditions(conditions: Any, where: str) -> Tuple[bool, bool]:
+    """(ready, serving) as Kubernetes defines them: ready unset means ready, terminating unset means not,
+    serving unset defers to ready; a terminating endpoint is never ready."""
+    conditions = conditions or {}
+    if not isinstance(conditions, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type_name(conditions)}")
+    ready = want_bool(conditions.get("ready", True), f"{where}.ready")
+    terminating = want_bool(conditions.get("terminating", False), f"{where}.terminating")
+    serving = want_bool(conditions["serving"], f"{where}.serving") if "serving" in conditions else ready
+    return ready and not terminating, serving
+
+
+def read_endpoint_ports(ports: Any, where: str) -> Tuple[Tuple[str, Optional[int]], ...]:
+    found = []
+    for i, entry in enumerate(want_list(ports or [], where)):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}[{i}]: expected a mapping, got {type_name(entry)}")
+        number = entry.get("port")
+        found.append((want_str(entry.get("name") or "", f"{where}[{i}].name", empty_ok=True),
+                      want_int(number, f"{where}[{i}].port", minimum=1) if number is not None else None))
+    return tuple(found)
+
+
+# --- Middleware ------------------------------------------------------------------------------------------
+
+def read_middleware(obj: KubeObject, cluster: Cluster, out: Collector) -> None:
+    """A Middleware's ``spec`` read as a file-provider middleware, after resolving Secrets and chain members."""
+    name = qualify(object_id(obj.namespace, obj.name), PROVIDER)
+    source = Source(obj.doc.file, obj.line, PROVIDER)
+    try:
+        spec = pick(obj.body.get("spec"), file_provider.MIDDLEWARE_KINDS, "spec")
+        if "plugin" in spec:
+            spec["plugin"] = resolve_secrets(spec["plugin"], obj.namespace, cluster, "spec.plugin",
+                                             line_of(obj.body.get("spec"), "plugin"))
+        if "chain" in spec:
+            spec["chain"] = {"middlewares": chain_members(spec["chain"], obj.namespace)}
+        out.add("middleware", file_provider.read_middleware(name, spec, source))
+    except ConfigError as err:
+        out.fail("middleware", name, err.located(file=obj.doc.file, line=obj.line,
+                                                 obj=f'{obj.ref} (middleware "{name}")'))
+
+
+def chain_members(chain: Any, namespace: str) -> List[str]:
+    """A CRD chain's ``{name, namespace}`` members as qualified names (compile.py leaves those as they are)."""
+    fields = pick(chain, ("middlewares",), "spec.chain")
+    members = []
+    for i, entry in enumerate(want_list(fields.get("middlewares") or [], "spec.chain.middlewares")):
+        ref = pick(entry, ("name", "namespace"), f"spec.chain.middlewares[{i}]")
+        members.append(middleware_ref(ref, namespace, f"spec.chain.middlewares[{i}]"))
+    return members
+
+
+def middleware_ref(ref: Dict[str, Any], namespace: str, where: str) -> str:
+    """``{name, namespace}`` -> ``<namespace>-<name>@kubernetescrd``; a name with ``@`` is taken as it is."""
+    name = want_str(ref.get("name"), f"{where}.name")
+    if "@" in name:
+        return name
+    ns = want_str(ref["namespace"], f"{where}.namespace") if ref.get("namespace") else namespace
+    return qualify(object_id(ns, name), PROVIDER)
+
+
+def object_id(*parts: str) -> str:
+    """Traefik's ``provider.Normalize(namespace-name)``: runs of anything but letters and digits become ``-``."""
+    return "-".join(p for p in re.split(r"[\W_]+", "-".join(parts)) if p)
+
+
+# --- IngressRoute ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Backend:
+    """One entry of a route's ``services``, resolved: its own name and servers, or a reference elsewhere."""
+
+    name: str                               # qualified
+    weight: int
+    definition: Optional[ServiceDef]        # None: a reference to a service defined elsewhere (name@provider)
+
+
+def read_ingress_route(obj: KubeObject, cluster: Cluster, out: Collector) -> None:
+    try:
+        spec = pick(obj.body.get("spec"), INGRESS_ROUTE_FIELDS, "spec")
+        entry_points = tuple(want_str_list(spec.get("entryPoints") or [], "spec.entryPoints"))
+        routes = want_list(spec.get("routes") or [], "spec.routes")
+    except ConfigError as err:
+        out.error(obj.located(err))
+        return
+    if not routes:
+        out.error(obj.located(ConfigError("spec.routes: at least one route is required")))
+    for i, route in enumerate(routes):
+        where = f"spec.routes[{i}]"
+        line = line_of(route) or obj.line
+        try:
+            fields = pick(route, ROUTE_FIELDS, where)
+            match = want_str(fields.get("match"), f"{where}.match")
+        except ConfigError as err:
+            out.error(obj.located(err.located(line=line)))
+            continue
+        name = qualify(object_id(obj.namespace, obj.name, hashlib.sha256(match.encode()).hexdigest()[:10]), PROVIDER)
+        try:
+            router, backends = read_route(obj, fields, match, name, entry_points, cluster, where, line)
+        except ConfigError as err:
+            out.fail("router", name, err.located(file=obj.doc.file, line=line, obj=f'{obj.ref} (router "{name}")'))
+            continue
+        add_backends(backends, router.service, Source(obj.doc.file, line, PROVIDER), out)
+        out.add("router", router)
+
+
+def read_route(obj: KubeObject, fields: Dict[str, Any], match: str, name: str, entry_points: Tuple[str, ...],
+               cluster: Cluster, where: str, line: int) -> Tuple[RouterDef, List[Backend]]:
+    kind = fields.get("kind", "Rule")
+    if kind != "Rule":
+        raise ConfigError(f'{where}.kind: only "Rule" is supported, got {kind!r}')
+    middlewares = tuple(middleware_ref(pick(m, ("name", "namespace"), f"{where}.middlewares[{i}]"), obj.namespace,
+                                       f"{where}.middlewares[{i}]")
+                        for i, m in enumerate(want_list(fields.get("middlewares") or [], f"{where}.middlewares")))
+    entries = want_list(fields.get("services") or [], f"{where}.services")
+    if not entries:
+        raise ConfigError(f"{where}.services: at least one service is required")
+    several = len(entries) > 1
+    backends = [read_backend(entry, obj.namespace, cluster, f"{where}.services[{i}]", name, several,
+                             Source(obj.doc.file, line_of(entry) or line, PROVIDER))
+                for i, entry in enumerate(entries)]
+    service = backends[0].name if not several else name
+    router = RouterDef(name=name, rule=match, service=service, middlewares=middlewares, entry_points=entry_points,
+                       priority=want_int(fields.get("priority", 0), f"{where}.priority", minimum=0),
+                       source=Source(obj.doc.file, line, PROVIDER))
+    return router, backends
+
+
+def read_backend(entry: Any, namespace: str, cluster: Cluster, where: str, route_name: str, several: bool,
+                 source: Source) -> Backend:
+    fields = pick(entry, ROUTE_SERVICE_FIELDS, where)
+    name = want_str(fields.get("name"), f"{where}.name")
+    weight = want_int(fields.get("weight", 1), f"{where}.weight", minimum=0)
+    kind = fields.get("kind", "Service")
+    if kind == "TraefikService":
+        if "@" not in name:
+            raise ConfigError(f"{where}: TraefikService objects are not supported; name@provider references are")
+        return Backend(name, weight, None)
+    if kind != "Service":
+        raise ConfigError(f'{where}.kind: expected Service or TraefikService, got {kind!r}')
+    if "port" not in fields:
+        raise ConfigError(f"{where}.port: required (a Service port number or name)")
+    port = fields["port"]
+    port = int(port) if isinstance(port, str) and port.isdigit() else port
+    if isinstance(port, bool) or not isinstance(port, (int, str)) or port == "":
+        raise ConfigError(f"{where}.port: expected a port number or name, got {type_name(port)}")
+    ns = want_str(fields["namespace"], f"{where}.namespace") if fields.get("namespace") else namespace
+    scheme = want_str(fields["scheme"], f"{where}.scheme") if fields.get("scheme") else None
+    if scheme not in (None, "http", "https"):
+        raise ConfigError(f"{where}.scheme: expected http or https, got {scheme!r}")
+    servers, empty_reason = resolve_servers(cluster, ns, name, port, scheme)
+    own_name = qualify(object_id(ns, name, str(port)), PROVIDER) if several else route_name
+    definition = ServiceDef(own_name, "loadBalancer", source, servers,
+                            want_bool(fields.get("passHostHeader", True), f"{where}.passHostHeader"),
+                            empty_reason=empty_reason)
+    return Backend(own_name, weight, definition)
+
+
+def add_backends(backends: List[Backend], name: str, source: Source, out: Collector) -> None:
+    """A route's services: one loadBalancer under the route's name, or a weighted service over its members.
+
+    Members are shared between routes (Traefik names them by Service and port); the first definition stands.
+    """
+    if len(backends) == 1:
+        if backends[0].definition is not None:
+            out.add("service", backends[0].definition)
+        return
+    for backend in backends:
+        known = out.services.get(backend.name)
+        if backend.definition is None or (known is not None and same_servers(known, backend.definition)):
+            continue
+        out.add("service", backend.definition)
+    out.add("service", ServiceDef(name, "weighted", source, children=tuple((b.name, b.weight) for b in backends)))
+
+
+def same_servers(a: ServiceDef, b: ServiceDef) -> bool:
+    return (a.servers, a.pass_host_header, a.empty_reason) == (b.servers, b.pass_host_header, b.empty_reason)
+
+
+def resolve_servers(cluster: Cluster, namespace: str, name: str, port: Union[int, str],
+                    scheme: Optional[str]) -> Tuple[Tuple[ServerDef, ...], Optional[str]]:
+    """Servers of a Service port, or none and the reason (the route then answers 503 and ``check`` says why)."""
+    service = cluster.services.get((namespace, name))
+    what = f"Kubernetes service {namespace}/{name}"
+    if service is None:
+        return (), f"{what} does not exist"
+    if service.problem is not None:
+        return (), f"{what} is in error: {service.problem}"
+    service_port = find_port(service, port)
+    if service_port is None:
+        return (), f"{what} has no port {port if isinstance(port, int) else repr(port)}"
+    scheme = scheme or default_scheme(service_port)
+    if service.external_name is not None:
+        return (ServerDef(f"{scheme}://{host_port(service.external_name, service_port.port)}"),), None
+    groups = cluster.endpoints.get((namespace, name), [])
+    candidates = [(e, p) for g in groups for e, p in group_endpoints(g, service_port)]
+    chosen = [c for c in candidates if c[0].ready] or [c for c in candidates if c[0].serving]
+    urls = dict.fromkeys(f"{scheme}://{host_port(e.address, p)}" for e, p in chosen)
+    if urls:
+        return tuple(ServerDef(url) for url in urls), None
+    return (), no_endpoints_reason(what, service_port, groups, candidates)
+
+
+def find_port(service: KubeService, port: Union[int, str]) -> Optional[ServicePort]:
+    """The Service port a route names, by number or by name; an ExternalName Service takes any number."""
+    for candidate in service.ports:
+        if candidate.port == port if isinstance(port, int) else candidate.name == port:
+            return candidate
+    if service.external_name is not None and isinstance(port, int):
+        return ServicePort("", port, None)
     return None
+
+
+def default_scheme(port: ServicePort) -> str:
+    """Traefik's default: https for port 443 or a port named ``https...``, else http."""
+    return "https" if port.port == 443 or port.name.startswith("https") else "http"
+
+
+def group_endpoints(group: EndpointGroup, service_port: ServicePort) -> List[Tuple[Endpoint, int]]:
+    """The endpoints of a group for one Service port: the group's port of the same name, as Kubernetes names
+    them (a port given without a number falls back to the Service's numeric targetPort, then its port)."""
+    for port_name, number in group.ports:
+        if port_name == service_port.name:
+            if number is None:
+                number = service_port.target_port if isinstance(service_port.target_port, int) else service_port.port
+            return [(e, number) for e in group.endpoints]
+    return []
+
+
+def no_endpoints_reason(what: str, port: ServicePort, groups: List[EndpointGroup],
+                        candidates: List[Tuple[Endpoint, int]]) -> str:
+    reason = f"{what} has no ready endpoints for port {port.port}"
+    if groups and not candidates:
+        names = sorted({n or "(unnamed)" for g in groups for n, _ in g.ports})
+        wanted = f'named "{port.name}"' if port.name else "without a name"
+        reason += f" (endpoint ports are matched by the Service port's name: none {wanted} among {', '.join(names) or 'no ports'})"
+    elif not groups:
+        reason += " (no Endpoints or EndpointSlice for it)"
+    return reason
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
