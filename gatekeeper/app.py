@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from .compile import CompileOptions, Config
-from .proxy import error_response
+from .proxy import error_response, strip_connection_headers
 
 NOT_FOUND = error_response(404, "Not Found")
 
@@ -44,6 +44,8 @@ class Gateway:
         if router is None:
             return NOT_FOUND(environ, start_response)
         environ["gatekeeper.router"] = router.name
+        # Before any middleware sets headers: `Connection: X-User` must not drop a header the gateway set.
+        strip_connection_headers(environ)
         return router.handler(environ, start_response)
 
 
