@@ -1,31 +1,76 @@
 """conf.d -> compiled configuration, and again on every change: read, compile off the request path, swap.
 
 The swap is one reference assignment (``self.config = new``); requests read ``loader.config`` once and keep
-what they read. Unchanged bytes cause no swap. Each swap increments ``generation`` and is logged with what
-changed.
+what they read. Unchanged bytes cause no swap, and files whose bytes did not change are not parsed again
+(parsing YAML is most of a reload's cost). Each swap increments ``generation``, wakes
+:meth:`ConfigLoader.wait_for_generation` and is logged with what changed; ``last_reload`` keeps the record.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from .compile import CompileOptions, Config, compile_config
-from .manifests import read_dir
+from .manifests import FileResult, Snapshot, manifest_paths, read_dir, read_file
 
 log = logging.getLogger("gatekeeper.reload")
 
 
-def digests(config: Optional[Config]) -> Tuple[Tuple[str, str], ...]:
-    if config is None:
-        return ()
-    return tuple((f.file, f.digest) for f in config.snapshot.files)
+@dataclass(frozen=True)
+class ReloadRecord:
+    """What the last reload did, for logs and the admin endpoint."""
+
+    generation: int                     # generation serving after this reload
+    trigger: str                        # "start", "watch", "signal", ...
+    at: float                           # wall-clock time it finished (time.time())
+    duration_ms: float
+    swapped: bool                       # False: nothing changed, or the directory could not be read
+    changes: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
+    errors: Tuple[str, ...] = ()
+
+
+def file_digests(snapshot: Optional[Snapshot]) -> Tuple[Tuple[str, str], ...]:
+    return tuple((f.file, f.digest) for f in snapshot.files) if snapshot else ()
+
+
+def read_changed(root: Path, previous: Optional[Snapshot]) -> Snapshot:
+    """Like :func:`manifests.read_dir`, but a file whose bytes are unchanged reuses its previous result."""
+    if previous is None:
+        return read_dir(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a directory")
+    os.listdir(root)  # raises PermissionError for an unreadable directory, as read_dir does
+    known: Dict[str, FileResult] = {f.file: f for f in previous.files}
+    results = []
+    for path in manifest_paths(root):
+        old = known.get(path.relative_to(root).as_posix())
+        if old is not None and old.digest and old.digest == _digest_of(path):
+            results.append(old)
+        else:
+            results.append(read_file(path, root))
+    return Snapshot(str(root), tuple(results))
+
+
+def _digest_of(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
 
 
 class ConfigLoader:
-    """Holds the current :class:`Config` of a conf.d directory and replaces it when the files change."""
+    """Holds the current :class:`Config` of a conf.d directory and replaces it when the files change.
+
+    >>> loader = ConfigLoader("conf.d")        # doctest: +SKIP
+    >>> loader.load(); loader.watch()          # doctest: +SKIP
+    >>> loader.wait_for_generation(2, timeout=5)   # doctest: +SKIP
+    """
 
     def __init__(self, conf_d: "str | Path", *, options: Optional[CompileOptions] = None,
                  debounce: float = 0.1) -> None:
@@ -34,7 +79,10 @@ class ConfigLoader:
         self.debounce = debounce
         self.config: Optional[Config] = None
         self.last_error: Optional[str] = None
+        self.last_reload: Optional[ReloadRecord] = None
+        self._read: Optional[Snapshot] = None     # the files as last read, before last-good merging
         self._lock = threading.Lock()
+        self._swapped = threading.Condition()
         self._watcher = None
 
     @property
@@ -43,30 +91,63 @@ class ConfigLoader:
 
     def load(self) -> Config:
         """First load; raises OSError when the directory cannot be read (serve exits with a message)."""
-        snapshot = read_dir(self.conf_d)
-        started = time.perf_counter()
-        self.config = compile_config(snapshot, None, self.options)
-        log_reload(self.config, None, time.perf_counter() - started)
-        return self.config
+        with self._lock:
+            started = time.perf_counter()
+            snapshot = read_dir(self.conf_d)
+            self._swap(snapshot, compile_config(snapshot, None, self.options), None, started, "start")
+            assert self.config is not None
+            return self.config
 
-    def reload(self) -> bool:
+    def reload(self, trigger: str = "watch") -> bool:
         """Re-read conf.d; swap in a new configuration if any file changed. True when swapped."""
         with self._lock:
             started = time.perf_counter()
             try:
-                snapshot = read_dir(self.conf_d)
+                snapshot = read_changed(self.conf_d, self._read)
             except OSError as exc:
                 self.last_error = f"{self.conf_d}: cannot read the directory: {exc}; keeping the current configuration"
                 log.error(self.last_error)
+                self._record(trigger, started, swapped=False, errors=(self.last_error,))
                 return False
             previous = self.config
-            if previous is not None and tuple((f.file, f.digest) for f in snapshot.files) == digests(previous):
+            if previous is not None and file_digests(snapshot) == file_digests(self._read):
+                self.last_error = None
+                self._record(trigger, started, swapped=False)
                 return False
-            new = compile_config(snapshot, previous, self.options)
-            self.config = new
-            self.last_error = None
-            log_reload(new, previous, time.perf_counter() - started)
+            self._swap(snapshot, compile_config(snapshot, previous, self.options), previous, started, trigger)
             return True
+
+    def _swap(self, snapshot: Snapshot, new: Config, previous: Optional[Config], started: float,
+              trigger: str) -> None:
+        self.config = new                  # the swap: requests from now on see the new configuration
+        self._read = snapshot
+        self.last_error = None
+        seconds = time.perf_counter() - started
+        diff = changes(new, previous)
+        self._record(trigger, started, swapped=True, changes=diff, errors=tuple(str(e) for e in new.errors))
+        log_reload(new, diff, seconds, trigger)
+        with self._swapped:
+            self._swapped.notify_all()
+
+    def _record(self, trigger: str, started: float, *, swapped: bool,
+                changes: Optional[Dict[str, List[str]]] = None, errors: Tuple[str, ...] = ()) -> None:
+        self.last_reload = ReloadRecord(
+            self.generation, trigger, time.time(), (time.perf_counter() - started) * 1000, swapped,
+            {k: tuple(v) for k, v in (changes or {}).items() if v}, errors)
+
+    def wait_for_generation(self, generation: int, timeout: float) -> bool:
+        """Block until ``generation`` (or a later one) serves; False after ``timeout`` seconds.
+
+        Tests and tools wait on this instead of sleeping: ``loader.wait_for_generation(g + 1, 5)``.
+        """
+        deadline = time.monotonic() + timeout
+        with self._swapped:
+            while self.generation < generation:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._swapped.wait(remaining)
+        return True
 
     def watch(self) -> None:
         """Start watching conf.d (watchdog); changes are debounced then reloaded."""
@@ -100,11 +181,10 @@ def _objects(config: Config, kind: str) -> dict:
     return dict(getattr(config, kind))
 
 
-def log_reload(new: Config, old: Optional[Config], seconds: float) -> None:
-    diff = changes(new, old)
+def log_reload(new: Config, diff: Dict[str, List[str]], seconds: float, trigger: str = "watch") -> None:
     summary = " ".join(f"{k}={','.join(v)}" for k, v in diff.items() if v)
-    log.info("configuration generation %d loaded in %.1f ms: %d routers, %d middlewares, %d services, "
-             "%d errors%s", new.generation, seconds * 1000, len(new.routers), len(new.middlewares),
+    log.info("configuration generation %d loaded in %.1f ms (%s): %d routers, %d middlewares, %d services, "
+             "%d errors%s", new.generation, seconds * 1000, trigger, len(new.routers), len(new.middlewares),
              len(new.services), len(new.errors), (" " + summary) if summary else "")
     for err in new.errors:
         log.warning("%s", err)
