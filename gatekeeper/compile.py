@@ -9,6 +9,7 @@ previous configuration, so a reload costs what changed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from .errors import ConfigError, ExpressionError
@@ -127,7 +128,8 @@ class Builder:
     """Builds the runtime pieces of one configuration, reusing unchanged ones from the previous."""
 
     def __init__(self, defs: Definitions, previous: Optional[Config], options: CompileOptions,
-                 stale: Set[Tuple[str, str]]) -> None:
+                 stale: Set[Tuple[str, str]], root: str = "") -> None:
+        self.root = root
         self.defs = defs
         self.previous = previous
         self.options = options
@@ -201,7 +203,7 @@ class Builder:
     def build_middleware(self, definition: MiddlewareDef, trail: Tuple[str, ...]) -> Wrapper:
         if definition.kind == "plugin.jwt":
             from .auth import JWTAuth
-            return JWTAuth.from_config(definition.options).wrap
+            return JWTAuth.from_config(self.resolve_jwks_file(definition)).wrap
         if definition.kind == "chain":
             wrappers = []
             for member in chain_members(definition.options):
@@ -216,6 +218,16 @@ class Builder:
                 wrappers.append(built.wrapper)
             return lambda app: compose(wrappers, app)
         return FACTORIES[definition.kind](definition.options)
+
+    def resolve_jwks_file(self, definition: MiddlewareDef) -> Mapping:
+        """A relative ``jwksFile`` path means relative to the manifest that names it, not to the cwd."""
+        options = dict(definition.options)
+        for key, value in options.items():
+            if str(key).lower() == "jwksfile" and isinstance(value, str) and not value.lstrip().startswith("{"):
+                path = Path(value)
+                if not path.is_absolute() and self.root:
+                    options[key] = str(Path(self.root) / Path(definition.source.file).parent / path)
+        return options
 
     # -- routers ----------------------------------------------------------------------------------
     def router(self, definition: RouterDef) -> Optional[CompiledRouter]:
@@ -265,7 +277,7 @@ def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
     snapshot = with_last_good_files(snapshot, previous)
     collected = collect(snapshot)
     defs, stale = keep_failed_objects(collected.definitions(), collected.failed, previous)
-    builder = Builder(defs, previous, options, stale)
+    builder = Builder(defs, previous, options, stale, snapshot.root)
     routers = [r for r in (builder.router(d) for d in defs.routers.values()) if r is not None]
     for name in defs.services:
         builder.service(name)

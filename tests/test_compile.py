@@ -127,3 +127,30 @@ def test_unchanged_services_reuse_built_pools(conf_d):
 def test_not_a_manifest_is_reported(conf_d):
     conf_d("other.yaml", "foo: bar\n")
     assert any("not a manifest gatekeeper reads" in m for m in messages(compile_dir(conf_d.root)))
+
+
+def test_relative_jwks_file_is_relative_to_its_manifest(conf_d, wsgi_server, echo_upstream):
+    import requests
+
+    from gatekeeper.app import Gateway
+    from gatekeeper.token import mint, new_key_pem, public_jwk
+
+    private = new_key_pem("rsa")
+    jwk = dict(public_jwk(private), kid="k1")
+    import json
+    conf_d("team/keys.json", json.dumps({"keys": [jwk]}))
+    conf_d("team/routes.yaml", f"""
+    http:
+      routers:
+        r: {{rule: "PathPrefix(`/`)", service: s, middlewares: [jwt]}}
+      middlewares:
+        jwt: {{plugin: {{jwt: {{jwksFile: keys.json}}}}}}
+      services:
+        s: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
+    """)
+    gateway = Gateway(conf_d.root)
+    assert [str(e) for e in gateway.config.errors] == []
+    server = wsgi_server(gateway)
+    token = mint({"sub": "x"}, key_pem=private, kid="k1")
+    assert requests.get(server.url + "/", headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 200
+    assert requests.get(server.url + "/", timeout=5).status_code == 401

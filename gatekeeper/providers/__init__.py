@@ -64,6 +64,8 @@ def collect(snapshot: Snapshot) -> Collector:
                 kube_docs.append(doc)
             elif shape == "file":
                 file_provider.read_document(doc, out)
+            elif shape == "jwks":
+                continue  # a key file beside the manifests that use it (jwksFile: keys.json)
             else:
                 out.error(ConfigError(shape_problem(doc), file=doc.file, line=doc.line))
     kube_provider.read_documents(kube_docs, out)
@@ -78,6 +80,8 @@ def document_shape(doc: Document) -> Optional[str]:
         return "kubernetes"
     if any(str(k).lower() in ("http", "tcp", "udp", "tls") for k in data):
         return "file"
+    if list(data) == ["keys"] and isinstance(data["keys"], list):
+        return "jwks"
     return None
 
 
