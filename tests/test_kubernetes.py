@@ -288,3 +288,189 @@ spec: {{ports: [{{name: http, port: 80}}]}}
     gateway = wsgi_server(Gateway(conf_d.root))
     servers = [requests.get(gateway.url + "/app", timeout=5).json()["server"] for _ in range(8)]
     assert sorted(servers) == ["a"] * 6 + ["b"] * 2
+
+
+# --- Secret references -----------------------------------------------------------------------------------
+
+def jwt_middleware(options: str, namespace: str = "apps", api: str = "traefik.io/v1alpha1") -> str:
+    return f"""
+apiVersion: {api}
+kind: Middleware
+metadata: {{name: test-jwt, namespace: {namespace}}}
+spec:
+  plugin:
+    jwt: {{{options}}}
+"""
+
+
+def secret(body: str, namespace: str = "apps") -> str:
+    return f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: jwt, namespace: {namespace}}}
+type: Opaque
+{body}
+"""
+
+
+@pytest.mark.parametrize("options, secret_body, expected", [
+    ('signingSecret: "urn:k8s:secret:jwt:signingSecret"', "stringData: {signingSecret: mysuperlongsecret}",
+     {"signingSecret": SECRET}),
+    ('signingSecret: "urn:k8s:secret:jwt:signingSecret"', "data: {signingSecret: bXlzdXBlcmxvbmdzZWNyZXQ=}",
+     {"signingSecret": SECRET}),
+    ('signingSecret: "urn:k8s:secret:jwt:signingSecret"',
+     "data: {signingSecret: b2xk}\nstringData: {signingSecret: mysuperlongsecret}", {"signingSecret": SECRET}),
+    ('signingSecret: plain, tokenSource: {header: "urn:k8s:secret:jwt:h", query: [x, "urn:k8s:secret:jwt:q"]}',
+     "stringData: {h: X-Token, q: tok}",
+     {"signingSecret": "plain", "tokenSource": {"header": "X-Token", "query": ["x", "tok"]}}),
+], ids=["stringData", "base64-data", "stringData-over-data", "nested-anywhere"])
+def test_secret_references_are_resolved(conf_d, options, secret_body, expected):
+    defs, errors = read_definitions(conf_d, jwt_middleware(options), secret(secret_body))
+    assert errors == []
+    assert defs.middlewares["apps-test-jwt@kubernetescrd"].options == expected
+
+
+@pytest.mark.parametrize("options, docs, expected", [
+    ('signingSecret: "urn:k8s:secret:nope:signingSecret"', [secret("stringData: {signingSecret: x}")],
+     'Secret apps/nope does not exist (wanted its key "signingSecret")'),
+    ('signingSecret: "urn:k8s:secret:jwt:other"', [secret("stringData: {signingSecret: x}")],
+     'Secret apps/jwt has no key "other"'),
+    ('signingSecret: "urn:k8s:secret:jwt"', [secret("stringData: {signingSecret: x}")],
+     'malformed Secret reference "urn:k8s:secret:jwt" (expected urn:k8s:secret:NAME:KEY)'),
+    ('signingSecret: "urn:k8s:secret:jwt:signingSecret"', [secret("stringData: {signingSecret: x}", "other")],
+     "Secret apps/jwt does not exist"),
+    ('signingSecret: "urn:k8s:secret:jwt:signingSecret"', [secret("data: {signingSecret: 'not base64!'}")],
+     'key "signingSecret" of Secret apps/jwt: data.signingSecret: not valid base64'),
+], ids=["missing-secret", "missing-key", "malformed-urn", "secret-in-another-namespace", "invalid-base64"])
+def test_secret_problems_put_the_middleware_in_error(conf_d, options, docs, expected):
+    route = ingress_route("[{name: web, port: 80}]", extra="\n    middlewares: [{name: test-jwt}]")
+    conf_d("all.yaml", "\n---\n".join([jwt_middleware(options), route, *docs, WEB_SERVICE,
+                                        web_slice("- addresses: [10.0.0.1]")]))
+    config = compile_dir(conf_d.root)
+    where = 'all.yaml:7: Middleware apps/test-jwt (middleware "apps-test-jwt@kubernetescrd"): ' \
+            "spec.plugin.jwt.signingSecret: "
+    assert any(m.startswith(where) and expected in m for m in messages(config)), messages(config)
+    assert "apps-test-jwt@kubernetescrd" not in config.middlewares
+    assert "apps-test-jwt@kubernetescrd" in config.routers[0].error  # the route answers 503
+
+
+def test_editing_a_secret_re_resolves_its_middleware_on_reload(tmp_path, echo_upstream, wsgi_server):
+    root = seed_conf_d(tmp_path, "secret", echo_upstream.port)
+    gateway = Gateway(root)
+    served = wsgi_server(gateway)
+    old, new = mint({"sub": "u1"}, secret=SECRET), mint({"sub": "u1"}, secret="a-brand-new-longer-secret")
+    assert requests.get(served.url + "/my-app", headers=bearer(old), timeout=5).status_code == 200
+    manifest = root / "secret.yaml"
+    manifest.write_text(manifest.read_text().replace(SECRET, "a-brand-new-longer-secret"))
+    assert gateway.loader.reload("test") and gateway.config.generation == 2
+    assert messages(gateway.config) == []
+    assert requests.get(served.url + "/my-app", headers=bearer(new), timeout=5).status_code == 200
+    assert requests.get(served.url + "/my-app", headers=bearer(old), timeout=5).status_code == 401
+
+
+# --- both shapes together, chains, references across namespaces and providers ----------------------------
+
+@pytest.mark.parametrize("api", ["traefik.io/v1alpha1", "traefik.containo.us/v1alpha1"])
+def test_kubernetes_and_file_provider_objects_reference_each_other(conf_d, echo_upstream, wsgi_server, api):
+    conf_d("file.yaml", f"""
+    http:
+      routers:
+        files:
+          rule: PathPrefix(`/files`)
+          middlewares: [apps-test-jwt@kubernetescrd]
+          service: echo
+      middlewares:
+        strip: {{stripPrefix: {{prefixes: [/chained]}}}}
+      services:
+        echo: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
+    """)
+    chain = f"""
+apiVersion: {api}
+kind: Middleware
+metadata: {{name: secured, namespace: edge}}
+spec:
+  chain:
+    middlewares: [{{name: test-jwt, namespace: apps}}, {{name: strip@file}}]
+"""
+    route = ingress_route("[{name: whoami, namespace: apps, port: 80}]", namespace="edge",
+                         extra="\n    priority: 50\n    middlewares: [{name: secured}]").replace("/app`", "/chained`")
+    conf_d("k8s/all.yaml", "\n---\n".join([
+        jwt_middleware('signingSecret: "urn:k8s:secret:jwt:signingSecret"', api=api),
+        secret(f"stringData: {{signingSecret: {SECRET}}}"), chain, route.replace("traefik.io/v1alpha1", api),
+        (SEED / "secret" / "whoami.yaml").read_text(), textwrap.dedent(endpoints_yaml(echo_upstream.port))]))
+    gateway = Gateway(conf_d.root)
+    assert messages(gateway.config) == []
+    assert gateway.config.middlewares["edge-secured@kubernetescrd"].definition.options == {
+        "middlewares": ["apps-test-jwt@kubernetescrd", "strip@file"]}
+    router = next(r for r in gateway.config.routers if r.name.startswith("edge-my-app-"))
+    assert router.definition.priority == 50
+    served = wsgi_server(gateway)
+    good, bad = bearer(mint({"sub": "u1"}, secret=SECRET)), bearer(mint({"sub": "u1"}, secret="wrong-secret-value"))
+    for path, upstream_path in (("/files/a", "/files/a"), ("/chained/app/x", "/app/x")):
+        ok = requests.get(served.url + path, headers=good, timeout=5)
+        assert (ok.status_code, ok.json()["path"]) == (200, upstream_path)
+        assert requests.get(served.url + path, headers=bad, timeout=5).status_code == 401
+
+
+# --- what is reported, and what is skipped ---------------------------------------------------------------
+
+@pytest.mark.parametrize("doc, expected", [
+    (ingress_route("[{name: web, port: 80}]").replace("match: PathPrefix(`/app`)", "priority: 1"),
+     "all.yaml:7: IngressRoute apps/my-app: spec.routes[0].match: expected a string, got nothing"),
+    (ingress_route("[{name: web, port: 80}]").replace("kind: Rule", "kind: Regex"),
+     'all.yaml:7: IngressRoute apps/my-app (router "apps-my-app-7ad4766185@kubernetescrd"): '
+     "spec.routes[0].kind: only \"Rule\" is supported, got 'Regex'"),
+    (ingress_route("[{name: web, port: true}]"), "spec.routes[0].services[0].port: expected a port number or name"),
+    (ingress_route("[{name: web}]"), "spec.routes[0].services[0].port: required"),
+    (ingress_route("[{name: web, port: 80, scheme: h2c}]"), "spec.routes[0].services[0].scheme: expected http or https"),
+    (ingress_route("[{name: web, port: 80, kind: TraefikService}]"), "TraefikService objects are not supported"),
+    (ingress_route("[]"), "spec.routes[0].services: at least one service is required"),
+    (ingress_route("[{name: web, port: 80}]").replace("kind: Rule", "servces: []"),
+     'all.yaml:8: IngressRoute apps/my-app: spec.routes[0]: unknown field "servces"'),
+    (ingress_route("[{name: web, port: 80}]", extra="\n    middlewares: [auth]"),
+     "spec.routes[0].middlewares[0]: expected a mapping, got a string"),
+    (jwt_middleware("signingSecret: x").replace("plugin:\n    jwt:", "basicAuth:\n    users:"),
+     'all.yaml:6: Middleware apps/test-jwt (middleware "apps-test-jwt@kubernetescrd"): spec: unknown field "basicAuth"'),
+    ("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: apps}\nspec: {ports: [{port: http}]}",
+     "all.yaml:4: Service apps/web: spec.ports[0].port: expected a whole number, got a string"),
+    (web_slice("- addresses: [10.0.0.1]").replace("labels: {kubernetes.io/service-name: web}", "labels: {}"),
+     "EndpointSlice apps/web-x1: metadata.labels: kubernetes.io/service-name is required"),
+    ("apiVersion: v1\nkind: Secret\nmetadata: {namespace: apps}\n", "all.yaml:1: Secret: metadata.name: expected a string"),
+    (WEB_SERVICE + "---" + WEB_SERVICE, "all.yaml:11: Service apps/web: defined again (first definition in all.yaml wins)"),
+], ids=["route-without-match", "route-kind", "port-type", "port-missing", "scheme", "traefik-service",
+        "no-services", "unknown-route-field", "middleware-ref-not-a-mapping", "unsupported-middleware",
+        "service-port", "slice-without-label", "no-name", "duplicate"])
+def test_errors_name_file_line_object_and_reason(conf_d, doc, expected):
+    _, errors = read_definitions(conf_d, doc)
+    assert any(expected in m for m in errors), errors
+
+
+def test_other_kinds_are_skipped_silently(conf_d):
+    defs, errors = read_definitions(conf_d, (SEED / "secret" / "whoami.yaml").read_text(), """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {a: b}
+""", """
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata: {name: whoami, namespace: apps}
+spec: {template: {spec: {containers: [{image: traefik/whoami}]}}}
+""", """
+apiVersion: traefik.io/v1alpha1
+kind: IngressRouteTCP
+metadata: {name: tcp}
+spec: {routes: [{match: HostSNI(`*`)}]}
+""")
+    assert (errors, dict(defs.routers), dict(defs.middlewares), dict(defs.services)) == ([], {}, {}, {})
+
+
+def test_namespace_defaults_to_default(conf_d):
+    defs, errors = read_definitions(conf_d, jwt_middleware("signingSecret: x").replace("namespace: apps", "labels: {}"),
+                                    ingress_route("[{name: web, port: 80}]", namespace="default",
+                                                  extra="\n    middlewares: [{name: test-jwt}]"))
+    assert errors == []
+    (router,) = defs.routers.values()
+    assert router.middlewares == ("default-test-jwt@kubernetescrd",)
+    assert "default-test-jwt@kubernetescrd" in defs.middlewares
+    assert defs.services[router.service].empty_reason.startswith("Kubernetes service default/web does not exist")
