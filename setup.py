@@ -17,6 +17,7 @@ setup(
         "ply>=3.11,<4",
         "watchdog>=4.0,<7",
         "PyYAML>=6.0,<7",
+        "prometheus_client>=0.20,<1",
     ],
     extras_require={
         "test": [
@@ -24,6 +25,7 @@ setup(
             "pytest-timeout>=2.2",
             "hypothesis>=6.100",
             "flask>=3.0,<4",
+            "gunicorn>=22",
         ],
     },
     entry_points={"console_scripts": ["gatekeeper=gatekeeper.cli:main"]},

@@ -25,6 +25,29 @@ def address(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def entrypoint(text: str):
+    """argparse type for NAME=HOST:PORT[,tls=CERT:KEY]."""
+    from .serve import parse_entrypoint
+    try:
+        return parse_entrypoint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive(kind: type):
+    """argparse type: a number of ``kind`` greater than zero."""
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+        return value
+    convert.__name__ = kind.__name__
+    return convert
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="gatekeeper", description="A JWT-securing API gateway reading conf.d manifests.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
@@ -41,6 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-watch", action="store_true", help="do not watch conf.d (SIGHUP still reloads)")
     serve.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                        help="how long a stop waits for in-flight requests (default 10)")
+    serve.add_argument("--entrypoint", action="append", type=entrypoint, metavar="NAME=HOST:PORT[,tls=CERT:KEY]",
+                       help="a named listener (repeatable); serves routers naming it or none; replaces --listen")
+    serve.add_argument("--admin", type=address, metavar="HOST:PORT",
+                       help="admin listener: /healthz /readyz /metrics /config (off unless given)")
+    serve.add_argument("--workers", type=positive(int), default=1, metavar="N",
+                       help="worker processes sharing the listeners (default 1)")
+    limits = serve.add_argument_group("limits")
+    limits.add_argument("--max-header-bytes", type=positive(int), default=64 * 1024, metavar="BYTES",
+                        help="total request header size; past it 431 (default 65536)")
+    limits.add_argument("--max-body-bytes", type=positive(int), default=None, metavar="BYTES",
+                        help="request body size; past it 413 (default: no limit)")
+    limits.add_argument("--idle-timeout", type=positive(float), default=60.0, metavar="SECONDS",
+                        help="close a client connection idle this long (default 60)")
+    limits.add_argument("--upstream-connect-timeout", type=positive(float), default=5.0, metavar="SECONDS",
+                        help="connecting to an upstream; past it 504 (default 5)")
+    limits.add_argument("--upstream-timeout", type=positive(float), default=60.0, metavar="SECONDS",
+                        help="waiting for an upstream's response; past it 504 (default 60)")
     serve.set_defaults(func=run_serve)
 
     check = commands.add_parser("check", help="load a conf.d as serve would and print every problem")

@@ -1,25 +1,202 @@
-"""The only module that imports gevent's server: sockets, the WSGI handler, and the serving loop.
+"""The only module that imports gevent's server: sockets, the WSGI handler, listeners, limits and drain.
 
 pywsgi decodes ``PATH_INFO``; a gateway must forward the path exactly as received, so the handler also
-puts the raw request target in ``environ["RAW_URI"]`` (the name gunicorn uses).
+puts the raw request target in ``environ["RAW_URI"]`` (the name gunicorn uses). The handler also enforces
+the client-side limits of operations.md: a total request-header budget (431 past it), an idle timeout on
+client sockets, and a graceful drain that closes idle keep-alive connections at once and lets busy ones
+finish their current request.
 """
 from __future__ import annotations
 
+import email.parser
 import socket
+import ssl
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
+import gevent
 import gevent.event
-from typing import Callable, Optional, Tuple
-
 from gevent.pywsgi import WSGIHandler, WSGIServer
+
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+BODY_REFUSED = "gatekeeper.body_refused"
+SKIP_AFTER_431 = 1024 * 1024   # header bytes read past the limit before answering 431, so the client sees it
+RESPONSE_431 = (b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
+                b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 43\r\n\r\n"
+                b"431 Request Header Fields Too Large: limit\r\n")
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Client-side limits (operations.md "Limits"): header bytes, idle seconds, optional body bytes."""
+
+    max_header_bytes: int = 64 * 1024
+    idle_timeout: float = 60.0
+    max_body_bytes: Optional[int] = None
+
+
+class HeadersTooLarge(ValueError):
+    """The request's header block is larger than ``ServerLimits.max_header_bytes``."""
+
+
+def read_header_block(rfile, budget: int) -> bytes:
+    """The header lines up to and including the empty line; HeadersTooLarge past ``budget`` bytes."""
+    lines: List[bytes] = []
+    used = 0
+    while True:
+        line = rfile.readline(budget - used + 1)
+        used += len(line)
+        if used > budget:
+            raise HeadersTooLarge(f"request headers larger than {budget} bytes")
+        lines.append(line)
+        if line in (b"\r\n", b"\n", b""):
+            return b"".join(lines)
+
+
+def skip_header_block(rfile, limit: int) -> None:
+    """Read (and drop) the rest of a too-large header block, at most ``limit`` bytes, so the client is
+    reading when the 431 arrives instead of being reset mid-send."""
+    skipped = 0
+    try:
+        while skipped < limit:
+            line = rfile.readline(64 * 1024)
+            skipped += len(line)
+            if line in (b"\r\n", b"\n", b""):
+                return
+    except OSError:
+        return
+
+
+def parse_header_block(block: bytes):
+    """What pywsgi's own parser returns (http.client's parse, minus its 100-header cap)."""
+    from gevent.pywsgi import OldMessage  # type: ignore[attr-defined]
+    return email.parser.Parser(_class=OldMessage).parsestr(block.decode("iso-8859-1"))
 
 
 class GatewayHandler(WSGIHandler):
-    """pywsgi's handler, plus ``RAW_URI`` and a tidier error log."""
+    """pywsgi's handler, plus ``RAW_URI``, header and idle limits, connection tracking and drain."""
+
+    waiting_for_request = False
 
     def get_environ(self) -> dict:
         env = super().get_environ()
         env["RAW_URI"] = self.path
         return env
+
+    def handle(self) -> None:
+        server = self.server
+        self.socket.settimeout(server.limits.idle_timeout)  # idle keep-alive, and stalled reads/writes
+        server.connection_opened(self)
+        try:
+            super().handle()
+        finally:
+            server.connection_closed(self)
+
+    def read_requestline(self) -> str:
+        if self.server.draining:
+            return ""  # closes the connection: no new request once the drain began
+        self.waiting_for_request = True
+        try:
+            return super().read_requestline()
+        finally:
+            self.waiting_for_request = False
+
+    def MessageClass(self, rfile, *args):  # noqa: N802 - pywsgi's name
+        return parse_header_block(read_header_block(rfile, self.server.limits.max_header_bytes))
+
+    def _handle_client_error(self, ex: BaseException):
+        if isinstance(ex, HeadersTooLarge):
+            skip_header_block(self.rfile, SKIP_AFTER_431)
+            self.server.request_refused(self, 431)
+            return ("431", RESPONSE_431)
+        return super()._handle_client_error(ex)
+
+    def log_request(self) -> None:
+        """pywsgi's own access line is replaced by accesslog.py's, written by the app wrapper."""
+
+    def run_application(self) -> None:
+        try:
+            super().run_application()
+        finally:
+            if self.environ.get(BODY_REFUSED):
+                # The body was refused unread: close instead of reading (discarding) it all.
+                self.wsgi_input._chunked_input_error = True
+                self.close_connection = True
+
+    def wake_if_idle(self) -> None:
+        """During a drain: an idle keep-alive connection is closed now rather than after idle_timeout."""
+        sock = self.socket if self.waiting_for_request else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+
+
+class GatewayServer(WSGIServer):
+    """pywsgi's server with :class:`ServerLimits`, connection tracking and :meth:`drain`.
+
+    ``on_refused(exchange)`` sees requests refused before the app (431); ``on_connection(+1/-1)``
+    follows open connections (the metrics gauge).
+    """
+
+    def __init__(self, listener, application: WSGIApp, *, limits: Optional[ServerLimits] = None,
+                 on_refused: Optional[Callable] = None, on_connection: Optional[Callable[[int], None]] = None,
+                 **kwargs) -> None:
+        kwargs.setdefault("handler_class", GatewayHandler)
+        super().__init__(listener, application, **kwargs)
+        self.limits = limits or ServerLimits()
+        self.on_refused = on_refused
+        self.on_connection = on_connection
+        self.handlers: set = set()
+        self.draining = False
+        self.drained = gevent.event.Event()
+        self.drained.set()
+
+    def connection_opened(self, handler: GatewayHandler) -> None:
+        self.handlers.add(handler)
+        self.drained.clear()
+        if self.on_connection is not None:
+            self.on_connection(1)
+
+    def connection_closed(self, handler: GatewayHandler) -> None:
+        self.handlers.discard(handler)
+        if self.on_connection is not None:
+            self.on_connection(-1)
+        if not self.handlers:
+            self.drained.set()
+
+    def request_refused(self, handler: GatewayHandler, status: int) -> None:
+        if self.on_refused is None:
+            return
+        from .accesslog import Exchange
+        method, _, rest = (handler.requestline or "").partition(" ")
+        exchange = Exchange(handler.client_address[0] if isinstance(handler.client_address, tuple) else "-",
+                            method or "-", rest.rpartition(" ")[0].partition("?")[0] or "-")
+        exchange.status = status
+        exchange.end({})
+        self.on_refused(exchange)
+
+    def begin_drain(self) -> None:
+        """Stop accepting, and close connections that wait for a next request."""
+        self.draining = True
+        self.close()
+        for handler in list(self.handlers):
+            handler.wake_if_idle()
+
+
+def drain(servers: Sequence[GatewayServer], grace: float) -> bool:
+    """Stop every server from accepting, then wait up to ``grace`` seconds for in-flight requests.
+
+    True when everything finished in time (what is left is cut when the process exits).
+    """
+    for server in servers:
+        server.begin_drain()
+    deadline = gevent.get_hub().loop.now() + grace
+    for server in servers:
+        if not server.drained.wait(max(0.0, deadline - gevent.get_hub().loop.now())):
+            return False
+    return True
 
 
 def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
@@ -37,9 +214,51 @@ def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
 
 
 def make_server(sock: socket.socket, app: Callable, *, log: Optional[object] = None,
-                error_log: Optional[object] = None, **kwargs) -> WSGIServer:
-    """A pywsgi server on ``sock`` using :class:`GatewayHandler`."""
-    return WSGIServer(sock, app, handler_class=GatewayHandler, log=log, error_log=error_log, **kwargs)
+                error_log: Optional[object] = None, **kwargs) -> GatewayServer:
+    """A pywsgi server on ``sock`` using :class:`GatewayHandler` (``limits=ServerLimits(...)`` optional)."""
+    return GatewayServer(sock, app, log=log, error_log=error_log, **kwargs)
+
+
+def limit_body(app: WSGIApp, max_bytes: int) -> WSGIApp:
+    """Answer 413 to a request whose Content-Length exceeds ``max_bytes``, and close the connection.
+
+    A chunked body is counted as it streams; past the limit its read fails, which the proxy turns
+    into an error answer (the status line may already be on its way, so it cannot be 413).
+    """
+    from .proxy import error_response
+
+    too_large = error_response(413, f"request body larger than {max_bytes} bytes")
+
+    def limited(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        length = environ.get("CONTENT_LENGTH")
+        if length and int(length) > max_bytes:
+            environ[BODY_REFUSED] = True
+            return too_large(environ, lambda s, h, *a: start_response(s, h + [("Connection", "close")], *a))
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            environ["wsgi.input"] = CappedInput(environ["wsgi.input"], max_bytes)
+        return app(environ, start_response)
+    return limited
+
+
+class BodyTooLarge(IOError):
+    """A chunked request body went past ``--max-body-bytes``."""
+
+
+class CappedInput:
+    """``wsgi.input`` that fails once more than ``limit`` bytes were read."""
+
+    def __init__(self, stream, limit: int) -> None:
+        self.stream, self.limit, self.seen = stream, limit, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.seen += len(data)
+        if self.seen > self.limit:
+            raise BodyTooLarge(f"request body larger than {self.limit} bytes")
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
 
 
 def parse_address(text: str) -> Tuple[str, int]:
@@ -49,6 +268,45 @@ def parse_address(text: str) -> Tuple[str, int]:
         raise ValueError(f"not an address HOST:PORT: {text!r}")
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port)
+
+
+@dataclass(frozen=True)
+class Entrypoint:
+    """One traffic listener: ``--entrypoint NAME=HOST:PORT[,tls=CERT:KEY]`` (name None: plain --listen)."""
+
+    name: Optional[str]
+    host: str
+    port: int
+    cert: Optional[str] = None
+    key: Optional[str] = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.cert else "http"
+
+
+def parse_entrypoint(text: str) -> Entrypoint:
+    """``web=0.0.0.0:8080`` or ``secure=127.0.0.1:8443,tls=cert.pem:key.pem``; ValueError otherwise."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"expected NAME=HOST:PORT[,tls=CERT:KEY], not {text!r}")
+    address, _, option = rest.partition(",")
+    host, port = parse_address(address)
+    if not option:
+        return Entrypoint(name, host, port)
+    key, sep, value = option.partition("=")
+    cert, colon, keyfile = value.partition(":")
+    if key != "tls" or not sep or not colon or not cert or not keyfile:
+        raise ValueError(f"expected ,tls=CERT:KEY after the address, not {option!r}")
+    return Entrypoint(name, host, port, cert, keyfile)
+
+
+def tls_context(entrypoint: Entrypoint) -> ssl.SSLContext:
+    """A server context (TLS 1.2+) with the entry point's certificate chain and key."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(entrypoint.cert, entrypoint.key)
+    return context
 
 
 def configure_logging(fmt: str, level: str) -> None:
@@ -69,48 +327,146 @@ def configure_logging(fmt: str, level: str) -> None:
     root.setLevel(level.upper())
 
 
+class Listeners:
+    """Every socket this process serves, bound before any worker forks so all workers share them."""
+
+    def __init__(self, entrypoints: Sequence[Entrypoint], admin: Optional[Tuple[str, int]]) -> None:
+        self.entrypoints = list(entrypoints)
+        self.sockets: List[socket.socket] = []
+        self.admin: Optional[socket.socket] = None
+        try:
+            for ep in self.entrypoints:
+                self.sockets.append(listen_socket(ep.host, ep.port))
+                if ep.cert:
+                    tls_context(ep)  # fail now, in the parent, on a bad certificate or key
+            if admin is not None:
+                self.admin = listen_socket(*admin)
+        except BaseException:
+            self.close()
+            raise
+
+    def all(self) -> List[socket.socket]:
+        return self.sockets + ([self.admin] if self.admin is not None else [])
+
+    def close(self) -> None:
+        for sock in self.all():
+            sock.close()
+
+    def describe(self) -> str:
+        """``http://127.0.0.1:8080`` or ``web=http://...:8080, secure=https://...:8443``."""
+        shown = []
+        for ep, sock in zip(self.entrypoints, self.sockets):
+            host, port = sock.getsockname()[:2]
+            url = f"{ep.scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
+            shown.append(url if ep.name is None else f"{ep.name}={url}")
+        return ", ".join(shown)
+
+
+def plan_entrypoints(args) -> List[Entrypoint]:
+    """``--entrypoint`` listeners, or the single ``--listen`` one serving every router."""
+    if getattr(args, "entrypoint", None):
+        return list(args.entrypoint)
+    host, port = args.listen
+    return [Entrypoint(None, host, port)]
+
+
+def make_loader(args):
+    """A ConfigLoader with the upstream limits of the command line, counting its reloads in metrics."""
+    from .compile import CompileOptions
+    from .proxy import ProxyLimits
+    from .reload import ConfigLoader
+
+    class MeasuredLoader(ConfigLoader):
+        def reload(self, *args, **kwargs) -> bool:
+            swapped = super().reload(*args, **kwargs)
+            from . import metrics
+            metrics.record_reload(self, swapped)
+            return swapped
+
+    limits = ProxyLimits(connect_timeout=args.upstream_connect_timeout, response_timeout=args.upstream_timeout)
+    return MeasuredLoader(args.conf_d, options=CompileOptions(limits=limits), debounce=args.debounce_ms / 1000.0)
+
+
+def server_limits(args) -> ServerLimits:
+    return ServerLimits(max_header_bytes=args.max_header_bytes, idle_timeout=args.idle_timeout,
+                        max_body_bytes=args.max_body_bytes)
+
+
+def serve_process(args, loader, listeners: Listeners) -> int:
+    """Serve every listener in this process until SIGTERM/SIGINT, then drain; SIGHUP reloads.
+
+    Runs as the whole program with one worker, or in each forked worker.
+    """
+    import signal
+
+    from . import metrics
+    from .accesslog import AccessLog, fan_out
+    from .admin import make_admin_app
+    from .app import Gateway
+
+    metrics.record_reload(loader, True)
+    access_log = AccessLog(args.log_format)
+    limits = server_limits(args)
+    gateway = Gateway(loader.conf_d, loader=loader)
+    servers = []
+    for ep, sock in zip(listeners.entrypoints, listeners.sockets):
+        app = gateway if ep.name is None else gateway.for_entrypoint(ep.name)
+        if limits.max_body_bytes is not None:
+            app = limit_body(app, limits.max_body_bytes)
+        extra = {"ssl_context": tls_context(ep)} if ep.cert else {}
+        servers.append(make_server(sock, metrics.instrument(app, access_log), limits=limits,
+                                   on_refused=fan_out(metrics.record_refused, access_log),
+                                   on_connection=metrics.CONNECTIONS.inc, **extra))
+    if listeners.admin is not None:
+        servers.append(make_server(listeners.admin, make_admin_app(loader), limits=limits))
+    for server in servers:
+        server.start()
+    if not args.no_watch:
+        loader.watch()
+
+    stopping = gevent.event.Event()
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(loader.reload, "signal"))
+    gevent.signal_handler(signal.SIGTERM, stopping.set)
+    gevent.signal_handler(signal.SIGINT, stopping.set)
+    stopping.wait()
+    loader.stop()
+    drain(servers, args.grace)
+    return 0
+
+
 def run(args) -> int:
-    """``gatekeeper serve``: patch, load conf.d, listen, watch, and stop gracefully on SIGTERM/SIGINT."""
+    """``gatekeeper serve``: patch, load conf.d, bind every listener, then serve here or in N workers."""
     from gevent import monkey
 
     # queue=False: a fully patched queue stops watchdog delivering events (STYLE.md, measured trap).
     monkey.patch_all(queue=False)
 
-    import signal
     import sys
 
-    import gevent
-
-    from .app import Gateway
-    from .reload import ConfigLoader
-
     configure_logging(args.log_format, args.log_level)
-    loader = ConfigLoader(args.conf_d, debounce=args.debounce_ms / 1000.0)
+    loader = make_loader(args)
     try:
         config = loader.load()
     except OSError as exc:
         print(f"gatekeeper: cannot read conf.d {args.conf_d}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    host, port = args.listen
+    entrypoints = plan_entrypoints(args)
     try:
-        sock = listen_socket(host, port)
-    except OSError as exc:
-        print(f"gatekeeper: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        listeners = Listeners(entrypoints, args.admin)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"gatekeeper: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    gateway = Gateway(args.conf_d, loader=loader)
-    server = make_server(sock, gateway)
-    server.start()
-    if not args.no_watch:
-        loader.watch()
-    bound = sock.getsockname()
-    print(f"gatekeeper listening on http://{bound[0]}:{bound[1]} (conf.d {args.conf_d}: "
-          f"{len(config.routers)} routers, {len(config.errors)} errors)", flush=True)
+    extra = ""
+    if listeners.admin is not None:
+        host, port = listeners.admin.getsockname()[:2]
+        extra += f", admin on http://{host}:{port}"
+    if args.workers > 1:
+        extra += f", {args.workers} workers"
+    print(f"gatekeeper listening on {listeners.describe()} (conf.d {args.conf_d}: "
+          f"{len(config.routers)} routers, {len(config.errors)} errors){extra}", flush=True)
+    if args.workers > 1:
+        from .workers import supervise
+        return supervise(args.workers, lambda: serve_process(args, loader, listeners),
+                         grace=args.grace, listeners=listeners.all())
+    return serve_process(args, loader, listeners)
 
-    stopping = gevent.event.Event()
-    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(loader.reload))
-    gevent.signal_handler(signal.SIGTERM, stopping.set)
-    gevent.signal_handler(signal.SIGINT, stopping.set)
-    stopping.wait()
-    loader.stop()
-    server.stop(timeout=args.grace)
-    return 0

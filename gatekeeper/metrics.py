@@ -1,0 +1,119 @@
+"""Prometheus metrics: the metric objects, the request observer, reload bookkeeping and the exposition.
+
+With several workers, prometheus_client's multiprocess mode aggregates what every worker counted: the
+parent sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker imports this module (workers.py), each worker
+writes its values to memory-mapped files there, and a scrape in any worker reads them all. Gauges say
+how to combine per-process values (``livesum`` for in-flight and connections, ``liveall`` for the
+configuration generation, which each worker reloads on its own).
+
+Usage::
+
+    app = instrument(gateway, access_log=AccessLog("text"))
+    body = exposition()          # for GET /metrics
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Iterable, Optional, Tuple
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import generate_latest, multiprocess
+
+from .accesslog import Exchange, fan_out, observe
+
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# A client can send any method name; unknown ones share one label value so cardinality stays bounded.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+NO_ROUTER = "none"
+LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
+
+REQUESTS = Counter("gatekeeper_requests", "Requests answered, by router, method and status code",
+                   ["router", "method", "status"])
+LATENCY = Histogram("gatekeeper_request_duration_seconds",
+                    "Time from the request reaching the gateway to the last response byte sent, by router",
+                    ["router"], buckets=LATENCY_BUCKETS)
+RESPONSE_BYTES = Counter("gatekeeper_response_bytes", "Response body bytes sent, by router", ["router"])
+IN_FLIGHT = Gauge("gatekeeper_requests_in_flight", "Requests being answered now", multiprocess_mode="livesum")
+CONNECTIONS = Gauge("gatekeeper_open_connections", "Client connections open now", multiprocess_mode="livesum")
+JWT_OUTCOMES = Counter("gatekeeper_jwt_outcomes",
+                       "JWT middleware decisions, by router and outcome (accepted, or the refusal reason)",
+                       ["router", "outcome"])
+UPSTREAM_ERRORS = Counter("gatekeeper_upstream_errors",
+                          "Requests the proxy could not complete upstream, by router and kind", ["router", "kind"])
+RELOADS = Counter("gatekeeper_config_reloads", "Configurations swapped in (the first load included)")
+RELOAD_ERRORS = Counter("gatekeeper_config_reload_errors",
+                        "Reloads that could not read conf.d, or whose new configuration reports errors")
+GENERATION = Gauge("gatekeeper_config_generation", "Generation number of the configuration being served",
+                   multiprocess_mode="liveall")
+CONFIG_ERRORS = Gauge("gatekeeper_config_errors", "Problems reported by the configuration being served",
+                      multiprocess_mode="liveall")
+
+_request_children: Dict[Tuple[str, str, int], Tuple[object, object, object]] = {}
+
+
+def _children(router: str, method: str, status: int) -> Tuple[object, object, object]:
+    """The labelled metric children for one (router, method, status), looked up once and cached."""
+    key = (router, method, status)
+    found = _request_children.get(key)
+    if found is None:
+        found = (REQUESTS.labels(router, method, str(status)), LATENCY.labels(router),
+                 RESPONSE_BYTES.labels(router))
+        _request_children[key] = found
+    return found
+
+
+def record(exchange: Exchange) -> None:
+    """Count one finished request (the observer :func:`instrument` installs)."""
+    IN_FLIGHT.dec()
+    router = exchange.router or NO_ROUTER
+    method = exchange.method if exchange.method in METHODS else "OTHER"
+    requests, latency, sent = _children(router, method, exchange.status)
+    requests.inc()
+    latency.observe(exchange.duration)
+    if exchange.bytes:
+        sent.inc(exchange.bytes)
+    if exchange.jwt_reason is not None:
+        JWT_OUTCOMES.labels(router, exchange.jwt_reason).inc()
+    elif exchange.jwt_ok:
+        JWT_OUTCOMES.labels(router, "accepted").inc()
+    if exchange.upstream_error is not None:
+        UPSTREAM_ERRORS.labels(router, exchange.upstream_error).inc()
+
+
+def instrument(app: WSGIApp, access_log: Optional[Callable[[Exchange], None]] = None) -> WSGIApp:
+    """``app`` measured (and access-logged when ``access_log`` is given)."""
+    return observe(app, fan_out(record, access_log), start=IN_FLIGHT.inc)
+
+
+def record_refused(exchange: Exchange) -> None:
+    """Count a request the server refused before it reached the app (431 headers too large)."""
+    IN_FLIGHT.inc()
+    record(exchange)
+
+
+def record_reload(loader, swapped: bool) -> None:
+    """After a load or reload (``swapped``: a new configuration went in): counts, generation, errors.
+
+    A reload is in error when it could not read conf.d or its configuration reports problems
+    (``loader.last_reload.errors``).
+    """
+    if swapped:
+        RELOADS.inc()
+    last = getattr(loader, "last_reload", None)
+    if last is not None and last.errors:
+        RELOAD_ERRORS.inc()
+    config = loader.config
+    if config is not None:
+        GENERATION.set(config.generation)
+        CONFIG_ERRORS.set(len(config.errors))
+
+
+def exposition() -> Tuple[bytes, str]:
+    """(body, content type) of the Prometheus text format, all workers aggregated in multiprocess mode."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+

@@ -1,0 +1,146 @@
+"""``--workers N``: a pre-fork supervisor. The parent binds every socket, forks N workers that each serve
+them (the kernel hands each new connection to one worker), replaces a worker that dies, and fans SIGHUP and
+SIGTERM/SIGINT out to the workers.
+
+Each worker is a whole gateway: it inherited the parent's loaded configuration, watches conf.d itself and
+reloads on SIGHUP. Metrics are aggregated across workers by prometheus_client's multiprocess mode: the
+parent creates ``PROMETHEUS_MULTIPROC_DIR`` before the first fork, so every worker's first import of
+``gatekeeper.metrics`` writes there. The parent itself never imports it (it would show as a worker).
+
+All forks happen in the parent's main greenlet, so a forked worker never inherits a pending parent timer.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from typing import Callable, Dict, List, Sequence
+
+import gevent
+import gevent.event
+import gevent.os
+
+log = logging.getLogger("gatekeeper.workers")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+QUICK_DEATH = 1.0   # a worker dying sooner than this after its start is replaced only after this pause
+KILL_MARGIN = 5.0   # after the grace, workers still running are killed
+
+
+class Supervisor:
+    """Keeps ``count`` workers running ``work()`` until told to stop."""
+
+    def __init__(self, count: int, work: Callable[[], int], grace: float, listeners: Sequence) -> None:
+        self.count, self.work, self.grace, self.listeners = count, work, grace, listeners
+        self.workers: Dict[int, float] = {}          # pid -> start time
+        self.exited: List[int] = []
+        self.changed = gevent.event.Event()
+        self.stopping = False
+        self.handlers: list = []
+
+    # -- parent side -------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.handlers = [gevent.signal_handler(signal.SIGHUP, self.fan_out, signal.SIGHUP),
+                         gevent.signal_handler(signal.SIGTERM, self.stop),
+                         gevent.signal_handler(signal.SIGINT, self.stop)]
+        for _ in range(self.count):
+            self.spawn()
+        while not self.stopping:
+            self.changed.wait(1.0)  # a timeout keeps the hub from deciding nothing can wake us (LoopExit)
+            self.changed.clear()
+            self.replace_exited()
+        return self.shutdown()
+
+    def spawn(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = gevent.os.fork_and_watch(self.on_exit, ref=True)
+        if pid == 0:
+            self.become_worker()
+        self.workers[pid] = time.monotonic()
+        log.info("worker %d started", pid)
+
+    def on_exit(self, watcher) -> None:
+        """Child watcher callback (runs in the hub): note the exit and wake the main greenlet."""
+        started = self.workers.pop(watcher.pid, None)
+        forget_process(watcher.pid)
+        if started is not None and not self.stopping:
+            log.error("worker %d exited (status %d); replacing it", watcher.pid, watcher.rstatus)
+            self.exited.append(started)
+        self.changed.set()
+
+    def replace_exited(self) -> None:
+        while self.exited and not self.stopping:
+            started = self.exited.pop()
+            if time.monotonic() - started < QUICK_DEATH:
+                gevent.sleep(QUICK_DEATH)  # a worker failing at once must not become a fork loop
+                if self.stopping:
+                    return
+            self.spawn()
+
+    def fan_out(self, signum: int) -> None:
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.changed.set()
+
+    def shutdown(self) -> int:
+        """Close the parent's copies of the sockets (so nothing queues for nobody), stop the workers."""
+        for sock in self.listeners:
+            sock.close()
+        self.fan_out(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace + KILL_MARGIN
+        while self.workers and time.monotonic() < deadline:
+            self.changed.wait(0.1)
+            self.changed.clear()
+        if self.workers:
+            log.error("workers %s still running after the grace period; killing them", sorted(self.workers))
+            self.fan_out(signal.SIGKILL)
+        return 0
+
+    # -- child side --------------------------------------------------------------------------------
+    def become_worker(self) -> None:
+        """In the forked child: drop the parent's signal handlers and state, serve, and never return."""
+        for handler in self.handlers:
+            handler.cancel()
+        self.workers.clear()
+        self.exited.clear()
+        code = 1
+        try:
+            code = self.work()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:  # noqa: BLE001 - report, then leave without running the parent's code
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+
+def forget_process(pid: int) -> None:
+    """Drop a dead worker's live gauges from the multiprocess directory (its counters stay in the totals)."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(pid)
+
+
+def supervise(count: int, work: Callable[[], int], *, grace: float, listeners: Sequence) -> int:
+    """Run ``work`` in ``count`` forked workers until SIGTERM/SIGINT; 0 when they all stopped."""
+    own_dir = None
+    if not os.environ.get(MULTIPROC_ENV):
+        own_dir = tempfile.TemporaryDirectory(prefix="gatekeeper-metrics-")
+        os.environ[MULTIPROC_ENV] = own_dir.name
+    try:
+        return Supervisor(count, work, grace, listeners).run()
+    finally:
+        if own_dir is not None:
+            own_dir.cleanup()
