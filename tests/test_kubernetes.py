@@ -474,3 +474,21 @@ def test_namespace_defaults_to_default(conf_d):
     assert router.middlewares == ("default-test-jwt@kubernetescrd",)
     assert "default-test-jwt@kubernetescrd" in defs.middlewares
     assert defs.services[router.service].empty_reason.startswith("Kubernetes service default/web does not exist")
+
+
+def test_deployment_example_conf_d_checks_clean(tmp_path):
+    """docs/examples/kubernetes/deployment.yaml: its projected conf.d, laid out as the kubelet does (..data)."""
+    import yaml
+    example = Path(__file__).resolve().parents[1] / "docs" / "examples" / "kubernetes" / "deployment.yaml"
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(example.read_text())}
+    files = {**objects[("ConfigMap", "gatekeeper-conf")]["data"], **objects[("Secret", "gatekeeper-secrets")]["stringData"]}
+    root = tmp_path / "conf.d"
+    (root / "..2026_01_01_00_00_00.1").mkdir(parents=True)
+    (root / "..data").symlink_to("..2026_01_01_00_00_00.1")
+    for name, text in files.items():
+        (root / "..data" / name).write_text(text)
+        (root / name).symlink_to(Path("..data") / name)
+    config = compile_dir(root)
+    assert messages(config) == []
+    assert [s.url for s in config.services[ROUTER].definition.servers] == ["http://whoami.apps.svc.cluster.local:80"]
+    assert config.middlewares["apps-test-jwt@kubernetescrd"].definition.options == {"signingSecret": SECRET}
