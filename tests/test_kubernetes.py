@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from gatekeeper.app import Gateway
 from gatekeeper.compile import compile_config
@@ -422,7 +423,8 @@ spec:
      "spec.routes[0].kind: only \"Rule\" is supported, got 'Regex'"),
     (ingress_route("[{name: web, port: true}]"), "spec.routes[0].services[0].port: expected a port number or name"),
     (ingress_route("[{name: web}]"), "spec.routes[0].services[0].port: required"),
-    (ingress_route("[{name: web, port: 80, scheme: h2c}]"), "spec.routes[0].services[0].scheme: expected http or https"),
+    (ingress_route("[{name: web, port: 80, scheme: h2c}]"),
+     "spec.routes[0].services[0].scheme: expected http or https"),
     (ingress_route("[{name: web, port: 80, kind: TraefikService}]"), "TraefikService objects are not supported"),
     (ingress_route("[]"), "spec.routes[0].services: at least one service is required"),
     (ingress_route("[{name: web, port: 80}]").replace("kind: Rule", "servces: []"),
@@ -430,13 +432,16 @@ spec:
     (ingress_route("[{name: web, port: 80}]", extra="\n    middlewares: [auth]"),
      "spec.routes[0].middlewares[0]: expected a mapping, got a string"),
     (jwt_middleware("signingSecret: x").replace("plugin:\n    jwt:", "basicAuth:\n    users:"),
-     'all.yaml:6: Middleware apps/test-jwt (middleware "apps-test-jwt@kubernetescrd"): spec: unknown field "basicAuth"'),
+     'all.yaml:6: Middleware apps/test-jwt (middleware "apps-test-jwt@kubernetescrd"): '
+     'spec: unknown field "basicAuth"'),
     ("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: apps}\nspec: {ports: [{port: http}]}",
      "all.yaml:4: Service apps/web: spec.ports[0].port: expected a whole number, got a string"),
     (web_slice("- addresses: [10.0.0.1]").replace("labels: {kubernetes.io/service-name: web}", "labels: {}"),
      "EndpointSlice apps/web-x1: metadata.labels: kubernetes.io/service-name is required"),
-    ("apiVersion: v1\nkind: Secret\nmetadata: {namespace: apps}\n", "all.yaml:1: Secret: metadata.name: expected a string"),
-    (WEB_SERVICE + "---" + WEB_SERVICE, "all.yaml:11: Service apps/web: defined again (first definition in all.yaml wins)"),
+    ("apiVersion: v1\nkind: Secret\nmetadata: {namespace: apps}\n",
+     "all.yaml:1: Secret: metadata.name: expected a string"),
+    (WEB_SERVICE + "---" + WEB_SERVICE,
+     "all.yaml:11: Service apps/web: defined again (first definition in all.yaml wins)"),
 ], ids=["route-without-match", "route-kind", "port-type", "port-missing", "scheme", "traefik-service",
         "no-services", "unknown-route-field", "middleware-ref-not-a-mapping", "unsupported-middleware",
         "service-port", "slice-without-label", "no-name", "duplicate"])
@@ -478,10 +483,10 @@ def test_namespace_defaults_to_default(conf_d):
 
 def test_deployment_example_conf_d_checks_clean(tmp_path):
     """docs/examples/kubernetes/deployment.yaml: its projected conf.d, laid out as the kubelet does (..data)."""
-    import yaml
     example = Path(__file__).resolve().parents[1] / "docs" / "examples" / "kubernetes" / "deployment.yaml"
     objects = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(example.read_text())}
-    files = {**objects[("ConfigMap", "gatekeeper-conf")]["data"], **objects[("Secret", "gatekeeper-secrets")]["stringData"]}
+    files = {**objects[("ConfigMap", "gatekeeper-conf")]["data"],
+             **objects[("Secret", "gatekeeper-secrets")]["stringData"]}
     root = tmp_path / "conf.d"
     (root / "..2026_01_01_00_00_00.1").mkdir(parents=True)
     (root / "..data").symlink_to("..2026_01_01_00_00_00.1")

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..errors import ConfigError
 from ..manifests import Document
-from ..model import MiddlewareDef, RouterDef, ServerDef, ServiceDef, Source, qualify
+from ..model import RouterDef, ServerDef, ServiceDef, Source, qualify
 from . import Collector
 from . import file as file_provider
 from .fields import line_of, pick, type_name, want_bool, want_int, want_list, want_str, want_str_list
@@ -170,7 +170,7 @@ def metadata_names(data: Any) -> Tuple[str, str]:
         raise ConfigError("metadata: expected a mapping with a name")
     name = want_str(meta.get("name"), "metadata.name")
     namespace = meta.get("namespace")
-    return (want_str(namespace, "metadata.namespace") if namespace is not None else "default"), name
+    return (want_str(namespace, "metadata.namespace") if namespace else "default"), name
 
 
 # --- Secret ----------------------------------------------------------------------------------------------
@@ -258,17 +258,22 @@ def read_service(obj: KubeObject) -> KubeService:
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type_name(entry)}", line=line_of(spec, "ports"))
         try:
-            target = entry.get("targetPort")
-            if target is not None and not (isinstance(target, str) and not target.isdigit()):
-                target = want_int(target, f"{where}.targetPort", minimum=1)
             ports.append(ServicePort(want_str(entry.get("name") or "", f"{where}.name", empty_ok=True),
-                                     want_int(entry.get("port"), f"{where}.port", minimum=1), target))
+                                     want_int(entry.get("port"), f"{where}.port", minimum=1),
+                                     target_port(entry.get("targetPort"), f"{where}.targetPort")))
         except ConfigError as err:
             raise err.located(line=line_of(entry))
     external = None
     if spec.get("type") == "ExternalName":
         external = want_str(spec.get("externalName"), "spec.externalName")
     return KubeService(obj.namespace, obj.name, tuple(ports), external)
+
+
+def target_port(value: Any, where: str) -> Union[int, str, None]:
+    """A targetPort: a number, or the name of a container port (which only pods could resolve)."""
+    if value is None or (isinstance(value, str) and not value.isdigit()):
+        return value
+    return want_int(value, where, minimum=1)
 
 
 def index_endpoints(obj: KubeObject, cluster: Cluster) -> None:
@@ -517,7 +522,7 @@ def resolve_servers(cluster: Cluster, namespace: str, name: str, port: Union[int
 def find_port(service: KubeService, port: Union[int, str]) -> Optional[ServicePort]:
     """The Service port a route names, by number or by name; an ExternalName Service takes any number."""
     for candidate in service.ports:
-        if candidate.port == port if isinstance(port, int) else candidate.name == port:
+        if (candidate.port == port) if isinstance(port, int) else (candidate.name == port):
             return candidate
     if service.external_name is not None and isinstance(port, int):
         return ServicePort("", port, None)
@@ -546,7 +551,8 @@ def no_endpoints_reason(what: str, port: ServicePort, groups: List[EndpointGroup
     if groups and not candidates:
         names = sorted({n or "(unnamed)" for g in groups for n, _ in g.ports})
         wanted = f'named "{port.name}"' if port.name else "without a name"
-        reason += f" (endpoint ports are matched by the Service port's name: none {wanted} among {', '.join(names) or 'no ports'})"
+        reason += (f" (endpoint ports are matched by the Service port's name: none {wanted} among "
+                   f"{', '.join(names) or 'no ports'})")
     elif not groups:
         reason += " (no Endpoints or EndpointSlice for it)"
     return reason
