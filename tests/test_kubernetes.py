@@ -291,6 +291,24 @@ spec: {{ports: [{{name: http, port: 80}}]}}
     assert sorted(servers) == ["a"] * 6 + ["b"] * 2
 
 
+
+def test_weighted_members_are_shared_and_conflicts_reported(conf_d):
+    first = ingress_route("[{name: web, port: 80}, {name: web, port: metrics}]")
+    second = first.replace("my-app", "other").replace("port: metrics}", "port: metrics, scheme: https}")
+    defs, errors = read_definitions(conf_d, first, second, WEB_SERVICE, web_slice("- addresses: [10.0.0.1]"))
+    assert [s.url for s in defs.services["apps-web-metrics@kubernetescrd"].servers] == ["http://10.0.0.1:9100"]
+    assert len(defs.routers) == 2 and "apps-web-80@kubernetescrd" in defs.services
+    assert errors == ['all.yaml:20: service "apps-web-metrics@kubernetescrd": defined again '
+                      '(first definition in all.yaml:9 wins)']
+
+
+def test_a_traefik_service_reference_reaches_another_provider(conf_d):
+    defs, errors = read_definitions(conf_d, ingress_route("[{name: backend@file, kind: TraefikService}]"))
+    assert errors == []
+    (router,) = defs.routers.values()
+    assert router.service == "backend@file" and dict(defs.services) == {}
+
+
 # --- Secret references -----------------------------------------------------------------------------------
 
 def jwt_middleware(options: str, namespace: str = "apps", api: str = "traefik.io/v1alpha1") -> str:

@@ -412,7 +412,7 @@ def read_ingress_route(obj: KubeObject, cluster: Cluster, out: Collector) -> Non
         except ConfigError as err:
             out.error(obj.located(err.located(line=line)))
             continue
-        name = qualify(object_id(obj.namespace, obj.name, hashlib.sha256(match.encode()).hexdigest()[:10]), PROVIDER)
+        name = route_name(obj, match)
         try:
             router, backends = read_route(obj, fields, match, name, entry_points, cluster, where, line)
         except ConfigError as err:
@@ -422,14 +422,20 @@ def read_ingress_route(obj: KubeObject, cluster: Cluster, out: Collector) -> Non
         out.add("router", router)
 
 
+def route_name(obj: KubeObject, match: str) -> str:
+    """Traefik's router name: ``<namespace>-<name>-<first 10 hex digits of sha256(match)>@kubernetescrd``."""
+    return qualify(object_id(obj.namespace, obj.name, hashlib.sha256(match.encode()).hexdigest()[:10]), PROVIDER)
+
+
 def read_route(obj: KubeObject, fields: Dict[str, Any], match: str, name: str, entry_points: Tuple[str, ...],
                cluster: Cluster, where: str, line: int) -> Tuple[RouterDef, List[Backend]]:
     kind = fields.get("kind", "Rule")
     if kind != "Rule":
         raise ConfigError(f'{where}.kind: only "Rule" is supported, got {kind!r}')
-    middlewares = tuple(middleware_ref(pick(m, ("name", "namespace"), f"{where}.middlewares[{i}]"), obj.namespace,
-                                       f"{where}.middlewares[{i}]")
-                        for i, m in enumerate(want_list(fields.get("middlewares") or [], f"{where}.middlewares")))
+    middlewares = tuple(
+        middleware_ref(pick(ref, ("name", "namespace"), f"{where}.middlewares[{i}]"), obj.namespace,
+                       f"{where}.middlewares[{i}]")
+        for i, ref in enumerate(want_list(fields.get("middlewares") or [], f"{where}.middlewares")))
     entries = want_list(fields.get("services") or [], f"{where}.services")
     if not entries:
         raise ConfigError(f"{where}.services: at least one service is required")
@@ -456,12 +462,7 @@ def read_backend(entry: Any, namespace: str, cluster: Cluster, where: str, route
         return Backend(name, weight, None)
     if kind != "Service":
         raise ConfigError(f'{where}.kind: expected Service or TraefikService, got {kind!r}')
-    if "port" not in fields:
-        raise ConfigError(f"{where}.port: required (a Service port number or name)")
-    port = fields["port"]
-    port = int(port) if isinstance(port, str) and port.isdigit() else port
-    if isinstance(port, bool) or not isinstance(port, (int, str)) or port == "":
-        raise ConfigError(f"{where}.port: expected a port number or name, got {type_name(port)}")
+    port = route_port(fields, where)
     ns = want_str(fields["namespace"], f"{where}.namespace") if fields.get("namespace") else namespace
     scheme = want_str(fields["scheme"], f"{where}.scheme") if fields.get("scheme") else None
     if scheme not in (None, "http", "https"):
@@ -472,6 +473,17 @@ def read_backend(entry: Any, namespace: str, cluster: Cluster, where: str, route
                             want_bool(fields.get("passHostHeader", True), f"{where}.passHostHeader"),
                             empty_reason=empty_reason)
     return Backend(own_name, weight, definition)
+
+
+def route_port(fields: Dict[str, Any], where: str) -> Union[int, str]:
+    """A route service's ``port``: a number, or a Service port name (digits only are a number: names have a letter)."""
+    if "port" not in fields:
+        raise ConfigError(f"{where}.port: required (a Service port number or name)")
+    port = fields["port"]
+    port = int(port) if isinstance(port, str) and port.isdigit() else port
+    if isinstance(port, bool) or not isinstance(port, (int, str)) or port == "":
+        raise ConfigError(f"{where}.port: expected a port number or name, got {type_name(port)}")
+    return port
 
 
 def add_backends(backends: List[Backend], name: str, source: Source, out: Collector) -> None:
