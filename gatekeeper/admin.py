@@ -1,4 +1,4 @@
-"""The admin listener's WSGI app: ``/healthz``, ``/readyz``, ``/metrics`` and ``/config``.
+"""The admin listener's WSGI app: ``/healthz``, ``/readyz``, ``/metrics``, ``/config`` and ``/dashboard/``.
 
 It runs on its own port (``--admin HOST:PORT``), never on a traffic port, and its own requests are not
 counted in the traffic metrics. ``/config`` shows what is loaded but never a secret: a JWT middleware is
@@ -96,6 +96,8 @@ def make_admin_app(loader: Any, exposition: Optional[Callable[[], "tuple[bytes, 
     started = time.time()
     if exposition is None:
         from .metrics import exposition
+    from .dashboard import DashboardSource, make_dashboard
+    dashboard = make_dashboard(DashboardSource(loader, exposition))
 
     def ready() -> bool:
         return loader.config is not None and len(loader.config.routers) > 0
@@ -104,6 +106,8 @@ def make_admin_app(loader: Any, exposition: Optional[Callable[[], "tuple[bytes, 
         path = environ.get("PATH_INFO", "")
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return answer(start_response, "405 Method Not Allowed", json_body({"error": "GET only"}))
+        if path == "/dashboard" or path.startswith("/dashboard/"):
+            return dashboard(environ, start_response)
         if path == "/healthz":
             return answer(start_response, "200 OK", json_body(
                 {"status": "ok", "pid": os.getpid(), "uptime_seconds": round(time.time() - started, 3)}))
@@ -118,5 +122,5 @@ def make_admin_app(loader: Any, exposition: Optional[Callable[[], "tuple[bytes, 
         if path == "/config":
             return answer(start_response, "200 OK", json_body(config_document(loader)))
         return answer(start_response, "404 Not Found", json_body(
-            {"error": "not found", "endpoints": ["/healthz", "/readyz", "/metrics", "/config"]}))
+            {"error": "not found", "endpoints": ["/healthz", "/readyz", "/metrics", "/config", "/dashboard/"]}))
     return admin

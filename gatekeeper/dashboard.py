@@ -160,8 +160,8 @@ def mask_secrets(value: Any, secrets: List[str]) -> Any:
 class DashboardSource:
     """``state()`` for :func:`make_dashboard`: the admin ``/config`` document plus traffic and reloads.
 
-    Call it (or let :meth:`start`'s thread call :meth:`sample`) about once a second: each sample reads the
-    metrics exposition and the loader's last reload record.
+    Each sample reads the metrics exposition and the loader's last reload record; the first call starts a
+    background sampler (:meth:`start`), so no thread runs until someone opens the dashboard.
     """
 
     def __init__(self, loader: Any, exposition: Optional[Callable[[], Tuple[bytes, str]]] = None,
@@ -189,8 +189,8 @@ class DashboardSource:
                 self.traffic.add(now, metric_totals(self.exposition()[0].decode("utf-8", "replace")))
 
     def start(self) -> None:
-        """Sample in the background so the charts have a history before anyone opens the page."""
-        if self._thread is None:
+        """Sample once a second in the background (a daemon thread; a greenlet under gevent)."""
+        if self._thread is None and not self._stop.is_set():
             self._thread = threading.Thread(target=self._run, name="dashboard-sampler", daemon=True)
             self._thread.start()
 
@@ -204,6 +204,7 @@ class DashboardSource:
     def __call__(self) -> Dict[str, Any]:
         from .admin import config_document
 
+        self.start()   # from the first view on, the charts keep their history between visits
         self.sample()
         config = self.loader.config
         doc = config_document(self.loader)
