@@ -128,8 +128,10 @@ class Builder:
     """Builds the runtime pieces of one configuration, reusing unchanged ones from the previous."""
 
     def __init__(self, defs: Definitions, previous: Optional[Config], options: CompileOptions,
-                 stale: Set[Tuple[str, str]], root: str = "") -> None:
+                 stale: Set[Tuple[str, str]], root: str = "",
+                 failed: Optional[Mapping[Tuple[str, str], ConfigError]] = None) -> None:
         self.root = root
+        self.failed = failed or {}
         self.defs = defs
         self.previous = previous
         self.options = options
@@ -173,10 +175,14 @@ class Builder:
                 raise ConfigError(f"weighted: service \"{child_name}\" refers back to itself")
             child = self.service(child_name, trail)
             if child is None:
-                raise ConfigError(f"weighted: service \"{child_name}\" does not exist")
+                raise ConfigError(f"weighted: service \"{child_name}\" {self.missing('service', child_name)}")
+            if child.app is None and child.definition.kind == "loadBalancer" and not child.definition.servers:
+                continue  # no endpoints right now: the other members serve, as Traefik does
             if child.app is None:
                 raise ConfigError(f"weighted: service \"{child_name}\" is in error")
             children.append((child.app, weight))
+        if not children:
+            raise ConfigError("weighted: no member service has servers")
         return make_weighted(children)
 
     # -- middlewares ------------------------------------------------------------------------------
@@ -214,7 +220,7 @@ class Builder:
                     raise ConfigError(f"chain: middleware \"{member}\" refers back to itself")
                 built = self.middleware(ref, trail)
                 if built is None:
-                    raise ConfigError(f"chain: middleware \"{member}\" does not exist")
+                    raise ConfigError(f"chain: middleware \"{member}\" {self.missing('middleware', ref)}")
                 if built.wrapper is None:
                     raise ConfigError(f"chain: middleware \"{member}\" is in error")
                 wrappers.append(built.wrapper)
@@ -250,14 +256,14 @@ class Builder:
         service = self.service(definition.service)
         problem = None
         if service is None:
-            problem = f'service "{definition.service}" does not exist'
+            problem = f'service "{definition.service}" {self.missing("service", definition.service)}'
         elif service.app is None:
             problem = f'service "{definition.service}" is in error: {service.error}'
         wrappers = []
         for name in definition.middlewares:
             built = self.middleware(name)
             if built is None:
-                problem = problem or f'middleware "{name}" does not exist'
+                problem = problem or f'middleware "{name}" {self.missing("middleware", name)}'
             elif built.wrapper is None:
                 problem = problem or f'middleware "{name}" is in error: {built.error}'
             else:
@@ -267,6 +273,11 @@ class Builder:
             return problem, error_response(503, "Service Unavailable")
         assert service is not None and service.app is not None
         return None, compose(wrappers, service.app)
+
+    def missing(self, kind: str, name: str) -> str:
+        """Why a referenced object is absent: it failed to read (and never worked), or it is not defined."""
+        err = self.failed.get((kind, name))
+        return f"is in error: {err.reason}" if err is not None else "does not exist"
 
     def report(self, err: ConfigError, source, obj: str) -> None:
         self.errors.append(err.located(file=source.file, line=source.line or None, obj=obj))
@@ -279,7 +290,7 @@ def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
     snapshot = with_last_good_files(snapshot, previous)
     collected = collect(snapshot)
     defs, stale = keep_failed_objects(collected.definitions(), collected.failed, previous)
-    builder = Builder(defs, previous, options, stale, snapshot.root)
+    builder = Builder(defs, previous, options, stale, snapshot.root, collected.failed)
     routers = [r for r in (builder.router(d) for d in defs.routers.values()) if r is not None]
     for name in defs.services:
         builder.service(name)

@@ -154,3 +154,32 @@ def test_relative_jwks_file_is_relative_to_its_manifest(conf_d, wsgi_server, ech
     token = mint({"sub": "x"}, key_pem=private, kid="k1")
     assert requests.get(server.url + "/", headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 200
     assert requests.get(server.url + "/", timeout=5).status_code == 401
+
+
+def test_router_503_names_the_reason_a_referenced_object_failed(conf_d):
+    conf_d("routes.yaml", """
+    http:
+      routers:
+        r: {rule: "Path(`/`)", service: s, middlewares: [m]}
+      middlewares:
+        m: {addPrefix: {prefix: 12, bogus: 1}}
+      services:
+        s: {loadBalancer: {servers: [{url: "http://127.0.0.1:9"}]}}
+    """)
+    text = "\\n".join(messages(compile_dir(conf_d.root)))
+    assert 'answers 503: middleware "m@file" is in error: addPrefix: unknown field "bogus"' in text
+
+
+def test_weighted_member_without_servers_is_skipped(conf_d):
+    conf_d("routes.yaml", """
+    http:
+      routers:
+        r: {rule: "Path(`/`)", service: w}
+      services:
+        w: {weighted: {services: [{name: a}, {name: empty}]}}
+        a: {loadBalancer: {servers: [{url: "http://127.0.0.1:9"}]}}
+        empty: {loadBalancer: {servers: []}}
+    """)
+    config = compile_dir(conf_d.root)
+    assert config.routers[0].error is None
+    assert config.services["w@file"].app is not None
