@@ -392,10 +392,11 @@ def server_limits(args) -> ServerLimits:
                         max_body_bytes=args.max_body_bytes)
 
 
-def serve_process(args, loader, listeners: Listeners) -> int:
+def serve_process(args, loader, listeners: Listeners, announce: Callable[[], None] = lambda: None) -> int:
     """Serve every listener in this process until SIGTERM/SIGINT, then drain; SIGHUP reloads.
 
-    Runs as the whole program with one worker, or in each forked worker.
+    Runs as the whole program with one worker, or in each forked worker. ``announce()`` runs once the
+    signal handlers are in place, so whoever reads the start line may signal at once.
     """
     import signal
 
@@ -404,7 +405,6 @@ def serve_process(args, loader, listeners: Listeners) -> int:
     from .admin import make_admin_app
     from .app import Gateway
 
-    metrics.record_reload(loader, True)
     access_log = AccessLog(args.log_format)
     limits = server_limits(args)
     gateway = Gateway(loader.conf_d, loader=loader)
@@ -428,6 +428,8 @@ def serve_process(args, loader, listeners: Listeners) -> int:
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(loader.reload, "signal"))
     gevent.signal_handler(signal.SIGTERM, stopping.set)
     gevent.signal_handler(signal.SIGINT, stopping.set)
+    metrics.record_reload(loader, True)  # last: a worker's generation gauge also says it is fully up
+    announce()
     stopping.wait()
     loader.stop()
     drain(servers, args.grace)
@@ -456,17 +458,18 @@ def run(args) -> int:
     except (OSError, ssl.SSLError) as exc:
         print(f"gatekeeper: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    extra = ""
-    if listeners.admin is not None:
-        host, port = listeners.admin.getsockname()[:2]
-        extra += f", admin on http://{host}:{port}"
-    if args.workers > 1:
-        extra += f", {args.workers} workers"
-    print(f"gatekeeper listening on {listeners.describe()} (conf.d {args.conf_d}: "
-          f"{len(config.routers)} routers, {len(config.errors)} errors){extra}", flush=True)
+    def announce() -> None:
+        extra = ""
+        if listeners.admin is not None:
+            host, port = listeners.admin.getsockname()[:2]
+            extra += f", admin on http://{host}:{port}"
+        if args.workers > 1:
+            extra += f", {args.workers} workers"
+        print(f"gatekeeper listening on {listeners.describe()} (conf.d {args.conf_d}: "
+              f"{len(config.routers)} routers, {len(config.errors)} errors){extra}", flush=True)
+
     if args.workers > 1:
         from .workers import supervise
-        return supervise(args.workers, lambda: serve_process(args, loader, listeners),
-                         grace=args.grace, listeners=listeners.all())
-    return serve_process(args, loader, listeners)
-
+        return supervise(args.workers, lambda: serve_process(args, loader, listeners), grace=args.grace,
+                         listeners=listeners.all(), announce=announce)
+    return serve_process(args, loader, listeners, announce)

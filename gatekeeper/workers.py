@@ -42,12 +42,13 @@ class Supervisor:
         self.handlers: list = []
 
     # -- parent side -------------------------------------------------------------------------------
-    def run(self) -> int:
+    def run(self, announce: Callable[[], None]) -> int:
         self.handlers = [gevent.signal_handler(signal.SIGHUP, self.fan_out, signal.SIGHUP),
                          gevent.signal_handler(signal.SIGTERM, self.stop),
                          gevent.signal_handler(signal.SIGINT, self.stop)]
         for _ in range(self.count):
             self.spawn()
+        announce()
         while not self.stopping:
             self.changed.wait(1.0)  # a timeout keeps the hub from deciding nothing can wake us (LoopExit)
             self.changed.clear()
@@ -111,6 +112,7 @@ class Supervisor:
         """In the forked child: drop the parent's signal handlers and state, serve, and never return."""
         for handler in self.handlers:
             handler.cancel()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's own handler is in place
         self.workers.clear()
         self.exited.clear()
         code = 1
@@ -133,14 +135,17 @@ def forget_process(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-def supervise(count: int, work: Callable[[], int], *, grace: float, listeners: Sequence) -> int:
-    """Run ``work`` in ``count`` forked workers until SIGTERM/SIGINT; 0 when they all stopped."""
+def supervise(count: int, work: Callable[[], int], *, grace: float, listeners: Sequence,
+              announce: Callable[[], None] = lambda: None) -> int:
+    """Run ``work`` in ``count`` forked workers until SIGTERM/SIGINT; 0 when they all stopped.
+
+    ``announce()`` runs once the workers are forked and the parent's signal handlers are in place."""
     own_dir = None
     if not os.environ.get(MULTIPROC_ENV):
         own_dir = tempfile.TemporaryDirectory(prefix="gatekeeper-metrics-")
         os.environ[MULTIPROC_ENV] = own_dir.name
     try:
-        return Supervisor(count, work, grace, listeners).run()
+        return Supervisor(count, work, grace, listeners).run(announce)
     finally:
         if own_dir is not None:
             own_dir.cleanup()

@@ -1,0 +1,99 @@
+"""``--workers 2``: fan-out, metrics aggregated, reload in every worker, a killed worker replaced, gunicorn."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from serve_process import ROOT, Gatekeeper, lb_manifest, metric_value, wait_for
+
+ROUTES = """
+    a: {rule: "PathPrefix(`/a`)", service: s}
+"""
+
+
+@pytest.fixture
+def workers(conf_d, echo_upstream, tmp_path):
+    conf_d("api.yaml", lb_manifest(ROUTES, echo_upstream.url))
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--workers", "2", "--admin", "127.0.0.1:0")
+    yield gk
+    assert gk.stop() == 0
+
+
+def live_pids(gk) -> set:
+    """Worker pids as the aggregated metrics see them (one generation gauge per live worker)."""
+    return set(re.findall(r'gatekeeper_config_generation\{pid="(\d+)"\}', gk.metrics()))
+
+
+def test_requests_served_by_two_workers_and_counted_once(workers):
+    sent = 0
+    pids = set()
+
+    def two_pids_seen() -> bool:
+        nonlocal sent
+        assert requests.get(workers.url + "/a", timeout=5).ok
+        sent += 1
+        pids.update(re.findall(r"pid=(\d+)", "\n".join(workers.access_lines())))
+        return len(pids) == 2
+    assert wait_for(two_pids_seen, timeout=20), pids
+    assert str(workers.proc.pid) not in pids
+    assert wait_for(lambda: metric_value(workers.metrics(), "gatekeeper_requests_total",
+                                         router="a@file", status="200") == sent)
+    assert live_pids(workers) == pids
+
+
+def test_reload_seen_by_every_worker(workers, conf_d):
+    assert wait_for(lambda: len(live_pids(workers)) == 2)  # both up, signal handlers and watchers in place
+    conf_d("more.yaml", "http:\n  routers:\n    b: {rule: \"PathPrefix(`/b`)\", service: s@file}\n")
+    workers.signal(signal.SIGHUP)   # the watchers would do it too; the signal is fanned out to both
+    assert wait_for(lambda: [metric_value(workers.metrics(), "gatekeeper_config_generation", pid=p)
+                             for p in live_pids(workers)] == [2, 2])
+    for _ in range(6):  # whichever worker answers knows /b now
+        assert requests.get(workers.url + "/b", timeout=5).ok
+
+
+def test_killed_worker_replaced(workers):
+    assert wait_for(lambda: len(live_pids(workers)) == 2)
+    victim = sorted(live_pids(workers))[0]
+    os.kill(int(victim), signal.SIGKILL)
+    assert wait_for(lambda: len(live_pids(workers)) == 2 and victim not in live_pids(workers), timeout=15)
+    assert "worker %s exited" % victim in workers.log()
+    assert all(requests.get(workers.url + "/a", timeout=5).ok for _ in range(4))
+    assert workers.proc.poll() is None
+
+
+def test_stop_ends_every_worker(workers):
+    assert wait_for(lambda: len(live_pids(workers)) == 2)
+    pids = [int(p) for p in live_pids(workers)]
+    assert workers.stop() == 0
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+
+
+@pytest.mark.skipif(shutil.which("gunicorn", path=os.path.dirname(sys.executable)) is None,
+                    reason="gunicorn not installed (pip install -e .[test])")
+def test_gunicorn_gevent_worker_serves_and_reloads(conf_d, echo_upstream, tmp_path):
+    conf_d("api.yaml", lb_manifest(ROUTES, echo_upstream.url))
+    log = open(tmp_path / "gunicorn.log", "wb")
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-k", "gevent",
+                             "-b", "127.0.0.1:0", f'gatekeeper.app:create_app("{conf_d.root}")'],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        found = []
+        assert wait_for(lambda: found.extend(re.findall(r"Listening at: (http://[\d.:]+)",
+                                                        (tmp_path / "gunicorn.log").read_text())) or found,
+                        timeout=20)
+        url = found[0]
+        assert wait_for(lambda: requests.get(url + "/a", timeout=5).ok, timeout=20)
+        assert requests.get(url + "/b", timeout=5).status_code == 404
+        conf_d("more.yaml", "http:\n  routers:\n    b: {rule: \"PathPrefix(`/b`)\", service: s@file}\n")
+        assert wait_for(lambda: requests.get(url + "/b", timeout=5).ok, timeout=10), \
+            (tmp_path / "gunicorn.log").read_text()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+        log.close()
