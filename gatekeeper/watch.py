@@ -2,9 +2,10 @@
 
 Every relevant file event under conf.d (recursive, the root included, so the Kubernetes ``..data`` symlink
 swap is seen) pushes a deadline ``debounce`` seconds ahead; when the deadline passes with no new event,
-``on_change()`` runs once. An editor's burst of events (atomic rename, truncate-then-write, vim's ``4913``
-probe and swap files) thus ends in one reload of the final content; a file caught half-written fails to
-parse, keeps its last good version, and the next event reloads it again.
+``on_change()`` runs once (events that never pause still reload every ``max_delay``). An editor's burst of
+events (atomic rename, truncate-then-write, vim's ``4913`` probe and swap files) thus ends in one reload of
+the final content; a file caught half-written fails to parse, keeps its last good version, and the next
+event reloads it again.
 
 Under gevent (``patch_all(queue=False)``, as ``gatekeeper serve`` does) watchdog's threads and the debounce
 thread are greenlets, and inotify reads wait in gevent's ``select.poll``: nothing blocks the server.
@@ -40,6 +41,7 @@ RELEVANT_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileDeletedEvent, FileMo
                    DirCreatedEvent, DirDeletedEvent, DirMovedEvent, DirModifiedEvent]
 POLL_INTERVAL = 0.25      # seconds between two directory scans of the polling observer
 HEALTH_INTERVAL = 1.0     # how often a dead observer is noticed and restarted
+MAX_DELAY = 1.0           # events that never stop (a log file written in conf.d) still reload this often
 
 
 def is_editor_leftover(path: str) -> bool:
@@ -73,20 +75,23 @@ class _Handler(FileSystemEventHandler):
 class Watcher:
     """Watches ``root`` recursively and calls ``on_change()`` once events have been quiet for ``debounce`` s.
 
-    ``on_change`` errors are logged, never raised; a dead observer (conf.d deleted and re-created, inotify
+    Events that never pause still reload ``max_delay`` seconds after the first of them. ``on_change`` errors
+    are logged, never raised; a dead observer (conf.d deleted and re-created, inotify
     failure) is restarted within about a second and followed by a reload, since events may have been missed.
     """
 
     def __init__(self, root: Path, on_change: Callable[[], object], debounce: float = 0.1,
-                 polling: Optional[bool] = None) -> None:
+                 polling: Optional[bool] = None, max_delay: float = MAX_DELAY) -> None:
         self.root = Path(root)
         self.on_change = on_change
         self.debounce = debounce
+        self.max_delay = max(max_delay, debounce)
         self.polling = os.environ.get("GATEKEEPER_WATCH", "") == "polling" if polling is None else polling
         self.kind = ""                      # "inotify" or "polling" once started
         self._cond = threading.Condition()
         self._dirty = False
         self._deadline = 0.0
+        self._latest = 0.0                  # the deadline may not pass this: max_delay after the first event
         self._stopping = False
         self._observer: Optional[BaseObserver] = None
         self._thread: Optional[threading.Thread] = None
@@ -108,10 +113,13 @@ class Watcher:
         self._thread = None
 
     def poke(self) -> None:
-        """Note a change: the reload runs ``debounce`` seconds after the last poke."""
+        """Note a change: the reload runs ``debounce`` seconds after the last poke (``max_delay`` at most)."""
         with self._cond:
+            now = time.monotonic()
+            if not self._dirty:
+                self._latest = now + self.max_delay
             self._dirty = True
-            self._deadline = time.monotonic() + self.debounce
+            self._deadline = min(now + self.debounce, self._latest)
             self._cond.notify_all()
 
     # -- observer ---------------------------------------------------------------------------------
