@@ -417,7 +417,8 @@ def make_dashboard(state: Callable[[], Mapping[str, Any]], prefix: str = "/dashb
             body = page_html(build_view(state())).encode()
             return respond(start_response, "200 OK", body, "text/html; charset=utf-8")
         if path == prefix + "/state.json":
-            body = json.dumps(build_view(state())).encode()
+            # "<" as \u003c: the feed holds raw names; no sniffing browser may ever read markup in it.
+            body = json.dumps(build_view(state())).replace("<", "\\u003c").encode()
             return respond(start_response, "200 OK", body, "application/json")
         return respond(start_response, "404 Not Found", b"not found\n", "text/plain")
     return dashboard
