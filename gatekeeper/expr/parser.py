@@ -6,7 +6,6 @@ argument list, which is enough to say "missing \\")\\"", "use && instead of and"
 """
 from __future__ import annotations
 
-import threading
 from typing import List, Optional, Tuple
 
 import ply.lex as lex
@@ -84,7 +83,10 @@ def p_error(tok: Optional[lex.LexToken]) -> None:
 
 
 _PARSER = yacc.yacc(debug=False, write_tables=False, errorlog=yacc.NullLogger())
-_PARSER_LOCK = threading.Lock()  # PLY keeps a little per-parse state on the parser object
+# LRParser.parse keeps its stacks in locals; the attributes it also sets (statestack, symstack, token)
+# serve only error recovery (errok/restart), which this grammar never uses: p_error raises. So one parser
+# serves concurrent compilations with no lock (a lock would also be wrong under gevent's monkey-patching,
+# where threading.Lock becomes a greenlet lock that native threads must not share).
 
 
 class _TokenStream:
@@ -181,8 +183,7 @@ def parse(text: str) -> Node:
     if not text.strip():
         raise ExpressionError("empty expression", text, 1)
     stream = _TokenStream(text)
-    with _PARSER_LOCK:
-        try:
-            return _PARSER.parse(lexer=stream.lexer, tokenfunc=stream.token)
-        except _UnexpectedEnd:
-            raise stream.explain_end() from None
+    try:
+        return _PARSER.parse(lexer=stream.lexer, tokenfunc=stream.token)
+    except _UnexpectedEnd:
+        raise stream.explain_end() from None
