@@ -441,7 +441,7 @@ th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #e3e6ea;vertic
 th{background:#eef1f5;font-weight:600;font-size:.85rem}
 td.code{font-family:ui-monospace,monospace;font-size:.85rem;word-break:break-all}td.name{font-weight:600}
 .state-ok{color:#1a7f37}.state-error{color:#c62828;font-weight:600}.state-stale{color:#b26a00;font-weight:600}
-td.none{color:#99a}.spark{width:110px;height:22px;vertical-align:middle}
+td.none{color:#99a}td.spark-cell{white-space:nowrap}.spark{width:90px;height:22px;vertical-align:middle}
 .spark polyline{fill:none;stroke:#2f5d8a;stroke-width:1.5;vector-effect:non-scaling-stroke}
 .spark-last{font-size:.8rem;color:#556;margin-left:.3rem}.spark-empty{color:#99a;font-size:.8rem}
 </style></head><body>
