@@ -338,7 +338,11 @@ class Listeners:
             for ep in self.entrypoints:
                 self.sockets.append(listen_socket(ep.host, ep.port))
                 if ep.cert:
-                    tls_context(ep)  # fail now, in the parent, on a bad certificate or key
+                    try:
+                        tls_context(ep)  # fail now, in the parent, on a bad certificate or key
+                    except (OSError, ssl.SSLError) as exc:
+                        raise OSError(f"entry point {ep.name}: cannot load tls={ep.cert}:{ep.key}: "
+                                      f"{exc.strerror or exc}") from exc
             if admin is not None:
                 self.admin = listen_socket(*admin)
         except BaseException:

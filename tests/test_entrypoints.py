@@ -96,4 +96,4 @@ def test_unreadable_certificate_exits_1_with_message(conf_d, tmp_path):
     result = subprocess.run([sys.executable, "-m", "gatekeeper", "serve", "--conf-d", str(conf_d.root),
                              "--entrypoint", f"secure=127.0.0.1:0,tls={tmp_path}/no.pem:{tmp_path}/no.key"],
                             capture_output=True, text=True, timeout=30)
-    assert result.returncode == 1 and "cannot listen" in result.stderr
+    assert result.returncode == 1 and "entry point secure: cannot load tls=" in result.stderr
