@@ -469,7 +469,8 @@ function spark(values, unit) {
   svg.setAttribute("class", "spark"); svg.setAttribute("viewBox", "0 0 100 21");
   svg.setAttribute("preserveAspectRatio", "none"); svg.setAttribute("role", "img");
   const line = document.createElementNS(SVG, "polyline");
-  line.setAttribute("points", values.map((v, i) => (i * step).toFixed(1) + "," + (20 - v / top * 18).toFixed(1)).join(" "));
+  const point = (v, i) => (i * step).toFixed(1) + "," + (20 - v / top * 18).toFixed(1);
+  line.setAttribute("points", values.map(point).join(" "));
   svg.appendChild(line); td.appendChild(svg);
   td.appendChild(el("span", "spark-last", values[values.length - 1] + " " + unit));
   return td;
@@ -482,7 +483,11 @@ function fill(table, rows) {
     for (const c of row) tr.appendChild(cell(c));
     body.appendChild(tr);
   }
-  if (!rows.length) { const td = el("td", "none", "none"); td.colSpan = columns; body.appendChild(el("tr")).appendChild(td); }
+  if (!rows.length) {
+    const td = el("td", "none", "none");
+    td.colSpan = columns;
+    body.appendChild(el("tr")).appendChild(td);
+  }
   table.replaceChild(body, table.tBodies[0]);
 }
 const live = document.getElementById("live");
