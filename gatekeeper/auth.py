@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl
 
 from werkzeug.http import parse_cookie
 
-from . import jws, keys
+from . import jwks, jws, keys
 from .errors import AuthError, ConfigError, ExpressionError, Forbidden, Unauthorized
 from .expr import MISSING, compile_claim_path, compile_claims
 from .jsontext import format_value, number_value
@@ -174,7 +174,7 @@ def build_key_source(opts: Mapping[str, Any]) -> keys.KeySource:
         return keys.PublicKeySource(_as_text("publicKey", opts["publicKey"]))
     if "jwksFile" in opts:
         return keys.jwks_file_source(_as_text("jwksFile", opts["jwksFile"]))
-    raise ConfigError(f"{given[0]}: not supported yet")
+    return jwks.remote_source(opts)  # jwksUrl and/or trustedIssuers: fetched later, never here
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,7 @@ def _compile_claims_option(opts: Mapping[str, Any]) -> Optional[Callable[[dict],
 
 def _check_remote_only_options(opts: Mapping[str, Any]) -> None:
     if "clientConfig" in opts:
-        _as_map("clientConfig", opts["clientConfig"])
+        jwks.parse_client_config(opts["clientConfig"])  # validated even where no remote key set uses it
 
 
 def _header_value(text: str) -> str:
@@ -348,12 +348,13 @@ class JWTAuth:
         alg = parsed.alg
         if alg not in self._allowed:
             raise _unauthorized("alg_not_allowed")
-        for check in self.source.candidates(alg, parsed.kid):
+        for check in self.source.candidates_for(parsed):
             if check(parsed.signing_input, parsed.signature):
                 break
         else:
             raise _unauthorized("bad_signature")
         payload = parsed.payload
+        self.source.check_payload(payload)  # trustedIssuers: audience
         self._check_times(payload, time.time() if now is None else now)
         if self.claims is not None and not self._claims_hold(payload):
             raise Forbidden("claims", DESCRIPTIONS["claims"])

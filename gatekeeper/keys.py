@@ -8,8 +8,8 @@ source and the key types, never from the token (an RSA key never verifies an HS 
     >>> sorted(source.allowed_algs)
     ['HS256', 'HS384', 'HS512']
 
-A remote key set (``jwksUrl``, ``trustedIssuers``) will be another :class:`KeySource` whose
-``candidates`` may refresh its set on an unknown ``kid``.
+Remote key sets (``jwksUrl``, ``trustedIssuers``) are key sources too; they live in ``jwks.py``, which
+builds on the JWK parsing here (``read_jwk_set`` with ``skipped``: a remote set skips keys it cannot use).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from . import jsontext
 from .errors import ConfigError, Unauthorized
-from .jws import (ASYMMETRIC_ALGS, HMAC_ALGS, Verifier, algorithms_for_key, b64url_decode, build_verifier,
-                  hmac_verifier)
+from .jws import (ASYMMETRIC_ALGS, HMAC_ALGS, ParsedToken, Verifier, algorithms_for_key, b64url_decode,
+                  build_verifier, hmac_verifier)
 
 log = logging.getLogger("gatekeeper.keys")
 
@@ -36,14 +36,16 @@ JWKS_RECHECK_SECONDS = 1.0
 DESCRIPTIONS = {
     "alg_not_allowed": "the token's algorithm is not accepted here",
     "unknown_kid": "no key matches the token's kid",
-    "no_keys": "no keys are available to verify the token",
+    "no_keys": "the key set is unavailable: no keys to verify the token with",
+    "untrusted_issuer": "the token's issuer is not trusted here",
+    "bad_audience": "the token's audience is not accepted here",
 }
 
 _EC_CURVES = {"P-256": (ec.SECP256R1, 32), "P-384": (ec.SECP384R1, 48), "P-521": (ec.SECP521R1, 66)}
 _OKP_CURVES = {"Ed25519": (ed25519.Ed25519PublicKey, 32), "Ed448": (ed448.Ed448PublicKey, 57)}
 
 
-def _refuse(reason: str) -> Unauthorized:
+def refuse(reason: str) -> Unauthorized:
     return Unauthorized(reason, DESCRIPTIONS[reason])
 
 
@@ -70,21 +72,32 @@ class KeyIndex:
             found = self.by_alg.get(alg)
         else:
             if kid not in self.kids:
-                raise _refuse("unknown_kid")
+                raise refuse("unknown_kid")
             found = self.by_kid.get((kid, alg))
         if not found:
-            raise _refuse("alg_not_allowed")
+            raise refuse("alg_not_allowed")
         return found
 
 
 class KeySource:
-    """Base of every key source: ``allowed_algs`` and ``candidates(alg, kid)``."""
+    """Base of every key source: ``allowed_algs`` and ``candidates(alg, kid)``.
+
+    ``candidates_for(token)`` and ``check_payload(payload)`` are what the middleware calls: a source that
+    picks keys by more than ``alg`` and ``kid`` (``trustedIssuers``: by ``iss``), or checks claims of its
+    own after the signature (``audience``), overrides them.
+    """
 
     option = ""
     allowed_algs: FrozenSet[str] = frozenset()
 
     def candidates(self, alg: str, kid: Optional[str]) -> Sequence[Verifier]:
         raise NotImplementedError
+
+    def candidates_for(self, token: ParsedToken) -> Sequence[Verifier]:
+        return self.candidates(token.alg, token.kid)
+
+    def check_payload(self, payload: Mapping[str, Any]) -> None:
+        """Called once the signature verified; raises ``Unauthorized`` to refuse."""
 
 
 class SingleKeySource(KeySource):
@@ -99,7 +112,7 @@ class SingleKeySource(KeySource):
         try:
             return self._verifiers[alg]
         except KeyError:
-            raise _refuse("alg_not_allowed") from None
+            raise refuse("alg_not_allowed") from None
 
 
 class SecretSource(SingleKeySource):
@@ -188,36 +201,62 @@ def _usable_for_signatures(jwk: Mapping[str, Any]) -> bool:
     return jwk.get("kty") in ("RSA", "EC", "OKP")
 
 
-def jwks_entries(document: Any, option: str) -> List[Tuple[Optional[str], str, Verifier]]:
-    """(kid, alg, verifier) for every usable signing key of a JWK Set; problems are ConfigErrors."""
+def _jwk_entries(jwk: Any, where: str) -> List[Tuple[Optional[str], str, Verifier]]:
+    """(kid, alg, verifier) for one JWK: none for keys not meant for signatures, ConfigError if unusable."""
+    if not isinstance(jwk, dict):
+        raise ConfigError(f"{where}: not a JSON object")
+    if not _usable_for_signatures(jwk):
+        return []
+    kid = jwk.get("kid")
+    if isinstance(kid, str):
+        where += f" (kid {kid!r})"
+    elif kid is not None:
+        raise ConfigError(f"{where}: kid is not a string")
+    try:
+        key = jwk_public_key(jwk)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    algs = _check_public_key(key, where)
+    stated = jwk.get("alg")
+    if stated is not None:
+        if stated not in ASYMMETRIC_ALGS:
+            return []  # e.g. RSA-OAEP: an encryption key, never a signature key
+        if stated not in algs:
+            raise ConfigError(f"{where}: alg {stated} does not fit a {jwk['kty']} key")
+        algs = (stated,)
+    return [(kid, alg, build_verifier(key, alg)) for alg in algs]
+
+
+def read_jwk_set(document: Any, option: str, skipped: Optional[List[str]] = None
+                 ) -> Tuple[List[Tuple[Optional[str], str, Verifier]], int]:
+    """(kid, alg, verifier) for every usable signing key of a JWK Set, and how many keys gave them.
+
+    A key that fails to parse is a ConfigError, unless ``skipped`` is given (remote sets, which the
+    provider may fill with keys we cannot use): then the problem is appended there and the key left out.
+    A set without a single usable key is always a ConfigError.
+    """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ConfigError(f'{option}: not a JWK Set (a JSON object with a "keys" array)')
     entries: List[Tuple[Optional[str], str, Verifier]] = []
+    count = 0
     for number, jwk in enumerate(document["keys"], 1):
-        if not isinstance(jwk, dict):
-            raise ConfigError(f"{option}: key {number}: not a JSON object")
-        if not _usable_for_signatures(jwk):
-            continue
-        kid = jwk.get("kid")
-        where = f"{option}: key {number}" + (f" (kid {kid!r})" if isinstance(kid, str) else "")
-        if kid is not None and not isinstance(kid, str):
-            raise ConfigError(f"{where}: kid is not a string")
         try:
-            key = jwk_public_key(jwk)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
-        algs = _check_public_key(key, where)
-        stated = jwk.get("alg")
-        if stated is not None:
-            if stated not in ASYMMETRIC_ALGS:
-                continue  # e.g. RSA-OAEP: an encryption key, never a signature key
-            if stated not in algs:
-                raise ConfigError(f"{where}: alg {stated} does not fit a {jwk['kty']} key")
-            algs = (stated,)
-        entries.extend((kid, alg, build_verifier(key, alg)) for alg in algs)
+            found = _jwk_entries(jwk, f"{option}: key {number}")
+        except ConfigError as exc:
+            if skipped is None:
+                raise
+            skipped.append(exc.reason)
+            continue
+        entries.extend(found)
+        count += bool(found)
     if not entries:
         raise ConfigError(f"{option}: the JWK Set holds no usable signature key")
-    return entries
+    return entries, count
+
+
+def jwks_entries(document: Any, option: str) -> List[Tuple[Optional[str], str, Verifier]]:
+    """(kid, alg, verifier) for every usable signing key of a JWK Set; problems are ConfigErrors."""
+    return read_jwk_set(document, option)[0]
 
 
 def parse_jwks(text: "str | bytes", option: str = "jwksFile") -> KeyIndex:
