@@ -54,16 +54,21 @@ def split_claim_path(path: str) -> Tuple[List[str], Optional[Tuple[str, int]]]:
             continue
         if char == ".":
             if not current:
-                return [], (f'empty segment in claim path "{path}"', i)
+                return [], (f"empty segment in claim path {_shown(path)}", i)
             keys.append("".join(current))
             current = []
         else:
             current.append(char)
         i += 1
     if not current:
-        return [], (f'empty segment in claim path "{path}"', len(path) - 1)
+        return [], (f"empty segment in claim path {_shown(path)}", len(path) - 1)
     keys.append("".join(current))
     return keys, None
+
+
+def _shown(path: str) -> str:
+    """A path quoted for a one-line message."""
+    return f'"{path}"' if path.isprintable() else json.dumps(path, ensure_ascii=False)
 
 
 def compile_claim_path(path: str) -> Getter:

@@ -6,6 +6,7 @@ argument list, which is enough to say "missing \\")\\"", "use && instead of and"
 """
 from __future__ import annotations
 
+import json
 from typing import List, Optional, Tuple
 
 import ply.lex as lex
@@ -170,7 +171,11 @@ class _TokenStream:
 
 def _show(tok: lex.LexToken) -> str:
     if tok.type == "STRING":
-        return ("`" + tok.value + "`") if tok.value.raw else repr(str(tok.value)).replace("'", '"')
+        text = str(tok.value)
+        short = text if len(text) <= 24 else text[:21] + "..."
+        if tok.value.raw and short.isprintable():
+            return f"`{short}`"
+        return json.dumps(short, ensure_ascii=False)
     if tok.type == "NAME":
         return f'"{tok.value}"'
     return _SHOWN[tok.type]
