@@ -11,7 +11,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 from gatekeeper.errors import ExpressionError
 from gatekeeper.expr.parser import parse
-from gatekeeper.expr.tree import AllOf, AnyOf, Arg, Call, Node, Not
+from gatekeeper.expr.tree import AllOf, Arg, Call, Node, Not
 
 Predicate = Callable[[object], bool]
 MAX_DEPTH = 64  # of nested "!" / groups of alternating operators: deeper closures would risk RecursionError
