@@ -180,10 +180,13 @@ class DashboardSource:
 
     def sample(self) -> None:
         with self._lock:
-            record = getattr(self.loader, "last_reload", None)
-            if record is not None and record is not self._seen_record:
-                self._seen_record = record
+            history = list(getattr(self.loader, "history", ()))
+            seen_at = next((i for i, r in enumerate(history) if r is self._seen_record), -1)
+            unseen = history[seen_at + 1:]
+            for record in unseen:
                 self.reloads.appendleft(reload_entry(record))
+            if history:
+                self._seen_record = history[-1]
             now = time.time()
             if self.traffic.last is None or now - self.traffic.last[0] >= self.interval * 0.9:
                 self.traffic.add(now, metric_totals(self.exposition()[0].decode("utf-8", "replace")))

@@ -14,7 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from collections import deque
+from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 from .compile import CompileOptions, Config, compile_config
 from .manifests import FileResult, Snapshot, manifest_paths, read_dir, read_file
@@ -80,6 +81,9 @@ class ConfigLoader:
         self.config: Optional[Config] = None
         self.last_error: Optional[str] = None
         self.last_reload: Optional[ReloadRecord] = None
+        self.history: Deque[ReloadRecord] = deque(maxlen=50)   # newest last, for the dashboard
+        # called as hook(loader, swapped) after every reload attempt (metrics count them)
+        self.on_reload: List[Callable[["ConfigLoader", bool], None]] = []
         self._read: Optional[Snapshot] = None     # the files as last read, before last-good merging
         self._lock = threading.Lock()
         self._swapped = threading.Condition()
@@ -100,6 +104,15 @@ class ConfigLoader:
 
     def reload(self, trigger: str = "watch") -> bool:
         """Re-read conf.d; swap in a new configuration if any file changed. True when swapped."""
+        swapped = self._reload(trigger)
+        for hook in self.on_reload:
+            try:
+                hook(self, swapped)
+            except Exception:  # a broken observer must not break reloading
+                log.exception("reload hook %r failed", hook)
+        return swapped
+
+    def _reload(self, trigger: str) -> bool:
         with self._lock:
             started = time.perf_counter()
             try:
@@ -120,6 +133,8 @@ class ConfigLoader:
     def _swap(self, snapshot: Snapshot, new: Config, previous: Optional[Config], started: float,
               trigger: str) -> None:
         self.config = new                  # the swap: requests from now on see the new configuration
+        if previous is not None:
+            close_retired_services(previous, new)
         self._read = snapshot
         self.last_error = None
         seconds = time.perf_counter() - started
@@ -134,6 +149,7 @@ class ConfigLoader:
         self.last_reload = ReloadRecord(
             self.generation, trigger, time.time(), (time.perf_counter() - started) * 1000, swapped,
             {k: tuple(v) for k, v in (changes or {}).items() if v}, errors)
+        self.history.append(self.last_reload)
 
     def wait_for_generation(self, generation: int, timeout: float) -> bool:
         """Block until ``generation`` (or a later one) serves; False after ``timeout`` seconds.
@@ -161,6 +177,18 @@ class ConfigLoader:
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
+
+
+def close_retired_services(old: Config, new: Config) -> None:
+    """Drop the idle upstream connections of services the new configuration no longer uses.
+
+    Requests still in flight on them finish normally: their connections are closed when handed back.
+    """
+    kept = {id(b.app) for b in new.services.values()}
+    for built in old.services.values():
+        close = getattr(built.app, "close", None)
+        if built.app is not None and id(built.app) not in kept and close is not None:
+            close()
 
 
 def changes(new: Config, old: Optional[Config]) -> Dict[str, List[str]]:

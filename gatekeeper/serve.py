@@ -380,15 +380,15 @@ def make_loader(args):
     from .proxy import ProxyLimits
     from .reload import ConfigLoader
 
-    class MeasuredLoader(ConfigLoader):
-        def reload(self, *args, **kwargs) -> bool:
-            swapped = super().reload(*args, **kwargs)
-            from . import metrics
-            metrics.record_reload(self, swapped)
-            return swapped
+    def record_reload(loader: ConfigLoader, swapped: bool) -> None:
+        # imported late: prometheus_client must see PROMETHEUS_MULTIPROC_DIR, set before workers fork
+        from .metrics import record_reload as record
+        record(loader, swapped)
 
     limits = ProxyLimits(connect_timeout=args.upstream_connect_timeout, response_timeout=args.upstream_timeout)
-    return MeasuredLoader(args.conf_d, options=CompileOptions(limits=limits), debounce=args.debounce_ms / 1000.0)
+    loader = ConfigLoader(args.conf_d, options=CompileOptions(limits=limits), debounce=args.debounce_ms / 1000.0)
+    loader.on_reload.append(record_reload)
+    return loader
 
 
 def server_limits(args) -> ServerLimits:
