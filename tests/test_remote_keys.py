@@ -31,6 +31,7 @@ from gatekeeper.cli import main as cli_main
 from gatekeeper.compile import compile_config
 from gatekeeper.echo import named_echo_app
 from gatekeeper.errors import AuthError, ConfigError
+from gatekeeper.jws import b64url_encode
 from gatekeeper.keys import DESCRIPTIONS
 from gatekeeper.manifests import read_dir
 from gatekeeper.middleware import JWTMiddleware
@@ -185,6 +186,31 @@ def test_random_kids_burst_costs_at_most_one_fetch_and_valid_tokens_are_served_m
     FIGURES["burst: 200 random kids, fetches"] = idp.fetches() - 1
     FIGURES["burst: seconds for 200 requests"] = round(elapsed, 3)
     FIGURES["burst: valid token latency during the refresh (ms)"] = round(good_ms, 2)
+
+
+def test_concurrent_requests_on_a_cold_set_share_one_fetch(wsgi_server, pems):
+    idp = IdP(jwk(pems["a"], "a"))
+    idp.delay = 0.2
+    serve_idp(wsgi_server, idp)
+    app = wsgi_server(JWTMiddleware.from_config(named_echo_app("api"), {"jwksUrl": idp.issuer + "/keys"}))
+    good = bearer(token(pems["a"], "a"))
+    statuses = gevent.pool.Pool(20).map(lambda _: requests.get(app.url, headers=good, timeout=5).status_code,
+                                        range(20))
+    assert (statuses, idp.fetches()) == ([200] * 20, 1)
+    FIGURES["cold start: 20 concurrent requests, fetches"] = idp.fetches()
+
+
+@pytest.mark.parametrize("alg", ["HS256", "none"])
+def test_a_remote_set_never_accepts_hmac_or_none(wsgi_server, pems, alg):
+    idp = IdP(jwk(pems["a"], "a"))
+    serve_idp(wsgi_server, idp)
+    auth = remote_auth(idp.issuer + "/keys")
+    if alg == "HS256":  # the published key's JSON used as an HMAC secret
+        forged = mint({}, secret=json.dumps(idp.keys[0]), alg="HS256", kid="a")
+    else:
+        forged = b64url_encode(b'{"alg":"none","kid":"a"}') + ".e30."
+    assert outcome(auth, forged) == "alg_not_allowed"
+    assert outcome(auth, token(pems["a"], "a")) == "ok"
 
 
 # --- failures: stale-if-error, cold start ----------------------------------------------------------------
@@ -499,9 +525,15 @@ def test_seed_keycloak_through_the_gateway(tmp_path, wsgi_server, echo_upstream,
     admin = requests.get(gateway.url + "/my-app", headers=bearer(token(pems["a"], "a", grp="admin")), timeout=5)
     assert admin.status_code == 200, admin.text
     assert ["Group", "admin"] in admin.json()["headers"]
-    dev = requests.get(gateway.url + "/my-app", headers=bearer(token(pems["a"], "a", grp="dev")), timeout=5)
-    assert dev.status_code == 403
-    assert idp.hits and {path for path, _ in idp.hits} == {"/realms/r/certs"}
+    dev = bearer(token(pems["a"], "a", grp="dev"))
+    assert requests.get(gateway.url + "/my-app", headers=dev, timeout=5).status_code == 403
+    assert idp.fetches("/realms/r/certs") == 1 and len(idp.hits) == 1
+
+    manifest = tmp_path / "conf.d" / "middleware.yaml"          # a reload rebuilds the middleware ...
+    manifest.write_text(manifest.read_text().replace("`grp`, `admin`", "`grp`, `dev`"))
+    gateway.server.application.loader.reload()
+    assert requests.get(gateway.url + "/my-app", headers=dev, timeout=5).status_code == 200
+    assert len(idp.hits) == 1                                  # ... and keeps the keys it had
 
 
 def test_check_and_loading_never_touch_the_network(tmp_path, wsgi_server, pems, capsys):
