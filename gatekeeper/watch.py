@@ -9,7 +9,7 @@ event reloads it again.
 
 Under gevent (``patch_all(queue=False)``, as ``gatekeeper serve`` does) watchdog's threads and the debounce
 thread are greenlets, and inotify reads wait in gevent's ``select.poll``: nothing blocks the server.
-``on_change`` (a compile, CPU only) runs in the debounce greenlet; see docs/operations-reload.md for the
+``on_change`` (a compile, CPU only) runs in the debounce greenlet; see docs/operations.md ("Live reload") for the
 measurements behind that choice.
 
     >>> watcher = Watcher(Path("conf.d"), on_change=loader.reload, debounce=0.1)   # doctest: +SKIP
