@@ -29,7 +29,7 @@ def vector_cases():
     return [pytest.param(case["expr"], case["want"], id=case["expr"]) for case in VECTORS["cases"]]
 
 
-@pytest.mark.skipif(VECTORS is None, reason="shared/spec/vectors/claims-docs.json not found")
+@pytest.mark.skipif(VECTORS is None, reason="tests/data/claims-docs.json not found")
 @pytest.mark.parametrize("expression, want", vector_cases())
 def test_documented_vectors(expression: str, want: bool) -> None:
     payload = loads(json.dumps(VECTORS["claims"]))
