@@ -10,7 +10,7 @@ from gatekeeper.errors import ExpressionError
 from gatekeeper.expr import MISSING, compile_claim_path, compile_claims
 from gatekeeper.jsontext import JSONNumber, loads
 
-VECTORS_FILE = Path(__file__).resolve().parents[2] / "shared/spec/vectors/claims-docs.json"
+VECTORS_FILE = Path(__file__).resolve().parent / "data" / "claims-docs.json"  # from shared/spec/vectors
 VECTORS = json.loads(VECTORS_FILE.read_text()) if VECTORS_FILE.exists() else None
 
 PAYLOAD = loads("""{
