@@ -5,11 +5,46 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable, Iterable, Optional
+from urllib.parse import unquote
 
 from .compile import CompileOptions, Config
 from .proxy import error_response, strip_connection_headers
 
 NOT_FOUND = error_response(404, "Not Found")
+SINGLE_DOTS = {".", "%2e"}
+DOUBLE_DOTS = {"..", "%2e%2e", ".%2e", "%2e."}
+
+
+def remove_dot_segments(environ: dict) -> None:
+    """Resolve ``.`` and ``..`` segments (also percent-encoded) in the request path before routing.
+
+    Otherwise ``/api/%2E%2E/admin`` would match ``PathPrefix(`/api`)`` and reach an upstream that resolves it
+    to ``/admin``, past the middlewares of the router that owns ``/admin``. Routing and forwarding both use the
+    resolved path, as Traefik does with ``sanitizePath`` (RFC 3986 section 5.2.4).
+    """
+    raw = environ.get("RAW_URI")
+    if not raw or raw[0] != "/":
+        return
+    path, sep, query = raw.partition("?")
+    if "." not in path and "%2" not in path:
+        return
+    segments = path.split("/")[1:]
+    if not any(seg.lower() in SINGLE_DOTS or seg.lower() in DOUBLE_DOTS for seg in segments):
+        return
+    kept: list = []
+    for seg in segments:
+        low = seg.lower()
+        if low in SINGLE_DOTS:
+            continue
+        if low in DOUBLE_DOTS:
+            if kept:
+                kept.pop()
+            continue
+        kept.append(seg)
+    trailing = "/" if segments[-1].lower() in SINGLE_DOTS | DOUBLE_DOTS and kept else ""
+    clean = "/" + "/".join(kept) + trailing
+    environ["RAW_URI"] = clean + sep + query
+    environ["PATH_INFO"] = unquote(clean, "latin-1")
 
 
 class Gateway:
@@ -39,6 +74,7 @@ class Gateway:
         return Gateway(self.loader.conf_d, entrypoint=name, loader=self.loader)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        remove_dot_segments(environ)
         config = self.loader.config  # read once: a reload mid-request cannot change what this request sees
         router = config.match(environ, self.entrypoint)
         if router is None:

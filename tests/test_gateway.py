@@ -201,3 +201,35 @@ def test_env_substitution(gateway, monkeypatch):
         a: {loadBalancer: {servers: [{url: "{a}"}]}}
     """)
     assert requests.get(server.url + "/x", timeout=5).json()["path"] == "/from-env/x"
+
+
+@pytest.mark.parametrize("target, routed_to, forwarded", [
+    ("/api/%2E%2E/admin", "admin", "/admin"),
+    ("/api/%2e%2e/admin/x?q=1", "admin", "/admin/x?q=1"),
+    ("/api/../admin", "admin", "/admin"),
+    ("/api/./v1/", "api", "/api/v1/"),
+    ("/api/v1/..", "api", "/api/"),
+    ("/../../api/x", "api", "/api/x"),
+    ("/api/..%2Fadmin", "api", "/api/..%2Fadmin"),
+], ids=["encoded-dotdot", "lower-encoded-with-query", "plain-dotdot", "single-dot", "trailing-dotdot",
+        "above-root", "encoded-slash-is-not-a-separator"])
+def test_dot_segments_are_resolved_before_routing(gateway, target, routed_to, forwarded):
+    import socket
+    server = gateway("""
+    http:
+      routers:
+        api: {rule: "PathPrefix(`/api`)", service: b}
+        admin: {rule: "PathPrefix(`/admin`)", service: a}
+      services:
+        a: {loadBalancer: {servers: [{url: "{a}"}]}}
+        b: {loadBalancer: {servers: [{url: "{b}"}]}}
+    """)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    import json
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    assert body["server"] == {"admin": "a", "api": "b"}[routed_to]
+    assert body["uri"] == forwarded
