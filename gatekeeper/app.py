@@ -87,6 +87,8 @@ class Gateway:
 
 def create_app(conf_d: str = "conf.d", watch: bool = True) -> Gateway:
     """Factory for WSGI servers such as gunicorn: a Gateway over conf_d, watching it for changes."""
+    from . import jwks
+    jwks.enable_prefetch()  # fetch remote key sets when the configuration loads, not on the first token
     gateway = Gateway(conf_d)
     if watch:
         gateway.loader.watch()

@@ -446,6 +446,8 @@ def run(args) -> int:
 
     # queue=False: a fully patched queue stops watchdog delivering events (STYLE.md, measured trap).
     monkey.patch_all(queue=False)
+    from . import jwks
+    jwks.enable_prefetch()  # remote key sets are fetched as the configuration loads (check stays offline)
 
     import sys
 
