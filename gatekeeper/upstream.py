@@ -81,30 +81,51 @@ class Connection:
     def looks_alive(self) -> bool:
         """False when the idle socket has something to read: EOF (the upstream closed it) or junk.
 
-        A non-blocking MSG_PEEK rather than select(), which fails for descriptors past 1023.
+        A non-blocking MSG_PEEK rather than select(), which fails for descriptors past 1023. Under gevent
+        the peek goes straight to the non-blocking OS socket: one syscall, no timeout juggling.
         """
-        if isinstance(self.sock, ssl.SSLSocket):  # no MSG_PEEK through TLS
+        sock = self.sock
+        if isinstance(sock, ssl.SSLSocket):  # no MSG_PEEK through TLS
             try:
-                return not select.select([self.sock], [], [], 0)[0]
+                return not select.select([sock], [], [], 0)[0]
             except (OSError, ValueError):
                 return False
-        timeout = self.sock.gettimeout()
-        self.sock.settimeout(0)
+        raw = getattr(sock, "_sock", None)  # gevent's cooperative socket wraps a non-blocking one
+        if raw is not None and raw.gettimeout() == 0.0:
+            return peek_is_empty(raw)
+        timeout = sock.gettimeout()
+        sock.settimeout(0)
         try:
-            self.sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return True  # nothing to read: open and idle
-        except OSError:
-            return False
+            return peek_is_empty(sock)
         finally:
-            self.sock.settimeout(timeout)
-        return False
+            sock.settimeout(timeout)
 
     def close(self) -> None:
         try:
             self.reader.close()
         finally:
             self.sock.close()
+
+
+def peek_is_empty(sock: socket.socket) -> bool:
+    """True when a non-blocking ``sock`` has nothing to read (open and idle)."""
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False  # EOF or unexpected bytes
+
+
+def send_small(sock: socket.socket, data: bytes) -> None:
+    """``sendall`` for data that usually fits the socket buffer: one ``send`` and, rarely, the rest.
+
+    gevent's ``sendall`` asks the kernel for SO_SNDBUF on every call; a request head goes in one send.
+    """
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
 
 
 class ConnectionPool:
@@ -201,7 +222,7 @@ def exchange(pool: ConnectionPool, conn: Connection, request: Request) -> "Respo
     if text.count("\n") != len(head) or text.count("\r") != len(head):
         # a CR or LF inside a value (say, a claim copied into a header) would forge headers upstream
         raise ValueError("refusing to send a header value containing CR or LF")
-    conn.sock.sendall(text.encode("latin-1"))
+    send_small(conn.sock, text.encode("latin-1"))
     if request.body is not None:
         send_body(conn.sock, request.body, request.length)
     return read_response(pool, conn, request.method, pool.limits.max_header_bytes)
