@@ -54,6 +54,15 @@ OPTIONS = KEY_SOURCES + (
     "forwardHeaders", "usernameClaim", "clockSkewSeconds", "clientConfig",
 )
 OLD_NAMES = {"tokenQueryKey": "tokenKey"}
+def cookie_value(header: str, name: str) -> Optional[str]:
+    """One cookie's value; a Cookie header that is not UTF-8 has no token (werkzeug would raise on it)."""
+    try:
+        raw = header.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return None
+    return parse_cookie(raw).get(name) or None
+
+
 TOKEN_SOURCE_FIELDS = ("header", "headerAuthScheme", "query", "cookie")
 # Headers a claim must never set: they frame the request or name its target.
 UNSETTABLE_HEADERS = frozenset({"Host", "Content-Length", "Content-Type", "Transfer-Encoding", "Connection",
@@ -327,7 +336,7 @@ class JWTAuth:
         if token is None and places.query is not None:
             token = _query_value(environ, places.query)
         if token is None and places.cookie is not None:
-            token = parse_cookie(environ.get("HTTP_COOKIE", "")).get(places.cookie) or None
+            token = cookie_value(environ.get("HTTP_COOKIE", ""), places.cookie)
         return token
 
     def _header_token(self, value: Optional[str]) -> Optional[str]:
