@@ -215,6 +215,7 @@ class Server:
 
     def forward(self, environ: dict, start_response: Callable, pass_host_header: bool) -> Iterable[bytes]:
         """Send the request to this server and stream its answer; 502/504 when it fails first."""
+        environ["gatekeeper.upstream"] = self.spec.url  # for the access log and metrics
         read, length = body_reader(environ)
         request = Request(environ["REQUEST_METHOD"], request_target(environ, self.spec.base_path),
                           forwarded_headers(environ, self.host_header(environ, pass_host_header)),
@@ -223,9 +224,11 @@ class Server:
             response = self.pool.send(request)
         except GatewayTimeout as exc:
             log.warning("upstream %s: %s", self.spec.url, exc)
+            environ["gatekeeper.upstream.error"] = "timeout"
             return GATEWAY_TIMEOUT(environ, start_response)
         except BadGateway as exc:
             log.warning("upstream %s: %s", self.spec.url, exc)
+            environ["gatekeeper.upstream.error"] = "bad_gateway"
             return BAD_GATEWAY(environ, start_response)
         except ClientBodyError as exc:
             log.info("client body: %s", exc)
