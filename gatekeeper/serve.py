@@ -17,6 +17,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 import gevent
 import gevent.event
 from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import _InvalidClientRequest  # pywsgi answers these with 400
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 BODY_REFUSED = "gatekeeper.body_refused"
@@ -39,6 +40,10 @@ class HeadersTooLarge(ValueError):
     """The request's header block is larger than ``ServerLimits.max_header_bytes``."""
 
 
+class ObsFold(_InvalidClientRequest):
+    """A folded header line: answered 400 by pywsgi."""
+
+
 def read_header_block(rfile, budget: int) -> bytes:
     """The header lines up to and including the empty line; HeadersTooLarge past ``budget`` bytes."""
     lines: List[bytes] = []
@@ -48,6 +53,9 @@ def read_header_block(rfile, budget: int) -> bytes:
         used += len(line)
         if used > budget:
             raise HeadersTooLarge(f"request headers larger than {budget} bytes")
+        if line[:1] in (b" ", b"\t"):
+            # obs-fold (RFC 9112 5.2): refuse rather than guess how an upstream would join the lines
+            raise ObsFold("obsolete line folding in request headers")
         lines.append(line)
         if line in (b"\r\n", b"\n", b""):
             return b"".join(lines)
@@ -102,7 +110,12 @@ class GatewayHandler(WSGIHandler):
             self.waiting_for_request = False
 
     def MessageClass(self, rfile, *args):  # noqa: N802 - pywsgi's name
-        return parse_header_block(read_header_block(rfile, self.server.limits.max_header_bytes))
+        # The idle timeout bounds each read; this bounds the whole header block, so a client trickling a
+        # byte at a time (slowloris) cannot hold a connection past it.
+        deadline = socket.timeout("request headers not received in time")
+        with gevent.Timeout(self.server.limits.idle_timeout, deadline):
+            block = read_header_block(rfile, self.server.limits.max_header_bytes)
+        return parse_header_block(block)
 
     def _handle_client_error(self, ex: BaseException):
         if isinstance(ex, HeadersTooLarge):

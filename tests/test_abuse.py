@@ -102,9 +102,6 @@ def trickle(sock: socket.socket, data: bytes, interval: float, seconds: float) -
     return True
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "serve.py: the idle timeout is a per-recv socket timeout, so headers trickled a byte more often than "
-    "idle_timeout hold a connection forever; needs a whole-header deadline (operations helper owns serve.py)"))
 def test_slowloris_headers_are_cut_off(site):
     sock = connect(site.port)
     head = b"GET /slow HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 200 + b"\r\n\r\n"
@@ -223,13 +220,8 @@ SMUGGLING = {
 }
 
 
-OBS_FOLD_500 = pytest.mark.xfail(strict=True, reason=(
-    "serve.py: pywsgi keeps an obs-folded value as 'a\\r\\n b'; upstream.py then refuses to send it "
-    "(ValueError) and the client gets 500. RFC 9112 5.2: answer 400 or replace obs-fold by SP when parsing"))
-
-
 @pytest.mark.parametrize("request_bytes", [
-    pytest.param(raw, id=name, marks=[OBS_FOLD_500] if name == "header-obs-fold" else [])
+    pytest.param(raw, id=name, marks=[])
     for name, raw in SMUGGLING.items()])
 def test_smuggling_is_refused_or_harmless(site, request_bytes):
     """The smuggled request targets a JWT-protected path: if the gateway itself parses it as a request it
