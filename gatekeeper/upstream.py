@@ -79,24 +79,40 @@ class Connection:
         self.idle_since = 0.0
 
     def looks_alive(self) -> bool:
-        """False when the idle socket has something to read: EOF (the upstream closed it) or junk.
+        """False when the idle connection has something to read: EOF (the upstream closed it) or bytes
+        no request asked for, either in the socket or already in the reader's buffer (a body an upstream
+        sent after a HEAD, 204 or 304 answer arrives with the head). Reusing such a connection would read
+        those bytes as the next response: the pool would be out of step.
 
         A non-blocking MSG_PEEK rather than select(), which fails for descriptors past 1023. Under gevent
-        the peek goes straight to the non-blocking OS socket: one syscall, no timeout juggling.
+        the peek goes straight to the non-blocking OS socket: one syscall.
         """
         sock = self.sock
         if isinstance(sock, ssl.SSLSocket):  # no MSG_PEEK through TLS
             try:
-                return not select.select([sock], [], [], 0)[0]
+                if select.select([sock], [], [], 0)[0] or sock.pending():
+                    return False
             except (OSError, ValueError):
                 return False
-        raw = getattr(sock, "_sock", None)  # gevent's cooperative socket wraps a non-blocking one
-        if raw is not None and raw.gettimeout() == 0.0:
-            return peek_is_empty(raw)
+        else:
+            raw = getattr(sock, "_sock", None)  # gevent's cooperative socket wraps a non-blocking one
+            if raw is None or raw.gettimeout() != 0.0:
+                raw = None
+            if not peek_is_empty(raw or sock, adjust_timeout=raw is None):
+                return False
+        return self.buffer_is_empty()
+
+    def buffer_is_empty(self) -> bool:
+        """True when the reader holds no unread bytes; never blocks (the socket was found idle)."""
+        sock = self.sock
         timeout = sock.gettimeout()
         sock.settimeout(0)
         try:
-            return peek_is_empty(sock)
+            return not self.reader.peek(1)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return True
+        except (OSError, ValueError):
+            return False
         finally:
             sock.settimeout(timeout)
 
@@ -107,14 +123,21 @@ class Connection:
             self.sock.close()
 
 
-def peek_is_empty(sock: socket.socket) -> bool:
-    """True when a non-blocking ``sock`` has nothing to read (open and idle)."""
+def peek_is_empty(sock: socket.socket, adjust_timeout: bool = False) -> bool:
+    """True when ``sock`` has nothing to read (open and idle); ``adjust_timeout`` makes the peek
+    non-blocking on a socket that has a timeout."""
+    timeout = sock.gettimeout() if adjust_timeout else None
+    if adjust_timeout:
+        sock.settimeout(0)
     try:
         sock.recv(1, socket.MSG_PEEK)
     except BlockingIOError:
         return True
     except OSError:
         return False
+    finally:
+        if adjust_timeout:
+            sock.settimeout(timeout)
     return False  # EOF or unexpected bytes
 
 
@@ -291,6 +314,10 @@ def read_response(pool: ConnectionPool, conn: Connection, method: str, limit: in
         headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
         headers.append(("Content-Length", str(length)))
     if method == "HEAD" or status in (204, 304):
+        if method == "HEAD" and (chunked or length):
+            # Some servers (gevent's pywsgi among them) send the body of a HEAD answer anyway; bytes arriving
+            # after the pool's liveness check would be read as the next client's response. Never reuse it.
+            keep_alive = False
         mode, length = "none", 0
     elif chunked:
         mode = "chunked"
