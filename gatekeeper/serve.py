@@ -445,6 +445,7 @@ def serve_process(args, loader, listeners: Listeners, announce: Callable[[], Non
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(loader.reload, "signal"))
     gevent.signal_handler(signal.SIGTERM, stopping.set)
     gevent.signal_handler(signal.SIGINT, stopping.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # a worker held it until now (workers.py)
     metrics.record_reload(loader, True)  # last: a worker's generation gauge also says it is fully up
     announce()
     stopping.wait()

@@ -112,7 +112,9 @@ class Supervisor:
         """In the forked child: drop the parent's signal handlers and state, serve, and never return."""
         for handler in self.handlers:
             handler.cancel()
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's own handler is in place
+        # Held, not ignored, until the worker's own handler is in place: a reload asked for while the
+        # worker starts is delivered then instead of being lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         self.workers.clear()
         self.exited.clear()
         code = 1
