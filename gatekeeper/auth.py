@@ -30,6 +30,7 @@ from . import jwks, jws, keys
 from .errors import AuthError, ConfigError, ExpressionError, Forbidden, Unauthorized
 from .expr import MISSING, compile_claim_path, compile_claims
 from .jsontext import format_value, number_value
+from .tokencache import VerifiedTokens
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 
@@ -309,6 +310,7 @@ class JWTAuth:
         self.forward_authorization = forward_authorization
         self._allowed = source.allowed_algs
         self._scrub = frozenset(f.key for f in forwarded)
+        self._verified = VerifiedTokens()  # per configuration: a reload starts empty
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> "JWTAuth":
@@ -353,21 +355,33 @@ class JWTAuth:
 
     def verify(self, token: str, now: Optional[float] = None) -> Dict[str, Any]:
         """The payload of a token that passes every check, else ``Unauthorized``/``Forbidden``."""
-        parsed = jws.parse_compact(token)
-        alg = parsed.alg
-        if alg not in self._allowed:
-            raise _unauthorized("alg_not_allowed")
-        for check in self.source.candidates_for(parsed):
-            if check(parsed.signing_input, parsed.signature):
-                break
-        else:
-            raise _unauthorized("bad_signature")
-        payload = parsed.payload
+        parsed = self._verified_before(token)
+        if parsed is None:
+            parsed = jws.parse_compact(token)
+            alg = parsed.alg
+            if alg not in self._allowed:
+                raise _unauthorized("alg_not_allowed")
+            for check in self.source.candidates_for(parsed):
+                if check(parsed.signing_input, parsed.signature):
+                    break
+            else:
+                raise _unauthorized("bad_signature")
+            self._verified.remember(token, parsed, check)
+        payload = dict(parsed.payload)  # a copy: whoever reads gatekeeper.claims cannot alter the cache
         self.source.check_payload(payload)  # trustedIssuers: audience
         self._check_times(payload, time.time() if now is None else now)
         if self.claims is not None and not self._claims_hold(payload):
             raise Forbidden("claims", DESCRIPTIONS["claims"])
         return payload
+
+    def _verified_before(self, token: str) -> Optional[jws.ParsedToken]:
+        """A token whose signature verified earlier, while the key source still offers the verifier that
+        accepted it (a rotated key set builds new verifiers, so its tokens verify afresh); else None.
+        Only the signature check is skipped: times, claims and headers are judged on every request."""
+        hit = self._verified.lookup(token)
+        if hit is not None and hit[1] in self.source.candidates_for(hit[0]):
+            return hit[0]
+        return None
 
     def _check_times(self, payload: Mapping[str, Any], now: float) -> None:
         """exp: valid while now < exp; nbf, iat: valid from that instant; all with clockSkewSeconds."""

@@ -83,3 +83,61 @@ def test_forget_and_clear():
 def test_negative_sizes_are_refused():
     with pytest.raises(ValueError):
         VerifiedTokens(max_entries=-1)
+
+
+# --- through JWTAuth: only the signature check is skipped ------------------------------------------------
+
+import json  # noqa: E402
+import time  # noqa: E402
+
+from conftest import wait_until  # noqa: E402
+
+from gatekeeper.auth import JWTAuth  # noqa: E402
+from gatekeeper.errors import AuthError  # noqa: E402
+from gatekeeper.token import new_key_pem, public_jwk  # noqa: E402
+
+
+def outcome(auth: JWTAuth, text: str, now: float = None) -> str:
+    try:
+        auth.verify(text, now=now)
+    except AuthError as err:
+        return err.reason
+    return "ok"
+
+
+@pytest.mark.parametrize("claims, first, then, expected", [
+    ({"sub": "a", "exp": 2_000}, 1_000, 1_500, "ok"),
+    ({"sub": "a", "exp": 2_000}, 1_000, 2_000, "expired"),
+    ({"sub": "a", "nbf": 2_000}, 3_000, 1_000, "not_yet_valid"),
+    ({"sub": "b"}, 1_000, 1_000, "claims"),
+], ids=["valid", "expired-on-a-hit", "not-yet-valid-on-a-hit", "claims-on-a-hit"])
+def test_times_and_claims_are_judged_on_every_hit(claims, first, then, expected):
+    auth = JWTAuth.from_config({"signingSecret": SECRET, "claims": "Equals(`sub`, `a`)"})
+    text = mint(claims, secret=SECRET)
+    outcome(auth, text, now=first)  # the signature verifies: cached, whatever the claims say
+    assert outcome(auth, text, now=then) == expected
+    assert auth._verified.hits >= 1
+
+
+def test_forwarded_headers_are_rebuilt_and_claims_copied_on_a_hit():
+    auth = JWTAuth.from_config({"signingSecret": SECRET, "forwardHeaders": {"X-User": "sub"}})
+    text = mint({"sub": "alice"}, secret=SECRET)
+    for _ in range(2):
+        environ = {"HTTP_AUTHORIZATION": f"Bearer {text}", "HTTP_X_USER": "mallory"}
+        claims = auth.authenticate(environ)
+        assert environ["HTTP_X_USER"] == "alice"
+        claims["sub"] = "changed by the app"
+    assert auth._verified.hits == 1
+
+
+def test_rotated_key_set_verifies_cached_tokens_afresh(tmp_path):
+    old_key, new_key = new_key_pem("ec256"), new_key_pem("ec256")
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [public_jwk(old_key, kid="k")]}))
+    auth = JWTAuth.from_config({"jwksFile": str(path)})
+    text = mint({"sub": "alice"}, key_pem=old_key, kid="k")
+    assert outcome(auth, text) == "ok"
+    assert outcome(auth, text) == "ok" and auth._verified.hits == 1
+    path.write_text(json.dumps({"keys": [public_jwk(new_key, kid="k")]}))
+    assert wait_until(lambda: outcome(auth, text) == "bad_signature", timeout=5.0)
+    assert outcome(auth, mint({"sub": "alice"}, key_pem=new_key, kid="k")) == "ok"
