@@ -91,18 +91,10 @@ import json  # noqa: E402
 import time  # noqa: E402
 
 from conftest import wait_until  # noqa: E402
+from test_auth import outcome  # noqa: E402  - "ok" or the refusal reason of auth.verify
 
 from gatekeeper.auth import JWTAuth  # noqa: E402
-from gatekeeper.errors import AuthError  # noqa: E402
 from gatekeeper.token import new_key_pem, public_jwk  # noqa: E402
-
-
-def outcome(auth: JWTAuth, text: str, now: float = None) -> str:
-    try:
-        auth.verify(text, now=now)
-    except AuthError as err:
-        return err.reason
-    return "ok"
 
 
 @pytest.mark.parametrize("claims, first, then, expected", [
@@ -136,8 +128,9 @@ def test_rotated_key_set_verifies_cached_tokens_afresh(tmp_path):
     path.write_text(json.dumps({"keys": [public_jwk(old_key, kid="k")]}))
     auth = JWTAuth.from_config({"jwksFile": str(path)})
     text = mint({"sub": "alice"}, key_pem=old_key, kid="k")
-    assert outcome(auth, text) == "ok"
-    assert outcome(auth, text) == "ok" and auth._verified.hits == 1
+    now = time.time()
+    assert outcome(auth, text, now) == "ok"
+    assert outcome(auth, text, now) == "ok" and auth._verified.hits == 1
     path.write_text(json.dumps({"keys": [public_jwk(new_key, kid="k")]}))
-    assert wait_until(lambda: outcome(auth, text) == "bad_signature", timeout=5.0)
-    assert outcome(auth, mint({"sub": "alice"}, key_pem=new_key, kid="k")) == "ok"
+    assert wait_until(lambda: outcome(auth, text, now) == "bad_signature", timeout=5.0)
+    assert outcome(auth, mint({"sub": "alice"}, key_pem=new_key, kid="k"), now) == "ok"
