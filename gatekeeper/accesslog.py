@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from typing import Callable, Iterable, Iterator, List, Optional, TextIO
@@ -66,19 +67,26 @@ class Exchange:
                 "user": self.user, "jwt_reason": self.jwt_reason}
 
 
+_second_cache: List[object] = [-1, ""]
+
+
 def format_time(epoch: float) -> str:
-    """RFC 3339 UTC with milliseconds: ``2024-05-01T12:00:00.123Z``."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch * 1000) % 1000:03d}Z"
+    """RFC 3339 UTC with milliseconds: ``2024-05-01T12:00:00.123Z`` (the seconds part formatted once a second)."""
+    second = int(epoch)
+    if _second_cache[0] != second:
+        _second_cache[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second_cache[1]}.{int(epoch * 1000) % 1000:03d}Z"
+
+
+_PLAIN = re.compile(r"[!#-<>-\[\]-~]+")  # printable ASCII but space, '"', '=' and backslash
 
 
 def text_value(value: object) -> str:
-    """``-`` for nothing; values with spaces, quotes or control characters are JSON-quoted."""
+    """``-`` for nothing; values with spaces, quotes, ``=``, backslashes or anything non-ASCII are JSON-quoted."""
     if value is None or value == "":
         return "-"
-    text = str(value)
-    if any(c in text for c in ' "=\\') or not text.isprintable():
-        return json.dumps(text)
-    return text
+    text = value if type(value) is str else str(value)
+    return text if _PLAIN.fullmatch(text) else json.dumps(text)
 
 
 class AccessLog:
