@@ -81,6 +81,9 @@ def parse_header_block(block: bytes):
     return email.parser.Parser(_class=OldMessage).parsestr(block.decode("iso-8859-1"))
 
 
+COALESCE_LIMIT = 64 * 1024  # a first body chunk up to this size is sent with the response head
+
+
 class GatewayHandler(WSGIHandler):
     """pywsgi's handler, plus ``RAW_URI``, header and idle limits, connection tracking and drain."""
 
@@ -90,6 +93,24 @@ class GatewayHandler(WSGIHandler):
         env = super().get_environ()
         env["RAW_URI"] = self.path
         return env
+
+    def _write_with_headers(self, data: bytes) -> None:
+        """pywsgi's, but the head and a small first chunk go out in one send (one packet, not two)."""
+        if not data or len(data) > COALESCE_LIMIT:
+            return super()._write_with_headers(data)
+        self.headers_sent = True
+        self.finalize_headers()
+        out = bytearray(b"HTTP/1.1 ")
+        out += self.status
+        out += b"\r\n"
+        for header, value in self.response_headers:
+            out += header + b": " + value + b"\r\n"
+        out += b"\r\n"
+        if self.response_use_chunked:
+            out += b"%x\r\n" % len(data) + data + b"\r\n"
+        else:
+            out += data
+        self._sendall(out)
 
     def handle(self) -> None:
         server = self.server
