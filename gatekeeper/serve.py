@@ -174,6 +174,10 @@ class GatewayServer(WSGIServer):
     follows open connections (the metrics gauge).
     """
 
+    # One accept per wake-up: with --workers, every worker is woken for the shared socket, and accepting
+    # up to 100 at once (gevent's default) let one worker take a whole burst of new connections.
+    max_accept = 1
+
     def __init__(self, listener, application: WSGIApp, *, limits: Optional[ServerLimits] = None,
                  on_refused: Optional[Callable] = None, on_connection: Optional[Callable[[int], None]] = None,
                  **kwargs) -> None:
