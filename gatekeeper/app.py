@@ -4,7 +4,8 @@ to the matching router's pre-built handler.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from ipaddress import ip_address, ip_network
+from typing import Callable, Iterable, Optional, Sequence
 from urllib.parse import unquote
 
 from .compile import CompileOptions, Config
@@ -57,8 +58,11 @@ class Gateway:
     """
 
     def __init__(self, conf_d: "str | Path", *, entrypoint: Optional[str] = None,
-                 options: Optional[CompileOptions] = None, loader: Optional["ConfigLoader"] = None) -> None:
+                 options: Optional[CompileOptions] = None, loader: Optional["ConfigLoader"] = None,
+                 trusted_proxies: Sequence[str] = ()) -> None:
         from .reload import ConfigLoader
+
+        self.trusted_proxies = tuple(ip_network(n, strict=False) for n in trusted_proxies)
 
         self.loader = loader or ConfigLoader(conf_d, options=options)
         if self.loader.config is None:
@@ -71,10 +75,23 @@ class Gateway:
 
     def for_entrypoint(self, name: str) -> "Gateway":
         """The same configuration seen from one entry point (serves routers naming it or none)."""
-        return Gateway(self.loader.conf_d, entrypoint=name, loader=self.loader)
+        return Gateway(self.loader.conf_d, entrypoint=name, loader=self.loader,
+                       trusted_proxies=[str(n) for n in self.trusted_proxies])
+
+    def trusts(self, peer: str) -> bool:
+        """Whether the peer is a proxy whose ``X-Forwarded-For`` is kept (in front of its own address)."""
+        if not self.trusted_proxies:
+            return False
+        try:
+            address = ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         remove_dot_segments(environ)
+        if "HTTP_X_FORWARDED_FOR" in environ and not self.trusts(environ.get("REMOTE_ADDR", "")):
+            del environ["HTTP_X_FORWARDED_FOR"]  # a client's claim about other hops is replaced, not kept
         config = self.loader.config  # read once: a reload mid-request cannot change what this request sees
         router = config.match(environ, self.entrypoint)
         if router is None:
@@ -85,11 +102,11 @@ class Gateway:
         return router.handler(environ, start_response)
 
 
-def create_app(conf_d: str = "conf.d", watch: bool = True) -> Gateway:
+def create_app(conf_d: str = "conf.d", watch: bool = True, trusted_proxies: Sequence[str] = ()) -> Gateway:
     """Factory for WSGI servers such as gunicorn: a Gateway over conf_d, watching it for changes."""
     from . import jwks
     jwks.enable_prefetch()  # fetch remote key sets when the configuration loads, not on the first token
-    gateway = Gateway(conf_d)
+    gateway = Gateway(conf_d, trusted_proxies=trusted_proxies)
     if watch:
         gateway.loader.watch()
     return gateway

@@ -16,6 +16,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def network(text: str) -> str:
+    """argparse type for an IP address or CIDR range."""
+    import ipaddress
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address or CIDR range: {text!r}") from None
+
+
 def address(text: str):
     """argparse type for HOST:PORT."""
     from .serve import parse_address
@@ -70,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="admin listener: /healthz /readyz /metrics /config (off unless given)")
     serve.add_argument("--workers", type=positive(int), default=1, metavar="N",
                        help="worker processes sharing the listeners (default 1)")
+    serve.add_argument("--trusted-proxy", action="append", default=[], type=network, metavar="CIDR",
+                       help="keep X-Forwarded-For from these peers (repeatable); from others it is replaced")
     limits = serve.add_argument_group("limits")
     limits.add_argument("--max-header-bytes", type=positive(int), default=64 * 1024, metavar="BYTES",
                         help="total request header size; past it 431 (default 65536)")

@@ -449,7 +449,7 @@ def serve_process(args, loader, listeners: Listeners, announce: Callable[[], Non
 
     access_log = AccessLog(args.log_format)
     limits = server_limits(args)
-    gateway = Gateway(loader.conf_d, loader=loader)
+    gateway = Gateway(loader.conf_d, loader=loader, trusted_proxies=args.trusted_proxy)
     servers = []
     for ep, sock in zip(listeners.entrypoints, listeners.sockets):
         app = gateway if ep.name is None else gateway.for_entrypoint(ep.name)

@@ -270,12 +270,11 @@ def test_forwarded_headers_replaced_not_appended(site):
     assert seen["x-forwarded-port"] == [str(site.port)]
 
 
-def test_client_x_forwarded_for_is_kept_in_front_of_the_peer(site):
-    """operations.md: the client's X-Forwarded-For is kept, the peer appended last (trusted proxies are
-    not configurable yet: an upstream must read the last entry, see docs/security.md)."""
+def test_client_x_forwarded_for_is_replaced_by_the_peer(site):
+    """A client that is not a trusted proxy (--trusted-proxy) cannot add hops to X-Forwarded-For."""
     seen = echoed_headers(site.port, b"GET /spoof HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\n"
                                      b"Connection: close\r\n\r\n")
-    assert seen["x-forwarded-for"] == ["6.6.6.6, 127.0.0.1"]
+    assert seen["x-forwarded-for"] == ["127.0.0.1"]
 
 
 @pytest.mark.parametrize("connection", ["X-Forwarded-For", "X-Real-Ip, X-Forwarded-Host", "X-Forwarded-Proto",

@@ -89,3 +89,9 @@ def test_serve_unreadable_conf_d_exits_with_message(tmp_path, free_port):
     result = gatekeeper("serve", "--conf-d", str(tmp_path / "nope"), "--listen", f"127.0.0.1:{free_port}")
     assert result.returncode == 1
     assert "cannot read conf.d" in result.stderr
+
+
+def test_bad_trusted_proxy_is_one_line_exit_2():
+    result = gatekeeper("serve", "--trusted-proxy", "not-a-network")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "not an IP address or CIDR range" in result.stderr

@@ -233,3 +233,26 @@ def test_dot_segments_are_resolved_before_routing(gateway, target, routed_to, fo
     body = json.loads(data.split(b"\r\n\r\n", 1)[1])
     assert body["server"] == {"admin": "a", "api": "b"}[routed_to]
     assert body["uri"] == forwarded
+
+
+@pytest.mark.parametrize("trusted, sent, seen", [
+    ((), "6.6.6.6", "127.0.0.1"),
+    (("10.0.0.0/8",), "6.6.6.6", "127.0.0.1"),
+    (("127.0.0.0/8",), "6.6.6.6", "6.6.6.6, 127.0.0.1"),
+    (("127.0.0.1",), "203.0.113.9, 10.1.2.3", "203.0.113.9, 10.1.2.3, 127.0.0.1"),
+    (("::1", "127.0.0.1/32"), None, "127.0.0.1"),
+], ids=["untrusted-replaced", "other-range-replaced", "trusted-kept", "trusted-chain-kept", "nothing-sent"])
+def test_x_forwarded_for_kept_only_from_trusted_proxies(wsgi_server, conf_d, echo_upstream, trusted, sent, seen):
+    conf_d("r.yaml", f"""
+    http:
+      routers:
+        r: {{rule: "PathPrefix(`/`)", service: s}}
+      services:
+        s: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
+    """)
+    server = wsgi_server(Gateway(conf_d.root, trusted_proxies=trusted))
+    headers = {"X-Forwarded-For": sent, "X-Real-Ip": "6.6.6.6", "X-Forwarded-Proto": "https"} if sent else {}
+    got = dict(requests.get(server.url + "/", headers=headers, timeout=5).json()["headers"])
+    assert got["X-Forwarded-For"] == seen
+    assert got["X-Real-Ip"] == "127.0.0.1"
+    assert got["X-Forwarded-Proto"] == "http"
