@@ -16,6 +16,24 @@ SINGLE_DOTS = {".", "%2e"}
 DOUBLE_DOTS = {"..", "%2e%2e", ".%2e", "%2e."}
 
 
+def origin_form(environ: dict, raw: str) -> Optional[str]:
+    """``GET http://host/p?q`` -> ``/p?q``, with the URI's authority as the Host (RFC 9112 3.2.2), so routing,
+    dot-segment resolution and forwarding all see one path. ``*`` and other forms are left alone."""
+    scheme, sep, rest = raw.partition("://")
+    if not sep or not scheme.isalpha():
+        return None
+    authority, slash, path = rest.partition("/")
+    if slash:
+        target = "/" + path
+    else:  # http://host or http://host?q
+        authority, mark, query = authority.partition("?")
+        target = "/" + mark + query
+    environ["HTTP_HOST"] = authority
+    environ["RAW_URI"] = target
+    environ["PATH_INFO"] = unquote(target.partition("?")[0], "latin-1")
+    return target
+
+
 def remove_dot_segments(environ: dict) -> None:
     """Resolve ``.`` and ``..`` segments (also percent-encoded) in the request path before routing.
 
@@ -24,8 +42,12 @@ def remove_dot_segments(environ: dict) -> None:
     resolved path, as Traefik does with ``sanitizePath`` (RFC 3986 section 5.2.4).
     """
     raw = environ.get("RAW_URI")
-    if not raw or raw[0] != "/":
+    if not raw:
         return
+    if raw[0] != "/":
+        raw = origin_form(environ, raw)
+        if raw is None:
+            return
     path, sep, query = raw.partition("?")
     if "." not in path and "%2" not in path:
         return

@@ -256,3 +256,32 @@ def test_x_forwarded_for_kept_only_from_trusted_proxies(wsgi_server, conf_d, ech
     assert got["X-Forwarded-For"] == seen
     assert got["X-Real-Ip"] == "127.0.0.1"
     assert got["X-Forwarded-Proto"] == "http"
+
+
+@pytest.mark.parametrize("target, host, routed_to, forwarded", [
+    ("http://x/api/%2E%2E/admin", "x", "admin", "/admin"),
+    ("http://other.example/api/v1?q=1", "other.example", "api", "/api/v1?q=1"),
+    ("http://x?q=1", "x", "root", "/?q=1"),
+], ids=["absolute-form-dot-segments", "absolute-form-host-wins", "absolute-form-no-path"])
+def test_absolute_form_targets_route_as_origin_form(gateway, target, host, routed_to, forwarded):
+    import json
+    import socket
+    server = gateway("""
+    http:
+      routers:
+        api: {rule: "PathPrefix(`/api`)", service: b}
+        admin: {rule: "PathPrefix(`/admin`)", service: a}
+        root: {rule: "Path(`/`)", service: a}
+      services:
+        a: {loadBalancer: {servers: [{url: "{a}"}]}}
+        b: {loadBalancer: {servers: [{url: "{b}"}]}}
+    """)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: ignored.example\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    assert body["server"] == {"admin": "a", "api": "b", "root": "a"}[routed_to]
+    assert body["uri"] == forwarded
+    assert dict(body["headers"])["Host"] == host
