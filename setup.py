@@ -18,6 +18,7 @@ setup(
         "watchdog>=4.0,<7",
         "PyYAML>=6.0,<7",
         "prometheus_client>=0.20,<1",
+        "httptools>=0.6,<1",
     ],
     extras_require={
         "test": [

@@ -251,9 +251,16 @@ def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return sock
 
 
+DEFAULT_SERVER = "pywsgi"
+
+
 def make_server(sock: socket.socket, app: Callable, *, log: Optional[object] = None,
-                error_log: Optional[object] = None, **kwargs) -> GatewayServer:
-    """A pywsgi server on ``sock`` using :class:`GatewayHandler` (``limits=ServerLimits(...)`` optional)."""
+                error_log: Optional[object] = None, server: str = DEFAULT_SERVER, **kwargs) -> GatewayServer:
+    """A server on ``sock`` (``limits=ServerLimits(...)`` optional): pywsgi with :class:`GatewayHandler`,
+    or ``server="fast"``, the StreamServer + httptools one of fastserver.py (same hooks and limits)."""
+    if server == "fast":
+        from .fastserver import FastServer
+        return FastServer(sock, app, log=log, error_log=error_log, **kwargs)
     return GatewayServer(sock, app, log=log, error_log=error_log, **kwargs)
 
 
@@ -449,6 +456,7 @@ def serve_process(args, loader, listeners: Listeners, announce: Callable[[], Non
 
     access_log = AccessLog(args.log_format)
     limits = server_limits(args)
+    engine = getattr(args, "server", None) or DEFAULT_SERVER
     gateway = Gateway(loader.conf_d, loader=loader, trusted_proxies=args.trusted_proxy)
     servers = []
     for ep, sock in zip(listeners.entrypoints, listeners.sockets):
@@ -458,9 +466,9 @@ def serve_process(args, loader, listeners: Listeners, announce: Callable[[], Non
         extra = {"ssl_context": tls_context(ep)} if ep.cert else {}
         servers.append(make_server(sock, metrics.instrument(app, access_log), limits=limits,
                                    on_refused=fan_out(metrics.record_refused, access_log),
-                                   on_connection=metrics.CONNECTIONS.inc, **extra))
+                                   on_connection=metrics.CONNECTIONS.inc, server=engine, **extra))
     if listeners.admin is not None:
-        servers.append(make_server(listeners.admin, make_admin_app(loader), limits=limits))
+        servers.append(make_server(listeners.admin, make_admin_app(loader), limits=limits, server=engine))
     for server in servers:
         server.start()
     if not args.no_watch:
