@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--trusted-proxy", action="append", default=[], type=network, metavar="CIDR",
                        help="keep X-Forwarded-For from these peers (repeatable); from others it is replaced")
     serve.add_argument("--server", choices=("pywsgi", "fast"), default=None,
-                       help="HTTP server: pywsgi (gevent's, the default) or fast (StreamServer + httptools' llhttp)")
+                       help="HTTP server: fast (StreamServer + httptools' llhttp, the default) or pywsgi (gevent's)")
     limits = serve.add_argument_group("limits")
     limits.add_argument("--max-header-bytes", type=positive(int), default=64 * 1024, metavar="BYTES",
                         help="total request header size; past it 431 (default 65536)")

@@ -251,7 +251,7 @@ def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return sock
 
 
-DEFAULT_SERVER = "pywsgi"
+DEFAULT_SERVER = "fast"
 
 
 def make_server(sock: socket.socket, app: Callable, *, log: Optional[object] = None,
