@@ -28,7 +28,7 @@ import gevent.event
 import httptools
 from gevent.server import StreamServer
 
-from .serve import BODY_REFUSED, RESPONSE_431, SKIP_AFTER_431, COALESCE_LIMIT, ServerLimits
+from .serve import BODY_REFUSED, RESPONSE_431, SKIP_AFTER_431, COALESCE_LIMIT, ConnectionTracking, ServerLimits
 
 RECV_SIZE = 64 * 1024
 FEED_SLICE = 4096          # bytes handed to the parser at a time once a request is waiting (pipelining)
@@ -541,7 +541,7 @@ class Reply:
         return True
 
 
-class FastServer(StreamServer):
+class FastServer(ConnectionTracking, StreamServer):
     """A WSGI server on StreamServer + httptools with :class:`ServerLimits`, connection tracking and drain.
 
     Drop-in for serve.GatewayServer: ``on_refused(exchange)`` sees requests refused before the app
@@ -551,21 +551,13 @@ class FastServer(StreamServer):
     >>> server.serve_forever()
     """
 
-    max_accept = 1   # as GatewayServer: --workers share bursts of new connections
-
     def __init__(self, listener, application: Callable, *, limits: Optional[ServerLimits] = None,
                  on_refused: Optional[Callable] = None, on_connection: Optional[Callable[[int], None]] = None,
                  log: Optional[object] = None, error_log: Optional[object] = None,
                  environ: Optional[dict] = None, **kwargs) -> None:
         super().__init__(listener, self.handle_connection, **kwargs)
         self.application = application
-        self.limits = limits or ServerLimits()
-        self.on_refused = on_refused
-        self.on_connection = on_connection
-        self.connections: set = set()
-        self.draining = False
-        self.drained = gevent.event.Event()
-        self.drained.set()
+        self.init_tracking(limits, on_refused, on_connection)
         self.environ = self.base_environ(error_log, environ or {})
 
     def base_environ(self, error_log, extra: dict) -> dict:
@@ -600,37 +592,11 @@ class FastServer(StreamServer):
             except OSError:
                 pass
 
-    def connection_opened(self, conn: Connection) -> None:
-        self.connections.add(conn)
-        self.drained.clear()
-        if self.on_connection is not None:
-            self.on_connection(1)
-
-    def connection_closed(self, conn: Connection) -> None:
-        self.connections.discard(conn)
-        if self.on_connection is not None:
-            self.on_connection(-1)
-        if not self.connections:
-            self.drained.set()
-
     def request_refused(self, conn: Connection, status: int) -> None:
-        if self.on_refused is None:
-            return
-        from .accesslog import Exchange
         request = conn.parsing
         target = request.target.decode("latin-1") if request is not None else ""
         try:
             method = conn.parser.get_method().decode("ascii")
         except Exception:
             method = "-"
-        exchange = Exchange(conn.peer[0] or "-", method or "-", target.partition("?")[0] or "-")
-        exchange.status = status
-        exchange.end({})
-        self.on_refused(exchange)
-
-    def begin_drain(self) -> None:
-        """Stop accepting, and close connections that wait for a next request."""
-        self.draining = True
-        self.close()
-        for conn in list(self.connections):
-            conn.wake_if_idle()
+        self.report_refused(conn.peer[0], method, target, status)

@@ -167,50 +167,45 @@ class GatewayHandler(WSGIHandler):
                 pass
 
 
-class GatewayServer(WSGIServer):
-    """pywsgi's server with :class:`ServerLimits`, connection tracking and :meth:`drain`.
+class ConnectionTracking:
+    """Connection tracking, refused-request reporting and graceful drain, shared by both servers.
 
-    ``on_refused(exchange)`` sees requests refused before the app (431); ``on_connection(+1/-1)``
-    follows open connections (the metrics gauge).
+    ``on_refused(exchange)`` sees requests refused before the app (431); ``on_connection(+1/-1)`` follows
+    open connections (the metrics gauge). Each tracked connection offers ``wake_if_idle()``.
     """
 
     # One accept per wake-up: with --workers, every worker is woken for the shared socket, and accepting
     # up to 100 at once (gevent's default) let one worker take a whole burst of new connections.
     max_accept = 1
 
-    def __init__(self, listener, application: WSGIApp, *, limits: Optional[ServerLimits] = None,
-                 on_refused: Optional[Callable] = None, on_connection: Optional[Callable[[int], None]] = None,
-                 **kwargs) -> None:
-        kwargs.setdefault("handler_class", GatewayHandler)
-        super().__init__(listener, application, **kwargs)
+    def init_tracking(self, limits: Optional["ServerLimits"], on_refused: Optional[Callable],
+                      on_connection: Optional[Callable[[int], None]]) -> None:
         self.limits = limits or ServerLimits()
         self.on_refused = on_refused
         self.on_connection = on_connection
-        self.handlers: set = set()
+        self.connections: set = set()
         self.draining = False
         self.drained = gevent.event.Event()
         self.drained.set()
 
-    def connection_opened(self, handler: GatewayHandler) -> None:
-        self.handlers.add(handler)
+    def connection_opened(self, conn) -> None:
+        self.connections.add(conn)
         self.drained.clear()
         if self.on_connection is not None:
             self.on_connection(1)
 
-    def connection_closed(self, handler: GatewayHandler) -> None:
-        self.handlers.discard(handler)
+    def connection_closed(self, conn) -> None:
+        self.connections.discard(conn)
         if self.on_connection is not None:
             self.on_connection(-1)
-        if not self.handlers:
+        if not self.connections:
             self.drained.set()
 
-    def request_refused(self, handler: GatewayHandler, status: int) -> None:
+    def report_refused(self, peer: str, method: str, target: str, status: int) -> None:
         if self.on_refused is None:
             return
         from .accesslog import Exchange
-        method, _, rest = (handler.requestline or "").partition(" ")
-        exchange = Exchange(handler.client_address[0] if isinstance(handler.client_address, tuple) else "-",
-                            method or "-", rest.rpartition(" ")[0].partition("?")[0] or "-")
+        exchange = Exchange(peer or "-", method or "-", target.partition("?")[0] or "-")
         exchange.status = status
         exchange.end({})
         self.on_refused(exchange)
@@ -218,9 +213,29 @@ class GatewayServer(WSGIServer):
     def begin_drain(self) -> None:
         """Stop accepting, and close connections that wait for a next request."""
         self.draining = True
-        self.close()
-        for handler in list(self.handlers):
-            handler.wake_if_idle()
+        self.close()  # type: ignore[attr-defined]
+        for conn in list(self.connections):
+            conn.wake_if_idle()
+
+
+class GatewayServer(ConnectionTracking, WSGIServer):
+    """pywsgi's server with :class:`ServerLimits`, connection tracking and :meth:`drain`.
+
+    ``on_refused(exchange)`` sees requests refused before the app (431); ``on_connection(+1/-1)``
+    follows open connections (the metrics gauge).
+    """
+
+    def __init__(self, listener, application: WSGIApp, *, limits: Optional[ServerLimits] = None,
+                 on_refused: Optional[Callable] = None, on_connection: Optional[Callable[[int], None]] = None,
+                 **kwargs) -> None:
+        kwargs.setdefault("handler_class", GatewayHandler)
+        super().__init__(listener, application, **kwargs)
+        self.init_tracking(limits, on_refused, on_connection)
+
+    def request_refused(self, handler: GatewayHandler, status: int) -> None:
+        method, _, rest = (handler.requestline or "").partition(" ")
+        peer = handler.client_address[0] if isinstance(handler.client_address, tuple) else "-"
+        self.report_refused(peer, method, rest.rpartition(" ")[0], status)
 
 
 def drain(servers: Sequence[GatewayServer], grace: float) -> bool:
