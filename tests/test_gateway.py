@@ -285,3 +285,40 @@ def test_absolute_form_targets_route_as_origin_form(gateway, target, host, route
     assert body["server"] == {"admin": "a", "api": "b", "root": "a"}[routed_to]
     assert body["uri"] == forwarded
     assert dict(body["headers"])["Host"] == host
+
+
+def test_100mb_chunked_upload_through_the_whole_gateway_with_bounded_memory(gateway):
+    """Through routing, a JWT middleware and the proxy: streamed, never held whole."""
+    import hashlib
+
+    from gatekeeper.token import mint
+    server = gateway("""
+    http:
+      routers:
+        up: {rule: "PathPrefix(`/up`)", service: a, middlewares: [jwt]}
+      middlewares:
+        jwt: {plugin: {jwt: {signingSecret: big-upload-secret}}}
+      services:
+        a: {loadBalancer: {servers: [{url: "{a}"}]}}
+    """)
+    block = b"\x42" * (1 << 20)
+    expected = hashlib.sha256()
+    for _ in range(100):
+        expected.update(block)
+
+    def status_kib(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak RSS
+    except OSError:
+        pytest.skip("cannot reset peak RSS here")
+    before = status_kib("VmRSS")
+    token = mint({"sub": "uploader"}, secret="big-upload-secret")
+    r = requests.post(server.url + "/up", data=(block for _ in range(100)),
+                      headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    body = r.json()
+    assert (r.status_code, body["body_size"], body["body_sha256"]) == (200, 100 << 20, expected.hexdigest())
+    assert dict(body["headers"]).get("Transfer-Encoding") == "chunked"
+    assert (status_kib("VmHWM") - before) / 1024 < 60
