@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl
 
-from werkzeug.http import parse_cookie
 
 from . import jwks, jws, keys
 from .errors import AuthError, ConfigError, ExpressionError, Forbidden, Unauthorized
@@ -61,6 +60,7 @@ def cookie_value(header: str, name: str) -> Optional[str]:
         raw = header.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
         return None
+    from werkzeug.http import parse_cookie  # only routes with a cookie token source pay its import (~11 MiB)
     return parse_cookie(raw).get(name) or None
 
 

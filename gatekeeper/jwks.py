@@ -37,7 +37,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-import requests
 
 from . import jsontext
 from .errors import ConfigError
@@ -189,7 +188,8 @@ def _expires_in(headers: Mapping[str, str], now: float) -> float:
     return expires - date
 
 
-def _describe(exc: requests.RequestException) -> str:
+def _describe(exc: "requests.RequestException") -> str:
+    import requests
     if isinstance(exc, requests.Timeout):
         return "timed out"
     if isinstance(exc, requests.exceptions.SSLError):
@@ -201,6 +201,7 @@ def _describe(exc: requests.RequestException) -> str:
 
 def get_json(session: requests.Session, url: str, client: ClientConfig) -> Tuple[Any, float]:
     """GET ``url``: its JSON document (strict: no duplicate names) and cache lifetime, else FetchError."""
+    import requests
     try:
         # Connection: close: fetches are minutes apart, and a pooled connection gone stale meanwhile
         # would only turn into a spurious failure.
@@ -357,6 +358,7 @@ class RemoteKeySet:
     def _fetch_once(self) -> Tuple[KeyIndex, int, float, List[str]]:
         client = self.client
         if self._session is None:
+            import requests  # imported on first use: ~15 MiB a gateway without remote key sets never needs
             self._session = requests.Session()
         self.fetches += 1
         if self.issuer is not None and (self._jwks_uri is None or self._streak):
