@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from gatekeeper.token import mint
-from serve_process import Gatekeeper, lb_manifest, metric_value, wait_for
+from serve_process import Gatekeeper, jwt_middleware, lb_manifest, metric_value, wait_for
 
 SECRET = "admin-test-secret-value-0123456789"
 
@@ -16,14 +16,7 @@ def gateway(conf_d, echo_upstream, tmp_path):
     conf_d("api.yaml", lb_manifest("""
         open: {rule: "PathPrefix(`/open`)", service: s}
         locked: {rule: "PathPrefix(`/locked`)", service: s, middlewares: [jwt]}
-    """, echo_upstream.url, f"""
-    middlewares:
-      jwt:
-        plugin:
-          jwt:
-            signingSecret: "{SECRET}"
-            usernameClaim: sub
-    """))
+    """, echo_upstream.url, jwt_middleware(SECRET)))
     gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--admin", "127.0.0.1:0")
     yield gk
     assert gk.stop() == 0

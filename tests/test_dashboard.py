@@ -10,7 +10,7 @@ import requests
 from gatekeeper.dashboard import (Traffic, jwt_outcomes_text, make_dashboard, mask_secrets, secret_values,
                                   sparkline_svg)
 from gatekeeper.token import mint
-from serve_process import Gatekeeper, lb_manifest, wait_for
+from serve_process import Gatekeeper, jwt_middleware, lb_manifest, wait_for
 
 SECRET = "dashboard-test-secret-value-0123456789"
 EVIL = "<script>alert(1)</script>"
@@ -22,14 +22,7 @@ def manifest(upstream_url: str) -> str:
         open: {{rule: "PathPrefix(`/open`)", service: s}}
         locked: {{rule: "PathPrefix(`/locked`)", service: s, middlewares: [jwt]}}
         "{EVIL}": {{rule: "Path(`/{EVIL}`)", service: s}}
-    """, upstream_url, f"""
-    middlewares:
-      jwt:
-        plugin:
-          jwt:
-            signingSecret: "{SECRET}"
-            usernameClaim: sub
-    """)
+    """, upstream_url, jwt_middleware(SECRET))
 
 
 @pytest.fixture

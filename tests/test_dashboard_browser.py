@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from gatekeeper.token import mint
-from serve_process import Gatekeeper, lb_manifest, wait_for
+from serve_process import Gatekeeper, jwt_middleware, lb_manifest, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "browser-test-secret-value-0123456789"
@@ -45,14 +45,7 @@ def gateway(conf_d, echo_upstream, tmp_path) -> Iterator[Gatekeeper]:
         public: {{rule: "PathPrefix(`/public`)", service: s}}
         api: {{rule: "PathPrefix(`/api`)", service: s, middlewares: [jwt]}}
         "{EVIL}": {{rule: "Path(`/{EVIL}`)", service: s}}
-    """, echo_upstream.url, f"""
-    middlewares:
-      jwt:
-        plugin:
-          jwt:
-            signingSecret: "{SECRET}"
-            usernameClaim: sub
-    """))
+    """, echo_upstream.url, jwt_middleware(SECRET)))
     conf_d("broken.yaml", "http:\n  routers: [\n")
     gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--admin", "127.0.0.1:0")
     yield gk

@@ -13,19 +13,12 @@ import requests
 from gatekeeper.app import Gateway
 from gatekeeper.token import mint
 from tests.conftest import RunningServer
-from tests.serve_process import Gatekeeper, lb_manifest
+from tests.serve_process import Gatekeeper, jwt_middleware, lb_manifest
 
 SECRET = "s3cr3t-signing-value-do-not-leak-0123456789"
 OTHER_SECRET = "attacker-secret-value-also-never-logged-987"
 OPAQUE = "opaque-credential-value-never-logged-5551212"
-MIDDLEWARE = f"""
-middlewares:
-  jwt:
-    plugin:
-      jwt:
-        signingSecret: "{SECRET}"
-        usernameClaim: sub
-"""
+MIDDLEWARE = jwt_middleware(SECRET)
 ROUTERS = """
 open: {rule: "PathPrefix(`/open`)", service: s}
 locked: {rule: "PathPrefix(`/locked`)", service: s, middlewares: [jwt]}
