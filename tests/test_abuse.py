@@ -47,8 +47,11 @@ class Site:
         return time.monotonic() - start
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Iterator[Site]:
+SERVERS = ["fast", "pywsgi"]  # every scenario against both servers (gatekeeper serve --server)
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def site(request, tmp_path_factory) -> Iterator[Site]:
     seen: List[str] = []
     echo = named_echo_app("echo")
 
@@ -61,7 +64,7 @@ def site(tmp_path_factory) -> Iterator[Site]:
     (root / "routes.yaml").write_text(ROUTES % (SECRET, upstream.url))
     gateway = Gateway(root)
     assert not gateway.config.errors
-    server = RunningServer(gateway, limits=LIMITS)
+    server = RunningServer(gateway, limits=LIMITS, server=request.param)
     yield Site(server.port, seen)
     server.stop()
     upstream.stop()

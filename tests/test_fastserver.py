@@ -1,5 +1,6 @@
-"""The fast server (StreamServer + httptools) against pywsgi's: the same abuse, smuggling and limit scenarios
-(imported from test_abuse.py and test_limits.py, run here once per server), plus HTTP/1.1 framing.
+"""The fast server (StreamServer + httptools): HTTP/1.1 framing, malformed requests, TLS and drain, most against
+pywsgi too. The abuse, smuggling and limit scenarios run against both servers in test_abuse.py and
+test_limits.py (their fixtures are parametrized over ``--server``).
 """
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import signal
 import socket
 import ssl
 import time
-from typing import Callable, Iterator, List
+from typing import Callable, List
 
 import gevent
 import pytest
@@ -15,63 +16,13 @@ import requests
 
 from gatekeeper.app import Gateway
 from gatekeeper.echo import named_echo_app
-from gatekeeper.serve import ServerLimits
 from tests.conftest import RunningServer, wait_until
 from tests.test_fuzz import exchange, status_of
-from serve_process import Gatekeeper
 
-import tests.test_abuse as abuse
-import tests.test_limits as limits
-from tests.test_abuse import LIMITS, ROUTES, SECRET, Site
 from tests.test_drain import refused, start as start_slow_gatekeeper
 from tests.test_entrypoints import tls_files  # noqa: F401 - a fixture
-from tests.test_limits import slow_app
-
-# The scenarios themselves, every test of test_abuse.py and test_limits.py, are collected here again and
-# run once per server: this module's `site` and `gateway` fixtures replace theirs.
-globals().update({name: test for module in (abuse, limits) for name, test in vars(module).items()
-                  if name.startswith("test_") and callable(test)})
 
 SERVERS = ["pywsgi", "fast"]
-
-
-@pytest.fixture(scope="module", params=SERVERS)
-def site(request, tmp_path_factory) -> Iterator[Site]:
-    """test_abuse's site (a Gateway before a recording echo upstream), served by each server in turn."""
-    seen: List[str] = []
-    echo = named_echo_app("echo")
-
-    def recording(environ: dict, start_response: Callable):
-        seen.append(environ.get("RAW_URI") or environ["PATH_INFO"])
-        return echo(environ, start_response)
-    upstream = RunningServer(recording)
-    root = tmp_path_factory.mktemp("abuse") / "conf.d"
-    root.mkdir()
-    (root / "routes.yaml").write_text(ROUTES % (SECRET, upstream.url))
-    gateway = Gateway(root)
-    server = RunningServer(gateway, limits=LIMITS, server=request.param)
-    yield Site(server.port, seen)
-    server.stop()
-    upstream.stop()
-
-
-@pytest.fixture(params=SERVERS)
-def gateway(request, conf_d, echo_upstream, wsgi_server, tmp_path):
-    """test_limits' gateway process, with ``--server`` set to each server in turn."""
-    slow = wsgi_server(slow_app)
-    conf_d("api.yaml", f"""
-    http:
-      routers:
-        echo: {{rule: "PathPrefix(`/`)", service: s}}
-        slow: {{rule: "PathPrefix(`/slow`)", service: slow}}
-      services:
-        s: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
-        slow: {{loadBalancer: {{servers: [{{url: "{slow.url}"}}]}}}}
-    """)
-    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--max-header-bytes", "4096", "--max-body-bytes", "1000",
-                    "--idle-timeout", "0.5", "--upstream-timeout", "0.5", "--server", request.param)
-    yield gk
-    assert gk.stop() == 0
 
 
 @pytest.fixture(params=SERVERS)

@@ -15,8 +15,9 @@ def slow_app(environ, start_response):
     return [b"ok\n"]
 
 
-@pytest.fixture
-def gateway(conf_d, echo_upstream, wsgi_server, tmp_path):
+@pytest.fixture(params=["fast", "pywsgi"])
+def gateway(request, conf_d, echo_upstream, wsgi_server, tmp_path):
+    """A gateway process with small limits, on each server (``--server``) in turn."""
     slow = wsgi_server(slow_app)
     conf_d("api.yaml", f"""
     http:
@@ -28,7 +29,7 @@ def gateway(conf_d, echo_upstream, wsgi_server, tmp_path):
         slow: {{loadBalancer: {{servers: [{{url: "{slow.url}"}}]}}}}
     """)
     gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--max-header-bytes", "4096", "--max-body-bytes", "1000",
-                    "--idle-timeout", "0.5", "--upstream-timeout", "0.5")
+                    "--idle-timeout", "0.5", "--upstream-timeout", "0.5", "--server", request.param)
     yield gk
     assert gk.stop() == 0
 
