@@ -90,3 +90,26 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: fl
         if gevent.get_hub().loop.now() > deadline:
             return predicate()
         gevent.sleep(interval)
+
+
+def exchange(port: int, request: bytes, timeout: float = 5.0, half_close: bool = True) -> bytes:
+    """Send ``request`` (then half-close, unless told not to); return all the server sent before closing
+    (a hang fails)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def status_of(answer: bytes) -> int:
+    """The status code of the first response; asserts the answer is a well-formed HTTP/1.x status line."""
+    line = answer.split(b"\r\n", 1)[0]
+    version, code, *_ = line.split(b" ", 2) + [b""]
+    assert version in (b"HTTP/1.0", b"HTTP/1.1") and code.isdigit() and len(code) == 3, answer[:200]
+    return int(code)

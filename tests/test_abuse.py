@@ -15,8 +15,7 @@ import pytest
 from gatekeeper.app import Gateway
 from gatekeeper.echo import named_echo_app
 from gatekeeper.serve import ServerLimits
-from tests.conftest import RunningServer, wait_until
-from tests.test_fuzz import exchange, status_of
+from tests.conftest import RunningServer, exchange, status_of, wait_until
 
 IDLE = 0.5
 LIMITS = ServerLimits(max_header_bytes=16 * 1024, idle_timeout=IDLE)

@@ -12,7 +12,6 @@ CI runs a bounded number of examples per target (``GATEKEEPER_FUZZ_EXAMPLES``, d
 from __future__ import annotations
 
 import os
-import socket
 import string
 from pathlib import Path
 from typing import Iterator
@@ -31,7 +30,7 @@ from gatekeeper.expr import compile_claims, compile_rule
 from gatekeeper.jws import parse_compact
 from gatekeeper.manifests import read_dir
 from gatekeeper.token import mint
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, exchange, status_of
 
 EXAMPLES = int(os.environ.get("GATEKEEPER_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="GATEKEEPER_FUZZ_EXAMPLES" not in os.environ,
@@ -196,27 +195,6 @@ HEADER_VALUES = st.one_of(st.sampled_from(["canary", "Bearer a.b.c", "Bearer ", 
 HOSTS = st.one_of(st.sampled_from(["a.example", "b.example", "A.EXAMPLE:80", "[::1]:80", "127.0.0.1", "", ":",
                                    "x.example:99999", "a.example.", "%41.example", "a..example"]),
                   st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e), max_size=20))
-
-
-def exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
-    """Send ``request`` then half-close; return all the server sent before closing (a hang fails)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-
-
-def status_of(answer: bytes) -> int:
-    """The status code of the first response; asserts the answer is a well-formed HTTP/1.x status line."""
-    line = answer.split(b"\r\n", 1)[0]
-    version, code, *_ = line.split(b" ", 2) + [b""]
-    assert version in (b"HTTP/1.0", b"HTTP/1.1") and code.isdigit() and len(code) == 3, answer[:200]
-    return int(code)
 
 
 @FUZZ

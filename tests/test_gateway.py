@@ -1,9 +1,12 @@
 """The whole gateway in-process: conf.d in a temp dir, real echo upstreams, real HTTP through a gevent server."""
+import json
+
 import pytest
 import requests
 
 from gatekeeper.app import Gateway
 from gatekeeper.echo import named_echo_app
+from tests.conftest import exchange, status_of
 
 
 @pytest.fixture
@@ -203,6 +206,26 @@ def test_env_substitution(gateway, monkeypatch):
     assert requests.get(server.url + "/x", timeout=5).json()["path"] == "/from-env/x"
 
 
+RAW_TARGET_ROUTES = """
+http:
+  routers:
+    api: {rule: "PathPrefix(`/api`)", service: b}
+    admin: {rule: "PathPrefix(`/admin`)", service: a}
+    root: {rule: "Path(`/`)", service: a}
+  services:
+    a: {loadBalancer: {servers: [{url: "{a}"}]}}
+    b: {loadBalancer: {servers: [{url: "{b}"}]}}
+"""
+RAW_TARGET_UPSTREAM = {"admin": "a", "api": "b", "root": "a"}
+
+
+def echoed_raw(server, target: str, host: str) -> dict:
+    """The echo upstream's report of a GET sent with ``target`` exactly as written (no client normalising)."""
+    answer = exchange(server.port, f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    assert status_of(answer) == 200, answer[:300]
+    return json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+
 @pytest.mark.parametrize("target, routed_to, forwarded", [
     ("/api/%2E%2E/admin", "admin", "/admin"),
     ("/api/%2e%2e/admin/x?q=1", "admin", "/admin/x?q=1"),
@@ -214,24 +237,8 @@ def test_env_substitution(gateway, monkeypatch):
 ], ids=["encoded-dotdot", "lower-encoded-with-query", "plain-dotdot", "single-dot", "trailing-dotdot",
         "above-root", "encoded-slash-is-not-a-separator"])
 def test_dot_segments_are_resolved_before_routing(gateway, target, routed_to, forwarded):
-    import socket
-    server = gateway("""
-    http:
-      routers:
-        api: {rule: "PathPrefix(`/api`)", service: b}
-        admin: {rule: "PathPrefix(`/admin`)", service: a}
-      services:
-        a: {loadBalancer: {servers: [{url: "{a}"}]}}
-        b: {loadBalancer: {servers: [{url: "{b}"}]}}
-    """)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    import json
-    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
-    assert body["server"] == {"admin": "a", "api": "b"}[routed_to]
+    body = echoed_raw(gateway(RAW_TARGET_ROUTES), target, "x")
+    assert body["server"] == RAW_TARGET_UPSTREAM[routed_to]
     assert body["uri"] == forwarded
 
 
@@ -264,25 +271,8 @@ def test_x_forwarded_for_kept_only_from_trusted_proxies(wsgi_server, conf_d, ech
     ("http://x?q=1", "x", "root", "/?q=1"),
 ], ids=["absolute-form-dot-segments", "absolute-form-host-wins", "absolute-form-no-path"])
 def test_absolute_form_targets_route_as_origin_form(gateway, target, host, routed_to, forwarded):
-    import json
-    import socket
-    server = gateway("""
-    http:
-      routers:
-        api: {rule: "PathPrefix(`/api`)", service: b}
-        admin: {rule: "PathPrefix(`/admin`)", service: a}
-        root: {rule: "Path(`/`)", service: a}
-      services:
-        a: {loadBalancer: {servers: [{url: "{a}"}]}}
-        b: {loadBalancer: {servers: [{url: "{b}"}]}}
-    """)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: ignored.example\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
-    assert body["server"] == {"admin": "a", "api": "b", "root": "a"}[routed_to]
+    body = echoed_raw(gateway(RAW_TARGET_ROUTES), target, "ignored.example")
+    assert body["server"] == RAW_TARGET_UPSTREAM[routed_to]
     assert body["uri"] == forwarded
     assert dict(body["headers"])["Host"] == host
 

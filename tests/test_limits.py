@@ -7,6 +7,7 @@ import pytest
 import requests
 
 from serve_process import Gatekeeper
+from tests.conftest import exchange
 
 
 def slow_app(environ, start_response):
@@ -35,15 +36,8 @@ def gateway(request, conf_d, echo_upstream, wsgi_server, tmp_path):
 
 
 def raw_request(url: str, data: bytes) -> bytes:
-    host, port = url.rsplit("/", 1)[1].split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(data)
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+    """``data`` sent as is to the gateway at ``url``, the connection left open for the answer."""
+    return exchange(int(url.rsplit(":", 1)[1]), data, half_close=False)
 
 
 @pytest.mark.parametrize("headers, status", [
