@@ -34,8 +34,8 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from urllib.parse import urljoin, urlsplit
 
 
 from . import jsontext
@@ -199,19 +199,59 @@ def _describe(exc: "requests.RequestException") -> str:
     return type(exc).__name__
 
 
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+
+
+def redirect_target(url: str, location: Optional[str]) -> str:
+    """Where a redirect from ``url`` leads; FetchError for none, a non-http(s) one or https -> http.
+
+    A key set fetched over https must never be read from plain http: whoever can redirect the fetch (or
+    answer it, once downgraded) could then publish their own keys.
+    """
+    if not location:
+        raise FetchError(f"{url}: redirect without a Location")
+    target = urljoin(url, location.strip())
+    scheme = urlsplit(target).scheme
+    if scheme not in ("http", "https") or not is_http_url(target):
+        raise FetchError(f"{url}: redirect to a non-http(s) URL refused")
+    if scheme == "http" and urlsplit(url).scheme == "https":
+        raise FetchError(f"{url}: redirect from https to http refused ({safe_url(target)})")
+    return target
+
+
+def safe_url(url: str) -> str:
+    """A URL for a message or a metric label: no userinfo, query or fragment (any could carry a credential)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{':%d' % parts.port if parts.port else ''}{parts.path}"
+
+
 def get_json(session: requests.Session, url: str, client: ClientConfig) -> Tuple[Any, float]:
-    """GET ``url``: its JSON document (strict: no duplicate names) and cache lifetime, else FetchError."""
+    """GET ``url``: its JSON document (strict: no duplicate names) and cache lifetime, else FetchError.
+
+    Redirects are followed by hand (at most ``MAX_REDIRECTS``), so a downgrade to http is refused
+    (:func:`redirect_target`).
+    """
     import requests
+    first = url
     try:
-        # Connection: close: fetches are minutes apart, and a pooled connection gone stale meanwhile
-        # would only turn into a spurious failure.
-        with session.get(url, timeout=client.timeout, stream=True, allow_redirects=True,
-                         headers={"Accept": "application/json", "Connection": "close"},
-                         **_tls_arguments(client.tls)) as response:
-            if response.status_code != 200:
-                raise FetchError(f"{url}: HTTP {response.status_code}")
-            body = response.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
-            headers = response.headers
+        for _ in range(MAX_REDIRECTS + 1):
+            # Connection: close: fetches are minutes apart, and a pooled connection gone stale meanwhile
+            # would only turn into a spurious failure.
+            with session.get(url, timeout=client.timeout, stream=True, allow_redirects=False,
+                             headers={"Accept": "application/json", "Connection": "close"},
+                             **_tls_arguments(client.tls)) as response:
+                if response.status_code in REDIRECT_STATUSES:
+                    url = redirect_target(url, response.headers.get("Location"))
+                    continue
+                if response.status_code != 200:
+                    raise FetchError(f"{url}: HTTP {response.status_code}")
+                body = response.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
+                headers = response.headers
+                break
+        else:
+            raise FetchError(f"{first}: more than {MAX_REDIRECTS} redirects")
     except requests.RequestException as exc:
         raise FetchError(f"{url}: {_describe(exc)}") from None
     except OSError as exc:  # urllib3 may surface socket errors raw while reading the body
@@ -283,11 +323,26 @@ class RemoteKeySet:
         self._wake = threading.Event()            # tells the refresher a fetch ended
         self._refresher: Optional[threading.Thread] = None
         self._session: Optional[requests.Session] = None
+        self._epoch = 0                           # bumped after fork(): older refresher loops end
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: the parent's threads do not exist here, and a lock or a flight may have been
+        caught mid-way. Drop them all; the keys already held stay, a refresher starts on the next use (or
+        at once under :func:`enable_prefetch`)."""
+        self._epoch += 1
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._flight = None
+        self._refresher = None
+        self._session = None       # its pooled connections are the parent's sockets
+        self._request_refresh_at = {}
 
     # -- the request path ---------------------------------------------------------------------------------
 
     def candidates(self, alg: str, kid: Optional[str], wait: float) -> Sequence[Verifier]:
         """Verifiers for ``alg``/``kid``; a miss may refresh the set, waiting at most ``wait`` seconds."""
+        if self._refresher is None:   # first use, or first use in a forked child
+            self.start()
         index = self._index
         if index is None:
             index = self._refreshed_for_request("cold", wait)
@@ -317,8 +372,8 @@ class RemoteKeySet:
         with self._lock:
             if self._refresher is not None:
                 return
-            self._refresher = threading.Thread(target=_refresh_loop, args=(weakref.ref(self),), daemon=True,
-                                               name=f"jwks {self.name}")
+            self._refresher = threading.Thread(target=_refresh_loop, args=(weakref.ref(self), self._epoch),
+                                               daemon=True, name=f"jwks {self.name}")
         self._refresher.start()
 
     def refresh(self) -> _Flight:
@@ -338,7 +393,8 @@ class RemoteKeySet:
             log.exception("%s: key set refresh failed unexpectedly", self.name)
         finally:
             with self._lock:
-                self._flight = None
+                if self._flight is flight:   # not a flight begun in a parent process before a fork
+                    self._flight = None
             flight.done.set()
             self._wake.set()
 
@@ -350,10 +406,20 @@ class RemoteKeySet:
                 delay = min(delay * 2, MAX_BACKOFF)
             try:
                 self._install(*self._fetch_once())
-                return
             except FetchError as exc:
                 self._note_failure(str(exc))
+                self._tell_observers(ok=False)
+            else:
+                self._tell_observers(ok=True)
+                return
         self._failed_at = time.monotonic()
+
+    def _tell_observers(self, ok: bool) -> None:
+        for observer in FETCH_OBSERVERS:
+            try:
+                observer(self, ok)
+            except Exception:  # a broken observer (metrics) must not break fetching
+                log.exception("%s: key set fetch observer %r failed", self.name, observer)
 
     def _fetch_once(self) -> Tuple[KeyIndex, int, float, List[str]]:
         client = self.client
@@ -422,15 +488,16 @@ class RemoteKeySet:
         }
 
 
-def _refresh_loop(ref: "weakref.ref[RemoteKeySet]") -> None:
+def _refresh_loop(ref: "weakref.ref[RemoteKeySet]", epoch: int) -> None:
     """Keep one set fresh: fetch, sleep until shortly before expiry (or FAILURE_RETRY), repeat.
 
     It holds the set only weakly while it sleeps, so a set no configuration uses any more is collected
-    and its refresher ends at its next wake-up.
+    and its refresher ends at its next wake-up. It also ends when the set was reset after a fork (a
+    greenlet scheduled before fork() is copied into the child, where the set has its own refresher).
     """
     while True:
         keyset = ref()
-        if keyset is None:
+        if keyset is None or keyset._epoch != epoch:
             return
         delay, wake = keyset.seconds_until_refresh(), keyset._wake
         if delay is not None and delay <= 0:
@@ -448,6 +515,8 @@ def _refresh_loop(ref: "weakref.ref[RemoteKeySet]") -> None:
 _REGISTRY: "weakref.WeakValueDictionary[Tuple[Any, ...], RemoteKeySet]" = weakref.WeakValueDictionary()
 _REGISTRY_LOCK = threading.Lock()  # may predate monkey-patching: only dict work is done under it
 _PREFETCH = False
+# Called as observer(keyset, ok) after every fetch attempt (metrics.py counts them per key set).
+FETCH_OBSERVERS: List[Callable[[RemoteKeySet, bool], None]] = []
 
 
 def key_set(url: Optional[str] = None, *, issuer: Optional[str] = None, client: ClientConfig) -> RemoteKeySet:
@@ -483,6 +552,17 @@ def enable_prefetch() -> None:
     _PREFETCH = True
     for keyset in key_sets():
         keyset.start()
+
+
+def _after_fork_in_child() -> None:
+    """os.register_at_fork hook: no set of a forked child keeps its parent's threads, locks or flights."""
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.Lock()
+    for keyset in list(_REGISTRY.values()):
+        keyset._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def forget_all() -> None:

@@ -570,7 +570,7 @@ def serve_process(args, loader, listeners: Listeners, announce: Callable[[], Non
     """
     import signal
 
-    from . import metrics
+    from . import jwks, metrics
     from .accesslog import AccessLog, fan_out
     from .admin import make_admin_app
     from .app import Gateway
@@ -592,8 +592,13 @@ def serve_process(args, loader, listeners: Listeners, announce: Callable[[], Non
         servers.append(make_server(listeners.admin, make_admin_app(loader), limits=limits, server=engine))
     for server in servers:
         server.start()
+    # Background work starts here, in the serving process (with --workers: in each worker, after the
+    # fork). A thread (a greenlet under gevent) started before fork() does not exist in the child: a key
+    # set whose fetcher the parent had started answered every token 401 in every worker. The dashboard's
+    # sampler starts on its first view, which a worker serves.
     if not args.no_watch:
         loader.watch()
+    jwks.enable_prefetch()  # fetch the loaded key sets now, and each new one as a reload builds it
 
     stopping = gevent.event.Event()
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(loader.reload, "signal"))
@@ -609,14 +614,14 @@ def serve_process(args, loader, listeners: Listeners, announce: Callable[[], Non
 
 
 def run(args) -> int:
-    """``gatekeeper serve``: patch, load conf.d, bind every listener, then serve here or in N workers."""
+    """``gatekeeper serve``: patch, load conf.d, bind every listener, then serve here or in N workers.
+
+    The parent starts no background work (no watcher, no key-set fetch): each serving process starts
+    its own in :func:`serve_process`; the load here only builds, never fetches (as ``check`` does)."""
     from gevent import monkey
 
     # queue=False: a fully patched queue stops watchdog delivering events (STYLE.md, measured trap).
     monkey.patch_all(queue=False)
-    from . import jwks
-    jwks.enable_prefetch()  # remote key sets are fetched as the configuration loads (check stays offline)
-
     import sys
 
     configure_logging(args.log_format, args.log_level)
