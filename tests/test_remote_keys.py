@@ -467,6 +467,64 @@ def test_tls_towards_the_key_server(wsgi_server, pems, pki, tls, client_cert_req
         assert auth.source.keyset.last_error.endswith("connection failed") or "TLS" in auth.source.keyset.last_error
 
 
+class Redirector:
+    """A server answering every request with ``status`` and ``Location: location`` (counted in ``hits``)."""
+
+    def __init__(self, location: str = "", status: int = 302) -> None:
+        self.location, self.status, self.hits = location, status, 0
+
+    def __call__(self, environ: dict, start_response: Any) -> List[bytes]:
+        self.hits += 1
+        start_response(f"{self.status} Moved", [("Location", self.location), ("Content-Length", "0")])
+        return [b""]
+
+
+@pytest.fixture
+def tls_server_context(pki) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki["server"], pki["server.key"])
+    return context
+
+
+@pytest.mark.parametrize("first, to, status, expected, error", [
+    ("https", "http", 302, "no_keys", "redirect from https to http refused"),
+    ("https", "http", 308, "no_keys", "redirect from https to http refused"),
+    ("https", "https", 301, "ok", None),
+    ("http", "http", 307, "ok", None),
+    ("https", "loop", 302, "no_keys", "more than 5 redirects"),
+    ("https", "file", 302, "no_keys", "redirect to a non-http(s) URL refused"),
+], ids=["https-to-http-302", "https-to-http-308", "https-to-https", "http-to-http", "loop", "to-file"])
+def test_key_set_redirects_never_downgrade_to_http(wsgi_server, pems, pki, tls_server_context,
+                                                   first, to, status, expected, error):
+    idp = IdP(jwk(pems["a"], "a"))
+    tls = {"ssl_context": tls_server_context} if to == "https" else {}
+    serve_idp(wsgi_server, idp, **tls)
+    redirector = Redirector(status=status)
+    entry = wsgi_server(redirector, **({"ssl_context": tls_server_context} if first == "https" else {}))
+    entry_url = f"{first}://127.0.0.1:{entry.port}/keys"
+    redirector.location = {"loop": entry_url, "file": "file:///etc/passwd"}.get(to, idp.issuer + "/keys")
+    auth = remote_auth(entry_url, clientConfig={"tls": {"ca": pki["ca"]}, "maxRetries": 0, "timeoutSeconds": 2})
+    assert outcome(auth, token(pems["a"], "a")) == expected
+    if error is None:
+        assert idp.fetches() == 1
+    else:
+        assert error in auth.source.keyset.last_error
+        assert idp.fetches() == 0              # the downgraded URL was never asked
+
+
+def test_discovery_redirect_to_http_is_refused(wsgi_server, pems, pki, tls_server_context):
+    """The OpenID discovery document is fetched the same way: an https issuer cannot be sent to http."""
+    idp = IdP(jwk(pems["a"], "a"))
+    serve_idp(wsgi_server, idp)
+    issuer = f"https://127.0.0.1:{wsgi_server(Redirector(idp.issuer + DISCOVERY), ssl_context=tls_server_context).port}"
+    idp.claimed_issuer = issuer
+    auth = JWTAuth.from_config({"trustedIssuers": [{"issuer": issuer}],
+                                "clientConfig": {"tls": {"ca": pki["ca"]}, "maxRetries": 0}})
+    assert outcome(auth, token(pems["a"], "a", iss=issuer)) == "no_keys"
+    assert "redirect from https to http refused" in auth.source.issuers[issuer].source.keyset.last_error
+    assert idp.hits == []
+
+
 # --- configuration ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("options, reason", [
