@@ -31,6 +31,8 @@ from . import jsontext
 from .errors import Unauthorized
 
 MAX_TOKEN_BYTES = 16 * 1024
+MAX_JSON_DEPTH = jsontext.MAX_DEPTH  # levels of arrays/objects in the header or the payload
+MAX_KID_CHARS = 256  # real kids are ids, thumbprints or URLs; a longer one only costs hashing and log room
 
 HMAC_ALGS = ("HS256", "HS384", "HS512")
 RSA_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
@@ -77,6 +79,7 @@ DESCRIPTIONS = {
     "too_large": "the token is larger than 16 KiB",
     "encrypted": "encrypted tokens (JWE) are not accepted",
     "malformed": "the token is not a well-formed signed JWT",
+    "too_nested": f"the token's JSON nests arrays and objects deeper than {jsontext.MAX_DEPTH} levels",
     "unsupported_crit": "the token names critical header extensions this server does not implement",
 }
 
@@ -105,7 +108,9 @@ def b64url_encode(raw: bytes) -> str:
 
 def _json_object(part: str) -> Dict[str, Any]:
     try:
-        value = jsontext.loads(b64url_decode(part))
+        value = jsontext.loads(b64url_decode(part), max_depth=MAX_JSON_DEPTH)
+    except jsontext.TooDeepError as exc:
+        raise _refuse("too_nested") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise _refuse("malformed") from exc
     if not isinstance(value, dict):
@@ -114,11 +119,12 @@ def _json_object(part: str) -> Dict[str, Any]:
 
 
 def _check_header(header: Dict[str, Any]) -> None:
-    """``alg`` must be a string; ``crit`` and ``b64`` name extensions we do not implement (RFC 7515 4.1.11)."""
+    """``alg`` must be a string, ``kid`` a string of at most 256 characters; ``crit`` and ``b64`` name
+    extensions we do not implement (RFC 7515 4.1.11)."""
     if not isinstance(header.get("alg"), str):
         raise _refuse("malformed")
     kid = header.get("kid")
-    if kid is not None and not isinstance(kid, str):
+    if kid is not None and (not isinstance(kid, str) or len(kid) > MAX_KID_CHARS):
         raise _refuse("malformed")
     if "crit" in header or "b64" in header:
         raise _refuse("unsupported_crit")
