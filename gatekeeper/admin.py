@@ -5,13 +5,20 @@ counted in the traffic metrics. ``/config`` shows what is loaded but never a sec
 summarised by the *kind* of its key source, header middlewares by header names, and credentials in URLs are
 masked.
 
+Every path answers only a request whose ``Host`` is an IP address, ``localhost`` or a name given with
+``--admin-host`` (421 otherwise): a DNS-rebinding page (``attacker.example`` re-pointed at 127.0.0.1 or at
+the pod) reaches the listener with its own name as Host, and must not read ``/config`` or ``/metrics``.
+An IP literal is safe to accept: a page served from a name cannot make the browser send one (that would be
+another origin), and kubelet probes send the pod IP.
+
 Usage::
 
-    admin = make_admin_app(loader)               # loader: gatekeeper.reload.ConfigLoader
+    admin = make_admin_app(loader, hosts=["gk-admin.internal"])   # loader: gatekeeper.reload.ConfigLoader
     make_server(listen_socket("127.0.0.1", 9901), admin).start()
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -24,6 +31,57 @@ JWT_SHOWN = ("tokenKey", "tokenSource", "usernameClaim", "claims", "forwardHeade
              "forwardAuthorization")
 JWT_KEY_SOURCES = ("signingSecret", "publicKey", "jwksFile", "jwksUrl", "trustedIssuers")
 URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s'\"]+@")
+LOOPBACK_NAMES = frozenset({"localhost"})
+# A DNS name (labels of letters, digits and hyphens) or an IPv4 literal; IPv6 literals come in brackets.
+HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?")
+HOST_HEADER = re.compile(r"(?:\[(?P<ip6>[0-9a-f:.]+)\]|(?P<name>[^:\[\]]+))(?::[0-9]{1,5})?")
+MISDIRECTED = ("421 Misdirected Request", {
+    "error": "Host not accepted by the admin listener (DNS rebinding guard): use an IP address, localhost, "
+             "or a name given to gatekeeper serve with --admin-host NAME"})
+
+
+def admin_host_name(text: str) -> str:
+    """``--admin-host`` value: a DNS name (or IP literal), lower-cased; ValueError otherwise."""
+    name = text.strip().lower()
+    if not HOST_NAME.fullmatch(name) and not is_ip(name.strip("[]")):
+        raise ValueError(f"not a host name (no port, no scheme): {text!r}")
+    return name.strip("[]").rstrip(".")
+
+
+def admin_hosts(args: Any) -> List[str]:
+    """The names the admin listener accepts besides IP literals and localhost: ``--admin-host`` names, and
+    the ``--admin`` bind host when it is a name."""
+    names = list(getattr(args, "admin_host", None) or [])
+    admin = getattr(args, "admin", None)
+    if admin is not None and not is_ip(admin[0]):
+        names.append(admin_host_name(admin[0]))
+    return names
+
+
+def is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def host_of(header: str) -> Optional[str]:
+    """The host of a ``Host`` header, lower-cased, without port, brackets or a trailing dot; None when the
+    header is not ``HOST[:PORT]``."""
+    match = HOST_HEADER.fullmatch(header.strip().lower())
+    if match is None:
+        return None
+    if match.group("ip6") is not None:
+        return match.group("ip6") if is_ip(match.group("ip6")) else None
+    name = match.group("name")
+    return name.rstrip(".") if HOST_NAME.fullmatch(name) else None
+
+
+def host_allowed(header: Optional[str], names: "frozenset[str]") -> bool:
+    """True for an IP literal, ``localhost`` or one of ``names``; a missing or malformed Host is refused."""
+    host = host_of(header) if header else None
+    return host is not None and (host in names or host in LOOPBACK_NAMES or is_ip(host))
 
 
 def mask(text: str) -> str:
@@ -91,8 +149,25 @@ def answer(start_response: Callable, status: str, body: bytes,
     return [body]
 
 
-def make_admin_app(loader: Any, exposition: Optional[Callable[[], "tuple[bytes, str]"]] = None) -> WSGIApp:
-    """The admin WSGI app over ``loader``; ``exposition()`` gives the metrics text (default: metrics.py's)."""
+def make_admin_app(loader: Any, exposition: Optional[Callable[[], "tuple[bytes, str]"]] = None,
+                   hosts: Iterable[str] = ()) -> WSGIApp:
+    """The admin WSGI app over ``loader``; ``exposition()`` gives the metrics text (default: metrics.py's).
+
+    ``hosts``: names accepted in ``Host`` besides IP literals and localhost (``admin_hosts(args)``).
+    """
+    names = frozenset(admin_host_name(name) for name in hosts)
+    serve = admin_paths(loader, exposition)
+
+    def admin(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if not host_allowed(environ.get("HTTP_HOST"), names):
+            status, body = MISDIRECTED
+            return answer(start_response, status, json_body(body))
+        return serve(environ, start_response)
+    return admin
+
+
+def admin_paths(loader: Any, exposition: Optional[Callable[[], "tuple[bytes, str]"]]) -> WSGIApp:
+    """The admin endpoints themselves, behind make_admin_app's Host check."""
     started = time.time()
     if exposition is None:
         from .metrics import exposition

@@ -116,3 +116,92 @@ def test_urls_credentials_masked():
     body = json_body({"error": "server url 'http://user:pw@host:1': credentials in the url are not supported"})
     assert b"pw@" not in body and b"http://***@host:1" in body
     assert json.loads(body)
+
+
+# --- Host check (DNS rebinding) ---------------------------------------------------------------------
+
+ADMIN_PATHS = ["/healthz", "/readyz", "/metrics", "/config", "/dashboard/", "/nope"]
+
+
+def admin_status(url: str, path: str, host, method: str = "GET") -> int:
+    """The admin listener's status for ``path`` with exactly this Host header (None: no Host at all)."""
+    from tests.conftest import exchange, status_of
+    head = f"{method} {path} HTTP/1.1\r\n" + (f"Host: {host}\r\n" if host is not None else "")
+    return status_of(exchange(int(url.rsplit(":", 1)[1]), (head + "Connection: close\r\n\r\n").encode()))
+
+
+@pytest.mark.parametrize("host", [
+    "attacker.example", "attacker.example:9901", "localhost.attacker.example", "127.0.0.1.nip.io",
+    "ATTACKER.example", "evil@127.0.0.1", "127.0.0.1:abc", "::1", "[::1", "", None,
+], ids=["name", "name-with-port", "localhost-prefixed-name", "ip-like-name", "upper-case-name", "userinfo",
+        "bad-port", "unbracketed-ipv6", "unclosed-bracket", "empty", "missing"])
+def test_admin_refuses_other_hosts_on_every_path(gateway, host):
+    for path in ADMIN_PATHS:
+        assert admin_status(gateway.admin, path, host) == 421, path
+    assert admin_status(gateway.admin, "/healthz", host, method="POST") == 421
+    response = requests.get(gateway.admin + "/config", headers={"Host": "attacker.example"}, timeout=5)
+    assert "--admin-host" in response.json()["error"] and "routers" not in response.json()
+
+
+@pytest.mark.parametrize("host", [
+    "127.0.0.1", "127.0.0.1:9901", "127.3.4.5", "localhost", "LocalHost:9901", "localhost.", "[::1]",
+    "[::1]:9901", "10.244.1.7:9901", "[fd00::7]:9901",
+], ids=["loopback", "loopback-port", "loopback-range", "localhost", "localhost-mixed-case", "localhost-dot",
+        "ipv6-loopback", "ipv6-loopback-port", "pod-ip-kubelet-probe", "ipv6-literal"])
+def test_admin_answers_loopback_and_ip_literal_hosts(gateway, host):
+    assert [admin_status(gateway.admin, path, host) for path in ADMIN_PATHS] == [200, 200, 200, 200, 200, 404]
+
+
+@pytest.fixture
+def admin_with_names(conf_d, wsgi_server):
+    """The admin app (real loader, real server) accepting ``gk-admin.internal`` besides IPs and localhost."""
+    from gatekeeper.admin import make_admin_app
+    from gatekeeper.reload import ConfigLoader
+    conf_d("api.yaml", lb_manifest('open: {rule: "PathPrefix(`/`)", service: s}', "http://127.0.0.1:1"))
+    loader = ConfigLoader(conf_d.root)
+    loader.load()
+    return wsgi_server(make_admin_app(loader, lambda: (b"", "text/plain"), hosts=["GK-Admin.Internal"]))
+
+
+@pytest.mark.parametrize("host, status", [
+    ("gk-admin.internal", 200), ("gk-admin.internal:9901", 200), ("GK-ADMIN.internal", 200),
+    ("gk-admin.internal.", 200), ("127.0.0.1", 200), ("other.internal", 421), ("admin.internal", 421),
+    ("x.gk-admin.internal", 421),
+], ids=["name", "name-port", "name-case", "name-dot", "ip", "other-name", "suffix-of-name", "sub-name"])
+def test_admin_host_names(admin_with_names, host, status):
+    assert admin_status(admin_with_names.url, "/config", host) == status
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--admin", "127.0.0.1:9901"], []),
+    (["--admin", "0.0.0.0:9901", "--admin-host", "GK.example", "--admin-host", "gk.local."], ["gk.example", "gk.local"]),
+    (["--admin", "gk-admin.internal:9901"], ["gk-admin.internal"]),
+    (["--admin", "[::]:9901", "--admin-host", "a.b"], ["a.b"]),
+], ids=["loopback-bind", "names", "bind-name", "ipv6-bind"])
+def test_admin_hosts_from_arguments(argv, expected):
+    from gatekeeper.admin import admin_hosts
+    from gatekeeper.cli import build_parser
+    assert admin_hosts(build_parser().parse_args(["serve", *argv])) == expected
+
+
+@pytest.mark.parametrize("value", ["gk.example:9901", "http://gk.example", "gk/example", "", "-gk.example", "a b"],
+                         ids=["port", "scheme", "slash", "empty", "leading-hyphen", "space"])
+def test_bad_admin_host_argument_exits_2(value, capsys):
+    from gatekeeper.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", f"--admin-host={value}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--admin-host" in err[0] and "not a host name" in err[0]
+
+
+@pytest.mark.xfail(strict=True, reason="serve_process must pass hosts=admin_hosts(args) to make_admin_app "
+                                       "(owned by another engineer; see the issue-14 report)")
+def test_admin_host_argument_reaches_the_listener(conf_d, tmp_path):
+    conf_d("empty.yaml", "http: {}\n")
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--admin", "127.0.0.1:0", "--admin-host", "gk-admin.internal")
+    try:
+        assert admin_status(gk.admin, "/healthz", "gk-admin.internal:9901") == 200
+        assert admin_status(gk.admin, "/healthz", "attacker.example") == 421
+    finally:
+        assert gk.stop() == 0
