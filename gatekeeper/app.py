@@ -1,73 +1,27 @@
-"""The gateway as a WSGI callable: reads the current configuration once per request and hands the request
-to the matching router's pre-built handler.
+"""The gateway as a WSGI callable: decides the request's canonical path once (requestpath.py), reads the
+current configuration once per request and hands the request to the matching router's pre-built handler.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from ipaddress import ip_address, ip_network
-from typing import Callable, Iterable, Optional, Sequence
-from urllib.parse import unquote
+from typing import Callable, Dict, Iterable, Optional, Sequence
 
 from .compile import CompileOptions, Config
 from .proxy import error_response, strip_connection_headers
+from .requestpath import (PathSettings, compile_path_policy, drop_forwarding_headers,
+                          forwarding_header_keys)
 
 NOT_FOUND = error_response(404, "Not Found")
-SINGLE_DOTS = {".", "%2e"}
-DOUBLE_DOTS = {"..", "%2e%2e", ".%2e", "%2e."}
+_BAD_REQUESTS: Dict[str, Callable] = {}
 
 
-def origin_form(environ: dict, raw: str) -> Optional[str]:
-    """``GET http://host/p?q`` -> ``/p?q``, with the URI's authority as the Host (RFC 9112 3.2.2), so routing,
-    dot-segment resolution and forwarding all see one path. ``*`` and other forms are left alone."""
-    scheme, sep, rest = raw.partition("://")
-    if not sep or not scheme.isalpha():
-        return None
-    authority, slash, path = rest.partition("/")
-    if slash:
-        target = "/" + path
-    else:  # http://host or http://host?q
-        authority, mark, query = authority.partition("?")
-        target = "/" + mark + query
-    environ["HTTP_HOST"] = authority
-    environ["RAW_URI"] = target
-    environ["PATH_INFO"] = unquote(target.partition("?")[0], "latin-1")
-    return target
-
-
-def remove_dot_segments(environ: dict) -> None:
-    """Resolve ``.`` and ``..`` segments (also percent-encoded) in the request path before routing.
-
-    Otherwise ``/api/%2E%2E/admin`` would match ``PathPrefix(`/api`)`` and reach an upstream that resolves it
-    to ``/admin``, past the middlewares of the router that owns ``/admin``. Routing and forwarding both use the
-    resolved path, as Traefik does with ``sanitizePath`` (RFC 3986 section 5.2.4).
-    """
-    raw = environ.get("RAW_URI")
-    if not raw:
-        return
-    if raw[0] != "/":
-        raw = origin_form(environ, raw)
-        if raw is None:
-            return
-    path, sep, query = raw.partition("?")
-    if "." not in path and "%2" not in path:
-        return
-    segments = path.split("/")[1:]
-    if not any(seg.lower() in SINGLE_DOTS or seg.lower() in DOUBLE_DOTS for seg in segments):
-        return
-    kept: list = []
-    for seg in segments:
-        low = seg.lower()
-        if low in SINGLE_DOTS:
-            continue
-        if low in DOUBLE_DOTS:
-            if kept:
-                kept.pop()
-            continue
-        kept.append(seg)
-    trailing = "/" if segments[-1].lower() in SINGLE_DOTS | DOUBLE_DOTS and kept else ""
-    clean = "/" + "/".join(kept) + trailing
-    environ["RAW_URI"] = clean + sep + query
-    environ["PATH_INFO"] = unquote(clean, "latin-1")
+def bad_request(reason: str) -> Callable:
+    """The canned 400 for one refusal reason (a handful of fixed texts, built once each)."""
+    answer = _BAD_REQUESTS.get(reason)
+    if answer is None:
+        answer = _BAD_REQUESTS[reason] = error_response(400, reason)
+    return answer
 
 
 class Gateway:
@@ -81,10 +35,12 @@ class Gateway:
 
     def __init__(self, conf_d: "str | Path", *, entrypoint: Optional[str] = None,
                  options: Optional[CompileOptions] = None, loader: Optional["ConfigLoader"] = None,
-                 trusted_proxies: Sequence[str] = ()) -> None:
+                 trusted_proxies: Sequence[str] = (), request_path: PathSettings = PathSettings()) -> None:
         from .reload import ConfigLoader
 
         self.trusted_proxies = tuple(ip_network(n, strict=False) for n in trusted_proxies)
+        self.request_path = request_path
+        self.decide_path = compile_path_policy(request_path.policy(entrypoint))
 
         self.loader = loader or ConfigLoader(conf_d, options=options)
         if self.loader.config is None:
@@ -98,10 +54,10 @@ class Gateway:
     def for_entrypoint(self, name: str) -> "Gateway":
         """The same configuration seen from one entry point (serves routers naming it or none)."""
         return Gateway(self.loader.conf_d, entrypoint=name, loader=self.loader,
-                       trusted_proxies=[str(n) for n in self.trusted_proxies])
+                       trusted_proxies=[str(n) for n in self.trusted_proxies], request_path=self.request_path)
 
     def trusts(self, peer: str) -> bool:
-        """Whether the peer is a proxy whose ``X-Forwarded-For`` is kept (in front of its own address)."""
+        """Whether the peer is a proxy whose forwarding headers (``X-Forwarded-*``, ``Forwarded``, ...) are kept."""
         if not self.trusted_proxies:
             return False
         try:
@@ -111,9 +67,12 @@ class Gateway:
         return any(address in network for network in self.trusted_proxies)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        remove_dot_segments(environ)
-        if "HTTP_X_FORWARDED_FOR" in environ and not self.trusts(environ.get("REMOTE_ADDR", "")):
-            del environ["HTTP_X_FORWARDED_FOR"]  # a client's claim about other hops is replaced, not kept
+        refused = self.decide_path(environ)  # before routing: the path that routes is the path forwarded
+        if refused is not None:
+            return bad_request(refused)(environ, start_response)
+        claims = forwarding_header_keys(environ)
+        if claims and not self.trusts(environ.get("REMOTE_ADDR", "")):
+            drop_forwarding_headers(environ, claims)  # a client's claims about earlier hops are not passed on
         config = self.loader.config  # read once: a reload mid-request cannot change what this request sees
         router = config.match(environ, self.entrypoint)
         if router is None:

@@ -1,4 +1,5 @@
-"""Build-time factories for the non-JWT middlewares: ``stripPrefix``, ``addPrefix``, ``headers``.
+"""Build-time factories for the non-JWT middlewares: ``stripPrefix``, ``addPrefix``, ``headers``,
+``encodedCharacters``.
 
 Each factory validates its options once and returns a *wrapper*: ``wrap(app) -> app``. A router's handler is
 its wrappers applied in order around the service app, built when the configuration compiles. Path
@@ -10,7 +11,9 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from urllib.parse import unquote
 
 from .errors import ConfigError
+from .proxy import error_response
 from .providers.fields import pick, want_bool, want_str, want_str_list, want_str_map
+from .requestpath import ALL_ENCODED, ENCODED_CHARACTERS
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 Wrapper = Callable[[WSGIApp], WSGIApp]
@@ -106,10 +109,52 @@ def headers(options: Mapping[str, Any]) -> Wrapper:
     return wrap
 
 
+def encoded_characters(options: Mapping[str, Any]) -> Wrapper:
+    """Traefik's encodedCharacters: 400 for a path carrying an encoded character this router does not allow
+    (all refused unless ``allowEncoded...: true``). The entry point has already refused what it does not
+    allow, before routing; this can only refuse more (Traefik applies both checks).
+    """
+    names = [option for option, _ in ENCODED_CHARACTERS.values()]
+    fields = pick(options, names, "encodedCharacters")
+    allowed = {escape for option, escape in ENCODED_CHARACTERS.values()
+               if want_bool(fields.get(option, False), f"encodedCharacters.{option}")}
+    denied = tuple(sorted(ALL_ENCODED - allowed))
+    deny_backslash = "%5C" in denied
+    refusals = {escape: error_response(400, f"encoded {escape} in the path is refused") for escape in denied}
+    if deny_backslash:
+        refusals["\\"] = error_response(400, "a backslash in the path is refused")
+
+    def wrap(app: WSGIApp) -> WSGIApp:
+        if not refusals:
+            return app
+
+        def checked(environ: dict, start_response: Callable) -> Iterable[bytes]:
+            path = split_target(environ)[0]
+            if "%" in path or (deny_backslash and "\\" in path):
+                found = refused_escape(path, refusals)
+                if found is not None:
+                    return refusals[found](environ, start_response)
+            return app(environ, start_response)
+        return checked
+    return wrap
+
+
+def refused_escape(path: str, refusals: Mapping[str, WSGIApp]) -> Optional[str]:
+    """The first refused escape (any case) or backslash in ``path``, else None."""
+    if "\\" in path and "\\" in refusals:
+        return "\\"
+    for part in path.split("%")[1:]:
+        escape = "%" + part[:2].upper()
+        if escape in refusals:
+            return escape
+    return None
+
+
 FACTORIES: Dict[str, Callable[[Mapping[str, Any]], Wrapper]] = {
     "stripPrefix": strip_prefix,
     "addPrefix": add_prefix,
     "headers": headers,
+    "encodedCharacters": encoded_characters,
 }
 
 

@@ -1,0 +1,260 @@
+"""The canonical request path, decided once where a request enters the gateway (Traefik's request-path
+processing), and the forwarding headers a client may not send.
+
+A normalising upstream (Python's ``http.server``, most frameworks) decodes and resolves the path it gets.
+If the gateway routed on one spelling and forwarded another, ``/public/..%2Fadmin/x`` or ``//admin/x``
+would be routed as public and served as ``/admin/x``. So, before routing, in this order:
+
+1. the target must be origin-form (``/p?q``) or absolute-form ``http(s)://authority/p?q`` (made origin-form,
+   the authority becoming ``Host``, RFC 9112 3.2.2); anything else (``*``, ``a1://x/``, ``http:/x``) is 400,
+   and so is a ``#`` anywhere in it;
+2. encoded-character filtering: ``%2F %5C %00 %3B %25 %3F %23`` (any case) are refused (400) unless the
+   entry point allows them; a raw ``\\`` counts as ``%5C`` (Go, hence Traefik, forwards it escaped);
+   a ``%`` not followed by two hex digits is 400;
+3. normalisation: escapes of unreserved characters are decoded, the others upper-cased (RFC 3986 6.2.2);
+4. sanitisation (on unless turned off): ``.``, ``..`` and empty segments removed (RFC 3986 5.2.4, 6.2.2.3).
+
+The result goes into ``RAW_URI`` (forwarded byte for byte by the proxy) and ``PATH_INFO`` (decoded), the
+same on the fast server, pywsgi and gunicorn, which all put the raw target in ``RAW_URI``.
+
+    >>> decide = compile_path_policy(PathPolicy())
+    >>> environ = {"RAW_URI": "/public/%2e%2e//admin/%7e"}
+    >>> decide(environ) is None, environ["RAW_URI"], environ["PATH_INFO"]
+    (True, '/admin/~', '/admin/~')
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, FrozenSet, Iterable, Mapping, Optional, Tuple
+from urllib.parse import quote, unquote
+
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+
+# name on the command line -> (Traefik's option name, the escape it allows, upper-case)
+ENCODED_CHARACTERS: Dict[str, Tuple[str, str]] = {
+    "slash": ("allowEncodedSlash", "%2F"),
+    "backslash": ("allowEncodedBackSlash", "%5C"),
+    "null": ("allowEncodedNullCharacter", "%00"),
+    "semicolon": ("allowEncodedSemicolon", "%3B"),
+    "percent": ("allowEncodedPercent", "%25"),
+    "questionmark": ("allowEncodedQuestionMark", "%3F"),
+    "hash": ("allowEncodedHash", "%23"),
+}
+ALL_ENCODED = frozenset(escape for _, escape in ENCODED_CHARACTERS.values())
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+# Client headers about earlier hops: Traefik's forwardedHeaders list, plus Forwarded (RFC 7239) and
+# X-Forwarded-Ssl, which frameworks also believe. Kept only from a --trusted-proxy peer.
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Port",
+                      "X-Forwarded-Proto", "X-Forwarded-Scheme", "X-Scheme", "X-Forwarded-Server",
+                      "X-Forwarded-Uri", "X-Forwarded-Method", "X-Forwarded-Prefix", "X-Forwarded-Ssl",
+                      "X-Forwarded-Tls-Client-Cert", "X-Forwarded-Tls-Client-Cert-Info", "X-Real-Ip")
+FORWARDING_KEYS = tuple("HTTP_" + h.upper().replace("-", "_") for h in FORWARDING_HEADERS)
+
+
+def _escape_table() -> Dict[str, str]:
+    """Every spelling of a hex pair -> its canonical form: ``2f`` -> ``%2F``, ``7e``/``7E`` -> ``~``."""
+    table = {}
+    for byte in range(256):
+        char = chr(byte)
+        canonical = char if char in _UNRESERVED else f"%{byte:02X}"
+        high, low = f"{byte:02X}"
+        for spelling in {high + low, high.lower() + low, high + low.lower(), high.lower() + low.lower()}:
+            table[spelling] = canonical
+    return table
+
+
+_ESCAPES = _escape_table()
+
+
+@dataclass(frozen=True)
+class PathPolicy:
+    """An entry point's request-path options (Traefik's ``entryPoints.<n>.http.encodedCharacters`` and
+    ``http.sanitizePath``): escapes allowed in the path (upper-case, e.g. ``"%2F"``) and sanitisation.
+
+    >>> PathPolicy(allowed=frozenset({"%2F"})).denied == ALL_ENCODED - {"%2F"}
+    True
+    """
+
+    allowed: FrozenSet[str] = frozenset()
+    sanitize: bool = True
+    denied: FrozenSet[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.allowed) - ALL_ENCODED
+        if unknown:
+            raise ValueError(f"not an encoded character the path filter knows: {sorted(unknown)}")
+        object.__setattr__(self, "denied", ALL_ENCODED - frozenset(self.allowed))
+
+
+def parse_allowed(text: str) -> FrozenSet[str]:
+    """``"slash,semicolon"`` (or Traefik's names, ``allowEncodedSlash``) -> ``{"%2F", "%3B"}``; ValueError."""
+    by_name = {}
+    for name, (option, escape) in ENCODED_CHARACTERS.items():
+        by_name[name] = by_name[option.lower()] = by_name[escape.lower()] = escape
+    by_name["question-mark"] = by_name["questionmark"]
+    allowed = set()
+    for word in filter(None, (w.strip().lower() for w in text.split(","))):
+        if word not in by_name:
+            raise ValueError(f"unknown encoded character {word!r} (one of {', '.join(ENCODED_CHARACTERS)})")
+        allowed.add(by_name[word])
+    return frozenset(allowed)
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    """Path policies per entry point: ``default`` for the plain listener and any entry point not named.
+
+    >>> PathSettings(per_entrypoint={"files": PathPolicy(allowed=frozenset({"%2F"}))}).policy("web")
+    PathPolicy(allowed=frozenset(), sanitize=True)
+    """
+
+    default: PathPolicy = PathPolicy()
+    per_entrypoint: Mapping[str, PathPolicy] = field(default_factory=dict)
+
+    def policy(self, entrypoint: Optional[str]) -> PathPolicy:
+        return self.per_entrypoint.get(entrypoint, self.default) if entrypoint else self.default
+
+
+class Refused(Exception):
+    """A request target the gateway will not route: answered 400 with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def origin_form(environ: dict, raw: str) -> str:
+    """``http://host/p?q`` -> ``/p?q``, the authority becoming ``Host``; any other non-``/`` form: Refused."""
+    scheme, sep, rest = raw.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise Refused("the request target must be /path or http(s)://host/path")
+    end = len(rest)
+    for stop in "/?":
+        found = rest.find(stop)
+        if 0 <= found < end:
+            end = found
+    authority, target = rest[:end], rest[end:]
+    if not authority or "@" in authority or "\\" in authority:
+        raise Refused("the request target's authority must be host[:port]")
+    environ["HTTP_HOST"] = authority
+    return target if target.startswith("/") else "/" + target
+
+
+def normalize_escapes(path: str, denied: FrozenSet[str]) -> str:
+    """Decode unreserved escapes, upper-case the others; a denied or malformed escape: Refused."""
+    parts = path.split("%")
+    out = [parts[0]]
+    for part in parts[1:]:
+        canonical = _ESCAPES.get(part[:2])
+        if canonical is None:
+            raise Refused("a % in the path must start an escape %XX")
+        if canonical in denied:
+            raise Refused(f"encoded {canonical} in the path is refused")
+        out.append(canonical)
+        out.append(part[2:])
+    return "".join(out)
+
+
+def remove_dot_segments(path: str) -> str:
+    """``/a/./b/../c//d/..`` -> ``/a/c/``: ``.``, ``..`` and empty segments removed; ``..`` stops at the root."""
+    segments = path.split("/")[1:]
+    kept: list = []
+    for segment in segments:
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment and segment != ".":
+            kept.append(segment)
+    if not kept:
+        return "/"
+    trailing = "/" if segments[-1] in ("", ".", "..") else ""
+    return "/" + "/".join(kept) + trailing
+
+
+def canonical_target(raw: str, policy: PathPolicy) -> str:
+    """The canonical origin-form target of an origin-form ``raw`` target; Refused when it is not acceptable."""
+    if "#" in raw:
+        raise Refused("a request target must not carry a fragment (#)")
+    cut = raw.find("?")
+    path, query = (raw, "") if cut < 0 else (raw[:cut], raw[cut:])
+    if "\\" in path and "%5C" in policy.denied:
+        raise Refused("a backslash in the path is refused")
+    if "%" in path:
+        path = normalize_escapes(path, policy.denied)
+    if policy.sanitize and ("/." in path or "//" in path):
+        path = remove_dot_segments(path)
+    return path + query
+
+
+def raw_target(environ: dict) -> str:
+    """The target of a server that sets no ``RAW_URI`` (the fast server, our pywsgi handler and gunicorn do):
+    ``REQUEST_URI``, else rebuilt from ``PATH_INFO`` and ``QUERY_STRING``."""
+    raw = environ.get("REQUEST_URI")
+    if raw:
+        return raw
+    query = environ.get("QUERY_STRING", "")
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    return quote(path.encode("latin-1", "replace"), safe="/%;=,@:!$&'()*+~") + ("?" + query if query else "")
+
+
+def compile_path_policy(policy: PathPolicy) -> Callable[[dict], Optional[str]]:
+    """``decide(environ)``: puts the canonical target in ``RAW_URI``/``PATH_INFO`` and returns None, or returns
+    the reason the request is refused (400). A plain ``/a/b.js?q`` (no ``%``, ``/.``, ``//``, ``\\``, ``#``)
+    is left as the server parsed it: it already is canonical."""
+    def decide(environ: dict) -> Optional[str]:
+        raw = environ.get("RAW_URI")
+        if not raw:
+            raw = environ["RAW_URI"] = raw_target(environ)
+        try:
+            if raw[0] != "/":
+                raw = origin_form(environ, raw)
+            else:
+                cut = raw.find("?")
+                path = raw if cut < 0 else raw[:cut]
+                if ("%" not in path and "/." not in path and "//" not in path and "\\" not in path
+                        and "#" not in raw):
+                    return None  # the common case: already canonical, as the server parsed it
+            target = canonical_target(raw, policy)
+        except Refused as refused:
+            return refused.reason
+        environ["RAW_URI"] = target
+        environ["PATH_INFO"] = unquote(target.partition("?")[0], "latin-1")
+        return None
+    return decide
+
+
+def forwarding_header_keys(environ: dict) -> Tuple[str, ...]:
+    """The environ keys of client forwarding headers present in this request (usually none)."""
+    return tuple(key for key in FORWARDING_KEYS if key in environ)
+
+
+def drop_forwarding_headers(environ: dict, keys: Iterable[str]) -> None:
+    """Remove a client's forwarding headers: the gateway's proxy sets its own (X-Forwarded-*, X-Real-Ip)."""
+    for key in keys:
+        del environ[key]
+
+
+def path_settings(allow_encoded: Iterable[Tuple[Optional[str], FrozenSet[str]]] = (),
+                  no_sanitize: Iterable[Optional[str]] = ()) -> PathSettings:
+    """Settings from ``--allow-encoded [NAME=]LIST`` and ``--no-sanitize-path [NAME]`` (name None: every
+    entry point). A named entry point gets the global options plus its own.
+
+    >>> files = path_settings([(None, frozenset({"%3B"})), ("files", frozenset({"%2F"}))], ["files"]).policy("files")
+    >>> sorted(files.allowed), files.sanitize
+    (['%2F', '%3B'], False)
+    """
+    allow_encoded, no_sanitize = list(allow_encoded), list(no_sanitize)
+    everywhere = frozenset().union(*(allowed for name, allowed in allow_encoded if name is None))
+    sanitize = None not in no_sanitize
+    names = {name for name, _ in allow_encoded if name} | {name for name in no_sanitize if name}
+    per_entrypoint = {}
+    for name in sorted(names):
+        own = frozenset().union(*(allowed for n, allowed in allow_encoded if n == name))
+        per_entrypoint[name] = PathPolicy(allowed=everywhere | own, sanitize=sanitize and name not in no_sanitize)
+    return PathSettings(PathPolicy(allowed=everywhere, sanitize=sanitize), per_entrypoint)
+
+
+def path_settings_from_args(args: object) -> PathSettings:
+    """:func:`path_settings` from ``gatekeeper serve``'s parsed arguments (absent ones: the defaults)."""
+    return path_settings(getattr(args, "allow_encoded", None) or (), getattr(args, "no_sanitize_path", None) or ())
