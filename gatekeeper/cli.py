@@ -52,6 +52,16 @@ def admin_host(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def allow_encoded(text: str):
+    """argparse type for ``[ENTRYPOINT=]slash,semicolon,...`` -> (entry point name or None, escapes)."""
+    from .requestpath import parse_allowed
+    name, sep, chars = text.rpartition("=")
+    try:
+        return (name if sep else None), parse_allowed(chars)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def positive(kind: type):
     """argparse type: a number of ``kind`` greater than zero."""
     def convert(text: str):
@@ -92,7 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=positive(int), default=1, metavar="N",
                        help="worker processes sharing the listeners (default 1)")
     serve.add_argument("--trusted-proxy", action="append", default=[], type=network, metavar="CIDR",
-                       help="keep X-Forwarded-For from these peers (repeatable); from others it is replaced")
+                       help="keep forwarding headers (X-Forwarded-*, X-Real-Ip, Forwarded) from these peers "
+                            "(repeatable); from others they are removed")
+    path = serve.add_argument_group("request path (Traefik's entryPoints.<name>.http options)")
+    path.add_argument("--allow-encoded", action="append", default=[], type=allow_encoded,
+                      metavar="[ENTRYPOINT=]CHARS",
+                      help="let paths carry these encoded characters, refused (400) by default: slash, backslash, "
+                           "null, semicolon, percent, questionmark, hash (comma-separated; repeatable; "
+                           "encodedCharacters.allowEncoded*)")
+    path.add_argument("--no-sanitize-path", action="append", default=[], nargs="?", const=None,
+                      metavar="ENTRYPOINT",
+                      help="do not remove ., .. and empty path segments (on every entry point, or the one named; "
+                           "sanitizePath=false): only for upstreams that never resolve them")
     serve.add_argument("--server", choices=("pywsgi", "fast"), default=None,
                        help="HTTP server: fast (StreamServer + httptools' llhttp, the default) or pywsgi (gevent's)")
     limits = serve.add_argument_group("limits")
