@@ -1,7 +1,8 @@
 """One access-log line per request, as text (``key=value``) or JSON, with nothing secret in it.
 
 What a line may hold is decided here, once: time, pid, client, method, *path without its query string*,
-router, status, upstream, duration, bytes, user (from ``usernameClaim``) and the JWT failure reason. The
+router, status, upstream, duration, bytes, user (from ``usernameClaim``), the JWT failure reason and, for a
+response cut short, who cut it (``aborted=upstream|error|client``). The
 query is dropped because a ``tokenKey`` or ``tokenSource.query`` token travels there; headers are never
 logged, so neither is ``Authorization`` nor a token cookie.
 
@@ -21,14 +22,14 @@ from typing import Callable, Iterable, Iterator, List, Optional, TextIO
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 FIELDS = ("time", "pid", "client", "method", "path", "router", "status", "upstream", "duration_ms", "bytes",
-          "user", "jwt_reason")
+          "user", "jwt_reason", "aborted")
 
 
 class Exchange:
     """One request and its answer, filled in as the response goes out."""
 
     __slots__ = ("started", "clock", "client", "method", "path", "router", "status", "upstream",
-                 "upstream_error", "duration", "bytes", "user", "jwt_reason", "jwt_ok")
+                 "upstream_error", "duration", "bytes", "user", "jwt_reason", "jwt_ok", "aborted")
 
     def __init__(self, client: str, method: str, path: str) -> None:
         self.started = time.time()
@@ -43,6 +44,7 @@ class Exchange:
         self.user: Optional[str] = None
         self.jwt_reason: Optional[str] = None
         self.jwt_ok = False
+        self.aborted: Optional[str] = None  # the response was cut: "upstream", "error" or "client"
 
     @classmethod
     def begin(cls, environ: dict) -> "Exchange":
@@ -64,7 +66,7 @@ class Exchange:
         return {"time": format_time(self.started), "pid": os.getpid(), "client": self.client,
                 "method": self.method, "path": self.path, "router": self.router, "status": self.status,
                 "upstream": self.upstream, "duration_ms": round(self.duration * 1000, 3), "bytes": self.bytes,
-                "user": self.user, "jwt_reason": self.jwt_reason}
+                "user": self.user, "jwt_reason": self.jwt_reason, "aborted": self.aborted}
 
 
 _second_cache: List[object] = [-1, ""]
@@ -116,28 +118,48 @@ def format_json(fields: dict) -> str:
 
 
 class ObservedBody:
-    """The response iterable, counting bytes; ``close()`` finishes the exchange (WSGI calls it once)."""
+    """The response iterable, counting bytes; ``close()`` finishes the exchange (WSGI calls it once).
 
-    __slots__ = ("result", "exchange", "environ", "finish")
+    Records what the client got: when the body fails before a byte went out, the server answers 502
+    (an upstream, ``gatekeeper.upstream.error`` set by the proxy) or 500 instead of the status the app
+    chose; after that the status stands and ``aborted`` says who cut the response (``upstream``, the app:
+    ``error``, or ``client`` when the server stopped reading the body early because the client left).
+    """
+
+    __slots__ = ("result", "exchange", "environ", "finish", "finished")
 
     def __init__(self, result: Iterable[bytes], exchange: Exchange, environ: dict,
                  finish: Callable[[Exchange], None]) -> None:
         self.result, self.exchange, self.environ, self.finish = result, exchange, environ, finish
+        self.finished = False
 
     def __iter__(self) -> Iterator[bytes]:
         exchange = self.exchange
-        for chunk in self.result:
-            exchange.bytes += len(chunk)
-            yield chunk
+        try:
+            for chunk in self.result:
+                exchange.bytes += len(chunk)
+                yield chunk
+        except Exception:
+            upstream = self.environ.get("gatekeeper.upstream.error") == "aborted"
+            if exchange.bytes:
+                exchange.aborted = "upstream" if upstream else "error"
+            else:  # nothing was sent: both servers answer this themselves (serve.failure_response)
+                exchange.status = 502 if upstream else 500
+            self.finished = True
+            raise
+        self.finished = True
 
     def close(self) -> None:
+        exchange = self.exchange
+        if not self.finished:
+            exchange.aborted = "client"
         try:
             close = getattr(self.result, "close", None)
             if close is not None:
                 close()
         finally:
-            self.exchange.end(self.environ)
-            self.finish(self.exchange)
+            exchange.end(self.environ)
+            self.finish(exchange)
 
 
 def observe(app: WSGIApp, finish: Callable[[Exchange], None],

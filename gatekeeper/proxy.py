@@ -20,7 +20,8 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import quote, urlsplit
 
 from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout
-from gatekeeper.upstream import ClientBodyError, ConnectionPool, Headers, ProxyLimits, Request
+from gatekeeper.upstream import (ClientBodyError, ConnectionPool, Headers, ProxyLimits, Request,
+                                 ResponseBody, UpstreamAborted)
 
 log = logging.getLogger("gatekeeper.proxy")
 
@@ -58,6 +59,7 @@ class ServerSpec:
     port: int = field(init=False, repr=False, compare=False)
     base_path: str = field(init=False, repr=False, compare=False)
     authority: str = field(init=False, repr=False, compare=False)  # Host header when not passed
+    origin: str = field(init=False, repr=False, compare=False)  # scheme://host:port, for logs and metrics
 
     def __post_init__(self) -> None:
         if isinstance(self.weight, bool) or not isinstance(self.weight, int) or self.weight < 0:
@@ -65,6 +67,8 @@ class ServerSpec:
         parts = parse_server_url(self.url)
         for name, value in zip(("scheme", "host", "port", "base_path", "authority"), parts):
             object.__setattr__(self, name, value)
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        object.__setattr__(self, "origin", f"{self.scheme}://{shown}:{self.port}")
 
 
 def parse_server_url(url: str) -> Tuple[str, str, int, str, str]:
@@ -214,22 +218,27 @@ class Server:
         return (pass_host_header and environ.get("HTTP_HOST")) or self.spec.authority
 
     def forward(self, environ: dict, start_response: Callable, pass_host_header: bool) -> Iterable[bytes]:
-        """Send the request to this server and stream its answer; 502/504 when it fails first."""
-        environ["gatekeeper.upstream"] = self.spec.url  # for the access log and metrics
+        """Send the request to this server and stream its answer.
+
+        The first piece of the body is read before ``start_response``: until then nothing went to the
+        client, so any upstream failure is still a 502 (504 on a timeout). After it, a failure cuts the
+        client connection (:class:`Relay`). A body that came whole with the first piece goes back as a
+        list, its connection already back in the pool.
+        """
+        environ["gatekeeper.upstream"] = self.spec.origin  # for the access log and metrics
         read, length = body_reader(environ)
         request = Request(environ["REQUEST_METHOD"], request_target(environ, self.spec.base_path),
                           forwarded_headers(environ, self.host_header(environ, pass_host_header)),
                           read, length)
+        body = None
         try:
             response = self.pool.send(request)
+            body = response.body
+            first = body.read_first()
         except GatewayTimeout as exc:
-            log.warning("upstream %s: %s", self.spec.url, exc)
-            environ["gatekeeper.upstream.error"] = "timeout"
-            return GATEWAY_TIMEOUT(environ, start_response)
+            return upstream_failed(environ, start_response, body, exc, "timeout", GATEWAY_TIMEOUT)
         except BadGateway as exc:
-            log.warning("upstream %s: %s", self.spec.url, exc)
-            environ["gatekeeper.upstream.error"] = "bad_gateway"
-            return BAD_GATEWAY(environ, start_response)
+            return upstream_failed(environ, start_response, body, exc, "bad_gateway", BAD_GATEWAY)
         except ClientBodyError as exc:
             log.info("client body: %s", exc)
             return BAD_REQUEST_BODY(environ, start_response)
@@ -237,9 +246,51 @@ class Server:
         try:
             start_response(status, response_headers(response.headers))
         except BaseException:
-            response.body.close()
+            body.close()
             raise
-        return response.body
+        if body.done:
+            body.close()  # read to its end: the connection goes back to the pool now
+            return [first] if first else []
+        return Relay(body, environ)
+
+
+def upstream_failed(environ: dict, start_response: Callable, body: Optional[ResponseBody],
+                    exc: Exception, kind: str, answer: WSGIApp) -> Iterable[bytes]:
+    """Nothing was sent to the client yet: close the upstream connection, log the cause, answer."""
+    if body is not None:
+        body.close()
+    log.warning("upstream %s failed (router %s, %s %s): %s", environ["gatekeeper.upstream"],
+                environ.get("gatekeeper.router", "-"), environ.get("REQUEST_METHOD", "-"),
+                log_path(environ), exc)
+    environ["gatekeeper.upstream.error"] = kind
+    return answer(environ, start_response)
+
+
+def log_path(environ: dict) -> str:
+    """The request path for a log line: never the query string (a token may travel there)."""
+    path = (environ.get("RAW_URI") or environ.get("PATH_INFO") or "/").partition("?")[0][:200]
+    return path if path.isprintable() else ascii(path)
+
+
+class Relay:
+    """The WSGI iterable of a streamed upstream body: notes an upstream failure mid-body for the access
+    log and metrics (``gatekeeper.upstream.error = "aborted"``) and lets :class:`UpstreamAborted` reach
+    the server, which cuts the client connection and logs one line."""
+
+    __slots__ = ("body", "environ")
+
+    def __init__(self, body: ResponseBody, environ: dict) -> None:
+        self.body, self.environ = body, environ
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self.body
+        except UpstreamAborted:
+            self.environ["gatekeeper.upstream.error"] = "aborted"
+            raise
+
+    def close(self) -> None:
+        self.body.close()
 
 
 def phrase(code: int) -> str:

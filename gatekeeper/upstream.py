@@ -15,6 +15,7 @@ Usage::
 """
 from __future__ import annotations
 
+import re
 import select
 import socket
 import ssl
@@ -26,6 +27,7 @@ from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout
 
 CHUNK = 64 * 1024
 MAX_LINE = 64 * 1024
+CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 Headers = List[Tuple[str, str]]
 
 # What a reused keep-alive connection may do if the upstream closed it while idle: these before any
@@ -347,7 +349,7 @@ def read_head(reader, limit: int) -> Tuple[str, int, str, Headers]:
     parts = line.rstrip(b"\r\n").split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 \
             or not parts[1].isdigit():
-        raise BadGateway(f"upstream sent a garbled status line: {line[:80]!r}")
+        raise BadGateway(f"upstream sent a garbled status line ({len(line)} bytes, starting {line[:8]!r})")
     size = len(line)
     headers: Headers = []
     while True:
@@ -364,31 +366,71 @@ def read_head(reader, limit: int) -> Tuple[str, int, str, Headers]:
             headers.append((name, value + " " + line.strip().decode("latin-1")))
             continue
         name, sep, value = line.partition(b":")
-        if not sep or not name or b" " in name or b"\t" in name:  # no space in or around a name
-            raise BadGateway(f"upstream sent a garbled header line: {line[:80]!r}")
-        headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+        value = value.strip()
+        if not sep or not name or b" " in name or b"\t" in name or b"\r" in value or b"\0" in value:
+            # no space in or around a name; a bare CR or NUL in a value would make the server refuse it
+            raise BadGateway(f"upstream sent a garbled header line (name {name[:40]!r})")
+        headers.append((name.decode("latin-1"), value.decode("latin-1")))
     reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
     return parts[0].decode("latin-1"), int(parts[1]), reason, headers
+
+
+class UpstreamAborted(BadGateway):
+    """The upstream failed after the response had started going to the client: the only honest answer
+    left is to cut the client connection (no 500 page after a 200 head). Servers recognise it and close
+    the connection with one log line and no traceback."""
 
 
 class ResponseBody:
     """The upstream body as a WSGI iterable: chunks of at most 64 KiB, never the whole body.
 
+    :meth:`read_first` reads the first piece before the status goes to the client, so an upstream failing
+    right after its head is still answered 502 (504 on a timeout). A failure after that raises
+    :class:`UpstreamAborted` from the iteration, and the server cuts the client connection rather than
+    pretending the short body is complete.
+
     ``close()`` (called by the WSGI server, also when the client went away) returns the connection to
     the pool only if the body was read to its end and the upstream keeps it alive; otherwise the
-    connection is closed. An upstream failure mid-body raises, so the server cuts the client connection
-    rather than pretending the short body is complete.
+    connection is closed.
     """
 
-    __slots__ = ("pool", "conn", "mode", "length", "keep_alive", "done")
+    __slots__ = ("pool", "conn", "mode", "length", "keep_alive", "done", "pieces", "first")
 
     def __init__(self, pool: ConnectionPool, conn: Connection, mode: str, length: int,
                  keep_alive: bool) -> None:
         self.pool, self.conn, self.mode, self.length = pool, conn, mode, length
         self.keep_alive = keep_alive
         self.done = mode == "none"
+        self.pieces: Optional[Iterator[bytes]] = None
+        self.first = b""
+
+    def read_first(self) -> bytes:
+        """The first piece of the body (``b""`` when there is none); BadGateway / GatewayTimeout when the
+        upstream fails before it. Sets ``done`` when that piece is the whole body."""
+        if self.done:
+            return b""
+        self.pieces = self.read_pieces()
+        first = next(self.pieces, b"")
+        if self.mode == "length" and len(first) == self.length:
+            self.done = True
+        self.first = first
+        return first
 
     def __iter__(self) -> Iterator[bytes]:
+        if self.pieces is None:
+            self.read_first()
+        first, self.first = self.first, b""
+        if first:
+            yield first
+        if self.done:
+            return
+        try:
+            yield from self.pieces  # type: ignore[misc]
+        except (BadGateway, GatewayTimeout) as exc:
+            raise UpstreamAborted(f"{exc} (after the response started)") from exc
+
+    def read_pieces(self) -> Iterator[bytes]:
+        """The body as framed, with socket errors translated; sets ``done`` at its end."""
         try:
             if self.mode == "length":
                 yield from self.read_length(self.length)
@@ -397,9 +439,9 @@ class ResponseBody:
             elif self.mode == "close":
                 yield from self.read_to_close()
         except socket.timeout as exc:
-            raise BadGateway("upstream timed out in the middle of the body") from exc
+            raise GatewayTimeout("upstream timed out in the middle of the body") from exc
         except OSError as exc:
-            raise BadGateway(f"upstream failed in the middle of the body: {exc}") from exc
+            raise BadGateway(f"upstream failed in the middle of the body: {exc.strerror or exc}") from exc
         self.done = True
 
     def read_length(self, remaining: int) -> Iterator[bytes]:
@@ -418,10 +460,9 @@ class ResponseBody:
             if not line.endswith(b"\n"):
                 raise BadGateway("upstream closed the connection inside a chunked body")
             size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise BadGateway(f"upstream sent a garbled chunk size: {line[:40]!r}") from None
+            if not CHUNK_SIZE.fullmatch(size_text):  # int(x, 16) would take "-1", "0x10", "1_0"
+                raise BadGateway("upstream sent a garbled chunk size")
+            size = int(size_text, 16)
             if size == 0:
                 break
             yield from self.read_length(size)
