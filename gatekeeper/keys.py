@@ -284,14 +284,20 @@ class IndexedSource(KeySource):
 class JWKSFileSource(IndexedSource):
     """``jwksFile`` given as a path: read at load (errors are ConfigErrors) and re-read when it changes.
 
-    The file's stat is looked at no more than once a second; a changed file that no longer parses keeps
-    the keys already held and logs why, so a half-written file never locks everyone out.
+    The file's stat is looked at no more than once a second. The file is the list of trusted keys, so
+    it fails closed: emptied (``{"keys": []}``), deleted, or no longer a usable JWK Set, it leaves no
+    keys and every token is refused (401 ``no_keys``) until it is usable again; each such change is
+    logged once. Replace the file atomically (write aside, then rename) so no reader sees it half written.
+    ``generation`` counts the changes seen, so a caller (a test) can wait for one.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._stamp = self._stat()
+        self._stamp: Optional[Tuple[int, int, int]] = self._stat()
         super().__init__(parse_jwks(self._read(), "jwksFile"))
+        self._index: Optional[KeyIndex] = self._index  # None: no usable keys, every token refused
+        self.generation = 0
+        self.last_error: Optional[str] = None
         self._next_check = time.monotonic() + JWKS_RECHECK_SECONDS
         self._lock = threading.Lock()
 
@@ -305,21 +311,35 @@ class JWKSFileSource(IndexedSource):
     def _read(self) -> bytes:
         try:
             with open(self.path, "rb") as handle:
-                return handle.read()
+                data = handle.read(jsontext.MAX_BYTES + 1)
         except OSError as exc:
             raise ConfigError(f"jwksFile: cannot read {self.path}: {exc.strerror}") from exc
+        if len(data) > jsontext.MAX_BYTES:
+            raise ConfigError(f"jwksFile: {self.path} is larger than {jsontext.MAX_BYTES} bytes")
+        return data
 
     def refresh_if_changed(self) -> None:
-        """Re-read the file when its stat changed; keep the old keys if the new content is unusable."""
+        """Re-read the file when its stat changed; anything but a usable JWK Set leaves no keys."""
         try:
-            stamp = self._stat()
-            if stamp == self._stamp:
-                return
-            self._index = parse_jwks(self._read(), "jwksFile")
-            self._stamp = stamp
-            log.info("jwksFile %s re-read", self.path)
+            stamp: Optional[Tuple[int, int, int]] = self._stat()
         except ConfigError as exc:
-            log.warning("jwksFile %s: keeping the keys already loaded: %s", self.path, exc.reason)
+            stamp, gone = None, exc  # deleted (or unreadable): no keys until it is back
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        self.generation += 1
+        try:
+            if stamp is None:
+                raise gone
+            self._index = parse_jwks(self._read(), "jwksFile")
+        except ConfigError as exc:
+            self._index = None
+            self.last_error = exc.reason
+            log.error("jwksFile %s: %s: every token is refused (no_keys) until it holds a usable JWK Set",
+                      self.path, exc.reason.replace(f"jwksFile: ", "", 1))
+            return
+        self.last_error = None
+        log.info("jwksFile %s re-read", self.path)
 
     def candidates(self, alg: str, kid: Optional[str]) -> Sequence[Verifier]:
         now = time.monotonic()
@@ -329,7 +349,10 @@ class JWKSFileSource(IndexedSource):
                 self.refresh_if_changed()
             finally:
                 self._lock.release()
-        return self._index.select(alg, kid)
+        index = self._index
+        if index is None:
+            raise refuse("no_keys")
+        return index.select(alg, kid)
 
 
 def jwks_file_source(value: str) -> IndexedSource:

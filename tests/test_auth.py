@@ -212,10 +212,12 @@ def test_jwks_file_is_reread_when_it_changes(pems, tmp_path):
     assert outcome(auth, new) == "unknown_kid"
     path.write_text("{half written")
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
-    assert not wait_until(lambda: outcome(auth, old) != "ok", timeout=1.5)  # bad content: old keys kept
+    assert wait_until(lambda: outcome(auth, old) and auth.source.generation == 1, timeout=5)
+    assert outcome(auth, old) == "no_keys"  # bad content fails closed (was: the old keys kept serving)
     path.write_text(json.dumps({"keys": [public_jwk(pems["ec256-other"], kid="new")]}))
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000))
-    assert wait_until(lambda: outcome(auth, new) == "ok", timeout=5)
+    assert wait_until(lambda: outcome(auth, new) and auth.source.generation == 2, timeout=5)
+    assert outcome(auth, new) == "ok"
     assert outcome(auth, old) == "unknown_kid"  # a key removed from the file stops verifying
 
 
@@ -269,29 +271,42 @@ BAD = mint({"sub": "mallory"}, secret="wrong")
 
 
 @pytest.mark.parametrize("options, env, want", [
-    ({}, environ(GOOD), "ok"),
-    ({}, environ(GOOD, header="bearer"), "ok"),
-    ({}, environ(GOOD, header="BEARER"), "ok"),
-    ({}, environ(GOOD, header=""), "missing_token"),             # no scheme: no token
-    ({}, environ(GOOD, header="Basic"), "missing_token"),
-    ({}, environ("", header="Bearer"), "missing_token"),
-    ({}, environ(), "missing_token"),
-    ({}, environ(query=f"token={GOOD}"), "missing_token"),        # no tokenKey: the query is not read
-    ({"tokenKey": "token"}, environ(query=f"a=1&token={GOOD}"), "ok"),
-    ({"tokenQueryKey": "token"}, environ(query=f"token={GOOD}"), "ok"),
-    ({"tokenKey": "token"}, environ(BAD, query=f"token={GOOD}"), "bad_signature"),  # the header's is judged
-    ({"tokenKey": "token"}, environ(GOOD, header="Basic", query=f"token={GOOD}"), "ok"),
-    ({"tokenKey": "token"}, environ(query="token="), "missing_token"),
-    ({"tokenSource": {"header": "X-Token"}}, environ(HTTP_X_TOKEN=GOOD), "ok"),
-    ({"tokenSource": {"header": "X-Token"}}, environ(GOOD), "missing_token"),  # replaces Authorization
-    ({"tokenSource": {"header": "X-Auth", "headerAuthScheme": "JWT"}}, environ(HTTP_X_AUTH=f"jwt {GOOD}"), "ok"),
-    ({"tokenSource": {"header": "X-Auth", "headerAuthScheme": "JWT"}}, environ(HTTP_X_AUTH=GOOD), "missing_token"),
-    ({"tokenSource": {"query": "access_token"}}, environ(query=f"access_token={GOOD}"), "ok"),
-    ({"tokenSource": {"cookie": "jwt"}}, environ(HTTP_COOKIE=f"a=b; jwt={GOOD}"), "ok"),
-    ({"tokenSource": {"cookie": "jwt"}}, environ(BAD, HTTP_COOKIE=f"jwt={GOOD}"), "bad_signature"),
-    ({"tokenKey": "t", "tokenSource": {"cookie": "jwt"}},
-     environ(query=f"t={BAD}", HTTP_COOKIE=f"jwt={GOOD}"), "bad_signature"),  # tokenKey before cookie
-], ids=lambda v: None)
+    pytest.param({}, environ(GOOD), "ok", id="bearer"),
+    pytest.param({}, environ(GOOD, header="bearer"), "ok", id="scheme-lower"),
+    pytest.param({}, environ(GOOD, header="BEARER"), "ok", id="scheme-upper"),
+    pytest.param({}, environ(GOOD, header=""), "missing_token", id="no-scheme-no-token"),
+    pytest.param({}, environ(GOOD, header="Basic"), "missing_token", id="other-scheme-no-token"),
+    pytest.param({}, environ("", header="Bearer"), "missing_token", id="empty-bearer"),
+    pytest.param({}, environ(), "missing_token", id="nothing"),
+    pytest.param({}, environ(query=f"token={GOOD}"), "missing_token", id="query-unread-without-tokenKey"),
+    pytest.param({"tokenKey": "token"}, environ(query=f"a=1&token={GOOD}"), "ok", id="tokenKey-query"),
+    pytest.param({"tokenQueryKey": "token"}, environ(query=f"token={GOOD}"), "ok", id="old-name"),
+    pytest.param({"tokenKey": "token"}, environ(GOOD, header="Basic", query=f"token={GOOD}"), "ok",
+                 id="other-scheme-header-then-query"),
+    pytest.param({"tokenKey": "token"}, environ(query="token="), "missing_token", id="empty-query-value"),
+    pytest.param({"tokenKey": "token"}, environ(GOOD, query="token="), "ok", id="empty-query-value-is-no-token"),
+    pytest.param({"tokenSource": {"header": "X-Token"}}, environ(HTTP_X_TOKEN=GOOD), "ok", id="own-header"),
+    pytest.param({"tokenSource": {"header": "X-Token"}}, environ(GOOD), "missing_token",
+                 id="own-header-replaces-authorization"),
+    pytest.param({"tokenSource": {"header": "X-Auth", "headerAuthScheme": "JWT"}},
+                 environ(HTTP_X_AUTH=f"jwt {GOOD}"), "ok", id="own-header-own-scheme"),
+    pytest.param({"tokenSource": {"header": "X-Auth", "headerAuthScheme": "JWT"}},
+                 environ(HTTP_X_AUTH=GOOD), "missing_token", id="own-header-scheme-missing"),
+    pytest.param({"tokenSource": {"query": "access_token"}}, environ(query=f"access_token={GOOD}"), "ok",
+                 id="source-query"),
+    pytest.param({"tokenSource": {"cookie": "jwt"}}, environ(HTTP_COOKIE=f"a=b; jwt={GOOD}"), "ok", id="cookie"),
+    pytest.param({"tokenKey": "jwt", "tokenSource": {"query": "jwt"}}, environ(query=f"jwt={GOOD}"), "ok",
+                 id="tokenKey-and-query-same-name-count-once"),
+    # a token in two places is refused, whichever of them holds the good one (was: the header's judged)
+    pytest.param({"tokenKey": "token"}, environ(BAD, query=f"token={GOOD}"), "ambiguous_token",
+                 id="header-and-query"),
+    pytest.param({"tokenKey": "token"}, environ(GOOD, query=f"token={BAD}"), "ambiguous_token",
+                 id="good-header-and-query"),
+    pytest.param({"tokenSource": {"cookie": "jwt"}}, environ(GOOD, HTTP_COOKIE=f"jwt={BAD}"), "ambiguous_token",
+                 id="header-and-cookie"),
+    pytest.param({"tokenKey": "t", "tokenSource": {"cookie": "jwt"}},
+                 environ(query=f"t={BAD}", HTTP_COOKIE=f"jwt={GOOD}"), "ambiguous_token", id="query-and-cookie"),
+])
 def test_token_is_found_in_order(options, env, want):
     auth = JWTAuth.from_config({"signingSecret": SECRET, **options})
     assert request_outcome(auth, env) == want

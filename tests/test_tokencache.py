@@ -88,6 +88,8 @@ def test_negative_sizes_are_refused():
 # --- through JWTAuth: only the signature check is skipped ------------------------------------------------
 
 import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
 import time  # noqa: E402
 
 from conftest import wait_until  # noqa: E402
@@ -134,3 +136,74 @@ def test_rotated_key_set_verifies_cached_tokens_afresh(tmp_path):
     path.write_text(json.dumps({"keys": [public_jwk(new_key, kid="k")]}))
     assert wait_until(lambda: outcome(auth, text, now) == "bad_signature", timeout=5.0)
     assert outcome(auth, mint({"sub": "alice"}, key_pem=new_key, kid="k"), now) == "ok"
+
+
+# --- a revoked key file: a cached token must not outlive its key -----------------------------------------
+
+def revoke_by_emptying(path, keys) -> None:
+    path.write_text('{"keys": []}')
+
+
+def revoke_by_deleting(path, keys) -> None:
+    path.unlink()
+
+
+def revoke_by_garbling(path, keys) -> None:
+    path.write_text('{"keys": [')
+
+
+def revoke_by_removing_the_key(path, keys) -> None:
+    path.write_text(json.dumps({"keys": [public_jwk(keys["other"], kid="other")]}))
+
+
+def bump_mtime(path) -> None:
+    """Same-second rewrites must not look unchanged (stat is (mtime_ns, size, inode))."""
+    if path.exists():
+        stamp = time.time_ns() + 5_000_000_000
+        os.utime(path, ns=(stamp, stamp))
+
+
+@pytest.fixture(scope="module")
+def ec_keys():
+    return {"good": new_key_pem("ec256"), "other": new_key_pem("ec256")}
+
+
+@pytest.mark.parametrize("revoke, reason", [
+    (revoke_by_emptying, "no_keys"),
+    (revoke_by_deleting, "no_keys"),
+    (revoke_by_garbling, "no_keys"),
+    (revoke_by_removing_the_key, "unknown_kid"),
+], ids=["emptied", "deleted", "unparsable", "key-removed"])
+def test_revoked_key_file_refuses_a_cached_token(tmp_path, ec_keys, revoke, reason):
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [public_jwk(ec_keys["good"], kid="good")]}))
+    auth = JWTAuth.from_config({"jwksFile": str(path)})
+    text = mint({"sub": "alice"}, key_pem=ec_keys["good"], kid="good")
+    now = time.time()
+    assert outcome(auth, text, now) == "ok" and outcome(auth, text, now) == "ok"
+    assert auth._verified.hits == 1  # the token is a cache hit from now on
+    revoke(path, ec_keys)
+    bump_mtime(path)
+    assert wait_until(lambda: outcome(auth, text, now) and auth.source.generation == 1, timeout=5.0)
+    assert outcome(auth, text, now) == reason
+    # and back: a usable file serves again
+    path.write_text(json.dumps({"keys": [public_jwk(ec_keys["good"], kid="good")]}))
+    os.utime(path, ns=(time.time_ns() + 9_000_000_000,) * 2)
+    assert wait_until(lambda: outcome(auth, text, now) and auth.source.generation == 2, timeout=5.0)
+    assert outcome(auth, text, now) == "ok"
+
+
+def test_key_file_trouble_is_logged_once_and_names_the_file(tmp_path, ec_keys, caplog):
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [public_jwk(ec_keys["good"], kid="good")]}))
+    auth = JWTAuth.from_config({"jwksFile": str(path)})
+    text = mint({"sub": "alice"}, key_pem=ec_keys["good"], kid="good")
+    path.unlink()
+    with caplog.at_level(logging.INFO, logger="gatekeeper.keys"):
+        assert wait_until(lambda: outcome(auth, text) and auth.source.generation == 1, timeout=5.0)
+        for _ in range(3):
+            assert outcome(auth, text) == "no_keys"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert str(path) in errors[0] and "No such file" in errors[0] and "no_keys" in errors[0]
+    assert auth.source.last_error and "No such file" in auth.source.last_error
