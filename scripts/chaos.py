@@ -393,8 +393,11 @@ def chaos(args: argparse.Namespace, node: str, work: Path, procs: List[Proc]) ->
     valid = provider.token()
     state.valid = (jwt_parts(valid)[0]["kid"], valid, time.monotonic())
     state.bad = bad_tokens(provider, valid)
-    if wait_answering(base, "/api/warmup", valid, 20) != 200:
-        raise RuntimeError("chaos: the gateway never accepted the provider's token; see " + str(gk_log))
+    status = wait_answering(base, "/api/warmup", valid, 20)
+    if status != 200:
+        tracebacks = gk_log.read_text(errors="replace").count("Traceback")
+        raise RuntimeError(f"the gateway never accepted the provider's token in 20 s (last status {status}, "
+                           f"{tracebacks} traceback(s) in its log); see {gk_log}")
     rss_start = rss_mib(gk.popen.pid)
 
     t0 = time.monotonic()
@@ -538,7 +541,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--seconds 5..3600, --workers 1..8, --clients 1..64")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop every child
     work = Path(tempfile.mkdtemp(prefix="gk-chaos-"))
-    summary, problems = run(args, args.node, work)
+    try:
+        summary, problems = run(args, args.node, work)
+    except RuntimeError as exc:  # the setup failed (a child did not start, the gateway refused every token)
+        print(f"chaos: FAILED before the run: {exc}")
+        if args.json:
+            print(json.dumps({"failures": [str(exc)], "work": str(work)}))
+        return 1
     report(summary, problems)
     if args.json:
         print(json.dumps({**summary, "failures": problems}))
