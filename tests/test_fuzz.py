@@ -221,3 +221,46 @@ def test_raw_bytes_never_crash_the_server(gateway_port, raw):
     if answer:
         assert status_of(answer) != 500, answer[:300]
     assert status_of(exchange(gateway_port, b"GET /open HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 200
+
+
+# --- path confusion against a normalising upstream -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def site_ports(tmp_path_factory) -> Iterator[dict]:
+    """The site routes (``PathPrefix(/)`` public, ``/admin`` behind a JWT) over Python's ``http.server``,
+    which decodes %XX and resolves ``..``: on the fast server and on pywsgi."""
+    from tests.test_request_path import FileUpstream, write_conf, write_site
+    root = tmp_path_factory.mktemp("site")
+    files = FileUpstream(write_site(root / "www"))
+    echo = RunningServer(named_echo_app("echo"))
+    gateway = Gateway(write_conf(root, files.url, echo.url))
+    assert not gateway.config.errors, gateway.config.errors
+    servers = {name: RunningServer(gateway, server=name) for name in ("fast", "pywsgi")}
+    yield {name: server.port for name, server in servers.items()}
+    for server in servers.values():
+        server.stop()
+    echo.stop()
+    files.stop()
+
+
+TARGET_STARTS = st.sampled_from(["/", "", "//", "/public/", "http://x", "http://x/", "HTTP://x/public/", "https://x",
+                                 "a1://x/", "http:/", "http:", "/public/..", "\\"])
+TARGET_PIECES = st.sampled_from(["..", ".", "/", "//", "%2F", "%2f", "%2e", "%2E", "%2e%2e", ".%2E", "%5C", "%5c",
+                                 "\\", ";", "..;", "%3B", "%00", "%25", "%252e", "%3F", "?", "#", "%23", "admin",
+                                 "Admin", "ADMIN", "%61dmin", "%41DMIN", "adm%69n", "public", "secret.txt",
+                                 "secret%2Etxt", "%20", "~", "x"])
+TARGET_ENDS = st.sampled_from(["", "admin/secret.txt", "/admin/secret.txt", "%2Fadmin%2Fsecret.txt",
+                               "%2e%2e/admin/secret.txt"])
+TARGETS = st.builds(lambda start, pieces, end: start + "".join(pieces) + end,
+                    TARGET_STARTS, st.lists(TARGET_PIECES, max_size=8), TARGET_ENDS)
+
+
+@settings(FUZZ, max_examples=2 * EXAMPLES)
+@given(server=st.sampled_from(["fast", "pywsgi"]), target=TARGETS)
+def test_no_spelling_of_a_path_serves_admin_without_a_token(site_ports, server, target):
+    from tests.test_request_path import SECRET_TEXT
+    request = f"GET {target} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n".encode("latin-1")
+    answer = exchange(site_ports[server], request)
+    assert SECRET_TEXT.encode() not in answer, (target, answer[:300])
+    if answer:
+        assert status_of(answer) != 500, answer[:300]
