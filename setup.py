@@ -19,6 +19,7 @@ setup(
         "PyYAML>=6.0,<7",
         "prometheus_client>=0.20,<1",
         "httptools>=0.6,<1",
+        "google-re2>=1.1,<2",  # router regexps in linear time (RE2 = Go's regexp syntax, as Traefik)
     ],
     extras_require={
         "test": [

@@ -112,6 +112,35 @@ def test_matchers(rule: str, overrides: Dict[str, str], want: bool) -> None:
     assert compile_rule(rule)(RequestView(environ(**overrides))) is want
 
 
+# Where RE2 (Go's regexp, Traefik's engine) and Python's re disagree: each row is RE2's answer, the opposite
+# of (or an error in) what re gave.
+RE2_SEMANTICS = [
+    ("dollar-not-before-final-newline", "QueryRegexp(`id`, `^[0-9]+$`)", {"QUERY_STRING": "id=42%0A"}, False),
+    ("digit-class-is-ascii", "QueryRegexp(`n`, `^\\d+$`)", {"QUERY_STRING": "n=%D9%A3"}, False),
+    ("word-class-is-ascii", "QueryRegexp(`q`, `^\\w+$`)", {"QUERY_STRING": "q=caf%C3%A9"}, False),
+    ("brace-without-min-is-literal", "PathRegexp(`^/a{,3}$`)", {"RAW_URI": "/a{,3}"}, True),
+    ("brace-without-min-repeats-nothing", "PathRegexp(`^/a{,3}$`)", {"RAW_URI": "/aa"}, False),
+    ("end-of-text-z", "PathRegexp(`^/api/users\\z`)", {}, True),
+    ("unicode-class", "QueryRegexp(`q`, `^\\p{Greek}+$`)", {"QUERY_STRING": "q=%CE%B1%CE%B2"}, True),
+    ("posix-class", "PathRegexp(`^/[[:alpha:]]+/[[:alpha:]]+$`)", {}, True),
+]
+
+
+@pytest.mark.parametrize("rule, overrides, want", [case[1:] for case in RE2_SEMANTICS],
+                         ids=[case[0] for case in RE2_SEMANTICS])
+def test_regexps_have_go_semantics(rule: str, overrides: Dict[str, str], want: bool) -> None:
+    assert compile_rule(rule)(RequestView(environ(**overrides))) is want
+
+
+@pytest.mark.parametrize("rule, host, want", [
+    ("HostRegexp(`^api\\.example\\.com$`)", "API.Example.COM:8080", True),
+    ("HostRegexp(`^API\\.`)", "API.example.com", False),
+    ("HostRegexp(`(?i)^API\\.`)", "api.example.com", True),
+], ids=["host-lower-cased-first", "upper-case-pattern-never-matches", "case-insensitive-flag"])
+def test_host_regexp_sees_the_lower_cased_host(rule: str, host: str, want: bool) -> None:
+    assert compile_rule(rule)(RequestView(environ(HTTP_HOST=host))) is want
+
+
 @pytest.mark.parametrize("name", ["PathPrefix", "pathprefix", "PATHPREFIX", "Pathprefix"])
 def test_matcher_name_spellings(name: str) -> None:
     assert compile_rule(f"{name}(`/api`)")(RequestView(environ())) is True

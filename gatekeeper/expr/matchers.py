@@ -1,6 +1,6 @@
 """Router matchers (``Host``, ``PathPrefix``, ``Header``, ``ClientIP``...) over a :class:`RequestView`.
 
-Every argument is checked and pre-computed here, at load time: host names normalized, regexps compiled,
+Every argument is checked and pre-computed here, at load time: host names normalized, regexps compiled (RE2),
 CIDRs parsed, header names turned into environ keys. The closures only compare.
 
 Names are accepted as written in the table, all lower-case, all upper-case and title-case of the lower
@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Dict, Pattern, Sequence
+from typing import Callable, Dict, Sequence
 
 from gatekeeper.expr.compiler import ArgumentError, Predicate, Signature
+from gatekeeper.expr.regexps import RegexpError, compile_search
 from gatekeeper.expr.request import RequestView, environ_key, routing_path
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods and header names
 
 
-def _regexp(pattern: str, index: int) -> Pattern[str]:
+def _regexp(pattern: str, index: int) -> Callable[[str], bool]:
+    """RE2, never ``re``: a configured pattern must not be able to backtrack for seconds on one request."""
     try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ArgumentError(f"invalid regular expression: {exc.msg}", index, exc.pos) from None
+        return compile_search(pattern)
+    except RegexpError as exc:
+        raise ArgumentError(f"invalid regular expression: {exc.message}", index, exc.position) from None
 
 
 def _header_key(name: str) -> str:
@@ -52,8 +54,8 @@ def _host(args: Sequence[str]) -> Predicate:
 
 
 def _host_regexp(args: Sequence[str]) -> Predicate:
-    search = _regexp(args[0], 0).search
-    return lambda view: search(view.host) is not None
+    search = _regexp(args[0], 0)
+    return lambda view: search(view.host)
 
 
 def _path_argument(path: str) -> str:
@@ -73,8 +75,8 @@ def _path_prefix(args: Sequence[str]) -> Predicate:
 
 
 def _path_regexp(args: Sequence[str]) -> Predicate:
-    search = _regexp(args[0], 0).search
-    return lambda view: search(view.path) is not None
+    search = _regexp(args[0], 0)
+    return lambda view: search(view.path)
 
 
 def _method(args: Sequence[str]) -> Predicate:
@@ -90,8 +92,8 @@ def _header(args: Sequence[str]) -> Predicate:
 
 
 def _header_regexp(args: Sequence[str]) -> Predicate:
-    key, search = _header_key(args[0]), _regexp(args[1], 1).search
-    return lambda view: any(search(value) is not None for value in view.values_of(key))
+    key, search = _header_key(args[0]), _regexp(args[1], 1)
+    return lambda view: any(search(value) for value in view.values_of(key))
 
 
 def _query(args: Sequence[str]) -> Predicate:
@@ -101,8 +103,8 @@ def _query(args: Sequence[str]) -> Predicate:
 
 
 def _query_regexp(args: Sequence[str]) -> Predicate:
-    key, search = args[0], _regexp(args[1], 1).search
-    return lambda view: any(search(value) is not None for value in view.query.get(key, ()))
+    key, search = args[0], _regexp(args[1], 1)
+    return lambda view: any(search(value) for value in view.query.get(key, ()))
 
 
 def _client_ip(args: Sequence[str]) -> Predicate:
