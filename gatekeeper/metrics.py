@@ -19,6 +19,7 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest, multiprocess
 
+from . import jwks
 from .accesslog import Exchange, fan_out, observe
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
@@ -26,10 +27,12 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A client can send any method name; unknown ones share one label value so cardinality stays bounded.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 NO_ROUTER = "none"
+NO_UPSTREAM = "none"   # the request was answered without contacting an upstream (404, 401, a redirect ...)
 LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
 
-REQUESTS = Counter("gatekeeper_requests", "Requests answered, by router, method and status code",
-                   ["router", "method", "status"])
+REQUESTS = Counter("gatekeeper_requests",
+                   "Requests answered, by router, method, status code and upstream server (none: not proxied)",
+                   ["router", "method", "status", "upstream"])
 LATENCY = Histogram("gatekeeper_request_duration_seconds",
                     "Time from the request reaching the gateway to the last response byte sent, by router",
                     ["router"], buckets=LATENCY_BUCKETS)
@@ -48,16 +51,30 @@ GENERATION = Gauge("gatekeeper_config_generation", "Generation number of the con
                    multiprocess_mode="liveall")
 CONFIG_ERRORS = Gauge("gatekeeper_config_errors", "Problems reported by the configuration being served",
                       multiprocess_mode="liveall")
+KEYSET_FETCHES = Counter("gatekeeper_keyset_fetches",
+                         "Remote key set fetch attempts (jwksUrl, trustedIssuers; a discovery and its key set "
+                         "count one), by key set URL", ["url"])
+KEYSET_FAILURES = Counter("gatekeeper_keyset_fetch_failures",
+                          "Remote key set fetch attempts that failed (the keys held keep serving), by key set URL",
+                          ["url"])
+KEYSET_KEYS = Gauge("gatekeeper_keyset_keys", "Keys held by each remote key set, per worker",
+                    ["url"], multiprocess_mode="liveall")
 
-_request_children: Dict[Tuple[str, str, int], Tuple[object, object, object]] = {}
+_request_children: Dict[Tuple[str, str, int, Optional[str]], Tuple[object, object, object]] = {}
 
 
-def _children(router: str, method: str, status: int) -> Tuple[object, object, object]:
-    """The labelled metric children for one (router, method, status), looked up once and cached."""
-    key = (router, method, status)
+def _children(router: str, method: str, status: int, upstream: Optional[str]) -> Tuple[object, object, object]:
+    """The labelled metric children for one (router, method, status, upstream), looked up once and cached.
+
+    ``upstream`` is the server URL the proxy used (``environ["gatekeeper.upstream"]``): one value per
+    configured server, so the cardinality stays that of the configuration. Shown without userinfo or
+    query (jwks.safe_url), which could hold a credential.
+    """
+    key = (router, method, status, upstream)
     found = _request_children.get(key)
     if found is None:
-        found = (REQUESTS.labels(router, method, str(status)), LATENCY.labels(router),
+        shown = NO_UPSTREAM if upstream is None else jwks.safe_url(upstream)
+        found = (REQUESTS.labels(router, method, str(status), shown), LATENCY.labels(router),
                  RESPONSE_BYTES.labels(router))
         _request_children[key] = found
     return found
@@ -80,7 +97,7 @@ def record(exchange: Exchange) -> None:
     IN_FLIGHT.dec()
     router = exchange.router or NO_ROUTER
     method = exchange.method if exchange.method in METHODS else "OTHER"
-    requests, latency, sent = _children(router, method, exchange.status)
+    requests, latency, sent = _children(router, method, exchange.status, exchange.upstream)
     requests.inc()
     latency.observe(exchange.duration)
     if exchange.bytes:
@@ -91,6 +108,23 @@ def record(exchange: Exchange) -> None:
         _labelled(JWT_OUTCOMES, router, "accepted").inc()
     if exchange.upstream_error is not None:
         UPSTREAM_ERRORS.labels(router, exchange.upstream_error).inc()
+
+
+def record_key_fetch(keyset: "jwks.RemoteKeySet", ok: bool) -> None:
+    """Count one key set fetch attempt (a jwks.FETCH_OBSERVERS hook), in the fetching worker.
+
+    Counted as they happen rather than read from ``RemoteKeySet.status()`` at scrape time: with workers,
+    a scrape is answered by one worker, and only counters in the multiprocess directory add up all of them.
+    """
+    url = jwks.safe_url(keyset.name)
+    _labelled(KEYSET_FETCHES, url).inc()
+    failures = _labelled(KEYSET_FAILURES, url)   # shown from the first fetch on, at 0 until one fails
+    if not ok:
+        failures.inc()
+    _labelled(KEYSET_KEYS, url).set(keyset.status()["keys"])
+
+
+jwks.FETCH_OBSERVERS.append(record_key_fetch)
 
 
 def instrument(app: WSGIApp, access_log: Optional[Callable[[Exchange], None]] = None) -> WSGIApp:
