@@ -29,6 +29,7 @@ import httptools
 from gevent.server import StreamServer
 
 from .serve import BODY_REFUSED, RESPONSE_431, SKIP_AFTER_431, COALESCE_LIMIT, ConnectionTracking, ServerLimits
+from .serve import failure_response, log_request_error
 from .serve import with_handshake_deadline
 
 RECV_SIZE = 64 * 1024
@@ -42,8 +43,6 @@ RESPONSE_400 = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type:
                 b"Content-Length: 12\r\n\r\nBad Request\n")
 RESPONSE_414 = (b"HTTP/1.1 414 URI Too Long\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 b"Content-Length: 13\r\n\r\nURI Too Long\n")
-RESPONSE_500 = (b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\nContent-Type: text/plain; "
-                b"charset=utf-8\r\nContent-Length: 22\r\n\r\nInternal Server Error\n")
 REFUSALS = {400: RESPONSE_400, 414: RESPONSE_414, 431: RESPONSE_431}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -504,11 +503,14 @@ class Reply:
             if conn.refused is not None and not conn.head_sent:
                 conn.refuse(conn.refused)   # a malformed body (llhttp refused it): 400, as pywsgi answers
             return False   # else the client went away (or stalled past the idle timeout)
-        except Exception:
-            conn.server.loop.handle_error(environ, *sys.exc_info())
+        except Exception as exc:
+            # One line of our own (the hub's handle_error would print the environ: tokens, cookies,
+            # claims); 500 (502 for an upstream) if nothing went out yet, else the connection is cut:
+            # no byte after what was sent, no chunked terminator, so the client sees the truncation.
+            log_request_error(environ, exc)
             if not conn.head_sent:
                 try:
-                    conn.send(RESPONSE_500)
+                    conn.send(failure_response(exc))
                 except OSError:
                     pass
             return False
@@ -517,8 +519,8 @@ class Reply:
             if close is not None:
                 try:
                     close()
-                except Exception:
-                    conn.server.loop.handle_error(environ, *sys.exc_info())
+                except Exception as exc:
+                    log_request_error(environ, exc)
         return not self.close and self.finish_body()
 
     def finish_body(self) -> bool:

@@ -9,6 +9,7 @@ finish their current request.
 from __future__ import annotations
 
 import email.parser
+import logging
 import socket
 import ssl
 from dataclasses import dataclass
@@ -17,7 +18,10 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 import gevent
 import gevent.event
 from gevent.pywsgi import WSGIHandler, WSGIServer
-from gevent.pywsgi import _InvalidClientRequest  # pywsgi answers these with 400
+from gevent.pywsgi import _BAD_REQUEST_RESPONSE, _InvalidClientRequest  # pywsgi answers these with 400
+
+from .proxy import log_path
+from .upstream import UpstreamAborted
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 BODY_REFUSED = "gatekeeper.body_refused"
@@ -82,6 +86,36 @@ def parse_header_block(block: bytes):
 
 
 COALESCE_LIMIT = 64 * 1024  # a first body chunk up to this size is sent with the response head
+RESPONSE_500 = (b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\nContent-Type: text/plain; "
+                b"charset=utf-8\r\nContent-Length: 22\r\n\r\nInternal Server Error\n")
+RESPONSE_502 = (b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Type: text/plain; "
+                b"charset=utf-8\r\nContent-Length: 16\r\n\r\n502 Bad Gateway\n")
+server_log = logging.getLogger("gatekeeper.server")
+
+
+def log_request_error(environ: dict, exc: BaseException) -> None:
+    """The one line a failed request leaves in the error log, on both servers.
+
+    gevent's own hooks (pywsgi's ``handle_error``, the hub's) print the whole WSGI environ: the
+    ``Authorization`` and ``Cookie`` headers, a ``?jwt=`` query, the verified claims. This line holds the
+    exception type and message, the router, the method, the path without its query string and the
+    upstream, nothing else. An upstream that failed mid-response is a warning without a traceback (it is
+    the upstream's fault, and expected); anything else is an error, with a traceback at DEBUG level.
+    """
+    where = (f"router {environ.get('gatekeeper.router') or '-'}, {environ.get('REQUEST_METHOD', '-')} "
+             f"{log_path(environ)}")
+    message = " ".join(str(exc).split())[:300]
+    if isinstance(exc, UpstreamAborted):
+        server_log.warning("response cut: upstream %s failed (%s): %s",
+                           environ.get("gatekeeper.upstream") or "-", where, message)
+    else:
+        server_log.error("request failed (%s): %s: %s", where, type(exc).__name__, message,
+                         exc_info=exc if server_log.isEnabledFor(logging.DEBUG) else None)
+
+
+def failure_response(exc: BaseException) -> bytes:
+    """What the client gets when the app fails before anything was sent: 502 for an upstream, else 500."""
+    return RESPONSE_502 if isinstance(exc, UpstreamAborted) else RESPONSE_500
 
 
 class GatewayHandler(WSGIHandler):
@@ -139,11 +173,32 @@ class GatewayHandler(WSGIHandler):
         return parse_header_block(block)
 
     def _handle_client_error(self, ex: BaseException):
+        """400 (431 for too many header bytes) with one line of our own: pywsgi's quotes the request line,
+        which may carry a ``?jwt=`` token, and prints a traceback for some errors."""
         if isinstance(ex, HeadersTooLarge):
             skip_header_block(self.rfile, SKIP_AFTER_431)
             self.server.request_refused(self, 431)
             return ("431", RESPONSE_431)
-        return super()._handle_client_error(ex)
+        peer = self.client_address[0] if isinstance(self.client_address, tuple) else "-"
+        server_log.info("bad request from %s: %s", peer, str(ex).partition(":")[0][:100])
+        return ("400", _BAD_REQUEST_RESPONSE)
+
+    def handle_error(self, t, v, tb) -> None:
+        """An app or body failure: our one-line record (never pywsgi's, which prints the environ), then
+        500 (502 for an upstream) if nothing was sent yet, else the connection is cut."""
+        if not isinstance(v, gevent.GreenletExit):
+            log_request_error(self.environ or {}, v)
+        self.close_connection = True
+        if not self.headers_sent:
+            try:
+                self._sendall(failure_response(v))
+            except OSError:
+                pass
+
+    def _log_error(self, t, v, tb) -> None:
+        """Anything else pywsgi reports through the hub gets the same record, without the environ."""
+        if not isinstance(v, gevent.GreenletExit):
+            log_request_error(self.environ or {}, v)
 
     def log_request(self) -> None:
         """pywsgi's own access line is replaced by accesslog.py's, written by the app wrapper."""
