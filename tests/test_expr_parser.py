@@ -130,6 +130,9 @@ ERRORS = [
      f"PathRegexp: invalid regular expression: missing ): this ( is never closed ({RE2})", 15),
     ("regex-stray-close", "rule", "PathRegexp(`^/[)]a)`)",
      f"PathRegexp: invalid regular expression: unexpected ): no ( before it to close ({RE2})", 19),
+    ("regex-too-large", "rule", r"PathRegexp(`^/\pL{1000}$`)",
+     f"PathRegexp: invalid regular expression: pattern too large for RE2's memory budget: simplify it or split "
+     f"the rule ({RE2})", 12),
     ("regex-too-many-repeats", "rule", "PathRegexp(`^/a{1001}`)",
      f"PathRegexp: invalid regular expression: invalid repetition size: {{1001}}: at most 1000, nested counts "
      f"multiplied ({RE2})", 16),
