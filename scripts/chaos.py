@@ -232,13 +232,23 @@ def broken_variant(kind: int, good: int, issuer: str, upstream: str) -> Tuple[st
     return "zz-broken.yaml", "http:\n  routers: {api: [\n\t- nonsense: {{\n"
 
 
-def write(path: Path, text: str, atomic: bool) -> None:
+DEBOUNCE = 0.1  # serve's default --debounce-ms
+
+
+def write(path: Path, text: str, atomic: bool, state: "State") -> None:
+    """Rename over (atomic) or truncate and write in place. An in-place write whose truncation and content
+    land more than the debounce apart (the harness descheduled on a loaded machine) may be read as an empty
+    file, which docs/operations.md says removes that file's routes: 404s then are expected for a moment."""
     if atomic:
         tmp = path.with_name("." + path.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
-    else:
-        path.write_text(text)
+        return
+    start = time.monotonic()
+    path.write_text(text)
+    end = time.monotonic()
+    if end - start > DEBOUNCE / 2:
+        state.slow_writes.append((start, end))
 
 
 # -- the run ----------------------------------------------------------------------------------------------
@@ -255,6 +265,10 @@ class State:
     first_ok_after_switch: Dict[str, float] = field(default_factory=dict)
     last_refusal_after_switch: Dict[str, float] = field(default_factory=dict)
     events: List[str] = field(default_factory=list)
+    slow_writes: List[Tuple[float, float]] = field(default_factory=list)  # in-place writes near the debounce
+
+    def after_slow_write(self, start: float, end: float) -> bool:
+        return any(end >= w_start and start <= w_end + 1.0 for w_start, w_end in self.slow_writes)
 
     def in_upstream_window(self, start: float, end: float) -> bool:
         if self.upstream_down is None or end < self.upstream_down:
@@ -295,6 +309,9 @@ def client_loop(host: str, port: int, deadline: float, state: State, kind: str) 
 def judge(state: State, kind: str, status, challenge: str, start: float, end: float) -> None:
     """Count one answer in its category; anything not foreseen goes to state.unexpected."""
     c = state.counts
+    if status == 404 and state.after_slow_write(start, end):
+        c["404 after a slow in-place write"] += 1
+        return
     if kind != "valid":
         if status == 401:
             c[f"{kind} 401"] += 1
@@ -336,6 +353,8 @@ def probe_loop(base: str, deadline: float, state: State, good: Callable[[], int]
             state.counts["probe 200"] += 1
         elif status == 502 and state.in_upstream_window(start, end):
             state.counts["probe 502 in upstream window"] += 1
+        elif status == 404 and state.after_slow_write(start, end):
+            state.counts["404 after a slow in-place write"] += 1
         elif status == 404 and written() != gen:
             state.counts["probe 404 (a newer generation was written)"] += 1
         else:
@@ -416,12 +435,13 @@ def chaos(args: argparse.Namespace, node: str, work: Path, procs: List[Proc]) ->
             gen += 1
             if gen % 4 == 0:
                 name, text = broken_variant(gen // 4 % 3, good_gen[0], provider.issuer, upstream)
-                write(conf / name, text, atomic=gen % 8 == 0)
+                write(conf / name, text, atomic=gen % 8 == 0, state=state)
                 writes[f"broken {name}"] += 1
             else:
                 written_gen[0] = gen
                 (conf / "zz-broken.yaml").unlink(missing_ok=True)
-                write(conf / "api.yaml", manifest(gen, provider.issuer, upstream), atomic=gen % 2 == 0)
+                write(conf / "api.yaml", manifest(gen, provider.issuer, upstream), atomic=gen % 2 == 0,
+                      state=state)
                 writes["valid"] += 1
                 if wait_answering(base, f"/gen/{gen}", None, 5) == 200:
                     good_gen[0] = gen
@@ -443,6 +463,8 @@ def chaos(args: argparse.Namespace, node: str, work: Path, procs: List[Proc]) ->
         "first_200_after_rotation_s": {k: round(v, 3) for k, v in state.first_ok_after_switch.items()},
         "last_401_after_rotation_s": {k: round(v, 3) for k, v in state.last_refusal_after_switch.items()},
         "upstream_window_s": round((state.upstream_up or 0) - (state.upstream_down or 0), 3),
+        "slow_in_place_writes_ms": [round((b - a) * 1000, 1) for a, b in state.slow_writes],
+        "empty_file_reloads": log.count(": 0 routers, 0 middlewares, 0 services"),
         "tracebacks": log.count("Traceback"), "credentials_in_log": leaks,
         "rss_start_mib": round(rss_start, 1), "rss_end_mib": round(rss_end, 1), "final": final,
         "events": state.events, "log": str(gk_log),
@@ -521,6 +543,8 @@ def report(s: dict, problems: List[str]) -> None:
         print(f"  UNEXPECTED {name:31} {count}")
     print(f"  after each rotation (s): first 200 {s['first_200_after_rotation_s']}, last unknown_kid 401 "
           f"{s['last_401_after_rotation_s']}")
+    print(f"  in-place writes slower than {DEBOUNCE / 2 * 1000:g} ms: {s['slow_in_place_writes_ms']}; reloads that "
+          f"read an empty conf.d (log lines): {s['empty_file_reloads']}")
     print(f"  upstream window "
           f"{s['upstream_window_s']} s; tracebacks {s['tracebacks']}; RSS {s['rss_start_mib']} -> "
           f"{s['rss_end_mib']} MiB; at the end {s['final']}")

@@ -70,6 +70,18 @@ def test_judge_unexpected(kind, status, challenge, start, unexpected) -> None:
     assert dict(state.unexpected) == {unexpected: 1}
 
 
+@pytest.mark.parametrize("slow_write, counted", [
+    ((104.0, 104.3), {"404 after a slow in-place write": 1}),
+    ((90.0, 90.3), {}),
+], ids=["404-after-slow-write", "404-long-after-slow-write"])
+def test_judge_404_needs_a_slow_in_place_write(slow_write, counted) -> None:
+    """A route may vanish only while a truncate-then-write in place was slower than the debounce."""
+    state = state_with_window()
+    state.slow_writes.append(slow_write)
+    chaos.judge(state, "valid", 404, "", 105, 105.01)
+    assert dict(state.counts) == counted and bool(state.unexpected) == (not counted)
+
+
 @pytest.mark.parametrize("kind", [0, 1, 2], ids=["half-written", "bad-jwt-option", "garbage-extra-file"])
 def test_broken_variants_keep_the_good_routes(kind) -> None:
     """A broken write carries the last good generation's routes, so a changed answer is the gateway's fault."""
