@@ -9,8 +9,7 @@ from typing import Callable, Dict, Iterable, Optional, Sequence
 
 from .compile import CompileOptions, Config
 from .proxy import error_response, strip_connection_headers
-from .requestpath import (PathSettings, compile_path_policy, drop_forwarding_headers,
-                          forwarding_header_keys)
+from .requestpath import PathSettings, compile_path_policy, drop_forwarding_headers, has_forwarding_headers
 
 NOT_FOUND = error_response(404, "Not Found")
 _BAD_REQUESTS: Dict[str, Callable] = {}
@@ -70,9 +69,8 @@ class Gateway:
         refused = self.decide_path(environ)  # before routing: the path that routes is the path forwarded
         if refused is not None:
             return bad_request(refused)(environ, start_response)
-        claims = forwarding_header_keys(environ)
-        if claims and not self.trusts(environ.get("REMOTE_ADDR", "")):
-            drop_forwarding_headers(environ, claims)  # a client's claims about earlier hops are not passed on
+        if has_forwarding_headers(environ) and not self.trusts(environ.get("REMOTE_ADDR", "")):
+            drop_forwarding_headers(environ)  # a client's claims about earlier hops are not passed on
         config = self.loader.config  # read once: a reload mid-request cannot change what this request sees
         router = config.match(environ, self.entrypoint)
         if router is None:
