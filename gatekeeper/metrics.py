@@ -107,7 +107,7 @@ def record(exchange: Exchange) -> None:
     elif exchange.jwt_ok:
         _labelled(JWT_OUTCOMES, router, "accepted").inc()
     if exchange.upstream_error is not None:
-        UPSTREAM_ERRORS.labels(router, exchange.upstream_error).inc()
+        _labelled(UPSTREAM_ERRORS, router, exchange.upstream_error).inc()
 
 
 def record_key_fetch(keyset: "jwks.RemoteKeySet", ok: bool) -> None:

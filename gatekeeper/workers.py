@@ -8,6 +8,9 @@ parent creates ``PROMETHEUS_MULTIPROC_DIR`` before the first fork, so every work
 ``gatekeeper.metrics`` writes there. The parent itself never imports it (it would show as a worker).
 
 All forks happen in the parent's main greenlet, so a forked worker never inherits a pending parent timer.
+The parent starts no background work either (serve.run): a thread or greenlet started before fork() is
+dead in the child, or worse, half-copied. Each worker starts its own conf.d watcher and key-set fetchers
+in serve.serve_process, and gatekeeper.jwks resets every shared key set after any fork.
 """
 from __future__ import annotations
 
