@@ -17,6 +17,14 @@ import yaml
 from .errors import ConfigError
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+# Bounds on one file, so a hostile or broken file cannot stall the reload greenlet or exhaust memory.
+# Parsing costs ~4 us per byte here (pure-Python PyYAML): 1 MiB is ~4 s of CPU, more than any real conf.d
+# file needs (1,000 routers are ~100 KiB); split bigger configurations into several files.
+MAX_FILE_BYTES = 1 << 20
+# A 527-byte "billion laughs" file (nested aliases) expands to 10^9 nodes: 60 s and 4 GB when walked.
+# Aliases may bring in at most this many nodes beyond those the file spells out.
+MAX_ALIAS_NODES = 100_000
+MAX_DEPTH = 100            # nesting; PyYAML recurses per level (a RecursionError is not a YAMLError)
 
 
 class Mapping(dict):
@@ -30,7 +38,51 @@ class Mapping(dict):
 
 
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader building :class:`Mapping` objects; YAML 1.1 ``on``/``yes`` stay strings (Traefik reads YAML 1.2)."""
+    """SafeLoader building :class:`Mapping` objects; YAML 1.1 ``on``/``yes`` stay strings (Traefik reads YAML 1.2).
+
+    Composition is bounded: aliases may expand to at most :data:`MAX_ALIAS_NODES` nodes in all, an alias may
+    not refer to the node it is inside (a recursive structure), and nesting stops at :data:`MAX_DEPTH`.
+    Everything after composition (construction, the providers' walks) is then linear in the bound.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._open_anchors: set = set()         # anchors whose node is still being composed
+        self._sizes: Dict[int, int] = {}       # id(node) -> its size with aliases expanded
+        self._alias_nodes = 0
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> yaml.Node:  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            self._count_alias(self.peek_event())
+            return super().compose_node(parent, index)
+        event = self.peek_event()
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
+                                              event.start_mark)
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            self._open_anchors.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            self._open_anchors.discard(anchor)
+
+    def _count_alias(self, event: yaml.AliasEvent) -> None:
+        """Refuse an alias to an enclosing node, and aliases whose expansion passes the bound."""
+        if event.anchor in self._open_anchors:
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} refers to a node that "
+                                              "contains it (a recursive structure)", event.start_mark)
+        node = self.anchors.get(event.anchor)
+        if node is None:
+            return  # PyYAML reports the undefined alias
+        self._alias_nodes += expanded_size(node, self._sizes)
+        if self._alias_nodes > MAX_ALIAS_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases expand to more than {MAX_ALIAS_NODES:,} nodes (an alias bomb?); "
+                "refused: write the values out, or split the file", event.start_mark)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Mapping:  # type: ignore[override]
         self.flatten_mapping(node)
@@ -51,6 +103,30 @@ class _LineLoader(yaml.SafeLoader):
             result[key] = self.construct_object(value_node, deep=True)
             result.key_lines[key] = key_node.start_mark.line + 1
         return result
+
+
+def expanded_size(root: yaml.Node, sizes: Dict[int, int]) -> int:
+    """Nodes under ``root`` counting each alias as a copy; ``sizes`` memoizes by node (iterative: no recursion)."""
+    stack: List[Tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if children_done:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> List[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 _LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_mapping)
@@ -88,10 +164,11 @@ class FileResult:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Every manifest file of conf.d at one moment, in sorted path order."""
+    """Every manifest file of conf.d at one moment, in sorted path order, and what the walk ran into."""
 
     root: str
     files: Tuple[FileResult, ...] = field(default_factory=tuple)
+    problems: Tuple[ConfigError, ...] = ()    # folders not followed (symlink loops), reported by collect()
 
     @property
     def documents(self) -> Iterator[Document]:
@@ -107,21 +184,58 @@ def is_manifest_name(name: str) -> bool:
 
 
 def manifest_paths(root: Path) -> List[Path]:
-    """All manifest files under root, sorted by relative path.
+    """All manifest files under root, sorted by relative path (see :func:`scan`)."""
+    return scan(root)[0]
+
+
+def scan(root: Path) -> Tuple[List[Path], Tuple[ConfigError, ...]]:
+    """All manifest files under root, sorted by relative path, and the folders that were not followed.
 
     Hidden folders are skipped except Kubernetes' ``..data`` (a ConfigMap volume's visible files are links
     through it, so they are read through their visible names and ``..data``'s own walk is not needed).
-    Symlinks to files are followed; symlinked folders are followed once.
+    Symlinks to files are followed; a symlinked folder is followed unless it leads to a folder already
+    walked (a loop such as ``sub/up -> ..``, or a second link to one folder): that link is reported, so the
+    walk is bounded by the number of distinct folders.
     """
     found: List[Path] = []
+    problems: List[ConfigError] = []
+    seen: Dict[Tuple[int, int], str] = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        try:
+            info = here.stat()
+        except OSError:
+            dirnames[:] = []
+            continue
+        rel = here.relative_to(root).as_posix()
+        first = seen.setdefault((info.st_dev, info.st_ino), rel)
+        if first != rel:
+            problems.append(ConfigError(
+                f"folder not followed: it leads to {first if first != '.' else 'conf.d itself'}, already read "
+                "(a symlink loop or a second link to one folder); remove the link", file=rel))
+            dirnames[:] = []
+            continue
+        # real folders before links to folders, so a link to a folder also present is the one reported
+        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")),
+                             key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
         for name in filenames:
             if is_manifest_name(name):
-                path = Path(dirpath) / name
+                path = here / name
                 if path.is_file():
                     found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    found.sort(key=lambda p: p.relative_to(root).as_posix())
+    problems.sort(key=lambda e: e.file or "")
+    return found, tuple(problems)
+
+
+def read_capped(path: Path) -> bytes:
+    """A file's bytes; ConfigError past :data:`MAX_FILE_BYTES` (reads at most one byte more)."""
+    with open(path, "rb") as handle:
+        raw = handle.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"larger than {MAX_FILE_BYTES // 1024} KiB: refused (parsing it would stall the "
+                          "gateway); split it into several files")
+    return raw
 
 
 def parse_text(text: str, file: str) -> Tuple[Document, ...]:
@@ -151,9 +265,11 @@ def read_file(path: Path, root: Path) -> FileResult:
     """Read and parse one manifest; any failure is captured in the result, never raised."""
     rel = path.relative_to(root).as_posix()
     try:
-        raw = path.read_bytes()
+        raw = read_capped(path)
     except OSError as exc:
         return FileResult(rel, "", error=ConfigError(f"cannot read: {exc.strerror}", file=rel))
+    except ConfigError as err:
+        return FileResult(rel, "", error=err.located(file=rel))
     digest = hashlib.sha256(raw).hexdigest()
     try:
         text = raw.decode("utf-8")
@@ -171,4 +287,5 @@ def read_dir(root: "str | Path") -> Snapshot:
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory")
     os.listdir(root)  # raises PermissionError for an unreadable directory
-    return Snapshot(str(root), tuple(read_file(p, root) for p in manifest_paths(root)))
+    paths, problems = scan(root)
+    return Snapshot(str(root), tuple(read_file(p, root) for p in paths), problems)

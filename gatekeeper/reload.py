@@ -18,7 +18,8 @@ from collections import deque
 from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 from .compile import CompileOptions, Config, compile_config
-from .manifests import FileResult, Snapshot, manifest_paths, read_dir, read_file
+from .errors import ConfigError
+from .manifests import FileResult, Snapshot, read_capped, read_dir, read_file, scan
 
 log = logging.getLogger("gatekeeper.reload")
 
@@ -36,8 +37,11 @@ class ReloadRecord:
     errors: Tuple[str, ...] = ()
 
 
-def file_digests(snapshot: Optional[Snapshot]) -> Tuple[Tuple[str, str], ...]:
-    return tuple((f.file, f.digest) for f in snapshot.files) if snapshot else ()
+def file_digests(snapshot: Optional[Snapshot]) -> Tuple[object, ...]:
+    """What decides whether a reload swaps: each file's digest, and the folders the walk did not follow."""
+    if snapshot is None:
+        return ()
+    return tuple((f.file, f.digest) for f in snapshot.files) + tuple(str(p) for p in snapshot.problems)
 
 
 def read_changed(root: Path, previous: Optional[Snapshot]) -> Snapshot:
@@ -49,19 +53,20 @@ def read_changed(root: Path, previous: Optional[Snapshot]) -> Snapshot:
     os.listdir(root)  # raises PermissionError for an unreadable directory, as read_dir does
     known: Dict[str, FileResult] = {f.file: f for f in previous.files}
     results = []
-    for path in manifest_paths(root):
+    paths, problems = scan(root)
+    for path in paths:
         old = known.get(path.relative_to(root).as_posix())
         if old is not None and old.digest and old.digest == _digest_of(path):
             results.append(old)
         else:
             results.append(read_file(path, root))
-    return Snapshot(str(root), tuple(results))
+    return Snapshot(str(root), tuple(results), problems)
 
 
 def _digest_of(path: Path) -> str:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
+        return hashlib.sha256(read_capped(path)).hexdigest()
+    except (OSError, ConfigError):
         return ""
 
 
@@ -166,12 +171,19 @@ class ConfigLoader:
         return True
 
     def watch(self) -> None:
-        """Start watching conf.d (watchdog); changes are debounced then reloaded."""
+        """Start watching conf.d (watchdog); changes are debounced then reloaded.
+
+        Once the watcher runs, conf.d is read again: a change written after the first read and before the
+        watcher existed (start-up, or a worker's fork) sent no event any watcher saw. The watcher first, the
+        rescan second, so no change falls between them; with nothing changed the rescan costs a digest per
+        file and swaps nothing.
+        """
         from .watch import Watcher
 
         if self._watcher is None:
             self._watcher = Watcher(self.conf_d, self.reload, debounce=self.debounce)
             self._watcher.start()
+            self.reload("rescan")
 
     def stop(self) -> None:
         if self._watcher is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirModifiedEvent,
                              FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 log = logging.getLogger("gatekeeper.watch")
 
@@ -127,7 +128,7 @@ class Watcher:
         """inotify when possible, else polling; None (retried later) when conf.d cannot be watched at all."""
         kinds = ("polling",) if self.polling else ("inotify", "polling")
         for kind in kinds:
-            observer = Observer() if kind == "inotify" else PollingObserver(timeout=POLL_INTERVAL)
+            observer = Observer() if kind == "inotify" else polling_observer(self.root)
             try:
                 observer.schedule(_Handler(self), str(self.root), recursive=True, event_filter=RELEVANT_EVENTS)
                 observer.start()
@@ -193,6 +194,36 @@ class Watcher:
             self.on_change()
         except Exception:
             log.exception("conf.d reload failed; keeping the current configuration")
+
+
+class LoopSafeStat:
+    """``os.stat`` for watchdog's polling snapshots that walks each folder once per snapshot.
+
+    The polling observer follows symlinked folders, so ``conf.d/sub/up -> ..`` made it walk
+    ``sub/up/sub/up/...`` until the kernel's symlink limit, and two such links made that 2^40 paths. A
+    folder already walked in this snapshot is given its ``lstat`` (a link, not a folder), so it is not
+    walked again: one walk is bounded by the number of distinct folders, as manifests.scan() is.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)
+        self.seen: set = set()
+
+    def __call__(self, path: str) -> os.stat_result:
+        info = os.stat(path)
+        if path == self.root:           # a snapshot starts with the root: a new walk
+            self.seen = set()
+        if stat.S_ISDIR(info.st_mode):
+            key = (info.st_dev, info.st_ino)
+            if key in self.seen:
+                return os.lstat(path)
+            self.seen.add(key)
+        return info
+
+
+def polling_observer(root: Path) -> BaseObserver:
+    """watchdog's polling observer, walking symlinked folders once (see :class:`LoopSafeStat`)."""
+    return PollingObserverVFS(LoopSafeStat(root), os.scandir, polling_interval=POLL_INTERVAL)  # type: ignore[arg-type]
 
 
 def _quietly_stop(observer: BaseObserver) -> None:

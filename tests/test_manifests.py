@@ -1,10 +1,11 @@
 """conf.d discovery and parsing: which files are read, in what order, and errors with lines."""
 import os
+import time
 
 import pytest
 
 from gatekeeper.errors import ConfigError
-from gatekeeper.manifests import is_manifest_name, parse_text, read_dir
+from gatekeeper.manifests import MAX_FILE_BYTES, is_manifest_name, parse_text, read_dir
 
 
 @pytest.mark.parametrize("name, read", [
@@ -75,3 +76,59 @@ def test_unreadable_file_is_reported_not_raised(tmp_path):
 def test_missing_directory_raises(tmp_path):
     with pytest.raises(OSError):
         read_dir(tmp_path / "nope")
+
+
+# --- bounds: a file cannot stall the reload or exhaust memory --------------------------------------------
+
+def alias_bomb(levels: int) -> str:
+    """"Billion laughs": each level an anchor holding nine aliases of the one before (9**levels nodes)."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "http:\n  routers:\n" + "".join(f"    {line}\n" for line in lines)
+
+
+@pytest.mark.parametrize("text, line, words", [
+    (alias_bomb(6), 8, "aliases expand to more than 100,000 nodes"),
+    ("http: &a\n  routers: [*a]\n", 2, "refers to a node that contains it"),
+    ("http: " + "[" * 1000 + "]" * 1000 + "\n", 1, "nested more than 100 levels deep"),
+], ids=["billion-laughs", "recursive-alias", "deep-nesting"])
+def test_hostile_yaml_is_refused_with_file_and_line(tmp_path, text, line, words):
+    """Before: the bomb took seconds and hundreds of MB once walked; the others raised RecursionError."""
+    (tmp_path / "bomb.yaml").write_text(text)
+    started = time.perf_counter()
+    result = read_dir(tmp_path).files[0]
+    assert time.perf_counter() - started < 1.0
+    assert (result.error.file, result.error.line, result.documents) == ("bomb.yaml", line, ())
+    assert words in result.error.reason
+
+
+def test_aliases_within_the_bound_still_work():
+    docs = parse_text("common: &mw [auth, strip]\nhttp:\n  routers:\n    r: {middlewares: *mw}\n", "x.yaml")
+    assert docs[0].data["http"]["routers"]["r"]["middlewares"] == ["auth", "strip"]
+
+
+def test_oversized_file_is_refused_without_reading_it_all(tmp_path):
+    (tmp_path / "big.yaml").write_bytes(b"#" * (MAX_FILE_BYTES + 1))
+    (tmp_path / "ok.yaml").write_text("http: {}\n")
+    big, ok = read_dir(tmp_path).files
+    assert "larger than 1024 KiB" in big.error.reason and big.error.file == "big.yaml"
+    assert ok.error is None
+
+
+@pytest.mark.parametrize("links, problems", [
+    ({"sub/up": ".."}, ["sub/up"]),
+    ({"sub/up": "..", "sub/up2": "..", "sub/here": "."}, ["sub/here", "sub/up", "sub/up2"]),
+    ({"team": "shared", "again": "shared"}, ["again", "team"]),
+], ids=["loop-to-root", "three-loops", "two-links-to-one-folder"])
+def test_symlinked_folders_are_walked_once(tmp_path, links, problems):
+    """Before: ``sub/up -> ..`` read a.yaml 41 times (every copy a duplicate); each more link doubled that."""
+    (tmp_path / "a.yaml").write_text("http: {}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "b.yaml").write_text("http: {}\n")
+    for link, target in links.items():
+        os.symlink(target, tmp_path / link)
+    snap = read_dir(tmp_path)
+    assert [f.file for f in snap.files] == ["a.yaml", "shared/b.yaml"]
+    assert [p.file for p in snap.problems] == problems
+    assert all("not followed" in p.reason for p in snap.problems)

@@ -397,3 +397,49 @@ def test_real_server_watches_conf_d(conf_d, wsgi_server, gatekeeper_process, obs
     assert wait_until(lambda: upstream_answering(gk.url + "/api")() == "b", 3.0)
     assert any(f"{observer} observer" in line for line in gk.log)
     assert gk.generation >= 3
+
+
+# -- no change lost at start-up; bounded watching -----------------------------------------------------------
+def test_change_written_before_the_watcher_runs_is_picked_up(tmp_path):
+    """After the first read, before watch() (start-up, a worker's fork): before, never seen until a later change."""
+    root = tmp_path / "conf.d"
+    root.mkdir()
+    (root / "routes.yaml").write_text(manifest(OLD))
+    loader = ConfigLoader(root)
+    loader.load()
+    (root / "routes.yaml").write_text(manifest(NEW))
+    (root / "more.yaml").write_text(manifest(NEW, "more", "/more"))
+    loader.watch()
+    try:
+        assert loader.wait_for_generation(2, TIMEOUT)
+        assert served(loader.config) == {"api": NEW, "more": NEW}
+        assert loader.last_reload.trigger == "rescan"
+    finally:
+        loader.stop()
+
+
+def test_rescan_with_nothing_changed_swaps_nothing(watched):
+    assert watched.last_reload.trigger == "rescan" and watched.last_reload.swapped is False
+    assert watched.generation == 1
+
+
+@pytest.mark.parametrize("observer", ["inotify", "polling"])
+def test_symlink_loops_in_conf_d_are_bounded_and_reported(tmp_path, monkeypatch, observer):
+    """Before: the polling observer walked ``sub/up/sub/up/...`` 2**40 ways with two such links."""
+    monkeypatch.setenv("GATEKEEPER_WATCH", observer if observer == "polling" else "")
+    root = tmp_path / "conf.d"
+    (root / "sub").mkdir(parents=True)
+    os.symlink("..", root / "sub" / "up")
+    os.symlink("..", root / "sub" / "up2")
+    (root / "routes.yaml").write_text(manifest(OLD))
+    loader = ConfigLoader(root)
+    loader.load()
+    loader.watch()
+    try:
+        assert loader._watcher.kind == observer
+        assert sorted(e.file for e in loader.config.errors) == ["sub/up", "sub/up2"]
+        before = loader.generation
+        edit_in_place(root)
+        assert served(wait_for_swap(loader, before)) == {"api": NEW}
+    finally:
+        loader.stop()

@@ -26,6 +26,8 @@ class Collector:
     errors: List[ConfigError] = field(default_factory=list)
     # objects that failed validation, by (kind, qualified name): compile keeps their last good version
     failed: Dict[Tuple[str, str], ConfigError] = field(default_factory=dict)
+    # the same by (kind, identity): a Kubernetes route is known by its IngressRoute and position
+    failed_keys: Dict[Tuple[str, str], ConfigError] = field(default_factory=dict)
 
     def add(self, kind: str, obj: "RouterDef | MiddlewareDef | ServiceDef") -> None:
         table = getattr(self, kind + "s")
@@ -39,10 +41,16 @@ class Collector:
     def error(self, err: ConfigError) -> None:
         self.errors.append(err)
 
-    def fail(self, kind: str, name: str, err: ConfigError) -> None:
-        """An object that is defined but invalid: reported, and remembered so it is not taken as deleted."""
+    def fail(self, kind: str, name: str, err: ConfigError, key: str = "") -> None:
+        """An object that is defined but invalid: reported, and remembered so it is not taken as deleted.
+
+        ``key`` is its identity when its name derives from content (or could not be read at all: ``name``
+        empty); compile keeps the last good version by ``key or name``.
+        """
         self.errors.append(err)
-        self.failed.setdefault((kind, name), err)
+        if name:
+            self.failed.setdefault((kind, name), err)
+        self.failed_keys.setdefault((kind, key or name), err)
 
     def definitions(self) -> Definitions:
         return Definitions(dict(self.routers), dict(self.middlewares), dict(self.services))
@@ -54,6 +62,8 @@ def collect(snapshot: Snapshot) -> Collector:
 
     out = Collector()
     kube_docs: List[Document] = []
+    for problem in snapshot.problems:
+        out.error(problem)
     for result in snapshot.files:
         if result.error is not None:
             out.error(result.error)
@@ -84,8 +94,8 @@ class _Recorder(Collector):
     def error(self, err) -> None:  # type: ignore[override]
         self.ops.append(("error", (err,)))
 
-    def fail(self, kind, name, err) -> None:  # type: ignore[override]
-        self.ops.append(("fail", (kind, name, err)))
+    def fail(self, kind, name, err, key="") -> None:  # type: ignore[override]
+        self.ops.append(("fail", (kind, name, err, key)))
 
 
 def file_operations(result: FileResult) -> List[Tuple[str, tuple]]:
