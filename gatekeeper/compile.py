@@ -107,21 +107,100 @@ def with_last_good_files(snapshot: Snapshot, previous: Optional[Config]) -> Snap
     return replace(snapshot, files=tuple(merged))
 
 
-def keep_failed_objects(defs: Definitions, failed: Iterable[Tuple[str, str]],
-                        previous: Optional[Config]) -> Tuple[Definitions, Set[Tuple[str, str]]]:
-    """Objects that failed validation this time keep their previous definition, when there was one."""
-    if previous is None:
-        return defs, set()
-    tables = {"router": dict(defs.routers), "middleware": dict(defs.middlewares), "service": dict(defs.services)}
-    old = {"router": {r.name: r.definition for r in previous.routers},
-           "middleware": {n: b.definition for n, b in previous.middlewares.items()},
-           "service": {n: b.definition for n, b in previous.services.items()}}
-    kept = set()
-    for kind, name in failed:
-        if name not in tables[kind] and name in old[kind]:
-            tables[kind][name] = old[kind][name]
-            kept.add((kind, name))
-    return Definitions(tables["router"], tables["middleware"], tables["service"]), kept
+class Rules:
+    """Rule text -> compiled matcher, reusing the previous configuration's closures (a reload costs what
+    changed); a rule that does not compile gives its ExpressionError."""
+
+    def __init__(self, previous: Optional[Config]) -> None:
+        self.known: Dict[str, "Callable[[RequestView], bool] | ExpressionError"] = (
+            {r.definition.rule: r.matches for r in previous.routers} if previous else {})
+
+    def get(self, rule: str) -> "Callable[[RequestView], bool] | ExpressionError":
+        found = self.known.get(rule)
+        if found is None:
+            try:
+                found = compile_rule(rule)
+            except ExpressionError as err:
+                found = err
+            self.known[rule] = found
+        return found
+
+
+@dataclass
+class LastGood:
+    """Definitions after putting back the last good version of every object that failed this time.
+
+    Objects are known by identity (``definition.identity``): the name, or for a Kubernetes route its
+    IngressRoute and position, since its name changes with its match. A router in error, or whose rule no
+    longer compiles, or that failed to read at all, serves its previous version (with the services it
+    reaches that are gone from the new definitions); with no previous version a router in error whose rule
+    compiles answers 503, and one without a usable rule is left out (it could match nothing).
+    """
+
+    routers: Dict[str, RouterDef]
+    middlewares: Dict[str, MiddlewareDef]
+    services: Dict[str, ServiceDef]
+    stale: Set[Tuple[str, str]] = field(default_factory=set)
+    errors: List[ConfigError] = field(default_factory=list)
+
+    def definitions(self) -> Definitions:
+        return Definitions(self.routers, self.middlewares, self.services)
+
+
+def keep_last_good(defs: Definitions, failed: Mapping[Tuple[str, str], ConfigError], rules: Rules,
+                   previous: Optional[Config]) -> LastGood:
+    """Put back the last good version of each object that failed validation (see :class:`LastGood`)."""
+    out = LastGood(dict(defs.routers), dict(defs.middlewares), dict(defs.services))
+    old_routers = {r.definition.identity: r.definition for r in previous.routers
+                   if r.definition.error is None} if previous else {}
+    for kind, table in (("middleware", out.middlewares), ("service", out.services)):
+        old = {b.definition.identity: b.definition for b in getattr(previous, kind + "s").values()} \
+            if previous else {}
+        for (failed_kind, identity), _ in failed.items():
+            if failed_kind == kind and identity in old and old[identity].name not in table:
+                table[old[identity].name] = old[identity]
+                out.stale.add((kind, old[identity].name))
+    present = {d.identity for d in out.routers.values()}
+    for definition in list(out.routers.values()):
+        problem = rules.get(definition.rule)
+        if isinstance(problem, ExpressionError):
+            out.errors.append(ConfigError(f"rule: {problem.render()}").located(
+                file=definition.source.file, line=definition.source.line or None,
+                obj=f'router "{definition.name}"'))
+        if definition.error is not None or isinstance(problem, ExpressionError):
+            restore_router(out, definition, old_routers, previous,
+                           drop=isinstance(problem, ExpressionError))
+    for (kind, identity), _ in failed.items():
+        if kind == "router" and identity not in present and identity in old_routers:
+            restore_router(out, None, old_routers, previous, drop=False, identity=identity)
+    return out
+
+
+def restore_router(out: LastGood, current: Optional[RouterDef], old_routers: Mapping[str, RouterDef],
+                   previous: Optional[Config], *, drop: bool, identity: str = "") -> None:
+    """Replace a failed router by its last good version, or drop it when it has none and cannot serve 503."""
+    identity = current.identity if current is not None else identity
+    old = old_routers.get(identity)
+    if current is not None and (old is not None or drop):
+        del out.routers[current.name]
+    if old is None or old.name in out.routers:
+        return
+    out.routers[old.name] = old
+    out.stale.add(("router", old.name))
+    assert previous is not None
+    restore_services(out, old.service, previous)
+
+
+def restore_services(out: LastGood, name: str, previous: Config) -> None:
+    """A restored router's service (and a weighted one's members) when gone from the new definitions: a
+    Kubernetes route's own service is named after its match, so it goes away with the match."""
+    built = previous.services.get(name)
+    if name in out.services or built is None:
+        return
+    out.services[name] = built.definition
+    out.stale.add(("service", name))
+    for child, _ in built.definition.children:
+        restore_services(out, child, previous)
 
 
 class Builder:
@@ -139,8 +218,6 @@ class Builder:
         self.errors: List[ConfigError] = []
         self.services: Dict[str, BuiltService] = {}
         self.middlewares: Dict[str, BuiltMiddleware] = {}
-        # by name: a linear search per router made a 1,000-router reload cost ~45 ms more
-        self.previous_routers: Dict[str, CompiledRouter] = {r.name: r for r in previous.routers} if previous else {}
 
     # -- services ---------------------------------------------------------------------------------
     def service(self, name: str, trail: Tuple[str, ...] = ()) -> Optional[BuiltService]:
@@ -159,6 +236,11 @@ class Builder:
             except ConfigError as err:
                 self.report(err, definition.source, f'service "{name}"')
                 built = BuiltService(definition, None, error=err.reason)
+                if old is not None and old.app is not None and definition.kind == "loadBalancer" \
+                        and definition.servers:
+                    # a server URL in error (no scheme...): the last good version serves, as for every
+                    # object; a service left with no servers is a state (no endpoints), not a mistake
+                    built = BuiltService(old.definition, old.app, error=err.reason, stale=True)
         self.services[name] = built
         return built
 
@@ -238,19 +320,18 @@ class Builder:
         return options
 
     # -- routers ----------------------------------------------------------------------------------
-    def router(self, definition: RouterDef) -> Optional[CompiledRouter]:
-        old = self.previous_routers.get(definition.name)
-        try:
-            matches = old.matches if old is not None and old.definition.rule == definition.rule \
-                else compile_rule(definition.rule)
-        except ExpressionError as err:
-            self.report(ConfigError(f"rule: {err.render()}"), definition.source, f'router "{definition.name}"')
-            if old is not None:
-                return replace(old, stale=True)
-            return None
+    def router(self, definition: RouterDef, rules: Rules) -> Optional[CompiledRouter]:
+        matches = rules.get(definition.rule)
+        if isinstance(matches, ExpressionError):
+            return None  # reported by keep_last_good, which also put back a previous version if any
+        stale = ("router", definition.name) in self.stale
+        if definition.error is not None:
+            self.report(ConfigError("answers 503 for what its rule matches until the error is fixed"),
+                        definition.source, f'router "{definition.name}"')
+            return CompiledRouter(definition, matches, error_response(503, "Service Unavailable"),
+                                  error=definition.error, stale=stale)
         problem, handler = self.router_handler(definition)
-        return CompiledRouter(definition, matches, handler, error=problem,
-                              stale=("router", definition.name) in self.stale)
+        return CompiledRouter(definition, matches, handler, error=problem, stale=stale)
 
     def router_handler(self, definition: RouterDef) -> Tuple[Optional[str], WSGIApp]:
         service = self.service(definition.service)
@@ -289,9 +370,12 @@ def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
     options = options or CompileOptions()
     snapshot = with_last_good_files(snapshot, previous)
     collected = collect(snapshot)
-    defs, stale = keep_failed_objects(collected.definitions(), collected.failed, previous)
-    builder = Builder(defs, previous, options, stale, snapshot.root, collected.failed)
-    routers = [r for r in (builder.router(d) for d in defs.routers.values()) if r is not None]
+    rules = Rules(previous)
+    kept = keep_last_good(collected.definitions(), collected.failed_keys, rules, previous)
+    defs = kept.definitions()
+    builder = Builder(defs, previous, options, kept.stale, snapshot.root, collected.failed)
+    builder.errors.extend(kept.errors)
+    routers = [r for r in (builder.router(d, rules) for d in defs.routers.values()) if r is not None]
     for name in defs.services:
         builder.service(name)
     for name in defs.middlewares:

@@ -21,6 +21,11 @@ class Source:
         return f"{self.file}:{self.line}" if self.line else self.file
 
 
+# The priority of a router in error whose own priority could not be read: above every other, so what its
+# rule matches answers 503 rather than reaching a router it was meant to win against (fail closed).
+FAIL_CLOSED_PRIORITY = 2 ** 63 - 1
+
+
 def qualify(name: str, provider: str) -> str:
     """``name`` -> ``name@provider`` unless already qualified (Traefik's naming)."""
     return name if "@" in name else f"{name}@{provider}"
@@ -35,10 +40,20 @@ class RouterDef:
     entry_points: Tuple[str, ...]
     priority: int                   # as configured; 0 means "length of the rule"
     source: Source
+    # A router whose rule could be read but another field not: it answers 503 for what its rule matches
+    # (unless a last good version serves), so a typo never lets a request fall through to another router.
+    error: Optional[str] = None
+    key: str = ""                   # identity across reloads when the name derives from content (see identity)
 
     @property
     def effective_priority(self) -> int:
         return self.priority or len(self.rule)
+
+    @property
+    def identity(self) -> str:
+        """What the last good version is kept by: ``key`` when set (an IngressRoute route: object and
+        position), else the name. A Kubernetes route's name changes with its match, its position does not."""
+        return self.key or self.name
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,10 @@ class MiddlewareDef:
     kind: str                       # "plugin.jwt", "stripPrefix", "addPrefix", "headers", "chain"
     options: Mapping[str, Any]
     source: Source
+
+    @property
+    def identity(self) -> str:
+        return self.name
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,11 @@ class ServiceDef:
     pass_host_header: bool = True
     children: Tuple[Tuple[str, int], ...] = ()  # weighted: (qualified service name, weight)
     empty_reason: Optional[str] = None          # why a resolved service has no servers (Kubernetes)
+    key: str = ""                               # as RouterDef.key: a route's own service shares its key
+
+    @property
+    def identity(self) -> str:
+        return self.key or self.name
 
 
 @dataclass(frozen=True)

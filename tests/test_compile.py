@@ -91,13 +91,14 @@ def test_unparseable_file_keeps_last_good_documents(conf_d):
     assert second.generation == first.generation + 1
 
 
-def test_invalid_object_keeps_previous_version_new_object_left_out(conf_d):
+def test_invalid_router_keeps_previous_version_new_one_answers_503(conf_d):
     conf_d("routes.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/a`)', service: a}\n" + SERVICE)
     first = compile_dir(conf_d.root)
     conf_d("routes.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/a`)'}\n    n: {rule: 'Path(`/n`)'}\n" + SERVICE)
     second = compile_dir(conf_d.root, first)
-    assert [r.name for r in second.routers] == ["r@file"]
-    assert second.routers[0].definition.service == "a@file"
+    by_name = {r.name: r for r in second.routers}
+    assert (by_name["r@file"].definition.service, by_name["r@file"].stale) == ("a@file", True)
+    assert by_name["n@file"].error == "service: required"
 
 
 def test_broken_rule_keeps_previous_router(conf_d):

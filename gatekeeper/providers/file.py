@@ -1,17 +1,17 @@
 """Traefik's file-provider dynamic configuration (``http: routers / middlewares / services``)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from ..errors import ConfigError
 from ..manifests import Document
-from ..model import MiddlewareDef, RouterDef, ServerDef, ServiceDef, Source, qualify
+from ..model import FAIL_CLOSED_PRIORITY, MiddlewareDef, RouterDef, ServerDef, ServiceDef, Source, qualify
 from . import Collector
 from .fields import (expand_env, line_of, pick, want_bool, want_int, want_list, want_str, want_str_list)
 
 PROVIDER = "file"
 ROUTER_FIELDS = ("rule", "entryPoints", "priority", "middlewares", "service", "tls", "ruleSyntax")
-MIDDLEWARE_KINDS = ("plugin", "stripPrefix", "addPrefix", "headers", "chain", "encodedCharacters")
+MIDDLEWARE_KINDS = ("plugin", "stripPrefix", "addPrefix", "headers", "chain")
 SERVICE_KINDS = ("loadBalancer", "weighted")
 UNSUPPORTED_SERVICE_KINDS = ("mirroring", "failover")
 
@@ -48,7 +48,11 @@ def read_document(doc: Document, out: Collector) -> None:
             try:
                 out.add(kind, reader(qualified, expand_env(body, f"http.{kind}s.{name}"), source))
             except ConfigError as err:
-                out.fail(kind, qualified, err.located(file=doc.file, line=source.line, obj=f'{kind} "{qualified}"'))
+                err = err.located(file=doc.file, line=source.line, obj=f'{kind} "{qualified}"')
+                out.fail(kind, qualified, err)
+                salvaged = salvage_router(qualified, body, source, err.reason) if kind == "router" else None
+                if salvaged is not None:
+                    out.add("router", salvaged)
 
 
 def read_router(name: str, body: Any, source: Source) -> RouterDef:
@@ -66,6 +70,32 @@ def read_router(name: str, body: Any, source: Source) -> RouterDef:
         priority=want_int(fields.get("priority", 0), "priority", minimum=0),
         source=source,
     )
+
+
+def salvage_router(name: str, body: Any, source: Source, reason: str) -> Optional[RouterDef]:
+    """A router in error whose ``rule`` can still be read: kept to answer 503 for what it matches.
+
+    Without it a typo (``middleware: [jwt]``) would drop a protected router and let its requests fall
+    through to a lower-priority one (a catch-all) without a token. Its entry points and priority are kept
+    when readable; otherwise it serves on every entry point at the highest priority (fail closed).
+    """
+    if not isinstance(body, dict):
+        return None
+    fields = {str(k).lower(): v for k, v in body.items()}
+    try:
+        rule = want_str(expand_env(fields.get("rule"), "rule"), "rule")
+    except ConfigError:
+        return None
+    try:
+        entry_points = tuple(want_str_list(expand_env(fields.get("entrypoints", []), "entryPoints"), "entryPoints"))
+    except ConfigError:
+        entry_points = ()
+    try:
+        priority = want_int(expand_env(fields.get("priority", 0), "priority"), "priority", minimum=0)
+    except ConfigError:
+        priority = FAIL_CLOSED_PRIORITY
+    return RouterDef(name=name, rule=rule, service="", middlewares=(), entry_points=entry_points,
+                     priority=priority, source=source, error=reason)
 
 
 def read_middleware(name: str, body: Any, source: Source) -> MiddlewareDef:

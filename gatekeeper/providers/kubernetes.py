@@ -21,12 +21,12 @@ import base64
 import binascii
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..errors import ConfigError
 from ..manifests import Document
-from ..model import RouterDef, ServerDef, ServiceDef, Source, qualify
+from ..model import FAIL_CLOSED_PRIORITY, RouterDef, ServerDef, ServiceDef, Source, qualify
 from . import Collector
 from . import file as file_provider
 from .fields import line_of, pick, type_name, want_bool, want_int, want_list, want_str, want_str_list
@@ -404,22 +404,67 @@ def read_ingress_route(obj: KubeObject, cluster: Cluster, out: Collector) -> Non
     if not routes:
         out.error(obj.located(ConfigError("spec.routes: at least one route is required")))
     for i, route in enumerate(routes):
-        where = f"spec.routes[{i}]"
-        line = line_of(route) or obj.line
-        try:
-            fields = pick(route, ROUTE_FIELDS, where)
-            match = want_str(fields.get("match"), f"{where}.match")
-        except ConfigError as err:
-            out.error(obj.located(err.located(line=line)))
-            continue
+        read_route_at(obj, i, route, entry_points, cluster, out)
+
+
+def route_key(obj: KubeObject, index: int) -> str:
+    """A route's identity across reloads: its IngressRoute and position (its name changes with its match)."""
+    return f"{obj.ref} spec.routes[{index}]"
+
+
+def read_route_at(obj: KubeObject, index: int, route: Any, entry_points: Tuple[str, ...], cluster: Cluster,
+                  out: Collector) -> None:
+    """One route -> a router and its service; in error, a 503 router when its match can be read.
+
+    A route in error keeps its last good version (compile.py, by :func:`route_key`); with none, its match
+    still answers 503 so its requests never fall through to another route.
+    """
+    where = f"spec.routes[{index}]"
+    line = line_of(route) or obj.line
+    key = route_key(obj, index)
+    name = ""
+    try:
+        fields = pick(route, ROUTE_FIELDS, where)
+        match = want_str(fields.get("match"), f"{where}.match")
         name = route_name(obj, match)
-        try:
-            router, backends = read_route(obj, fields, match, name, entry_points, cluster, where, line)
-        except ConfigError as err:
-            out.fail("router", name, err.located(file=obj.doc.file, line=line, obj=f'{obj.ref} (router "{name}")'))
-            continue
-        add_backends(backends, router.service, Source(obj.doc.file, line, PROVIDER), out)
-        out.add("router", router)
+        router, backends = read_route(obj, fields, match, name, entry_points, cluster, where, line)
+    except ConfigError as err:
+        err = err.located(file=obj.doc.file, line=line,
+                          obj=f'{obj.ref} (router "{name}")' if name else obj.ref)
+        out.fail("router", name, err, key=key)
+        salvaged = salvage_route(obj, route, entry_points, key, line, err.reason)
+        if salvaged is not None:
+            out.add("router", salvaged)
+        return
+    add_backends([owned_by(b, name, key) for b in backends], router.service,
+                 Source(obj.doc.file, line, PROVIDER), out, key)
+    out.add("router", replace(router, key=key))
+
+
+def owned_by(backend: Backend, route: str, key: str) -> Backend:
+    """The route's own service (named after the route, so after its match) takes the route's key."""
+    if backend.definition is None or backend.name != route:
+        return backend
+    return replace(backend, definition=replace(backend.definition, key=key))
+
+
+def salvage_route(obj: KubeObject, route: Any, entry_points: Tuple[str, ...], key: str, line: int,
+                  reason: str) -> Optional[RouterDef]:
+    """A route in error whose ``match`` can be read, as a router answering 503 (see file.salvage_router)."""
+    if not isinstance(route, dict):
+        return None
+    fields = {str(k).lower(): v for k, v in route.items()}
+    try:
+        match = want_str(fields.get("match"), "match")
+    except ConfigError:
+        return None
+    try:
+        priority = want_int(fields.get("priority", 0), "priority", minimum=0)
+    except ConfigError:
+        priority = FAIL_CLOSED_PRIORITY
+    return RouterDef(name=route_name(obj, match), rule=match, service="", middlewares=(),
+                     entry_points=entry_points, priority=priority, source=Source(obj.doc.file, line, PROVIDER),
+                     error=reason, key=key)
 
 
 def route_name(obj: KubeObject, match: str) -> str:
@@ -486,10 +531,11 @@ def route_port(fields: Dict[str, Any], where: str) -> Union[int, str]:
     return port
 
 
-def add_backends(backends: List[Backend], name: str, source: Source, out: Collector) -> None:
+def add_backends(backends: List[Backend], name: str, source: Source, out: Collector, key: str = "") -> None:
     """A route's services: one loadBalancer under the route's name, or a weighted service over its members.
 
     Members are shared between routes (Traefik names them by Service and port); the first definition stands.
+    The route's own service (named after its match) shares the route's ``key``.
     """
     if len(backends) == 1:
         if backends[0].definition is not None:
@@ -500,7 +546,8 @@ def add_backends(backends: List[Backend], name: str, source: Source, out: Collec
         if backend.definition is None or (known is not None and same_servers(known, backend.definition)):
             continue
         out.add("service", backend.definition)
-    out.add("service", ServiceDef(name, "weighted", source, children=tuple((b.name, b.weight) for b in backends)))
+    out.add("service", ServiceDef(name, "weighted", source, children=tuple((b.name, b.weight) for b in backends),
+                                  key=key))
 
 
 def same_servers(a: ServiceDef, b: ServiceDef) -> bool:
