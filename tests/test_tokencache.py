@@ -92,8 +92,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 
-from conftest import wait_until  # noqa: E402
-from test_auth import outcome  # noqa: E402  - "ok" or the refusal reason of auth.verify
+from test_auth import outcome, wait_for  # noqa: E402  - "ok" or the refusal reason of auth.verify
 
 from gatekeeper.auth import JWTAuth  # noqa: E402
 from gatekeeper.token import new_key_pem, public_jwk  # noqa: E402
@@ -134,14 +133,21 @@ def test_rotated_key_set_verifies_cached_tokens_afresh(tmp_path):
     assert outcome(auth, text, now) == "ok"
     assert outcome(auth, text, now) == "ok" and auth._verified.hits == 1
     path.write_text(json.dumps({"keys": [public_jwk(new_key, kid="k")]}))
-    assert wait_until(lambda: outcome(auth, text, now) == "bad_signature", timeout=5.0)
+    assert wait_for(lambda: outcome(auth, text, now) == "bad_signature", timeout=5.0)
     assert outcome(auth, mint({"sub": "alice"}, key_pem=new_key, kid="k"), now) == "ok"
 
 
 # --- a revoked key file: a cached token must not outlive its key -----------------------------------------
 
+def replace_file(path, text: str) -> None:
+    """Atomically, as docs/jwt.md asks (write aside, rename): the source sees one change, never a half."""
+    aside = path.with_name(path.name + ".new")
+    aside.write_text(text)
+    os.replace(aside, path)
+
+
 def revoke_by_emptying(path, keys) -> None:
-    path.write_text('{"keys": []}')
+    replace_file(path, '{"keys": []}')
 
 
 def revoke_by_deleting(path, keys) -> None:
@@ -149,18 +155,11 @@ def revoke_by_deleting(path, keys) -> None:
 
 
 def revoke_by_garbling(path, keys) -> None:
-    path.write_text('{"keys": [')
+    replace_file(path, '{"keys": [')
 
 
 def revoke_by_removing_the_key(path, keys) -> None:
-    path.write_text(json.dumps({"keys": [public_jwk(keys["other"], kid="other")]}))
-
-
-def bump_mtime(path) -> None:
-    """Same-second rewrites must not look unchanged (stat is (mtime_ns, size, inode))."""
-    if path.exists():
-        stamp = time.time_ns() + 5_000_000_000
-        os.utime(path, ns=(stamp, stamp))
+    replace_file(path, json.dumps({"keys": [public_jwk(keys["other"], kid="other")]}))
 
 
 @pytest.fixture(scope="module")
@@ -183,13 +182,11 @@ def test_revoked_key_file_refuses_a_cached_token(tmp_path, ec_keys, revoke, reas
     assert outcome(auth, text, now) == "ok" and outcome(auth, text, now) == "ok"
     assert auth._verified.hits == 1  # the token is a cache hit from now on
     revoke(path, ec_keys)
-    bump_mtime(path)
-    assert wait_until(lambda: outcome(auth, text, now) and auth.source.generation == 1, timeout=5.0)
+    assert wait_for(lambda: outcome(auth, text, now) and auth.source.generation == 1, timeout=5.0)
     assert outcome(auth, text, now) == reason
     # and back: a usable file serves again
-    path.write_text(json.dumps({"keys": [public_jwk(ec_keys["good"], kid="good")]}))
-    os.utime(path, ns=(time.time_ns() + 9_000_000_000,) * 2)
-    assert wait_until(lambda: outcome(auth, text, now) and auth.source.generation == 2, timeout=5.0)
+    replace_file(path, json.dumps({"keys": [public_jwk(ec_keys["good"], kid="good")]}))
+    assert wait_for(lambda: outcome(auth, text, now) and auth.source.generation == 2, timeout=5.0)
     assert outcome(auth, text, now) == "ok"
 
 
@@ -200,7 +197,7 @@ def test_key_file_trouble_is_logged_once_and_names_the_file(tmp_path, ec_keys, c
     text = mint({"sub": "alice"}, key_pem=ec_keys["good"], kid="good")
     path.unlink()
     with caplog.at_level(logging.INFO, logger="gatekeeper.keys"):
-        assert wait_until(lambda: outcome(auth, text) and auth.source.generation == 1, timeout=5.0)
+        assert wait_for(lambda: outcome(auth, text) and auth.source.generation == 1, timeout=5.0)
         for _ in range(3):
             assert outcome(auth, text) == "no_keys"
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
