@@ -15,10 +15,9 @@ import gevent
 import pytest
 import requests
 
-from conftest import wait_until
 from gatekeeper import jwks
 from gatekeeper.token import mint
-from serve_process import Gatekeeper, lb_manifest, metric_value, wait_for
+from serve_process import Gatekeeper, lb_manifest, wait_for
 from test_remote_keys import IdP, jwk, pems, serve_idp  # noqa: F401 - pems is a fixture used here
 
 ROUTES = """
@@ -64,7 +63,8 @@ def gatekeeper_with_keys(conf_d, echo_upstream, wsgi_server, pems, tmp_path):
         assert gk.stop() == 0
 
 
-def answers_by_worker(gk: Gatekeeper, headers: Dict[str, str], workers: int, timeout: float = 20) -> Dict[str, Set[int]]:
+def answers_by_worker(gk: Gatekeeper, headers: Dict[str, str], workers: int,
+                      timeout: float = 20) -> Dict[str, Set[int]]:
     """Send requests, each on a new connection, until every worker answered some; pid -> statuses seen."""
     seen: Dict[str, Set[int]] = {}
 

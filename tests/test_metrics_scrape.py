@@ -32,7 +32,8 @@ http:
     d: {{loadBalancer: {{servers: [{{url: "{dead}"}}]}}}}
   middlewares:
     jwt: {{plugin: {{jwt: {{jwksUrl: "{idp}/keys?key={SECRET}"}}}}}}
-    unreachable-keys: {{plugin: {{jwt: {{jwksUrl: "{dead}/keys", clientConfig: {{maxRetries: 0, timeoutSeconds: 1}}}}}}}}
+    unreachable-keys:
+      plugin: {{jwt: {{jwksUrl: "{dead}/keys", clientConfig: {{maxRetries: 0, timeoutSeconds: 1}}}}}}
 """
 
 
