@@ -17,6 +17,10 @@ endpoint). The rules, from spec/jwt.md "Remote key sets":
 
 Nothing touches the network until a set is first used to verify a token, or :func:`enable_prefetch` is
 called by the serving process: ``gatekeeper check`` builds the same middlewares and stays offline.
+With ``--workers`` that is each worker, after the fork: a thread started before fork() does not exist in
+the child. After any fork the child's sets also drop their parent's lock, fetch in flight, refresher and
+HTTP session (``os.register_at_fork``), keeping the keys, so a child never waits on its parent's state.
+Redirects are followed (at most ``MAX_REDIRECTS``) but never from https to http.
 
     >>> source = remote_source({"jwksUrl": "https://idp.example/keys"})
     >>> source.keyset.status()["fetches"]
