@@ -389,7 +389,7 @@ class JWTAuth:
             else:
                 raise _unauthorized("bad_signature")
             self._verified.remember(token, parsed, check)
-        payload = dict(parsed.payload)  # a copy: whoever reads gatekeeper.claims cannot alter the cache
+        payload = _claims_copy(parsed.payload)  # whoever reads gatekeeper.claims cannot alter the cache
         self.source.check_payload(payload)  # trustedIssuers: audience
         self._check_times(payload, time.time() if now is None else now)
         if self.claims is not None and not self._claims_hold(payload):
@@ -471,6 +471,24 @@ def refuse(environ: dict, start_response: Callable, err: AuthError) -> List[byte
     refusal = refusal_for(err.reason)
     start_response(refusal.status, list(refusal.headers))
     return [refusal.body]
+
+
+def _claims_copy(payload: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of the verified payload that shares no list or object with the cached one: an app that
+    edits ``gatekeeper.claims["roles"]`` in place must not change what the next request's claims say.
+    Flat payloads (the common case) take a plain dict copy; nesting is at most 32 deep (jsontext)."""
+    for value in payload.values():
+        if isinstance(value, (dict, list)):
+            return _deep_copy(payload)
+    return dict(payload)
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value  # str (JSONNumber included), bool, None: immutable
 
 
 def _unauthorized(reason: str) -> Unauthorized:

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Callable, Iterable
 
 import flask
+import gevent
 import pytest
 import requests
 
+from conftest import wait_until
 from gatekeeper.errors import ConfigError
 from gatekeeper.middleware import JWTMiddleware, camel_case
-from gatekeeper.token import mint
+from gatekeeper.token import mint, new_key_pem, public_jwk, sign_compact
 
 SECRET = "mysuperlongsecret"
 ADMIN = mint({"sub": "alice", "grp": "admin", "user": {"name": "Alice"}}, secret=SECRET)
@@ -144,3 +147,39 @@ def test_form_without_token_is_refused_and_never_forwarded(gateway):
     assert response.status_code == 401
     assert response.json()["error_description"] == "the token's signature does not verify"
     assert requests.post(gateway.url + "/form", data={"a": "b"}, timeout=5).status_code == 401
+
+
+# --- hostile tokens and revoked keys through a real server -----------------------------------------------
+
+@pytest.mark.parametrize("header, payload", [
+    ('{"alg":"HS256"}', '{"grp":' + "[" * 1000 + "]" * 1000 + "}"),
+    ('{"alg":"HS256"}', '{"grp":' + '{"a":' * 1000 + "1" + "}" * 1000 + "}"),
+    ('{"alg":"HS256","x":' + "[" * 1000 + "]" * 1000 + "}", '{"grp":"admin"}'),
+], ids=["payload-arrays", "payload-objects", "header-arrays"])
+@pytest.mark.parametrize("engine", ["fast", "pywsgi"])
+def test_deeply_nested_token_is_a_401_not_a_500(wsgi_server, engine, header, payload):
+    """Signed with the right secret, so only the nesting is wrong (was: RecursionError, 500)."""
+    token = sign_compact(header, payload, alg="HS256", secret=SECRET)
+    server = wsgi_server(JWTMiddleware(plain_app, **OPTIONS), server=engine)
+    response = requests.get(server.url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert response.status_code == 401
+    assert "deeper than 32 levels" in response.json()["error_description"]
+
+
+def test_emptied_key_file_refuses_a_token_it_accepted(wsgi_server, tmp_path):
+    key = new_key_pem("ec256")
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [public_jwk(key, kid="k")]}))
+    middleware = JWTMiddleware(plain_app, jwks_file=str(path))
+    server = wsgi_server(middleware)
+    headers = {"Authorization": f"Bearer {mint({'sub': 'alice'}, key_pem=key, kid='k')}"}
+    for _ in range(2):  # the second is a verified-token cache hit
+        assert requests.get(server.url, headers=headers, timeout=5).status_code == 200
+    aside = tmp_path / "jwks.json.new"
+    aside.write_text('{"keys": []}')
+    os.replace(aside, path)
+    gevent.get_hub().loop.update_now()
+    assert wait_until(lambda: requests.get(server.url, headers=headers, timeout=5).status_code == 401
+                      and middleware.auth.source.generation == 1, timeout=5)
+    refused = requests.get(server.url, headers=headers, timeout=5)
+    assert refused.json()["error_description"] == "the key set is unavailable: no keys to verify the token with"

@@ -204,3 +204,16 @@ def test_key_file_trouble_is_logged_once_and_names_the_file(tmp_path, ec_keys, c
     assert len(errors) == 1, errors
     assert str(path) in errors[0] and "No such file" in errors[0] and "no_keys" in errors[0]
     assert auth.source.last_error and "No such file" in auth.source.last_error
+
+
+def test_an_app_editing_nested_claims_cannot_change_the_cached_token():
+    """gatekeeper.claims was a shallow copy of the cached payload: an app appending to a list claim
+    changed what the claims expression saw on the token's next request."""
+    auth = JWTAuth.from_config({"signingSecret": SECRET, "claims": "!Contains(`roles`, `banned`)"})
+    text = mint({"sub": "alice", "roles": ["reader"], "user": {"name": "Alice"}}, secret=SECRET)
+    claims = auth.authenticate({"HTTP_AUTHORIZATION": f"Bearer {text}"})
+    claims["roles"].append("banned")
+    claims["user"]["name"] = "Mallory"
+    again = auth.authenticate({"HTTP_AUTHORIZATION": f"Bearer {text}"})  # a cache hit
+    assert again == {"sub": "alice", "roles": ["reader"], "user": {"name": "Alice"}}
+    assert auth._verified.hits == 1
