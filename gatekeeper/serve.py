@@ -572,13 +572,15 @@ def serve_process(args, loader, listeners: Listeners, announce: Callable[[], Non
 
     from . import jwks, metrics
     from .accesslog import AccessLog, fan_out
-    from .admin import make_admin_app
+    from .admin import admin_hosts, make_admin_app
     from .app import Gateway
+    from .requestpath import path_settings_from_args
 
     access_log = AccessLog(args.log_format)
     limits = server_limits(args)
     engine = getattr(args, "server", None) or DEFAULT_SERVER
-    gateway = Gateway(loader.conf_d, loader=loader, trusted_proxies=args.trusted_proxy)
+    gateway = Gateway(loader.conf_d, loader=loader, trusted_proxies=args.trusted_proxy,
+                      request_path=path_settings_from_args(args))
     servers = []
     for ep, sock in zip(listeners.entrypoints, listeners.sockets):
         app = gateway if ep.name is None else gateway.for_entrypoint(ep.name)
@@ -589,7 +591,8 @@ def serve_process(args, loader, listeners: Listeners, announce: Callable[[], Non
                                    on_refused=fan_out(metrics.record_refused, access_log),
                                    on_connection=metrics.CONNECTIONS.inc, server=engine, **extra))
     if listeners.admin is not None:
-        servers.append(make_server(listeners.admin, make_admin_app(loader), limits=limits, server=engine))
+        servers.append(make_server(listeners.admin, make_admin_app(loader, hosts=admin_hosts(args)),
+                                   limits=limits, server=engine))
     for server in servers:
         server.start()
     # Background work starts here, in the serving process (with --workers: in each worker, after the

@@ -195,8 +195,6 @@ def test_bad_admin_host_argument_exits_2(value, capsys):
     assert len(err) == 1 and "--admin-host" in err[0] and "not a host name" in err[0]
 
 
-@pytest.mark.xfail(strict=True, reason="serve_process must pass hosts=admin_hosts(args) to make_admin_app "
-                                       "(owned by another engineer; see the issue-14 report)")
 def test_admin_host_argument_reaches_the_listener(conf_d, tmp_path):
     conf_d("empty.yaml", "http: {}\n")
     gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--admin", "127.0.0.1:0", "--admin-host", "gk-admin.internal")

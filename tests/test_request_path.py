@@ -405,8 +405,6 @@ def test_cli_unknown_encoded_character_is_one_line_and_status_2():
     assert run.stderr.count("\n") == 1 and "unknown encoded character 'slsh'" in run.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="serve.py does not pass request_path=path_settings_from_args(args) to "
-                                       "Gateway yet (a one-line change in a file this work does not own)")
 @pytest.mark.parametrize("argv, target, want", [
     (["--allow-encoded", "slash"], "/plain/a%2fb", "/plain/a%2Fb"),
     (["--no-sanitize-path"], "/plain/../x", "/plain/../x"),
