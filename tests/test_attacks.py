@@ -147,6 +147,18 @@ ATTACKS: List[Tuple[str, str, Callable[[Dict[str, bytes]], str], str]] = [
     ("length-mod-4-is-1", "secret", lambda k: mint({}, secret=SECRET) + "AA", "malformed"),
     ("space-inside", "secret", lambda k: mint({}, secret=SECRET).replace(".", ". ", 1), "malformed"),
     ("non-ascii", "secret", lambda k: mint({}, secret=SECRET) + "é", "malformed"),
+    # sizes and depths an attacker controls: bounded before any recursion or unbounded work
+    ("payload-nests-1000-arrays", "secret",
+     lambda k: sign_compact({"alg": "HS256"}, '{"a":' + "[" * 1000 + "]" * 1000 + "}", alg="HS256", secret=SECRET),
+     "too_nested"),
+    ("header-nests-1000-objects", "jwks",
+     lambda k: sign_compact('{"alg":"ES256","kid":"ec-1","x":' + '{"a":' * 1000 + "1" + "}" * 1001, {"sub": "a"},
+                            alg="ES256", key_pem=k["ec"]), "too_nested"),
+    ("claim-nests-33-levels", "secret",
+     lambda k: mint({"roles": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["admin"]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}, secret=SECRET),
+     "too_nested"),
+    ("kid-12000-chars", "jwks",
+     lambda k: mint({"sub": "a"}, key_pem=k["ec"], kid="k" * 12_000), "malformed"),
 ]
 
 
