@@ -11,7 +11,7 @@ from .fields import (expand_env, line_of, pick, want_bool, want_int, want_list, 
 
 PROVIDER = "file"
 ROUTER_FIELDS = ("rule", "entryPoints", "priority", "middlewares", "service", "tls", "ruleSyntax")
-MIDDLEWARE_KINDS = ("plugin", "stripPrefix", "addPrefix", "headers", "chain")
+MIDDLEWARE_KINDS = ("plugin", "stripPrefix", "addPrefix", "headers", "chain", "encodedCharacters")
 SERVICE_KINDS = ("loadBalancer", "weighted")
 UNSUPPORTED_SERVICE_KINDS = ("mirroring", "failover")
 
