@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
@@ -259,11 +260,40 @@ def upstream_failed(environ: dict, start_response: Callable, body: Optional[Resp
     """Nothing was sent to the client yet: close the upstream connection, log the cause, answer."""
     if body is not None:
         body.close()
-    log.warning("upstream %s failed (router %s, %s %s): %s", environ["gatekeeper.upstream"],
-                environ.get("gatekeeper.router", "-"), environ.get("REQUEST_METHOD", "-"),
-                log_path(environ), exc)
+    origin = environ["gatekeeper.upstream"]
+    hidden = FAILURE_LOG.admit(origin)
+    if hidden is not None:
+        more = f" ({hidden} more failure(s) of this upstream in the last second not logged)" if hidden else ""
+        log.warning("upstream %s failed (router %s, %s %s): %s%s", origin,
+                    environ.get("gatekeeper.router", "-"), environ.get("REQUEST_METHOD", "-"),
+                    log_path(environ), exc, more)
     environ["gatekeeper.upstream.error"] = kind
     return answer(environ, start_response)
+
+
+class FailureLogThrottle:
+    """At most one failure line per upstream per ``interval``: a dead upstream under load must not write
+    a log line per request (the chaos run saw 1,400 lines in 0.2 s). Metrics still count every failure.
+
+    Keyed by the server's origin, so it holds one entry per configured server."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._last: dict = {}   # origin -> [time of the last line, failures not logged since]
+
+    def admit(self, origin: str) -> Optional[int]:
+        """None: do not log; else how many failures were left unlogged since the last line."""
+        now = time.monotonic()
+        entry = self._last.get(origin)
+        if entry is not None and now - entry[0] < self.interval:
+            entry[1] += 1
+            return None
+        hidden = entry[1] if entry is not None else 0
+        self._last[origin] = [now, 0]
+        return hidden
+
+
+FAILURE_LOG = FailureLogThrottle()
 
 
 def log_path(environ: dict) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import logging
 import socket
+import time
 import struct
 from pathlib import Path
 from typing import Callable, Iterator, List
@@ -314,3 +315,16 @@ def test_fault_after_first_body_byte_cuts_the_client_cleanly(gateway, upstream, 
     assert (record.status, record.aborted, record.bytes) == (200, "upstream", sent)
     assert metric_sum("gatekeeper_upstream_errors_total", router="faulty@file", kind="aborted") == before + 1
     assert_healthy(url)
+
+
+def test_a_dead_upstream_under_load_logs_one_line_a_second(gateway, free_port, exchanges, caplog):
+    """50 requests to a refused upstream within a second: 50 answers of 502 and 50 records, 1-2 log lines."""
+    url = gateway(f"http://127.0.0.1:{free_port}")
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO), requests.Session() as session:
+        statuses = [session.get(url + "/x", timeout=5).status_code for _ in range(50)]
+    elapsed = time.monotonic() - started
+    assert statuses == [502] * 50
+    assert sum(1 for e in exchanges if e.status == 502) == 50
+    lines = warnings_about(caplog, f"127.0.0.1:{free_port}")
+    assert 1 <= len(lines) <= int(elapsed) + 1, [r.getMessage() for r in lines]
