@@ -10,6 +10,7 @@ monkey.patch_all(queue=False)
 
 import socket  # noqa: E402
 import textwrap  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable, Iterator, List  # noqa: E402
 
@@ -82,12 +83,15 @@ def conf_d(tmp_path: Path) -> Callable[[str, str], Path]:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds pass; returns its last value."""
-    deadline = gevent.get_hub().loop.now() + timeout
+    """Poll ``predicate`` until true or ``timeout`` seconds pass; returns its last value.
+
+    The deadline is on ``time.monotonic()``: the hub's cached clock lags by seconds after in-process work
+    that never yields to the loop, which made the deadline pass before the first poll."""
+    deadline = time.monotonic() + timeout
     while True:
         if predicate():
             return True
-        if gevent.get_hub().loop.now() > deadline:
+        if time.monotonic() > deadline:
             return predicate()
         gevent.sleep(interval)
 

@@ -34,13 +34,6 @@ def pems() -> Dict[str, bytes]:
     return made
 
 
-def wait_for(predicate, timeout: float) -> bool:
-    """conftest's wait_until, after refreshing the hub's cached clock: tests that never yield to the loop
-    leave ``loop.now()`` seconds behind, so its deadline could be past before the first poll."""
-    gevent.get_hub().loop.update_now()
-    return wait_until(predicate, timeout=timeout)
-
-
 def outcome(auth: JWTAuth, token: str, now: float = NOW) -> str:
     """``ok`` or the refusal reason."""
     try:
@@ -226,10 +219,10 @@ def test_jwks_file_is_reread_when_it_changes(pems, tmp_path):
     assert outcome(auth, old) == "ok"
     assert outcome(auth, new) == "unknown_kid"
     replace_file(path, "{half written")
-    assert wait_for(lambda: outcome(auth, old) and auth.source.generation == 1, timeout=5)
+    assert wait_until(lambda: outcome(auth, old) and auth.source.generation == 1, timeout=5)
     assert outcome(auth, old) == "no_keys"  # bad content fails closed (was: the old keys kept serving)
     replace_file(path, json.dumps({"keys": [public_jwk(pems["ec256-other"], kid="new")]}))
-    assert wait_for(lambda: outcome(auth, new) and auth.source.generation == 2, timeout=5)
+    assert wait_until(lambda: outcome(auth, new) and auth.source.generation == 2, timeout=5)
     assert outcome(auth, new) == "ok"
     assert outcome(auth, old) == "unknown_kid"  # a key removed from the file stops verifying
 
