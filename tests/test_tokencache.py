@@ -92,7 +92,8 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 
-from test_auth import outcome, wait_for  # noqa: E402  - "ok" or the refusal reason of auth.verify
+from conftest import wait_until  # noqa: E402
+from test_auth import outcome  # noqa: E402  - "ok" or the refusal reason of auth.verify
 
 from gatekeeper.auth import JWTAuth  # noqa: E402
 from gatekeeper.token import new_key_pem, public_jwk  # noqa: E402
@@ -133,7 +134,7 @@ def test_rotated_key_set_verifies_cached_tokens_afresh(tmp_path):
     assert outcome(auth, text, now) == "ok"
     assert outcome(auth, text, now) == "ok" and auth._verified.hits == 1
     path.write_text(json.dumps({"keys": [public_jwk(new_key, kid="k")]}))
-    assert wait_for(lambda: outcome(auth, text, now) == "bad_signature", timeout=5.0)
+    assert wait_until(lambda: outcome(auth, text, now) == "bad_signature", timeout=5.0)
     assert outcome(auth, mint({"sub": "alice"}, key_pem=new_key, kid="k"), now) == "ok"
 
 
@@ -182,11 +183,11 @@ def test_revoked_key_file_refuses_a_cached_token(tmp_path, ec_keys, revoke, reas
     assert outcome(auth, text, now) == "ok" and outcome(auth, text, now) == "ok"
     assert auth._verified.hits == 1  # the token is a cache hit from now on
     revoke(path, ec_keys)
-    assert wait_for(lambda: outcome(auth, text, now) and auth.source.generation == 1, timeout=5.0)
+    assert wait_until(lambda: outcome(auth, text, now) and auth.source.generation == 1, timeout=5.0)
     assert outcome(auth, text, now) == reason
     # and back: a usable file serves again
     replace_file(path, json.dumps({"keys": [public_jwk(ec_keys["good"], kid="good")]}))
-    assert wait_for(lambda: outcome(auth, text, now) and auth.source.generation == 2, timeout=5.0)
+    assert wait_until(lambda: outcome(auth, text, now) and auth.source.generation == 2, timeout=5.0)
     assert outcome(auth, text, now) == "ok"
 
 
@@ -197,7 +198,7 @@ def test_key_file_trouble_is_logged_once_and_names_the_file(tmp_path, ec_keys, c
     text = mint({"sub": "alice"}, key_pem=ec_keys["good"], kid="good")
     path.unlink()
     with caplog.at_level(logging.INFO, logger="gatekeeper.keys"):
-        assert wait_for(lambda: outcome(auth, text) and auth.source.generation == 1, timeout=5.0)
+        assert wait_until(lambda: outcome(auth, text) and auth.source.generation == 1, timeout=5.0)
         for _ in range(3):
             assert outcome(auth, text) == "no_keys"
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
