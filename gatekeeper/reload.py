@@ -176,14 +176,25 @@ class ConfigLoader:
         Once the watcher runs, conf.d is read again: a change written after the first read and before the
         watcher existed (start-up, or a worker's fork) sent no event any watcher saw. The watcher first, the
         rescan second, so no change falls between them; with nothing changed the rescan costs a digest per
-        file and swaps nothing.
+        file, swaps nothing and records nothing.
         """
         from .watch import Watcher
 
         if self._watcher is None:
             self._watcher = Watcher(self.conf_d, self.reload, debounce=self.debounce)
             self._watcher.start()
-            self.reload("rescan")
+            if self.changed_since_read():
+                self.reload("rescan")
+
+    def changed_since_read(self) -> bool:
+        """Whether conf.d differs from what the serving configuration was built from (a digest per file).
+
+        The start-up rescan asks this first, so an unchanged conf.d leaves no entry in the reload history."""
+        try:
+            snapshot = read_changed(self.conf_d, self._read)
+        except OSError:
+            return True  # let reload() report it
+        return file_digests(snapshot) != file_digests(self._read)
 
     def stop(self) -> None:
         if self._watcher is not None:

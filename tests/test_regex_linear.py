@@ -21,6 +21,9 @@ from gatekeeper.echo import named_echo_app
 from gatekeeper.expr import RequestView, compile_rule
 
 BOUND = 0.050  # seconds; the RE2 figures are 5-200 us
+# Over HTTP, with a fresh connection and the whole suite sharing 2 cores, a plain request has taken 125 ms:
+# the bound must tell 5.5 s of backtracking from a loaded machine, not measure the machine.
+HTTP_BOUND = 1.0
 CATASTROPHIC = "/files/" + "a" * 27 + "!"  # the request of the issue: 5.5 s with re
 
 
@@ -115,5 +118,5 @@ def test_gateway_serves_others_while_an_explosive_path_is_matched(gateway_url: s
     answer, explosive_elapsed = explosive.get(timeout=30)
 
     assert (answer.status_code, health.status_code, health.json()["server"]) == (404, 200, "b")
-    assert explosive_elapsed < BOUND, f"explosive path: {explosive_elapsed * 1000:.1f} ms"
-    assert health_elapsed < BOUND, f"the other client waited {health_elapsed * 1000:.1f} ms"
+    assert explosive_elapsed < HTTP_BOUND, f"explosive path: {explosive_elapsed * 1000:.1f} ms"
+    assert health_elapsed < HTTP_BOUND, f"the other client waited {health_elapsed * 1000:.1f} ms"

@@ -418,9 +418,10 @@ def test_change_written_before_the_watcher_runs_is_picked_up(tmp_path):
         loader.stop()
 
 
-def test_rescan_with_nothing_changed_swaps_nothing(watched):
-    assert watched.last_reload.trigger == "rescan" and watched.last_reload.swapped is False
+def test_rescan_with_nothing_changed_swaps_and_records_nothing(watched):
     assert watched.generation == 1
+    assert [record.trigger for record in watched.history] == ["start"]
+    assert not watched.changed_since_read()
 
 
 @pytest.mark.parametrize("observer", ["inotify", "polling"])
