@@ -89,16 +89,19 @@ class CompileOptions:
     limits: ProxyLimits = field(default_factory=ProxyLimits)
 
 
-def with_last_good_files(snapshot: Snapshot, previous: Optional[Config]) -> Snapshot:
-    """Files that fail to read or parse keep the documents they had in the previous configuration."""
+def with_last_good_files(snapshot: Snapshot, previous: Optional[Config],
+                         broken: Mapping[str, ConfigError] = {}) -> Snapshot:  # noqa: B006 - read only
+    """Files that fail to read or parse, or hold a document of a broken shape (``broken``, by file), keep
+    the documents they had in the previous configuration."""
     if previous is None:
         return snapshot
     before: Dict[str, FileResult] = {f.file: f for f in previous.snapshot.files}
     merged = []
     for result in snapshot.files:
         old = before.get(result.file)
-        if result.error is not None and old is not None and old.documents:
-            err = result.error.located(file=result.file)
+        error = broken.get(result.file) if broken else result.error
+        if error is not None and old is not None and old.documents:
+            err = error.located(file=result.file)
             err = ConfigError(err.reason + " (serving the last good version of this file)",
                               file=err.file, line=err.line, obj=err.obj)
             merged.append(replace(old, error=err))
@@ -370,6 +373,9 @@ def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
     options = options or CompileOptions()
     snapshot = with_last_good_files(snapshot, previous)
     collected = collect(snapshot)
+    if previous is not None and collected.broken_files:
+        snapshot = with_last_good_files(snapshot, previous, collected.broken_files)
+        collected = collect(snapshot)
     rules = Rules(previous)
     kept = keep_last_good(collected.definitions(), collected.failed_keys, rules, previous)
     defs = kept.definitions()

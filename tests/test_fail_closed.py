@@ -177,3 +177,43 @@ def test_live_edit_of_a_server_url_keeps_the_last_good_service(conf_d, wsgi_serv
     assert status(server.url + "/api/x", auth=True) == 200
     assert status(server.url + "/api/x") == 401
 
+
+
+def broken_kube_spec(port: int) -> Dict[str, str]:
+    files = kube_manifests(port)
+    text = files["app.yaml"]
+    head, sep, _ = text.rpartition("spec:\n")
+    return {"app.yaml": head + sep.replace("spec:\n", "spec: [routes]\n")}
+
+
+DOCUMENT_EDITS = {
+    # the document's shape is broken: no object in it can be named, so none may count as deleted
+    "file-top-level-typo": lambda up, port: {"api.yaml": file_manifests(up)["api.yaml"].replace(
+        "http:", "htp:", 1)},
+    "file-section-not-a-mapping": lambda up, port: {"api.yaml": f"""
+        http:
+          routers: [api]
+          services:
+            api: {{loadBalancer: {{servers: [{{url: '{up}'}}]}}}}
+        """},
+    "kube-spec-not-a-mapping": lambda up, port: broken_kube_spec(port),
+}
+
+
+@pytest.mark.parametrize("edit", list(DOCUMENT_EDITS))
+def test_live_edit_breaking_a_document_keeps_the_files_last_good_version(conf_d, wsgi_server, echo_upstream,
+                                                                       edit):
+    """Before: every object of the document vanished and /api/... fell to the public catch-all: 200."""
+    kube = edit.startswith("kube")
+    write(conf_d.root, kube_manifests(echo_upstream.port) if kube else file_manifests(echo_upstream.url))
+    gateway = Gateway(conf_d.root)
+    server = wsgi_server(gateway)
+    assert (status(server.url + "/api/x"), status(server.url + "/api/x", auth=True)) == (401, 200)
+    before = gateway.loader.generation
+    write(conf_d.root, DOCUMENT_EDITS[edit](echo_upstream.url, echo_upstream.port))
+    gateway.loader.reload("test")
+    assert gateway.loader.wait_for_generation(before + 1, 5)
+    errors = [str(e) for e in gateway.config.errors]
+    assert any("serving the last good version of this file" in e for e in errors), errors
+    assert (status(server.url + "/api/x"), status(server.url + "/api/x", auth=True)) == (401, 200)
+    assert status(server.url + "/other") == 200

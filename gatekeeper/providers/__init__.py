@@ -28,6 +28,9 @@ class Collector:
     failed: Dict[Tuple[str, str], ConfigError] = field(default_factory=dict)
     # the same by (kind, identity): a Kubernetes route is known by its IngressRoute and position
     failed_keys: Dict[Tuple[str, str], ConfigError] = field(default_factory=dict)
+    # files with a document whose structure is broken (no object can be named): compile keeps the file's
+    # last good version, as for a file that does not parse; the first such error of each file
+    broken_files: Dict[str, ConfigError] = field(default_factory=dict)
 
     def add(self, kind: str, obj: "RouterDef | MiddlewareDef | ServiceDef") -> None:
         table = getattr(self, kind + "s")
@@ -40,6 +43,13 @@ class Collector:
 
     def error(self, err: ConfigError) -> None:
         self.errors.append(err)
+
+    def broken(self, err: ConfigError) -> None:
+        """A document whose shape is wrong (``htp:``, a ``spec`` that is not a mapping): none of its objects
+        can be read, so none may be taken as deleted."""
+        self.errors.append(err)
+        if err.file:
+            self.broken_files.setdefault(err.file, err)
 
     def fail(self, kind: str, name: str, err: ConfigError, key: str = "") -> None:
         """An object that is defined but invalid: reported, and remembered so it is not taken as deleted.
@@ -94,6 +104,9 @@ class _Recorder(Collector):
     def error(self, err) -> None:  # type: ignore[override]
         self.ops.append(("error", (err,)))
 
+    def broken(self, err) -> None:  # type: ignore[override]
+        self.ops.append(("broken", (err,)))
+
     def fail(self, kind, name, err, key="") -> None:  # type: ignore[override]
         self.ops.append(("fail", (kind, name, err, key)))
 
@@ -112,7 +125,7 @@ def file_operations(result: FileResult) -> List[Tuple[str, tuple]]:
         if shape == "file":
             file_provider.read_document(doc, recorder)
         elif shape is None:
-            recorder.error(ConfigError(shape_problem(doc), file=doc.file, line=doc.line))
+            recorder.broken(ConfigError(shape_problem(doc), file=doc.file, line=doc.line))
     if result.digest:
         if len(_FILE_OPS) >= _FILE_OPS_LIMIT:
             _FILE_OPS.clear()

@@ -21,7 +21,7 @@ def read_document(doc: Document, out: Collector) -> None:
     try:
         top = pick(doc.data, ("http", "tcp", "udp", "tls"), "top level")
     except ConfigError as err:
-        out.error(err.located(file=doc.file, line=doc.line))
+        out.broken(err.located(file=doc.file, line=doc.line))
         return
     for ignored in ("tcp", "udp", "tls"):
         if top.get(ignored):
@@ -30,7 +30,7 @@ def read_document(doc: Document, out: Collector) -> None:
     try:
         http = pick(top.get("http"), ("routers", "middlewares", "services", "serversTransports"), "http")
     except ConfigError as err:
-        out.error(err.located(file=doc.file, line=doc.line))
+        out.broken(err.located(file=doc.file, line=doc.line))
         return
     readers: Dict[str, Callable[[str, Any, Source], Any]] = {
         "router": read_router, "middleware": read_middleware, "service": read_service}
@@ -39,7 +39,7 @@ def read_document(doc: Document, out: Collector) -> None:
         if section is None:
             continue
         if not isinstance(section, dict):
-            out.error(ConfigError(f"http.{kind}s: expected a mapping of names", file=doc.file,
+            out.broken(ConfigError(f"http.{kind}s: expected a mapping of names", file=doc.file,
                                   line=line_of(http, kind + "s")))
             continue
         for name, body in section.items():

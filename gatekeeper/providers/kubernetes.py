@@ -148,7 +148,7 @@ def index_objects(docs: List[Document], out: Collector) -> Cluster:
         try:
             namespace, name = metadata_names(doc.data)
         except ConfigError as err:
-            out.error(err.located(file=doc.file, line=line_of(doc.data) or doc.line, obj=kind))
+            out.broken(err.located(file=doc.file, line=line_of(doc.data) or doc.line, obj=kind))
             continue
         obj = KubeObject(kind, namespace, name, doc)
         first = cluster.objects.setdefault((kind, namespace, name), obj)
@@ -399,10 +399,10 @@ def read_ingress_route(obj: KubeObject, cluster: Cluster, out: Collector) -> Non
         entry_points = tuple(want_str_list(spec.get("entryPoints") or [], "spec.entryPoints"))
         routes = want_list(spec.get("routes") or [], "spec.routes")
     except ConfigError as err:
-        out.error(obj.located(err))
+        out.broken(obj.located(err))
         return
     if not routes:
-        out.error(obj.located(ConfigError("spec.routes: at least one route is required")))
+        out.broken(obj.located(ConfigError("spec.routes: at least one route is required")))
     for i, route in enumerate(routes):
         read_route_at(obj, i, route, entry_points, cluster, out)
 
