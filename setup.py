@@ -6,7 +6,6 @@ setup(
     version="0.1.0",
     description="A JWT-securing API gateway that reads Traefik and Kubernetes manifests from conf.d",
     packages=find_packages(include=["gatekeeper", "gatekeeper.*"]),
-    package_data={"gatekeeper": ["demo/*.yaml"]},
     python_requires=">=3.9",
     install_requires=[
         "gevent>=24.2,<27",
@@ -30,5 +29,5 @@ setup(
             "gunicorn>=22",
         ],
     },
-    entry_points={"console_scripts": ["gatekeeper=gatekeeper.cli:main"]},
+    entry_points={"console_scripts": ["gatekeeper=gatekeeper.cli.main:main"]},
 )

@@ -2,7 +2,7 @@
 
 Public API only; importing it never monkey-patches, starts a thread or touches the network.
 """
-from .errors import (AuthError, BadGateway, ConfigError, ExpressionError, Forbidden, GatekeeperError,
+from gatekeeper.errors import (AuthError, BadGateway, ConfigError, ExpressionError, Forbidden, GatekeeperError,
                      GatewayTimeout, Unauthorized)
 
 __all__ = ["Gateway", "JWTMiddleware", "GatekeeperError", "ConfigError", "ExpressionError", "AuthError",
@@ -12,9 +12,9 @@ __all__ = ["Gateway", "JWTMiddleware", "GatekeeperError", "ConfigError", "Expres
 def __getattr__(name: str):
     # Lazy so that ``import gatekeeper`` stays light: the gateway pulls in the proxy and PLY.
     if name == "Gateway":
-        from .app import Gateway
+        from gatekeeper.app import Gateway
         return Gateway
     if name == "JWTMiddleware":
-        from .middleware import JWTMiddleware
+        from gatekeeper.jwt.middleware import JWTMiddleware
         return JWTMiddleware
     raise AttributeError(f"module 'gatekeeper' has no attribute {name!r}")

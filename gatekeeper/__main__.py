@@ -1,6 +1,6 @@
 """``python -m gatekeeper`` is the ``gatekeeper`` command."""
 import sys
 
-from .cli import main
+from gatekeeper.cli.main import main
 
 sys.exit(main())

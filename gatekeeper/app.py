@@ -7,9 +7,9 @@ from pathlib import Path
 from ipaddress import ip_address, ip_network
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
-from .compile import CompileOptions, Config
-from .proxy import error_response, strip_connection_headers
-from .requestpath import PathSettings, compile_path_policy, drop_forwarding_headers, has_forwarding_headers
+from gatekeeper.config.compile import CompileOptions, Config
+from gatekeeper.proxy.balancer import error_response, strip_connection_headers
+from gatekeeper.requestpath import PathSettings, compile_path_policy, drop_forwarding_headers, has_forwarding_headers
 
 NOT_FOUND = error_response(404, "Not Found")
 _BAD_REQUESTS: Dict[str, Callable] = {}
@@ -35,7 +35,7 @@ class Gateway:
     def __init__(self, conf_d: "str | Path", *, entrypoint: Optional[str] = None,
                  options: Optional[CompileOptions] = None, loader: Optional["ConfigLoader"] = None,
                  trusted_proxies: Sequence[str] = (), request_path: PathSettings = PathSettings()) -> None:
-        from .reload import ConfigLoader
+        from gatekeeper.config.reload import ConfigLoader
 
         self.trusted_proxies = tuple(ip_network(n, strict=False) for n in trusted_proxies)
         self.request_path = request_path
@@ -89,7 +89,7 @@ def create_app(conf_d: str = "conf.d", watch: bool = True, trusted_proxies: Sequ
     ``--preload`` a worker's key sets restart their fetchers on first use (jwks.py resets them after a
     fork), but the watcher stays the master's: use ``watch=False`` there and reload by restarting.
     """
-    from . import jwks
+    from gatekeeper.jwt import remote as jwks
     gateway = Gateway(conf_d, trusted_proxies=trusted_proxies)
     jwks.enable_prefetch()  # fetch the loaded key sets now, and each new one as a reload builds it
     if watch:

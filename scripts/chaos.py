@@ -48,7 +48,7 @@ import http.client  # noqa: E402
 import requests  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
-from gatekeeper.token import mint, new_key_pem  # noqa: E402
+from gatekeeper.jwt.mint import mint, new_key_pem  # noqa: E402
 
 RSS_LIMIT_MIB = 30
 UNKNOWN_KID_INTERVAL = 10.0      # spec/jwt.md: at most one kid-triggered refresh per 10 s per key set
@@ -391,7 +391,7 @@ def chaos(args: argparse.Namespace, node: str, work: Path, procs: List[Proc]) ->
     provider = Provider(node, work)
     procs.append(provider.proc)
     echo_port = free_port()
-    echo_argv = [sys.executable, "-m", "gatekeeper.echo", "--listen", f"127.0.0.1:{echo_port}"]
+    echo_argv = [sys.executable, "-m", "gatekeeper.ops.echo", "--listen", f"127.0.0.1:{echo_port}"]
     echo = [Proc("upstream", echo_argv, work / "upstream.log", "echo upstream on")]
     procs.append(echo[0])
     upstream = f"http://127.0.0.1:{echo_port}"

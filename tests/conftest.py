@@ -17,8 +17,8 @@ from typing import Callable, Iterator, List  # noqa: E402
 import gevent  # noqa: E402
 import pytest  # noqa: E402
 
-from gatekeeper.echo import named_echo_app  # noqa: E402
-from gatekeeper.serve import listen_socket, make_server  # noqa: E402
+from gatekeeper.ops.echo import named_echo_app  # noqa: E402
+from gatekeeper.server.pywsgi import listen_socket, make_server  # noqa: E402
 
 
 class RunningServer:

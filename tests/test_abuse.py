@@ -13,8 +13,8 @@ import gevent
 import pytest
 
 from gatekeeper.app import Gateway
-from gatekeeper.echo import named_echo_app
-from gatekeeper.serve import ServerLimits
+from gatekeeper.ops.echo import named_echo_app
+from gatekeeper.server.pywsgi import ServerLimits
 from tests.conftest import RunningServer, exchange, status_of, wait_until
 
 IDLE = 0.5

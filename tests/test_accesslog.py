@@ -4,8 +4,8 @@ import json
 import pytest
 import requests
 
-from gatekeeper.accesslog import format_text, text_value
-from gatekeeper.token import mint
+from gatekeeper.ops.accesslog import format_text, text_value
+from gatekeeper.jwt.mint import mint
 from serve_process import Gatekeeper, lb_manifest
 
 SECRET = "accesslog-secret-0123456789abcdef"

@@ -5,7 +5,7 @@ import signal
 import pytest
 import requests
 
-from gatekeeper.token import mint
+from gatekeeper.jwt.mint import mint
 from serve_process import Gatekeeper, jwt_middleware, lb_manifest, metric_value, wait_for
 
 SECRET = "admin-test-secret-value-0123456789"
@@ -107,12 +107,12 @@ def test_readyz_503_without_routers(conf_d, tmp_path):
     ("stripPrefix", {"prefixes": ["/api"]}, {"prefixes": ["/api"]}),
 ], ids=["jwt-secret-summarised", "jwt-case-insensitive", "headers-names-only", "other-kinds-as-is"])
 def test_middleware_options_summary(kind, options, shown):
-    from gatekeeper.admin import middleware_options
+    from gatekeeper.ops.admin import middleware_options
     assert middleware_options(kind, options) == shown
 
 
 def test_urls_credentials_masked():
-    from gatekeeper.admin import json_body
+    from gatekeeper.ops.admin import json_body
     body = json_body({"error": "server url 'http://user:pw@host:1': credentials in the url are not supported"})
     assert b"pw@" not in body and b"http://***@host:1" in body
     assert json.loads(body)
@@ -155,8 +155,8 @@ def test_admin_answers_loopback_and_ip_literal_hosts(gateway, host):
 @pytest.fixture
 def admin_with_names(conf_d, wsgi_server):
     """The admin app (real loader, real server) accepting ``gk-admin.internal`` besides IPs and localhost."""
-    from gatekeeper.admin import make_admin_app
-    from gatekeeper.reload import ConfigLoader
+    from gatekeeper.ops.admin import make_admin_app
+    from gatekeeper.config.reload import ConfigLoader
     conf_d("api.yaml", lb_manifest('open: {rule: "PathPrefix(`/`)", service: s}', "http://127.0.0.1:1"))
     loader = ConfigLoader(conf_d.root)
     loader.load()
@@ -179,15 +179,15 @@ def test_admin_host_names(admin_with_names, host, status):
     (["--admin", "[::]:9901", "--admin-host", "a.b"], ["a.b"]),
 ], ids=["loopback-bind", "names", "bind-name", "ipv6-bind"])
 def test_admin_hosts_from_arguments(argv, expected):
-    from gatekeeper.admin import admin_hosts
-    from gatekeeper.cli import build_parser
+    from gatekeeper.ops.admin import admin_hosts
+    from gatekeeper.cli.main import build_parser
     assert admin_hosts(build_parser().parse_args(["serve", *argv])) == expected
 
 
 @pytest.mark.parametrize("value", ["gk.example:9901", "http://gk.example", "gk/example", "", "-gk.example", "a b"],
                          ids=["port", "scheme", "slash", "empty", "leading-hyphen", "space"])
 def test_bad_admin_host_argument_exits_2(value, capsys):
-    from gatekeeper.cli import main
+    from gatekeeper.cli.main import main
     with pytest.raises(SystemExit) as exit_info:
         main(["serve", f"--admin-host={value}"])
     assert exit_info.value.code == 2

@@ -9,9 +9,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 
-from gatekeeper.auth import JWTAuth
-from gatekeeper.jws import _EC_ORDER
-from gatekeeper.token import load_private_key, mint, new_key_pem, public_jwk, public_key_pem, sign_compact
+from gatekeeper.jwt.auth import JWTAuth
+from gatekeeper.jwt.jws import _EC_ORDER
+from gatekeeper.jwt.mint import load_private_key, mint, new_key_pem, public_jwk, public_key_pem, sign_compact
 
 SECRET = "mysuperlongsecret"
 

@@ -12,9 +12,9 @@ import gevent
 import pytest
 
 from conftest import wait_until
-from gatekeeper.auth import JWTAuth
+from gatekeeper.jwt.auth import JWTAuth
 from gatekeeper.errors import AuthError, ConfigError
-from gatekeeper.token import mint, new_key_pem, public_jwk, public_key_pem
+from gatekeeper.jwt.mint import mint, new_key_pem, public_jwk, public_key_pem
 
 SECRET = "mysuperlongsecret"
 NOW = 1_700_000_000
@@ -256,7 +256,7 @@ def test_time_claims(claims, skew, want):
 
 
 def test_huge_exponent_exp_is_not_a_usable_number():
-    from gatekeeper.token import sign_compact
+    from gatekeeper.jwt.mint import sign_compact
     auth = JWTAuth.from_config({"signingSecret": SECRET})
     token = sign_compact({"alg": "HS256"}, '{"exp": 1e999}', alg="HS256", secret=SECRET)
     assert outcome(auth, token) == "bad_time_claim"
@@ -378,7 +378,7 @@ def test_documented_claims_examples(case):
     (None, ""),                            # missing claim: empty header
 ])
 def test_forward_header_values(raw_claim, header):
-    from gatekeeper.token import sign_compact
+    from gatekeeper.jwt.mint import sign_compact
     payload = "{}" if raw_claim is None else '{"v": %s}' % raw_claim
     auth = JWTAuth.from_config({"signingSecret": SECRET, "forwardHeaders": {"x-claim-VALUE": "v"}})
     env = environ(sign_compact({"alg": "HS256"}, payload, alg="HS256", secret=SECRET))

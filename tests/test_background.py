@@ -15,8 +15,8 @@ import gevent
 import pytest
 import requests
 
-from gatekeeper import jwks
-from gatekeeper.token import mint
+from gatekeeper.jwt import remote as jwks
+from gatekeeper.jwt.mint import mint
 from serve_process import Gatekeeper, lb_manifest, wait_for
 from test_remote_keys import IdP, jwk, pems, serve_idp  # noqa: F401 - pems is a fixture used here
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from gatekeeper.echo import named_echo_app
+from gatekeeper.ops.echo import named_echo_app
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,8 +3,8 @@ import textwrap
 
 import pytest
 
-from gatekeeper.compile import compile_config
-from gatekeeper.manifests import read_dir
+from gatekeeper.config.compile import compile_config
+from gatekeeper.config.manifests import read_dir
 
 SERVICE = """
   services:
@@ -134,7 +134,7 @@ def test_relative_jwks_file_is_relative_to_its_manifest(conf_d, wsgi_server, ech
     import requests
 
     from gatekeeper.app import Gateway
-    from gatekeeper.token import mint, new_key_pem, public_jwk
+    from gatekeeper.jwt.mint import mint, new_key_pem, public_jwk
 
     private = new_key_pem("rsa")
     jwk = dict(public_jwk(private), kid="k1")

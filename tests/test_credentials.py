@@ -15,8 +15,8 @@ from typing import Callable, Dict, Iterable, List
 import pytest
 
 from conftest import exchange, status_of
-from gatekeeper.middleware import JWTMiddleware
-from gatekeeper.token import mint
+from gatekeeper.jwt.middleware import JWTMiddleware
+from gatekeeper.jwt.mint import mint
 
 SECRET = "mysuperlongsecret"
 VALID = mint({"sub": "alice", "grp": "admin"}, secret=SECRET)

@@ -7,9 +7,9 @@ import json
 import pytest
 import requests
 
-from gatekeeper.dashboard import (Traffic, jwt_outcomes_text, make_dashboard, mask_secrets, secret_values,
+from gatekeeper.ops.dashboard import (Traffic, jwt_outcomes_text, make_dashboard, mask_secrets, secret_values,
                                   sparkline_svg)
-from gatekeeper.token import mint
+from gatekeeper.jwt.mint import mint
 from serve_process import Gatekeeper, jwt_middleware, lb_manifest, wait_for
 
 SECRET = "dashboard-test-secret-value-0123456789"

@@ -20,7 +20,7 @@ import gevent
 import pytest
 import requests
 
-from gatekeeper.token import mint
+from gatekeeper.jwt.mint import mint
 from serve_process import Gatekeeper, jwt_middleware, lb_manifest, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gatekeeper.cli import main
+from gatekeeper.cli.main import main
 from serve_process import Gatekeeper, lb_manifest
 
 ROUTES = """

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from gatekeeper.app import Gateway
-from gatekeeper.token import mint
+from gatekeeper.jwt.mint import mint
 
 SECRET = "a-signing-secret-long-enough-for-hs256"
 

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from gatekeeper.app import Gateway
-from gatekeeper.echo import named_echo_app
+from gatekeeper.ops.echo import named_echo_app
 from tests.conftest import RunningServer, exchange, status_of, wait_until
 
 from tests.test_drain import refused, start as start_slow_gatekeeper

@@ -5,7 +5,7 @@ import pytest
 import requests
 
 from gatekeeper.app import Gateway
-from gatekeeper.echo import named_echo_app
+from gatekeeper.ops.echo import named_echo_app
 from tests.conftest import exchange, status_of
 
 
@@ -282,7 +282,7 @@ def test_100mb_chunked_upload_through_the_whole_gateway_with_bounded_memory(gate
     """Through routing, a JWT middleware and the proxy: streamed, never held whole."""
     import hashlib
 
-    from gatekeeper.token import mint
+    from gatekeeper.jwt.mint import mint
     server = gateway("""
     http:
       routers:

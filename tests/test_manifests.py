@@ -5,7 +5,7 @@ import time
 import pytest
 
 from gatekeeper.errors import ConfigError
-from gatekeeper.manifests import MAX_FILE_BYTES, is_manifest_name, parse_text, read_dir
+from gatekeeper.config.manifests import MAX_FILE_BYTES, is_manifest_name, parse_text, read_dir
 
 
 @pytest.mark.parametrize("name, read", [

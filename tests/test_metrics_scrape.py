@@ -10,9 +10,9 @@ from typing import Dict
 import pytest
 import requests
 
-from gatekeeper.metrics import NO_UPSTREAM
-from gatekeeper.jwks import safe_url
-from gatekeeper.token import mint
+from gatekeeper.ops.metrics import NO_UPSTREAM
+from gatekeeper.jwt.remote import safe_url
+from gatekeeper.jwt.mint import mint
 from serve_process import Gatekeeper, metric_value, wait_for
 from test_remote_keys import IdP, jwk, pems, serve_idp  # noqa: F401 - pems is a fixture used here
 

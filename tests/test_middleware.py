@@ -13,8 +13,8 @@ import requests
 
 from conftest import wait_until
 from gatekeeper.errors import ConfigError
-from gatekeeper.middleware import JWTMiddleware, camel_case
-from gatekeeper.token import mint, new_key_pem, public_jwk, sign_compact
+from gatekeeper.jwt.middleware import JWTMiddleware, camel_case
+from gatekeeper.jwt.mint import mint, new_key_pem, public_jwk, sign_compact
 
 SECRET = "mysuperlongsecret"
 ADMIN = mint({"sub": "alice", "grp": "admin", "user": {"name": "Alice"}}, secret=SECRET)

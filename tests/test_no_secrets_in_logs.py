@@ -13,7 +13,7 @@ import pytest
 import requests
 from gevent.server import StreamServer
 
-from gatekeeper.token import mint
+from gatekeeper.jwt.mint import mint
 from serve_process import Gatekeeper, lb_manifest
 from tests.conftest import exchange, status_of
 from tests.test_proxy import read_request

@@ -13,9 +13,9 @@ import pytest
 import requests
 from gevent.server import StreamServer
 
-from gatekeeper.echo import echo_app, named_echo_app
+from gatekeeper.ops.echo import echo_app, named_echo_app
 from gatekeeper.errors import ConfigError
-from gatekeeper.proxy import (ProxyLimits, ServerSpec, error_response, make_load_balancer,
+from gatekeeper.proxy.balancer import (ProxyLimits, ServerSpec, error_response, make_load_balancer,
                               make_weighted, strip_connection_headers)
 from tests.conftest import wait_until
 

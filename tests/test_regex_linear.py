@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from gatekeeper.app import Gateway
-from gatekeeper.echo import named_echo_app
+from gatekeeper.ops.echo import named_echo_app
 from gatekeeper.expr import RequestView, compile_rule
 
 BOUND = 0.050  # seconds; the RE2 figures are 5-200 us

@@ -18,10 +18,10 @@ import requests
 
 from conftest import wait_until
 from gatekeeper.app import Gateway
-from gatekeeper.compile import Config
-from gatekeeper.echo import named_echo_app
-from gatekeeper.reload import ConfigLoader
-from gatekeeper.watch import Watcher, is_editor_leftover
+from gatekeeper.config.compile import Config
+from gatekeeper.ops.echo import named_echo_app
+from gatekeeper.config.reload import ConfigLoader
+from gatekeeper.config.watch import Watcher, is_editor_leftover
 
 OLD, NEW = "http://127.0.0.1:1/old", "http://127.0.0.1:1/new"
 TIMEOUT = 5.0

@@ -10,7 +10,7 @@ from typing import List
 import gevent
 import requests
 
-from gatekeeper.echo import named_echo_app
+from gatekeeper.ops.echo import named_echo_app
 from test_reload import gatekeeper_process, manifest  # noqa: F401  (gatekeeper_process is a fixture)
 
 REWRITES = 100

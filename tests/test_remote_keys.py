@@ -24,19 +24,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from conftest import RunningServer, wait_until
-from gatekeeper import jwks
+from gatekeeper.jwt import remote as jwks
 from gatekeeper.app import Gateway
-from gatekeeper.auth import JWTAuth
-from gatekeeper.cli import main as cli_main
-from gatekeeper.compile import compile_config
-from gatekeeper.echo import named_echo_app
+from gatekeeper.jwt.auth import JWTAuth
+from gatekeeper.cli.main import main as cli_main
+from gatekeeper.config.compile import compile_config
+from gatekeeper.ops.echo import named_echo_app
 from gatekeeper.errors import AuthError, ConfigError
-from gatekeeper.jws import b64url_encode
-from gatekeeper.keys import DESCRIPTIONS
-from gatekeeper.manifests import read_dir
-from gatekeeper.middleware import JWTMiddleware
-from gatekeeper.serve import listen_socket, make_server
-from gatekeeper.token import mint, new_key_pem, public_jwk
+from gatekeeper.jwt.jws import b64url_encode
+from gatekeeper.jwt.keys import DESCRIPTIONS
+from gatekeeper.config.manifests import read_dir
+from gatekeeper.jwt.middleware import JWTMiddleware
+from gatekeeper.server.pywsgi import listen_socket, make_server
+from gatekeeper.jwt.mint import mint, new_key_pem, public_jwk
 
 DISCOVERY = "/.well-known/openid-configuration"
 SEED = Path(__file__).resolve().parent / "data" / "seed"  # verbatim copy of shared/seed's YAML

@@ -20,11 +20,11 @@ from typing import Callable, Dict, Iterator, Optional
 import pytest
 
 from gatekeeper.app import Gateway
-from gatekeeper.cli import build_parser
-from gatekeeper.echo import named_echo_app
+from gatekeeper.cli.main import build_parser
+from gatekeeper.ops.echo import named_echo_app
 from gatekeeper.requestpath import (FORWARDING_HEADERS, PathPolicy, canonical_target, path_settings,
                                     path_settings_from_args, Refused)
-from gatekeeper.token import mint
+from gatekeeper.jwt.mint import mint
 from tests.conftest import RunningServer, exchange, status_of, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

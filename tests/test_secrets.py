@@ -11,7 +11,7 @@ from typing import List
 import requests
 
 from gatekeeper.app import Gateway
-from gatekeeper.token import mint
+from gatekeeper.jwt.mint import mint
 from tests.conftest import RunningServer
 from tests.serve_process import Gatekeeper, jwt_middleware, lb_manifest
 

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from gatekeeper.auth import JWTAuth
-from gatekeeper.jws import parse_compact
-from gatekeeper.token import mint, new_key_pem, parse_claim, parse_duration, public_key_pem, register, run
+from gatekeeper.jwt.auth import JWTAuth
+from gatekeeper.jwt.jws import parse_compact
+from gatekeeper.jwt.mint import mint, new_key_pem, parse_claim, parse_duration, public_key_pem, register, run
 
 SECRET = "mysuperlongsecret"
 

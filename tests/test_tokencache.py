@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from gatekeeper.jws import parse_compact
-from gatekeeper.token import mint
-from gatekeeper.tokencache import VerifiedTokens
+from gatekeeper.jwt.jws import parse_compact
+from gatekeeper.jwt.mint import mint
+from gatekeeper.jwt.tokencache import VerifiedTokens
 
 SECRET = "a-secret-long-enough-for-the-tests"
 
@@ -95,8 +95,8 @@ import time  # noqa: E402
 from conftest import wait_until  # noqa: E402
 from test_auth import outcome  # noqa: E402  - "ok" or the refusal reason of auth.verify
 
-from gatekeeper.auth import JWTAuth  # noqa: E402
-from gatekeeper.token import new_key_pem, public_jwk  # noqa: E402
+from gatekeeper.jwt.auth import JWTAuth  # noqa: E402
+from gatekeeper.jwt.mint import new_key_pem, public_jwk  # noqa: E402
 
 
 @pytest.mark.parametrize("claims, first, then, expected", [

@@ -20,12 +20,12 @@ from gevent.server import StreamServer
 
 from prometheus_client import REGISTRY
 
-from gatekeeper import metrics
-from gatekeeper.accesslog import Exchange
+from gatekeeper.ops import metrics
+from gatekeeper.ops.accesslog import Exchange
 from gatekeeper.app import Gateway
-from gatekeeper.compile import CompileOptions
-from gatekeeper.echo import named_echo_app
-from gatekeeper.proxy import ProxyLimits
+from gatekeeper.config.compile import CompileOptions
+from gatekeeper.ops.echo import named_echo_app
+from gatekeeper.proxy.balancer import ProxyLimits
 from tests.conftest import RunningServer, exchange, status_of, wait_until
 from tests.test_proxy import read_request
 

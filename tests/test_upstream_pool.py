@@ -10,7 +10,7 @@ from typing import Iterator, List
 
 import pytest
 
-from gatekeeper.upstream import ConnectionPool, Request
+from gatekeeper.proxy.client import ConnectionPool, Request
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 

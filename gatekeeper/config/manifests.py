@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import yaml
 
-from .errors import ConfigError
+from gatekeeper.errors import ConfigError
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 # Bounds on one file, so a hostile or broken file cannot stall the reload greenlet or exhaust memory.

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from ..errors import ConfigError
-from ..manifests import Document, FileResult, Snapshot
-from ..model import Definitions, MiddlewareDef, RouterDef, ServiceDef
+from gatekeeper.errors import ConfigError
+from gatekeeper.config.manifests import Document, FileResult, Snapshot
+from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef
 
 KINDS = ("router", "middleware", "service")
 
@@ -68,7 +68,7 @@ class Collector:
 
 def collect(snapshot: Snapshot) -> Collector:
     """Read every document of a snapshot into definitions; file read/parse errors are reported too."""
-    from . import kubernetes as kube_provider
+    from gatekeeper.config.providers import kubernetes as kube_provider
 
     out = Collector()
     kube_docs: List[Document] = []
@@ -113,7 +113,7 @@ class _Recorder(Collector):
 
 def file_operations(result: FileResult) -> List[Tuple[str, tuple]]:
     """The Collector calls the file-provider documents of one file make (cached by content)."""
-    from . import file as file_provider
+    from gatekeeper.config.providers import file as file_provider
 
     key = (result.file, result.digest, len(result.documents))
     cached = _FILE_OPS.get(key) if result.digest else None

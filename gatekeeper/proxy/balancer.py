@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import quote, urlsplit
 
 from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout
-from gatekeeper.upstream import (ClientBodyError, ConnectionPool, Headers, ProxyLimits, Request,
+from gatekeeper.proxy.client import (ClientBodyError, ConnectionPool, Headers, ProxyLimits, Request,
                                  ResponseBody, UpstreamAborted)
 
 log = logging.getLogger("gatekeeper.proxy")

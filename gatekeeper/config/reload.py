@@ -17,9 +17,9 @@ from pathlib import Path
 from collections import deque
 from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
-from .compile import CompileOptions, Config, compile_config
-from .errors import ConfigError
-from .manifests import FileResult, Snapshot, read_capped, read_dir, read_file, scan
+from gatekeeper.config.compile import CompileOptions, Config, compile_config
+from gatekeeper.errors import ConfigError
+from gatekeeper.config.manifests import FileResult, Snapshot, read_capped, read_dir, read_file, scan
 
 log = logging.getLogger("gatekeeper.reload")
 
@@ -178,7 +178,7 @@ class ConfigLoader:
         rescan second, so no change falls between them; with nothing changed the rescan costs a digest per
         file, swaps nothing and records nothing.
         """
-        from .watch import Watcher
+        from gatekeeper.config.watch import Watcher
 
         if self._watcher is None:
             self._watcher = Watcher(self.conf_d, self.reload, debounce=self.debounce)

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
-from .errors import ConfigError, ExpressionError
-from .expr import RequestView, compile_rule
-from .manifests import FileResult, Snapshot
-from .middlewares import FACTORIES, WSGIApp, Wrapper, chain_members, compose
-from .model import Definitions, MiddlewareDef, RouterDef, ServiceDef, qualify
-from .providers import collect
-from .proxy import ProxyLimits, ServerSpec, error_response, make_load_balancer, make_weighted
+from gatekeeper.errors import ConfigError, ExpressionError
+from gatekeeper.expr import RequestView, compile_rule
+from gatekeeper.config.manifests import FileResult, Snapshot
+from gatekeeper.config.middlewares import FACTORIES, WSGIApp, Wrapper, chain_members, compose
+from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef, qualify
+from gatekeeper.config.providers import collect
+from gatekeeper.proxy.balancer import ProxyLimits, ServerSpec, error_response, make_load_balancer, make_weighted
 
 
 @dataclass(frozen=True)
@@ -295,7 +295,7 @@ class Builder:
 
     def build_middleware(self, definition: MiddlewareDef, trail: Tuple[str, ...]) -> Wrapper:
         if definition.kind == "plugin.jwt":
-            from .auth import JWTAuth
+            from gatekeeper.jwt.auth import JWTAuth
             return JWTAuth.from_config(self.resolve_jwks_file(definition)).wrap
         if definition.kind == "chain":
             wrappers = []

@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from jose.backends.cryptography_backend import CryptographyECKey, CryptographyRSAKey
 
-from . import jsontext
-from .errors import Unauthorized
+from gatekeeper import jsontext
+from gatekeeper.errors import Unauthorized
 
 MAX_TOKEN_BYTES = 16 * 1024
 MAX_JSON_DEPTH = jsontext.MAX_DEPTH  # levels of arrays/objects in the header or the payload

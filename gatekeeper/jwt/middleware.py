@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping
 
-from .auth import JWTAuth, WSGIApp
+from gatekeeper.jwt.auth import JWTAuth, WSGIApp
 
 # Maps whose keys are option names too (converted); forwardHeaders' keys are header names (kept).
 _NESTED_OPTION_MAPS = ("tokenSource", "clientConfig")

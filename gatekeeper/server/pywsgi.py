@@ -20,8 +20,8 @@ import gevent.event
 from gevent.pywsgi import WSGIHandler, WSGIServer
 from gevent.pywsgi import _BAD_REQUEST_RESPONSE, _InvalidClientRequest  # pywsgi answers these with 400
 
-from .proxy import log_path
-from .upstream import UpstreamAborted
+from gatekeeper.proxy.balancer import log_path
+from gatekeeper.proxy.client import UpstreamAborted
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 BODY_REFUSED = "gatekeeper.body_refused"
@@ -259,7 +259,7 @@ class ConnectionTracking:
     def report_refused(self, peer: str, method: str, target: str, status: int) -> None:
         if self.on_refused is None:
             return
-        from .accesslog import Exchange
+        from gatekeeper.ops.accesslog import Exchange
         exchange = Exchange(peer or "-", method or "-", target.partition("?")[0] or "-")
         exchange.status = status
         exchange.end({})
@@ -331,7 +331,7 @@ def make_server(sock: socket.socket, app: Callable, *, log: Optional[object] = N
     With ``ssl_context=`` the TLS handshake must finish within the idle timeout (:class:`HandshakeDeadline`)."""
     kwargs = with_handshake_deadline(kwargs, kwargs.get("limits"))
     if server == "fast":
-        from .fastserver import FastServer
+        from gatekeeper.server.fast import FastServer
         return FastServer(sock, app, log=log, error_log=error_log, **kwargs)
     return GatewayServer(sock, app, log=log, error_log=error_log, **kwargs)
 
@@ -342,7 +342,7 @@ def limit_body(app: WSGIApp, max_bytes: int) -> WSGIApp:
     A chunked body is counted as it streams; past the limit its read fails, which the proxy turns
     into an error answer (the status line may already be on its way, so it cannot be 413).
     """
-    from .proxy import error_response
+    from gatekeeper.proxy.balancer import error_response
 
     too_large = error_response(413, f"request body larger than {max_bytes} bytes")
 
@@ -542,13 +542,13 @@ def plan_entrypoints(args) -> List[Entrypoint]:
 
 def make_loader(args):
     """A ConfigLoader with the upstream limits of the command line, counting its reloads in metrics."""
-    from .compile import CompileOptions
-    from .proxy import ProxyLimits
-    from .reload import ConfigLoader
+    from gatekeeper.config.compile import CompileOptions
+    from gatekeeper.proxy.balancer import ProxyLimits
+    from gatekeeper.config.reload import ConfigLoader
 
     def record_reload(loader: ConfigLoader, swapped: bool) -> None:
         # imported late: prometheus_client must see PROMETHEUS_MULTIPROC_DIR, set before workers fork
-        from .metrics import record_reload as record
+        from gatekeeper.ops.metrics import record_reload as record
         record(loader, swapped)
 
     limits = ProxyLimits(connect_timeout=args.upstream_connect_timeout, response_timeout=args.upstream_timeout)
@@ -570,11 +570,12 @@ def serve_process(args, loader, listeners: Listeners, announce: Callable[[], Non
     """
     import signal
 
-    from . import jwks, metrics
-    from .accesslog import AccessLog, fan_out
-    from .admin import admin_hosts, make_admin_app
-    from .app import Gateway
-    from .requestpath import path_settings_from_args
+    from gatekeeper.jwt import remote as jwks
+    from gatekeeper.ops import metrics
+    from gatekeeper.ops.accesslog import AccessLog, fan_out
+    from gatekeeper.ops.admin import admin_hosts, make_admin_app
+    from gatekeeper.app import Gateway
+    from gatekeeper.requestpath import path_settings_from_args
 
     access_log = AccessLog(args.log_format)
     limits = server_limits(args)
@@ -651,7 +652,7 @@ def run(args) -> int:
               f"{len(config.routers)} routers, {len(config.errors)} errors){extra}", flush=True)
 
     if args.workers > 1:
-        from .workers import supervise
+        from gatekeeper.server.workers import supervise
         return supervise(args.workers, lambda: serve_process(args, loader, listeners), grace=args.grace,
                          listeners=listeners.all(), announce=announce)
     return serve_process(args, loader, listeners, announce)

@@ -27,7 +27,7 @@ def network(text: str) -> str:
 
 def address(text: str):
     """argparse type for HOST:PORT."""
-    from .serve import parse_address
+    from gatekeeper.server.pywsgi import parse_address
     try:
         return parse_address(text)
     except ValueError as exc:
@@ -36,7 +36,7 @@ def address(text: str):
 
 def entrypoint(text: str):
     """argparse type for NAME=HOST:PORT[,tls=CERT:KEY]."""
-    from .serve import parse_entrypoint
+    from gatekeeper.server.pywsgi import parse_entrypoint
     try:
         return parse_entrypoint(text)
     except ValueError as exc:
@@ -45,7 +45,7 @@ def entrypoint(text: str):
 
 def admin_host(text: str) -> str:
     """argparse type for ``--admin-host NAME``."""
-    from .admin import admin_host_name
+    from gatekeeper.ops.admin import admin_host_name
     try:
         return admin_host_name(text)
     except ValueError as exc:
@@ -54,7 +54,7 @@ def admin_host(text: str) -> str:
 
 def allow_encoded(text: str):
     """argparse type for ``[ENTRYPOINT=]slash,semicolon,...`` -> (entry point name or None, escapes)."""
-    from .requestpath import parse_allowed
+    from gatekeeper.requestpath import parse_allowed
     name, sep, chars = text.rpartition("=")
     try:
         return (name if sep else None), parse_allowed(chars)
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=run_check)
 
     try:
-        from . import token
+        from gatekeeper.jwt import mint as token
         token.register(commands)
     except ImportError:  # pragma: no cover - token minting lands with the JWT middleware
         pass
@@ -142,14 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .serve import run
+    from gatekeeper.server.pywsgi import run
     return run(args)
 
 
 def run_check(args: argparse.Namespace) -> int:
     """Print every problem of a conf.d as ``file:line: object "name": reason``; 0 clean, 1 otherwise."""
-    from .compile import compile_config
-    from .manifests import read_dir
+    from gatekeeper.config.compile import compile_config
+    from gatekeeper.config.manifests import read_dir
 
     try:
         snapshot = read_dir(args.conf_d)

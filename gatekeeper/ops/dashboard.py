@@ -167,7 +167,7 @@ class DashboardSource:
     def __init__(self, loader: Any, exposition: Optional[Callable[[], Tuple[bytes, str]]] = None,
                  interval: float = 1.0) -> None:
         if exposition is None:
-            from .metrics import exposition
+            from gatekeeper.ops.metrics import exposition
         self.loader = loader
         self.exposition = exposition
         self.interval = interval
@@ -205,7 +205,7 @@ class DashboardSource:
         self._stop.set()
 
     def __call__(self) -> Dict[str, Any]:
-        from .admin import config_document
+        from gatekeeper.ops.admin import config_document
 
         self.start()   # from the first view on, the charts keep their history between visits
         self.sample()
@@ -351,7 +351,7 @@ TABLES: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
 
 def build_view(doc: Mapping[str, Any], now: Optional[float] = None) -> Dict[str, Any]:
     """The state as titles and rows of cells: the one thing both the HTML and ``state.json`` show."""
-    from .admin import mask
+    from gatekeeper.ops.admin import mask
 
     now = time.time() if now is None else now
     rows = {"routers": router_rows(doc), "problems": problem_rows(doc),

@@ -42,11 +42,11 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequ
 from urllib.parse import urljoin, urlsplit
 
 
-from . import jsontext
-from .errors import ConfigError
-from .jws import ASYMMETRIC_ALGS, ParsedToken, Verifier
-from .keys import KeyIndex, KeySource, read_jwk_set, refuse
-from .providers.fields import pick
+from gatekeeper import jsontext
+from gatekeeper.errors import ConfigError
+from gatekeeper.jwt.jws import ASYMMETRIC_ALGS, ParsedToken, Verifier
+from gatekeeper.jwt.keys import KeyIndex, KeySource, read_jwk_set, refuse
+from gatekeeper.config.providers.fields import pick
 
 log = logging.getLogger("gatekeeper.jwks")
 

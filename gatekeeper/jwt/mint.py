@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption, PrivateFormat, PublicFormat,
                                                           load_pem_private_key)
 
-from .jws import EC_ALG_BY_CURVE, b64url_encode
+from gatekeeper.jwt.jws import EC_ALG_BY_CURVE, b64url_encode
 
 _HASH_BITS = {"256": (hashlib.sha256, hashes.SHA256), "384": (hashlib.sha384, hashes.SHA384),
               "512": (hashlib.sha512, hashes.SHA512)}

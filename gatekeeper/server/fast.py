@@ -28,9 +28,9 @@ import gevent.event
 import httptools
 from gevent.server import StreamServer
 
-from .serve import BODY_REFUSED, RESPONSE_431, SKIP_AFTER_431, COALESCE_LIMIT, ConnectionTracking, ServerLimits
-from .serve import failure_response, log_request_error
-from .serve import with_handshake_deadline
+from gatekeeper.server.pywsgi import BODY_REFUSED, RESPONSE_431, SKIP_AFTER_431, COALESCE_LIMIT, ConnectionTracking, ServerLimits
+from gatekeeper.server.pywsgi import failure_response, log_request_error
+from gatekeeper.server.pywsgi import with_handshake_deadline
 
 RECV_SIZE = 64 * 1024
 FEED_SLICE = 4096          # bytes handed to the parser at a time once a request is waiting (pipelining)

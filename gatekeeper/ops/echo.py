@@ -1,7 +1,7 @@
 """A whoami-like upstream for the demo and the tests: answers with the request it received.
 
 The JSON body holds the method, raw path, query string, headers (in order, repeats kept), the body size
-and its SHA-256, and the body itself when it is small. ``python -m gatekeeper.echo --listen HOST:PORT``.
+and its SHA-256, and the body itself when it is small. ``python -m gatekeeper.ops.echo --listen HOST:PORT``.
 """
 from __future__ import annotations
 
@@ -75,9 +75,9 @@ def main(argv: "List[str] | None" = None) -> None:
     from gevent import monkey
     monkey.patch_all(queue=False)
 
-    from .serve import listen_socket, make_server, parse_address
+    from gatekeeper.server.pywsgi import listen_socket, make_server, parse_address
 
-    parser = argparse.ArgumentParser(prog="python -m gatekeeper.echo")
+    parser = argparse.ArgumentParser(prog="python -m gatekeeper.ops.echo")
     parser.add_argument("--listen", default="127.0.0.1:9000")
     parser.add_argument("--name", default="echo")
     args = parser.parse_args(argv)

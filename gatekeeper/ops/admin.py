@@ -170,8 +170,8 @@ def admin_paths(loader: Any, exposition: Optional[Callable[[], "tuple[bytes, str
     """The admin endpoints themselves, behind make_admin_app's Host check."""
     started = time.time()
     if exposition is None:
-        from .metrics import exposition
-    from .dashboard import DashboardSource, make_dashboard
+        from gatekeeper.ops.metrics import exposition
+    from gatekeeper.ops.dashboard import DashboardSource, make_dashboard
     dashboard = make_dashboard(DashboardSource(loader, exposition))
 
     def ready() -> bool:

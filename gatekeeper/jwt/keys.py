@@ -23,9 +23,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from . import jsontext
-from .errors import ConfigError, Unauthorized
-from .jws import (ASYMMETRIC_ALGS, HMAC_ALGS, ParsedToken, Verifier, algorithms_for_key, b64url_decode,
+from gatekeeper import jsontext
+from gatekeeper.errors import ConfigError, Unauthorized
+from gatekeeper.jwt.jws import (ASYMMETRIC_ALGS, HMAC_ALGS, ParsedToken, Verifier, algorithms_for_key, b64url_decode,
                   build_verifier, hmac_verifier)
 
 log = logging.getLogger("gatekeeper.keys")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Callable, Optional, Tuple
 
-from .jws import ParsedToken
+from gatekeeper.jwt.jws import ParsedToken
 
 Verifier = Callable[[bytes, bytes], bool]
 Entry = Tuple[ParsedToken, Verifier]

@@ -19,8 +19,8 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest, multiprocess
 
-from . import jwks
-from .accesslog import Exchange, fan_out, observe
+from gatekeeper.jwt import remote as jwks
+from gatekeeper.ops.accesslog import Exchange, fan_out, observe
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
