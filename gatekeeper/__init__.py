@@ -2,11 +2,29 @@
 
 Public API only; importing it never monkey-patches, starts a thread or touches the network.
 """
-from gatekeeper.errors import (AuthError, BadGateway, ConfigError, ExpressionError, Forbidden, GatekeeperError,
-                     GatewayTimeout, Unauthorized)
+from gatekeeper.errors import (
+    AuthError,
+    BadGateway,
+    ConfigError,
+    ExpressionError,
+    Forbidden,
+    GatekeeperError,
+    GatewayTimeout,
+    Unauthorized,
+)
 
-__all__ = ["Gateway", "JWTMiddleware", "GatekeeperError", "ConfigError", "ExpressionError", "AuthError",
-           "Unauthorized", "Forbidden", "BadGateway", "GatewayTimeout"]
+__all__ = [
+    "AuthError",
+    "BadGateway",
+    "ConfigError",
+    "ExpressionError",
+    "Forbidden",
+    "GatekeeperError",
+    "Gateway",
+    "GatewayTimeout",
+    "JWTMiddleware",
+    "Unauthorized",
+]
 
 
 def __getattr__(name: str):

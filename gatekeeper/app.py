@@ -3,8 +3,8 @@ current configuration once per request and hands the request to the matching rou
 """
 from __future__ import annotations
 
-from pathlib import Path
 from ipaddress import ip_address, ip_network
+from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
 from gatekeeper.config.compile import CompileOptions, Config

@@ -40,15 +40,16 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from gevent import monkey  # noqa: E402
+from gevent import monkey
 
 monkey.patch_all(queue=False)
-import gevent  # noqa: E402
-import http.client  # noqa: E402
-import requests  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+import http.client
 
-from gatekeeper.jwt.mint import mint, new_key_pem  # noqa: E402
+import gevent
+import requests
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gatekeeper.jwt.mint import mint, new_key_pem
 
 RSS_LIMIT_MIB = 30
 UNKNOWN_KID_INTERVAL = 10.0      # spec/jwt.md: at most one kid-triggered refresh per 10 s per key set

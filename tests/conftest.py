@@ -8,17 +8,17 @@ from gevent import monkey
 
 monkey.patch_all(queue=False)
 
-import socket  # noqa: E402
-import textwrap  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Callable, Iterator, List  # noqa: E402
+import socket
+import textwrap
+import time
+from pathlib import Path
+from typing import Callable, Iterator, List
 
-import gevent  # noqa: E402
-import pytest  # noqa: E402
+import gevent
+import pytest
 
-from gatekeeper.ops.echo import named_echo_app  # noqa: E402
-from gatekeeper.server.pywsgi import listen_socket, make_server  # noqa: E402
+from gatekeeper.ops.echo import named_echo_app
+from gatekeeper.server.pywsgi import listen_socket, make_server
 
 
 class RunningServer:

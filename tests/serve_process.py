@@ -15,7 +15,6 @@ from typing import Dict, List, Optional
 
 import gevent
 import requests
-
 from conftest import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -3,10 +3,10 @@ import json
 
 import pytest
 import requests
-
-from gatekeeper.ops.accesslog import format_text, text_value
-from gatekeeper.jwt.mint import mint
 from serve_process import Gatekeeper, lb_manifest
+
+from gatekeeper.jwt.mint import mint
+from gatekeeper.ops.accesslog import format_text, text_value
 
 SECRET = "accesslog-secret-0123456789abcdef"
 

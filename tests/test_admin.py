@@ -4,9 +4,9 @@ import signal
 
 import pytest
 import requests
+from serve_process import Gatekeeper, jwt_middleware, lb_manifest, metric_value, wait_for
 
 from gatekeeper.jwt.mint import mint
-from serve_process import Gatekeeper, jwt_middleware, lb_manifest, metric_value, wait_for
 
 SECRET = "admin-test-secret-value-0123456789"
 
@@ -155,8 +155,8 @@ def test_admin_answers_loopback_and_ip_literal_hosts(gateway, host):
 @pytest.fixture
 def admin_with_names(conf_d, wsgi_server):
     """The admin app (real loader, real server) accepting ``gk-admin.internal`` besides IPs and localhost."""
-    from gatekeeper.ops.admin import make_admin_app
     from gatekeeper.config.reload import ConfigLoader
+    from gatekeeper.ops.admin import make_admin_app
     conf_d("api.yaml", lb_manifest('open: {rule: "PathPrefix(`/`)", service: s}', "http://127.0.0.1:1"))
     loader = ConfigLoader(conf_d.root)
     loader.load()
@@ -179,8 +179,8 @@ def test_admin_host_names(admin_with_names, host, status):
     (["--admin", "[::]:9901", "--admin-host", "a.b"], ["a.b"]),
 ], ids=["loopback-bind", "names", "bind-name", "ipv6-bind"])
 def test_admin_hosts_from_arguments(argv, expected):
-    from gatekeeper.ops.admin import admin_hosts
     from gatekeeper.cli.main import build_parser
+    from gatekeeper.ops.admin import admin_hosts
     assert admin_hosts(build_parser().parse_args(["serve", *argv])) == expected
 
 

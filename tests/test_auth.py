@@ -4,16 +4,14 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import gevent
 import pytest
-
 from conftest import wait_until
-from gatekeeper.jwt.auth import JWTAuth
+
 from gatekeeper.errors import AuthError, ConfigError
+from gatekeeper.jwt.auth import JWTAuth
 from gatekeeper.jwt.mint import mint, new_key_pem, public_jwk, public_key_pem
 
 SECRET = "mysuperlongsecret"

@@ -14,11 +14,11 @@ from typing import Dict, List, Set
 import gevent
 import pytest
 import requests
+from serve_process import Gatekeeper, lb_manifest, wait_for
+from test_remote_keys import IdP, jwk, pems, serve_idp  # noqa: F401 - pems is a fixture used here
 
 from gatekeeper.jwt import remote as jwks
 from gatekeeper.jwt.mint import mint
-from serve_process import Gatekeeper, lb_manifest, wait_for
-from test_remote_keys import IdP, jwk, pems, serve_idp  # noqa: F401 - pems is a fixture used here
 
 ROUTES = """
     a: {rule: "PathPrefix(`/a`)", service: s, middlewares: [jwt]}
@@ -128,7 +128,7 @@ def test_a_forked_child_never_inherits_a_held_lock_or_a_flight(wsgi_server, pems
                     state = keyset.status()
                     fresh = not state["refreshing"] and not state["started"]
                     code = 0 if fresh and keyset.candidates("ES256", "a", 3) else 2
-            except BaseException:             # noqa: BLE001 - a hang (Timeout) or anything else fails
+            except BaseException:
                 code = 3
             finally:
                 os._exit(code)

@@ -1,5 +1,4 @@
 """The command line as a user runs it: real subprocesses, real ports, real files."""
-import os
 import signal
 import subprocess
 import sys

@@ -1,5 +1,4 @@
 """Manifests -> configuration: every error collected with file, line and object; last good versions kept."""
-import textwrap
 
 import pytest
 

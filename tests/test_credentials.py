@@ -13,8 +13,8 @@ import json
 from typing import Callable, Dict, Iterable, List
 
 import pytest
-
 from conftest import exchange, status_of
+
 from gatekeeper.jwt.middleware import JWTMiddleware
 from gatekeeper.jwt.mint import mint
 

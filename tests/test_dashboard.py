@@ -6,11 +6,17 @@ import json
 
 import pytest
 import requests
-
-from gatekeeper.ops.dashboard import (Traffic, jwt_outcomes_text, make_dashboard, mask_secrets, secret_values,
-                                  sparkline_svg)
-from gatekeeper.jwt.mint import mint
 from serve_process import Gatekeeper, jwt_middleware, lb_manifest, wait_for
+
+from gatekeeper.jwt.mint import mint
+from gatekeeper.ops.dashboard import (
+    Traffic,
+    jwt_outcomes_text,
+    make_dashboard,
+    mask_secrets,
+    secret_values,
+    sparkline_svg,
+)
 
 SECRET = "dashboard-test-secret-value-0123456789"
 EVIL = "<script>alert(1)</script>"

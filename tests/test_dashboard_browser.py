@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 import gevent
 import pytest
 import requests
+from serve_process import Gatekeeper, jwt_middleware, lb_manifest, wait_for
 
 from gatekeeper.jwt.mint import mint
-from serve_process import Gatekeeper, jwt_middleware, lb_manifest, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "browser-test-secret-value-0123456789"

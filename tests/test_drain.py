@@ -7,7 +7,6 @@ import gevent
 import gevent.event
 import pytest
 import requests
-
 from serve_process import Gatekeeper, lb_manifest, wait_for
 
 

@@ -8,9 +8,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from serve_process import Gatekeeper, lb_manifest
 
 from gatekeeper.cli.main import main
-from serve_process import Gatekeeper, lb_manifest
 
 ROUTES = """
     only-web: {rule: "PathPrefix(`/web`)", service: s, entryPoints: [web]}

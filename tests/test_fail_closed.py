@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import pytest
 import requests

@@ -17,8 +17,8 @@ import requests
 from gatekeeper.app import Gateway
 from gatekeeper.ops.echo import named_echo_app
 from tests.conftest import RunningServer, exchange, status_of, wait_until
-
-from tests.test_drain import refused, start as start_slow_gatekeeper
+from tests.test_drain import refused
+from tests.test_drain import start as start_slow_gatekeeper
 from tests.test_entrypoints import tls_files  # noqa: F401 - a fixture
 
 SERVERS = ["pywsgi", "fast"]

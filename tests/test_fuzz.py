@@ -22,14 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gatekeeper.app import Gateway
-from gatekeeper.jwt.auth import JWTAuth
 from gatekeeper.config.compile import compile_config
-from gatekeeper.ops.echo import named_echo_app
+from gatekeeper.config.manifests import read_dir
 from gatekeeper.errors import AuthError, ConfigError, ExpressionError
 from gatekeeper.expr import compile_claims, compile_rule
+from gatekeeper.jwt.auth import JWTAuth
 from gatekeeper.jwt.jws import parse_compact
-from gatekeeper.config.manifests import read_dir
 from gatekeeper.jwt.mint import mint
+from gatekeeper.ops.echo import named_echo_app
 from tests.conftest import RunningServer, exchange, status_of
 
 EXAMPLES = int(os.environ.get("GATEKEEPER_FUZZ_EXAMPLES", "150"))

@@ -10,9 +10,15 @@ from hypothesis import strategies as st
 
 from gatekeeper import jsontext
 from gatekeeper.errors import Unauthorized
-from gatekeeper.jwt.jws import (MAX_KID_CHARS, MAX_TOKEN_BYTES, b64url_decode, b64url_encode, ecdsa_signature_ok,
-                            parse_compact)
 from gatekeeper.jsontext import JSONNumber
+from gatekeeper.jwt.jws import (
+    MAX_KID_CHARS,
+    MAX_TOKEN_BYTES,
+    b64url_decode,
+    b64url_encode,
+    ecdsa_signature_ok,
+    parse_compact,
+)
 from gatekeeper.jwt.mint import sign_compact
 
 

@@ -10,11 +10,10 @@ import yaml
 
 from gatekeeper.app import Gateway
 from gatekeeper.config.compile import compile_config
-from gatekeeper.ops.echo import named_echo_app
-from gatekeeper.errors import ConfigError
 from gatekeeper.config.manifests import read_dir
 from gatekeeper.config.providers import collect
 from gatekeeper.jwt.mint import mint, new_key_pem, public_jwk
+from gatekeeper.ops.echo import named_echo_app
 
 SEED = Path(__file__).resolve().parent / "data" / "seed"  # verbatim copy of shared/seed's YAML
 SECRET = "mysuperlongsecret"

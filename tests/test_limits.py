@@ -5,8 +5,8 @@ import time
 import gevent
 import pytest
 import requests
-
 from serve_process import Gatekeeper
+
 from tests.conftest import exchange
 
 

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from gatekeeper.errors import ConfigError
 from gatekeeper.config.manifests import MAX_FILE_BYTES, is_manifest_name, parse_text, read_dir
+from gatekeeper.errors import ConfigError
 
 
 @pytest.mark.parametrize("name, read", [

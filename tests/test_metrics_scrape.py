@@ -9,12 +9,12 @@ from typing import Dict
 
 import pytest
 import requests
-
-from gatekeeper.ops.metrics import NO_UPSTREAM
-from gatekeeper.jwt.remote import safe_url
-from gatekeeper.jwt.mint import mint
 from serve_process import Gatekeeper, metric_value, wait_for
 from test_remote_keys import IdP, jwk, pems, serve_idp  # noqa: F401 - pems is a fixture used here
+
+from gatekeeper.jwt.mint import mint
+from gatekeeper.jwt.remote import safe_url
+from gatekeeper.ops.metrics import NO_UPSTREAM
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 SECRET = "s3cret-api-key"    # in a key set URL's query: must never reach a label

@@ -10,8 +10,8 @@ import flask
 import gevent
 import pytest
 import requests
-
 from conftest import wait_until
+
 from gatekeeper.errors import ConfigError
 from gatekeeper.jwt.middleware import JWTMiddleware, camel_case
 from gatekeeper.jwt.mint import mint, new_key_pem, public_jwk, sign_compact

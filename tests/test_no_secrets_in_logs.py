@@ -12,9 +12,9 @@ from typing import Callable, Iterator, List
 import pytest
 import requests
 from gevent.server import StreamServer
+from serve_process import Gatekeeper, lb_manifest
 
 from gatekeeper.jwt.mint import mint
-from serve_process import Gatekeeper, lb_manifest
 from tests.conftest import exchange, status_of
 from tests.test_proxy import read_request
 

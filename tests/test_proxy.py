@@ -13,10 +13,16 @@ import pytest
 import requests
 from gevent.server import StreamServer
 
-from gatekeeper.ops.echo import echo_app, named_echo_app
 from gatekeeper.errors import ConfigError
-from gatekeeper.proxy.balancer import (ProxyLimits, ServerSpec, error_response, make_load_balancer,
-                              make_weighted, strip_connection_headers)
+from gatekeeper.ops.echo import echo_app, named_echo_app
+from gatekeeper.proxy.balancer import (
+    ProxyLimits,
+    ServerSpec,
+    error_response,
+    make_load_balancer,
+    make_weighted,
+    strip_connection_headers,
+)
 from tests.conftest import wait_until
 
 FAST = ProxyLimits(connect_timeout=1.0, response_timeout=0.5)

@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from gatekeeper.app import Gateway
-from gatekeeper.ops.echo import named_echo_app
 from gatekeeper.expr import RequestView, compile_rule
+from gatekeeper.ops.echo import named_echo_app
 
 BOUND = 0.050  # seconds; the RE2 figures are 5-200 us
 # Over HTTP, with a fresh connection and the whole suite sharing 2 cores, a plain request has taken 125 ms:

@@ -15,13 +15,13 @@ from typing import Callable, Dict, Iterator, List, Optional
 import gevent
 import pytest
 import requests
-
 from conftest import wait_until
+
 from gatekeeper.app import Gateway
 from gatekeeper.config.compile import Config
-from gatekeeper.ops.echo import named_echo_app
 from gatekeeper.config.reload import ConfigLoader
 from gatekeeper.config.watch import Watcher, is_editor_leftover
+from gatekeeper.ops.echo import named_echo_app
 
 OLD, NEW = "http://127.0.0.1:1/old", "http://127.0.0.1:1/new"
 TIMEOUT = 5.0

@@ -9,9 +9,9 @@ from typing import List
 
 import gevent
 import requests
+from test_reload import gatekeeper_process, manifest  # noqa: F401  (gatekeeper_process is a fixture)
 
 from gatekeeper.ops.echo import named_echo_app
-from test_reload import gatekeeper_process, manifest  # noqa: F401  (gatekeeper_process is a fixture)
 
 REWRITES = 100
 CLIENTS = 4

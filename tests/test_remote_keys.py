@@ -18,25 +18,25 @@ import gevent
 import gevent.pool
 import pytest
 import requests
+from conftest import RunningServer, wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import RunningServer, wait_until
-from gatekeeper.jwt import remote as jwks
 from gatekeeper.app import Gateway
-from gatekeeper.jwt.auth import JWTAuth
 from gatekeeper.cli.main import main as cli_main
 from gatekeeper.config.compile import compile_config
-from gatekeeper.ops.echo import named_echo_app
+from gatekeeper.config.manifests import read_dir
 from gatekeeper.errors import AuthError, ConfigError
+from gatekeeper.jwt import remote as jwks
+from gatekeeper.jwt.auth import JWTAuth
 from gatekeeper.jwt.jws import b64url_encode
 from gatekeeper.jwt.keys import DESCRIPTIONS
-from gatekeeper.config.manifests import read_dir
 from gatekeeper.jwt.middleware import JWTMiddleware
-from gatekeeper.server.pywsgi import listen_socket, make_server
 from gatekeeper.jwt.mint import mint, new_key_pem, public_jwk
+from gatekeeper.ops.echo import named_echo_app
+from gatekeeper.server.pywsgi import listen_socket, make_server
 
 DISCOVERY = "/.well-known/openid-configuration"
 SEED = Path(__file__).resolve().parent / "data" / "seed"  # verbatim copy of shared/seed's YAML

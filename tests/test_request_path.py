@@ -21,10 +21,16 @@ import pytest
 
 from gatekeeper.app import Gateway
 from gatekeeper.cli.main import build_parser
-from gatekeeper.ops.echo import named_echo_app
-from gatekeeper.requestpath import (FORWARDING_HEADERS, PathPolicy, canonical_target, path_settings,
-                                    path_settings_from_args, Refused)
 from gatekeeper.jwt.mint import mint
+from gatekeeper.ops.echo import named_echo_app
+from gatekeeper.requestpath import (
+    FORWARDING_HEADERS,
+    PathPolicy,
+    Refused,
+    canonical_target,
+    path_settings,
+    path_settings_from_args,
+)
 from tests.conftest import RunningServer, exchange, status_of, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +57,7 @@ http:
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     disable_nagle_algorithm = True  # else Nagle + delayed ACK add ~40 ms to every answer (STYLE.md)
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args) -> None:
         pass
 
 

@@ -11,7 +11,6 @@ import time
 import gevent
 import pytest
 import requests
-
 from serve_process import Gatekeeper, lb_manifest
 from test_entrypoints import tls_files  # noqa: F401 - the module-scoped test CA and server certificate
 

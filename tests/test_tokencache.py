@@ -87,16 +87,16 @@ def test_negative_sizes_are_refused():
 
 # --- through JWTAuth: only the signature check is skipped ------------------------------------------------
 
-import json  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
+import json
+import logging
+import os
+import time
 
-from conftest import wait_until  # noqa: E402
-from test_auth import outcome  # noqa: E402  - "ok" or the refusal reason of auth.verify
+from conftest import wait_until
+from test_auth import outcome
 
-from gatekeeper.jwt.auth import JWTAuth  # noqa: E402
-from gatekeeper.jwt.mint import new_key_pem, public_jwk  # noqa: E402
+from gatekeeper.jwt.auth import JWTAuth
+from gatekeeper.jwt.mint import new_key_pem, public_jwk
 
 
 @pytest.mark.parametrize("claims, first, then, expected", [

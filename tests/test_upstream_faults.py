@@ -8,8 +8,8 @@ from __future__ import annotations
 import http.client
 import logging
 import socket
-import time
 import struct
+import time
 from pathlib import Path
 from typing import Callable, Iterator, List
 
@@ -17,13 +17,12 @@ import gevent
 import pytest
 import requests
 from gevent.server import StreamServer
-
 from prometheus_client import REGISTRY
 
-from gatekeeper.ops import metrics
-from gatekeeper.ops.accesslog import Exchange
 from gatekeeper.app import Gateway
 from gatekeeper.config.compile import CompileOptions
+from gatekeeper.ops import metrics
+from gatekeeper.ops.accesslog import Exchange
 from gatekeeper.ops.echo import named_echo_app
 from gatekeeper.proxy.balancer import ProxyLimits
 from tests.conftest import RunningServer, exchange, status_of, wait_until

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import requests
-
 from serve_process import ROOT, Gatekeeper, lb_manifest, metric_value, wait_for
 
 ROUTES = """

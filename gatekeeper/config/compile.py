@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
 
-from gatekeeper.errors import ConfigError, ExpressionError
-from gatekeeper.expr import RequestView, compile_rule
 from gatekeeper.config.manifests import FileResult, Snapshot
-from gatekeeper.config.middlewares import FACTORIES, WSGIApp, Wrapper, chain_members, compose
+from gatekeeper.config.middlewares import FACTORIES, Wrapper, WSGIApp, chain_members, compose
 from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef, qualify
 from gatekeeper.config.providers import collect
+from gatekeeper.errors import ConfigError, ExpressionError
+from gatekeeper.expr import RequestView, compile_rule
 from gatekeeper.proxy.balancer import ProxyLimits, ServerSpec, error_response, make_load_balancer, make_weighted
 
 
@@ -90,7 +90,7 @@ class CompileOptions:
 
 
 def with_last_good_files(snapshot: Snapshot, previous: Optional[Config],
-                         broken: Mapping[str, ConfigError] = {}) -> Snapshot:  # noqa: B006 - read only
+                         broken: Mapping[str, ConfigError] = {}) -> Snapshot:
     """Files that fail to read or parse, or hold a document of a broken shape (``broken``, by file), keep
     the documents they had in the previous configuration."""
     if previous is None:

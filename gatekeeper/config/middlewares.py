@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from urllib.parse import unquote
 
+from gatekeeper.config.providers.fields import pick, want_bool, want_str, want_str_list, want_str_map
 from gatekeeper.errors import ConfigError
 from gatekeeper.proxy.balancer import error_response
-from gatekeeper.config.providers.fields import pick, want_bool, want_str, want_str_list, want_str_map
 from gatekeeper.requestpath import ALL_ENCODED, ENCODED_CHARACTERS
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]

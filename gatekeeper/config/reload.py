@@ -12,14 +12,14 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections import deque
 from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 from gatekeeper.config.compile import CompileOptions, Config, compile_config
-from gatekeeper.errors import ConfigError
 from gatekeeper.config.manifests import FileResult, Snapshot, read_capped, read_dir, read_file, scan
+from gatekeeper.errors import ConfigError
 
 log = logging.getLogger("gatekeeper.reload")
 

@@ -13,4 +13,4 @@ from gatekeeper.expr.claims import MISSING, compile_claim_path
 from gatekeeper.expr.languages import compile_claims, compile_rule
 from gatekeeper.expr.request import RequestView, routing_path
 
-__all__ = ["compile_claims", "compile_rule", "RequestView", "routing_path", "compile_claim_path", "MISSING"]
+__all__ = ["MISSING", "RequestView", "compile_claim_path", "compile_claims", "compile_rule", "routing_path"]

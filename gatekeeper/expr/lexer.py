@@ -5,7 +5,7 @@ with a message that says what to write instead, rather than as a generic "illega
 """
 from __future__ import annotations
 
-import ply.lex as lex
+from ply import lex
 from ply.yacc import NullLogger
 
 from gatekeeper.errors import ExpressionError

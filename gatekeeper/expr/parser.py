@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 from typing import List, Optional, Tuple
 
-import ply.lex as lex
-import ply.yacc as yacc
+from ply import lex, yacc
 
 from gatekeeper.errors import ExpressionError
 from gatekeeper.expr.lexer import new_lexer, tokens  # noqa: F401  (PLY reads ``tokens`` from here)

@@ -25,13 +25,11 @@ from functools import lru_cache
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl
 
-
-from gatekeeper.jwt import remote as jwks
-from gatekeeper.jwt import jws
-from gatekeeper.jwt import keys
 from gatekeeper.errors import AuthError, ConfigError, ExpressionError, Forbidden, Unauthorized
 from gatekeeper.expr import MISSING, compile_claim_path, compile_claims
 from gatekeeper.jsontext import format_value, number_value
+from gatekeeper.jwt import jws, keys
+from gatekeeper.jwt import remote as jwks
 from gatekeeper.jwt.tokencache import VerifiedTokens
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]

@@ -25,8 +25,16 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gatekeeper import jsontext
 from gatekeeper.errors import ConfigError, Unauthorized
-from gatekeeper.jwt.jws import (ASYMMETRIC_ALGS, HMAC_ALGS, ParsedToken, Verifier, algorithms_for_key, b64url_decode,
-                  build_verifier, hmac_verifier)
+from gatekeeper.jwt.jws import (
+    ASYMMETRIC_ALGS,
+    HMAC_ALGS,
+    ParsedToken,
+    Verifier,
+    algorithms_for_key,
+    b64url_decode,
+    build_verifier,
+    hmac_verifier,
+)
 
 log = logging.getLogger("gatekeeper.keys")
 
@@ -336,7 +344,7 @@ class JWKSFileSource(IndexedSource):
             self._index = None
             self.last_error = exc.reason
             log.error("jwksFile %s: %s: every token is refused (no_keys) until it holds a usable JWK Set",
-                      self.path, exc.reason.replace(f"jwksFile: ", "", 1))
+                      self.path, exc.reason.replace("jwksFile: ", "", 1))
             return
         self.last_error = None
         log.info("jwksFile %s re-read", self.path)

@@ -41,12 +41,11 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urljoin, urlsplit
 
-
 from gatekeeper import jsontext
+from gatekeeper.config.providers.fields import pick
 from gatekeeper.errors import ConfigError
 from gatekeeper.jwt.jws import ASYMMETRIC_ALGS, ParsedToken, Verifier
 from gatekeeper.jwt.keys import KeyIndex, KeySource, read_jwk_set, refuse
-from gatekeeper.config.providers.fields import pick
 
 log = logging.getLogger("gatekeeper.jwks")
 

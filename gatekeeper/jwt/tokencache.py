@@ -30,7 +30,7 @@ DEFAULT_MAX_TOKEN_CHARS = 4096
 class VerifiedTokens:
     """Least-recently-used map: token text -> (parsed token, the verifier that accepted its signature)."""
 
-    __slots__ = ("max_entries", "max_token_chars", "_entries", "hits", "misses")
+    __slots__ = ("_entries", "hits", "max_entries", "max_token_chars", "misses")
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES,
                  max_token_chars: int = DEFAULT_MAX_TOKEN_CHARS) -> None:

@@ -28,8 +28,23 @@ FIELDS = ("time", "pid", "client", "method", "path", "router", "status", "upstre
 class Exchange:
     """One request and its answer, filled in as the response goes out."""
 
-    __slots__ = ("started", "clock", "client", "method", "path", "router", "status", "upstream",
-                 "upstream_error", "duration", "bytes", "user", "jwt_reason", "jwt_ok", "aborted")
+    __slots__ = (
+        "aborted",
+        "bytes",
+        "client",
+        "clock",
+        "duration",
+        "jwt_ok",
+        "jwt_reason",
+        "method",
+        "path",
+        "router",
+        "started",
+        "status",
+        "upstream",
+        "upstream_error",
+        "user",
+    )
 
     def __init__(self, client: str, method: str, path: str) -> None:
         self.started = time.time()
@@ -126,7 +141,7 @@ class ObservedBody:
     ``error``, or ``client`` when the server stopped reading the body early because the client left).
     """
 
-    __slots__ = ("result", "exchange", "environ", "finish", "finished")
+    __slots__ = ("environ", "exchange", "finish", "finished", "result")
 
     def __init__(self, result: Iterable[bytes], exchange: Exchange, environ: dict,
                  finish: Callable[[Exchange], None]) -> None:

@@ -16,8 +16,16 @@ from __future__ import annotations
 import os
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from gatekeeper.jwt import remote as jwks
 from gatekeeper.ops.accesslog import Exchange, fan_out, observe

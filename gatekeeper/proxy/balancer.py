@@ -21,8 +21,15 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import quote, urlsplit
 
 from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout
-from gatekeeper.proxy.client import (ClientBodyError, ConnectionPool, Headers, ProxyLimits, Request,
-                                 ResponseBody, UpstreamAborted)
+from gatekeeper.proxy.client import (
+    ClientBodyError,
+    ConnectionPool,
+    Headers,
+    ProxyLimits,
+    Request,
+    ResponseBody,
+    UpstreamAborted,
+)
 
 log = logging.getLogger("gatekeeper.proxy")
 
@@ -208,7 +215,7 @@ def response_headers(headers: Headers) -> Headers:
 class Server:
     """A :class:`ServerSpec` with its connection pool, made once per compiled configuration."""
 
-    __slots__ = ("spec", "pool")
+    __slots__ = ("pool", "spec")
 
     def __init__(self, spec: ServerSpec, limits: ProxyLimits, pool_factory: Callable) -> None:
         self.spec = spec

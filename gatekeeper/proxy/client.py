@@ -73,7 +73,7 @@ class UpstreamClosed(BadGateway):
 class Connection:
     """One socket to an upstream, with a buffered reader for the responses."""
 
-    __slots__ = ("sock", "reader", "idle_since")
+    __slots__ = ("idle_since", "reader", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -263,7 +263,7 @@ def send_body(sock: socket.socket, read: Callable[[int], bytes], length: Optiona
     while remaining is None or remaining > 0:
         try:
             data = read(CHUNK if remaining is None else min(CHUNK, remaining))
-        except Exception as exc:  # noqa: BLE001 - any client-side failure
+        except Exception as exc:
             raise ClientBodyError(str(exc)) from exc
         if not data:
             break
@@ -394,7 +394,7 @@ class ResponseBody:
     connection is closed.
     """
 
-    __slots__ = ("pool", "conn", "mode", "length", "keep_alive", "done", "pieces", "first")
+    __slots__ = ("conn", "done", "first", "keep_alive", "length", "mode", "pieces", "pool")
 
     def __init__(self, pool: ConnectionPool, conn: Connection, mode: str, length: int,
                  keep_alive: bool) -> None:

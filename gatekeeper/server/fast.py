@@ -28,9 +28,17 @@ import gevent.event
 import httptools
 from gevent.server import StreamServer
 
-from gatekeeper.server.pywsgi import BODY_REFUSED, RESPONSE_431, SKIP_AFTER_431, COALESCE_LIMIT, ConnectionTracking, ServerLimits
-from gatekeeper.server.pywsgi import failure_response, log_request_error
-from gatekeeper.server.pywsgi import with_handshake_deadline
+from gatekeeper.server.pywsgi import (
+    BODY_REFUSED,
+    COALESCE_LIMIT,
+    RESPONSE_431,
+    SKIP_AFTER_431,
+    ConnectionTracking,
+    ServerLimits,
+    failure_response,
+    log_request_error,
+    with_handshake_deadline,
+)
 
 RECV_SIZE = 64 * 1024
 FEED_SLICE = 4096          # bytes handed to the parser at a time once a request is waiting (pipelining)
@@ -92,8 +100,18 @@ class Refused(Exception):
 class Request:
     """One parsed request: its environ, body chunks as llhttp delimits them, and whether it is complete."""
 
-    __slots__ = ("environ", "target", "body", "complete", "keep_alive", "expect_continue", "discard", "size",
-                 "raw", "in_head")
+    __slots__ = (
+        "body",
+        "complete",
+        "discard",
+        "environ",
+        "expect_continue",
+        "in_head",
+        "keep_alive",
+        "raw",
+        "size",
+        "target",
+    )
 
     def __init__(self, environ: dict) -> None:
         self.environ = environ
@@ -373,8 +391,18 @@ class Connection:
 class Reply:
     """One request through the app and back: start_response, framing, head + first chunk in one send."""
 
-    __slots__ = ("conn", "request", "status", "headers", "code", "chunked", "remaining", "close", "head",
-                 "bodyless")
+    __slots__ = (
+        "bodyless",
+        "chunked",
+        "close",
+        "code",
+        "conn",
+        "head",
+        "headers",
+        "remaining",
+        "request",
+        "status",
+    )
 
     def __init__(self, conn: Connection, request: Request) -> None:
         self.conn, self.request = conn, request

@@ -17,8 +17,12 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import gevent
 import gevent.event
-from gevent.pywsgi import WSGIHandler, WSGIServer
-from gevent.pywsgi import _BAD_REQUEST_RESPONSE, _InvalidClientRequest  # pywsgi answers these with 400
+from gevent.pywsgi import (  # pywsgi answers these with 400
+    _BAD_REQUEST_RESPONSE,
+    WSGIHandler,
+    WSGIServer,
+    _InvalidClientRequest,
+)
 
 from gatekeeper.proxy.balancer import log_path
 from gatekeeper.proxy.client import UpstreamAborted
@@ -164,7 +168,7 @@ class GatewayHandler(WSGIHandler):
         finally:
             self.waiting_for_request = False
 
-    def MessageClass(self, rfile, *args):  # noqa: N802 - pywsgi's name
+    def MessageClass(self, rfile, *args):
         # The idle timeout bounds each read; this bounds the whole header block, so a client trickling a
         # byte at a time (slowloris) cannot hold a connection past it.
         deadline = socket.timeout("request headers not received in time")
@@ -543,8 +547,8 @@ def plan_entrypoints(args) -> List[Entrypoint]:
 def make_loader(args):
     """A ConfigLoader with the upstream limits of the command line, counting its reloads in metrics."""
     from gatekeeper.config.compile import CompileOptions
-    from gatekeeper.proxy.balancer import ProxyLimits
     from gatekeeper.config.reload import ConfigLoader
+    from gatekeeper.proxy.balancer import ProxyLimits
 
     def record_reload(loader: ConfigLoader, swapped: bool) -> None:
         # imported late: prometheus_client must see PROMETHEUS_MULTIPROC_DIR, set before workers fork
@@ -570,11 +574,11 @@ def serve_process(args, loader, listeners: Listeners, announce: Callable[[], Non
     """
     import signal
 
+    from gatekeeper.app import Gateway
     from gatekeeper.jwt import remote as jwks
     from gatekeeper.ops import metrics
     from gatekeeper.ops.accesslog import AccessLog, fan_out
     from gatekeeper.ops.admin import admin_hosts, make_admin_app
-    from gatekeeper.app import Gateway
     from gatekeeper.requestpath import path_settings_from_args
 
     access_log = AccessLog(args.log_format)

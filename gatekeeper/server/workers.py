@@ -125,7 +125,7 @@ class Supervisor:
             code = self.work()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:  # noqa: BLE001 - report, then leave without running the parent's code
+        except BaseException:
             traceback.print_exc()
         finally:
             sys.stdout.flush()

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from gatekeeper.errors import ConfigError
 from gatekeeper.config.manifests import Document, FileResult, Snapshot
 from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef
+from gatekeeper.errors import ConfigError
 
 KINDS = ("router", "middleware", "service")
 

@@ -5,8 +5,8 @@ import os
 import re
 from typing import Any, Dict, Iterable, List, Optional
 
-from gatekeeper.errors import ConfigError
 from gatekeeper.config.manifests import Mapping
+from gatekeeper.errors import ConfigError
 
 _ENV = re.compile(r"""\{\{\s*env\s+"([^"]*)"\s*\}\}""")
 

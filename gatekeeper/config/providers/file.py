@@ -3,11 +3,28 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
 
-from gatekeeper.errors import ConfigError
 from gatekeeper.config.manifests import Document
-from gatekeeper.config.model import FAIL_CLOSED_PRIORITY, MiddlewareDef, RouterDef, ServerDef, ServiceDef, Source, qualify
+from gatekeeper.config.model import (
+    FAIL_CLOSED_PRIORITY,
+    MiddlewareDef,
+    RouterDef,
+    ServerDef,
+    ServiceDef,
+    Source,
+    qualify,
+)
 from gatekeeper.config.providers import Collector
-from gatekeeper.config.providers.fields import (expand_env, line_of, pick, want_bool, want_int, want_list, want_str, want_str_list)
+from gatekeeper.config.providers.fields import (
+    expand_env,
+    line_of,
+    pick,
+    want_bool,
+    want_int,
+    want_list,
+    want_str,
+    want_str_list,
+)
+from gatekeeper.errors import ConfigError
 
 PROVIDER = "file"
 ROUTER_FIELDS = ("rule", "entryPoints", "priority", "middlewares", "service", "tls", "ruleSyntax")

@@ -24,12 +24,21 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from gatekeeper.errors import ConfigError
 from gatekeeper.config.manifests import Document
 from gatekeeper.config.model import FAIL_CLOSED_PRIORITY, RouterDef, ServerDef, ServiceDef, Source, qualify
 from gatekeeper.config.providers import Collector
 from gatekeeper.config.providers import file as file_provider
-from gatekeeper.config.providers.fields import line_of, pick, type_name, want_bool, want_int, want_list, want_str, want_str_list
+from gatekeeper.config.providers.fields import (
+    line_of,
+    pick,
+    type_name,
+    want_bool,
+    want_int,
+    want_list,
+    want_str,
+    want_str_list,
+)
+from gatekeeper.errors import ConfigError
 
 PROVIDER = "kubernetescrd"
 TRAEFIK_API_VERSIONS = ("traefik.io/v1alpha1", "traefik.containo.us/v1alpha1")
