@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from ipaddress import ip_address, ip_network
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Sequence
+from typing import IO, Any, Callable, Dict, Iterable, Optional, Sequence
 
 from gatekeeper.config.compile import CompileOptions, Config
 from gatekeeper.proxy.balancer import error_response, strip_connection_headers
 from gatekeeper.requestpath import PathSettings, compile_path_policy, drop_forwarding_headers, has_forwarding_headers
+from gatekeeper.wsgi import BODY_REFUSED, Environ, StartResponse, WSGIApp
+from gatekeeper.wsgi import error_response as wsgi_error_response
 
 NOT_FOUND = error_response(404, "Not Found")
 _BAD_REQUESTS: Dict[str, Callable] = {}
@@ -95,3 +97,58 @@ def create_app(conf_d: str = "conf.d", watch: bool = True, trusted_proxies: Sequ
     if watch:
         gateway.loader.watch()
     return gateway
+
+
+# --- the request edge: what every entry (serve, gunicorn, workers) wraps around the Gateway -------------
+
+def edge_stack(app: WSGIApp, *, max_body_bytes: Optional[int] = None,
+               access_log: Optional[Callable[..., None]] = None) -> WSGIApp:
+    """``app`` behind the request edge: the body limit, then metrics and the access log (outermost, so a
+    413 is counted and logged too)."""
+    # imported here: prometheus_client must see PROMETHEUS_MULTIPROC_DIR, which the workers' parent sets
+    # before forking and never imports metrics itself (server/workers.py)
+    from gatekeeper.ops import metrics
+
+    if max_body_bytes is not None:
+        app = limit_body(app, max_body_bytes)
+    return metrics.instrument(app, access_log)
+
+
+def limit_body(app: WSGIApp, max_bytes: int) -> WSGIApp:
+    """Answer 413 to a request whose Content-Length exceeds ``max_bytes``, and close the connection.
+
+    A chunked body is counted as it streams; past the limit its read fails, which the proxy turns
+    into an error answer (the status line may already be on its way, so it cannot be 413).
+    """
+    too_large = wsgi_error_response(413, f"request body larger than {max_bytes} bytes")
+
+    def limited(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        length = environ.get("CONTENT_LENGTH")
+        if length and int(length) > max_bytes:
+            environ[BODY_REFUSED] = True
+            return too_large(environ, lambda s, h, *a: start_response(s, h + [("Connection", "close")], *a))
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            environ["wsgi.input"] = CappedInput(environ["wsgi.input"], max_bytes)
+        return app(environ, start_response)
+    return limited
+
+
+class BodyTooLarge(IOError):
+    """A chunked request body went past ``--max-body-bytes``."""
+
+
+class CappedInput:
+    """``wsgi.input`` that fails once more than ``limit`` bytes were read."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self.stream, self.limit, self.seen = stream, limit, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.seen += len(data)
+        if self.seen > self.limit:
+            raise BodyTooLarge(f"request body larger than {self.limit} bytes")
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
