@@ -1,10 +1,12 @@
 """WSGI vocabulary shared by every wing: the types, the ``environ`` keys the gateway sets, header names as
-environ keys, and canned error answers. It imports nothing of the package, so anything may import it.
+environ keys, the raw request target and canned error answers. It imports nothing of the package, so
+anything may import it.
 """
 from __future__ import annotations
 
 from http import HTTPStatus
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from urllib.parse import quote
 
 Environ = Dict[str, Any]
 Headers = List[Tuple[str, str]]
@@ -22,6 +24,9 @@ UPSTREAM_ERROR = "gatekeeper.upstream.error"   # timeout, bad_gateway or aborted
 BODY_REFUSED = "gatekeeper.body_refused"       # the server refused the body (too large, bad framing)
 
 _BODY_HEADERS = ("CONTENT_TYPE", "CONTENT_LENGTH")
+# What a path segment may hold unescaped besides the unreserved characters quote() always keeps
+# (RFC 3986 3.3 pchar). "%" is not in it: PATH_INFO is decoded, so a "%" there was sent as "%25".
+PATH_SAFE = "/!$&'()*+,;=:@"
 
 
 def environ_key(header: str) -> str:
@@ -32,6 +37,43 @@ def environ_key(header: str) -> str:
     """
     key = header.upper().replace("-", "_")
     return key if key in _BODY_HEADERS else "HTTP_" + key
+
+
+def quote_path(decoded: str) -> str:
+    """The raw spelling of a decoded WSGI path (latin-1 characters standing for bytes), ``/`` when empty.
+
+    The one rule for rebuilding a target from ``PATH_INFO`` (the request-path entry, path middlewares, the
+    proxy).
+
+    >>> quote_path("/a b/%/é"), quote_path("")
+    ('/a%20b/%25/%E9', '/')
+    """
+    return quote(decoded.encode("latin-1", "replace"), safe=PATH_SAFE) or "/"
+
+
+def raw_target(environ: Environ) -> str:
+    """The request target as received: ``RAW_URI`` (our servers, gunicorn), ``REQUEST_URI`` (uWSGI and
+    others), else rebuilt from ``SCRIPT_NAME``, ``PATH_INFO`` and ``QUERY_STRING``.
+
+    >>> raw_target({"PATH_INFO": "/a b", "QUERY_STRING": "x=1"}), raw_target({"RAW_URI": "/%7e"})
+    ('/a%20b?x=1', '/%7e')
+    """
+    raw = environ.get(RAW_URI) or environ.get("REQUEST_URI")
+    if raw:
+        return str(raw)
+    query = environ.get("QUERY_STRING", "")
+    path = quote_path(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
+    return path + "?" + query if query else path
+
+
+def log_path(environ: Environ) -> str:
+    """The request path for a log line: never the query string (a token may travel there).
+
+    >>> log_path({"RAW_URI": "/a?jwt=secret"}), len(log_path({"PATH_INFO": "/x" * 300}))
+    ('/a', 200)
+    """
+    path = str(environ.get(RAW_URI) or environ.get("PATH_INFO") or "/").partition("?")[0][:200]
+    return path if path.isprintable() else ascii(path)
 
 
 def error_response(status_code: int, message: str = "",
