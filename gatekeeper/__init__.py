@@ -1,7 +1,15 @@
 """gatekeeper: a JWT-securing API gateway.
 
 Public API only; importing it never monkey-patches, starts a thread or touches the network.
+
+    >>> import gatekeeper
+    >>> issubclass(gatekeeper.Unauthorized, gatekeeper.GatekeeperError)
+    True
 """
+from __future__ import annotations
+
+import typing
+
 from gatekeeper.errors import (
     AuthError,
     BadGateway,
@@ -12,6 +20,10 @@ from gatekeeper.errors import (
     GatewayTimeout,
     Unauthorized,
 )
+
+if typing.TYPE_CHECKING:  # for type checkers only: at run time both are loaded on first use, below
+    from gatekeeper.app import Gateway
+    from gatekeeper.jwt.middleware import JWTMiddleware
 
 __all__ = [
     "AuthError",
@@ -27,8 +39,9 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # Lazy so that ``import gatekeeper`` stays light: the gateway pulls in the proxy and PLY.
+def __getattr__(name: str) -> object:
+    """Load ``Gateway`` and ``JWTMiddleware`` on first use, so that ``import gatekeeper`` stays light
+    (the gateway pulls in the proxy, PLY and RE2)."""
     if name == "Gateway":
         from gatekeeper.app import Gateway
         return Gateway

@@ -12,7 +12,7 @@ compares as written (``1.0`` is not ``1``). Plain ``int``/``float`` (payloads bu
 from __future__ import annotations
 
 import json
-from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from gatekeeper.errors import ExpressionError
 from gatekeeper.expr.compiler import ArgumentError, Predicate, Signature
@@ -31,7 +31,9 @@ class _Missing:
 
 
 MISSING = _Missing()
-Getter = Callable[[dict], object]
+Payload = Dict[str, Any]  # a decoded JWT payload, as jsontext.loads returns it
+Getter = Callable[[Payload], object]
+Claims = Predicate[Payload]
 
 
 # -- claim paths ------------------------------------------------------------------------------------------
@@ -91,13 +93,13 @@ def _getter(keys: Sequence[str]) -> Getter:
     if len(keys) == 1:
         (key,) = keys
 
-        def get_one(payload: dict) -> object:
+        def get_one(payload: Payload) -> object:
             return payload.get(key, MISSING) if isinstance(payload, dict) else MISSING
 
         return get_one
     steps = tuple(keys)
 
-    def get_nested(payload: dict) -> object:
+    def get_nested(payload: Payload) -> object:
         node: object = payload
         for key in steps:
             if not isinstance(node, dict):
@@ -131,10 +133,10 @@ def scalar_text(value: object) -> Optional[str]:
     return None
 
 
-def _equals(args: Sequence[str]) -> Predicate:
+def _equals(args: Sequence[str]) -> Claims:
     get, want = _path_argument(args[0]), args[1]
 
-    def equals(payload: dict) -> bool:
+    def equals(payload: Payload) -> bool:
         value = get(payload)
         if isinstance(value, str):
             return value == want
@@ -143,20 +145,20 @@ def _equals(args: Sequence[str]) -> Predicate:
     return equals
 
 
-def _prefix(args: Sequence[str]) -> Predicate:
+def _prefix(args: Sequence[str]) -> Claims:
     get, prefix = _path_argument(args[0]), args[1]
 
-    def prefix_of(payload: dict) -> bool:
+    def prefix_of(payload: Payload) -> bool:
         value = get(payload)
         return type(value) is str and value.startswith(prefix)
 
     return prefix_of
 
 
-def _contains(args: Sequence[str]) -> Predicate:
+def _contains(args: Sequence[str]) -> Claims:
     get, want = _path_argument(args[0]), args[1]
 
-    def contains(payload: dict) -> bool:
+    def contains(payload: Payload) -> bool:
         value = get(payload)
         if type(value) is str:
             return want in value
@@ -167,12 +169,12 @@ def _contains(args: Sequence[str]) -> Predicate:
     return contains
 
 
-def _split_contains(args: Sequence[str]) -> Predicate:
+def _split_contains(args: Sequence[str]) -> Claims:
     get, separator, want = _path_argument(args[0]), args[1], args[2]
     if separator == "":
         raise ArgumentError("the separator must not be empty", 1)
 
-    def split_contains(payload: dict) -> bool:
+    def split_contains(payload: Payload) -> bool:
         value = get(payload)
         if type(value) is not str:
             return False
@@ -181,11 +183,11 @@ def _split_contains(args: Sequence[str]) -> Predicate:
     return split_contains
 
 
-def _one_of(args: Sequence[str]) -> Predicate:
+def _one_of(args: Sequence[str]) -> Claims:
     get = _path_argument(args[0])
     wanted: FrozenSet[str] = frozenset(args[1:])
 
-    def one_of(payload: dict) -> bool:
+    def one_of(payload: Payload) -> bool:
         value = get(payload)
         if isinstance(value, list):
             return any(scalar_text(element) in wanted for element in value)
@@ -194,7 +196,7 @@ def _one_of(args: Sequence[str]) -> Predicate:
     return one_of
 
 
-FUNCTIONS: Dict[str, Signature] = {
+FUNCTIONS: Dict[str, Signature[Payload]] = {
     sig.name: sig
     for sig in (
         Signature("Equals", 2, 2, _equals, "path, value"),

@@ -7,13 +7,14 @@ the closures it returns are the whole evaluation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Generic, Optional, Sequence, TypeVar
 
 from gatekeeper.errors import ExpressionError
 from gatekeeper.expr.parser import parse
 from gatekeeper.expr.tree import AllOf, Arg, Call, Node, Not
 
-Predicate = Callable[[object], bool]
+S = TypeVar("S")  # what a language's closures look at: a claims payload, or a RequestView
+Predicate = Callable[[S], bool]
 MAX_DEPTH = 64  # of nested "!" / groups of alternating operators: deeper closures would risk RecursionError
 
 
@@ -28,16 +29,17 @@ class ArgumentError(ValueError):
 
 
 @dataclass(frozen=True)
-class Signature:
+class Signature(Generic[S]):
     """A function of the language: its argument counts and how to build its closure from its arguments."""
 
     name: str
     min_args: int
     max_args: Optional[int]  # None: any number from min_args
-    build: Callable[[Sequence[str]], Predicate]
+    build: Callable[[Sequence[str]], Predicate[S]]
     arg_names: str  # for messages: "path, value"
 
     def arity_error(self, got: int) -> Optional[str]:
+        """The message for a call with ``got`` arguments, or None when the count is right."""
         if got >= self.min_args and (self.max_args is None or got <= self.max_args):
             return None
         if self.max_args is None:
@@ -50,28 +52,30 @@ class Signature:
 
 
 @dataclass(frozen=True)
-class Language:
+class Language(Generic[S]):
     """A function table plus the word used in messages ("function" for claims, "matcher" for rules)."""
 
     kind: str
-    functions: Dict[str, Signature]  # every accepted spelling -> signature
+    functions: Dict[str, Signature[S]]  # every accepted spelling -> signature
     foreign: Dict[str, str]  # names of the other language -> a hint for the message
 
 
-def compile_expression(text: str, language: Language) -> Predicate:
+def compile_expression(text: str, language: Language[S]) -> Predicate[S]:
     """Parse and compile ``text`` against ``language``; raises :class:`ExpressionError`."""
     return _Compiler(text, language).compile(parse(text), 0)
 
 
-class _Compiler:
-    def __init__(self, text: str, language: Language) -> None:
+class _Compiler(Generic[S]):
+    """One compilation: the text (for error messages) and the language whose table calls are checked against."""
+
+    def __init__(self, text: str, language: Language[S]) -> None:
         self.text = text
         self.language = language
 
     def error(self, message: str, column: int) -> ExpressionError:
         return ExpressionError(message, self.text, column)
 
-    def compile(self, node: Node, depth: int) -> Predicate:
+    def compile(self, node: Node, depth: int) -> Predicate[S]:
         if depth > MAX_DEPTH:
             raise self.error(f"expression nested too deeply (more than {MAX_DEPTH} levels)", node.column)
         if isinstance(node, Call):
@@ -81,7 +85,7 @@ class _Compiler:
         parts = [self.compile(operand, depth + 1) for operand in node.operands]
         return _all_of(parts) if isinstance(node, AllOf) else _any_of(parts)
 
-    def call(self, node: Call) -> Predicate:
+    def call(self, node: Call) -> Predicate[S]:
         signature = self.language.functions.get(node.name)
         if signature is None:
             hint = self.language.foreign.get(node.name, "")
@@ -102,18 +106,19 @@ def _column_of(arg: Arg, offset: Optional[int]) -> int:
     return arg.column + 1 + min(offset, len(arg.value))
 
 
-def _negate(operand: Predicate) -> Predicate:
+def _negate(operand: Predicate[S]) -> Predicate[S]:
     return lambda subject: not operand(subject)
 
 
-def _all_of(parts: Sequence[Predicate]) -> Predicate:
+def _all_of(parts: Sequence[Predicate[S]]) -> Predicate[S]:
+    """One closure for an n-ary ``&&``; two operands (the common case) skip the loop."""
     if len(parts) == 2:
         first, second = parts
         return lambda subject: first(subject) and second(subject)
-    parts = tuple(parts)
+    steps = tuple(parts)
 
-    def all_of(subject: object) -> bool:
-        for part in parts:
+    def all_of(subject: S) -> bool:
+        for part in steps:  # noqa: SIM110 - a plain loop: all() over a generator costs more per request
             if not part(subject):
                 return False
         return True
@@ -121,14 +126,15 @@ def _all_of(parts: Sequence[Predicate]) -> Predicate:
     return all_of
 
 
-def _any_of(parts: Sequence[Predicate]) -> Predicate:
+def _any_of(parts: Sequence[Predicate[S]]) -> Predicate[S]:
+    """One closure for an n-ary ``||``; two operands (the common case) skip the loop."""
     if len(parts) == 2:
         first, second = parts
         return lambda subject: first(subject) or second(subject)
-    parts = tuple(parts)
+    steps = tuple(parts)
 
-    def any_of(subject: object) -> bool:
-        for part in parts:
+    def any_of(subject: S) -> bool:
+        for part in steps:  # noqa: SIM110 - a plain loop: any() over a generator costs more per request
             if part(subject):
                 return True
         return False

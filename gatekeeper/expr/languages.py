@@ -3,18 +3,18 @@ from __future__ import annotations
 
 from typing import Callable
 
-from gatekeeper.expr.claims import FUNCTIONS
+from gatekeeper.expr.claims import FUNCTIONS, Payload
 from gatekeeper.expr.compiler import Language, compile_expression
 from gatekeeper.expr.matchers import MATCHERS
 from gatekeeper.expr.request import RequestView
 
-CLAIMS = Language("function", FUNCTIONS, {
+CLAIMS: Language[Payload] = Language("function", FUNCTIONS, {
     name: f" ({sig.name} is a router matcher, not a claims function)" for name, sig in MATCHERS.items()})
-RULES = Language("matcher", MATCHERS, {
+RULES: Language[RequestView] = Language("matcher", MATCHERS, {
     name: f" ({name} is a claims function, not a router matcher)" for name in FUNCTIONS})
 
 
-def compile_claims(text: str) -> Callable[[dict], bool]:
+def compile_claims(text: str) -> Callable[[Payload], bool]:
     """Compile a JWT ``claims`` expression into a predicate over a decoded payload.
 
         >>> allowed = compile_claims("Equals(`grp`, `admin`) || OneOf(`roles`, `ops`, `dev`)")

@@ -28,6 +28,7 @@ class StringToken(str):
     """A STRING token's value: the decoded text, remembering whether it was a backtick (raw) string."""
 
     __slots__ = ("raw",)
+    raw: bool
 
 
 def t_RAW_STRING(t: lex.LexToken) -> lex.LexToken:

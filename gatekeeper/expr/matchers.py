@@ -14,8 +14,10 @@ from typing import Callable, Dict, Sequence
 
 from gatekeeper.expr.compiler import ArgumentError, Predicate, Signature
 from gatekeeper.expr.regexps import RegexpError, compile_search
-from gatekeeper.expr.request import RequestView, environ_key, routing_path
+from gatekeeper.expr.request import RequestView, routing_path
+from gatekeeper.wsgi import environ_key
 
+Rule = Predicate[RequestView]
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: methods and header names
 
 
@@ -40,7 +42,7 @@ def _normalized_host(host: str) -> str:
     return host.rstrip(".")
 
 
-def _host(args: Sequence[str]) -> Predicate:
+def _host(args: Sequence[str]) -> Rule:
     host = _normalized_host(args[0])
     if not host or "*" in host.lstrip("*") or (host.startswith("*") and host != "*" and not host.startswith("*.")):
         raise ArgumentError(f"not a host name: {args[0]!r} (a wildcard is only allowed as `*` or `*.domain`)", 0)
@@ -53,7 +55,7 @@ def _host(args: Sequence[str]) -> Predicate:
     return lambda view: view.host == host
 
 
-def _host_regexp(args: Sequence[str]) -> Predicate:
+def _host_regexp(args: Sequence[str]) -> Rule:
     search = _regexp(args[0], 0)
     return lambda view: search(view.host)
 
@@ -64,50 +66,50 @@ def _path_argument(path: str) -> str:
     return routing_path(path)
 
 
-def _path(args: Sequence[str]) -> Predicate:
+def _path(args: Sequence[str]) -> Rule:
     path = _path_argument(args[0])
     return lambda view: view.path == path
 
 
-def _path_prefix(args: Sequence[str]) -> Predicate:
+def _path_prefix(args: Sequence[str]) -> Rule:
     prefix = _path_argument(args[0])
     return lambda view: view.path.startswith(prefix)
 
 
-def _path_regexp(args: Sequence[str]) -> Predicate:
+def _path_regexp(args: Sequence[str]) -> Rule:
     search = _regexp(args[0], 0)
     return lambda view: search(view.path)
 
 
-def _method(args: Sequence[str]) -> Predicate:
+def _method(args: Sequence[str]) -> Rule:
     method = args[0].upper()
     if not _TOKEN.fullmatch(method):
         raise ArgumentError(f"not an HTTP method: {args[0]!r}", 0)
     return lambda view: view.method == method
 
 
-def _header(args: Sequence[str]) -> Predicate:
+def _header(args: Sequence[str]) -> Rule:
     key, value = _header_key(args[0]), args[1]
     return lambda view: value in view.values_of(key)
 
 
-def _header_regexp(args: Sequence[str]) -> Predicate:
+def _header_regexp(args: Sequence[str]) -> Rule:
     key, search = _header_key(args[0]), _regexp(args[1], 1)
     return lambda view: any(search(value) for value in view.values_of(key))
 
 
-def _query(args: Sequence[str]) -> Predicate:
+def _query(args: Sequence[str]) -> Rule:
     key = args[0]
     value = args[1] if len(args) == 2 else ""
     return lambda view: value in view.query.get(key, ())
 
 
-def _query_regexp(args: Sequence[str]) -> Predicate:
+def _query_regexp(args: Sequence[str]) -> Rule:
     key, search = args[0], _regexp(args[1], 1)
     return lambda view: any(search(value) for value in view.query.get(key, ()))
 
 
-def _client_ip(args: Sequence[str]) -> Predicate:
+def _client_ip(args: Sequence[str]) -> Rule:
     try:
         network = ipaddress.ip_network(args[0].strip(), strict=False)
     except ValueError:
@@ -125,7 +127,7 @@ def _client_ip(args: Sequence[str]) -> Predicate:
     return client_ip
 
 
-CANONICAL: Dict[str, Signature] = {
+CANONICAL: Dict[str, Signature[RequestView]] = {
     sig.name: sig
     for sig in (
         Signature("Host", 1, 1, _host, "host"),
@@ -148,4 +150,5 @@ def spellings(name: str) -> Sequence[str]:
     return (name, name.lower(), name.upper(), name.lower().title())
 
 
-MATCHERS: Dict[str, Signature] = {spelling: sig for name, sig in CANONICAL.items() for spelling in spellings(name)}
+MATCHERS: Dict[str, Signature[RequestView]] = {
+    spelling: sig for name, sig in CANONICAL.items() for spelling in spellings(name)}

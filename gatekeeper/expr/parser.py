@@ -65,7 +65,7 @@ def p_args_more(p: yacc.YaccProduction) -> None:
     p[0] = p[1] + [Arg(str(p[3]), p.lexpos(3) + 1, p[3].raw)]
 
 
-def _operands(node: Node, kind: type) -> tuple:
+def _operands(node: Node, kind: type[AllOf] | type[AnyOf]) -> Tuple[Node, ...]:
     """Flatten chains of the same operator (both are associative) into one n-ary node."""
     return node.operands if isinstance(node, kind) else (node,)
 
@@ -188,6 +188,7 @@ def parse(text: str) -> Node:
         raise ExpressionError("empty expression", text, 1)
     stream = _TokenStream(text)
     try:
-        return _PARSER.parse(lexer=stream.lexer, tokenfunc=stream.token)
+        tree: Node = _PARSER.parse(lexer=stream.lexer, tokenfunc=stream.token)
     except _UnexpectedEnd:
         raise stream.explain_end() from None
+    return tree

@@ -67,7 +67,8 @@ def compile_search(pattern: str) -> Callable[[str], bool]:
             data = text.encode()
         except UnicodeEncodeError:  # a lone surrogate (not from a WSGI server): match, never raise per request
             data = text.encode("utf-8", "surrogatepass")
-        return match(_UNANCHORED, data, 0, len(data))[0][0] >= 0
+        start: int = match(_UNANCHORED, data, 0, len(data))[0][0]  # -1: no match
+        return start >= 0
 
     return search
 

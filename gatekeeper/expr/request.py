@@ -11,6 +11,8 @@ from functools import lru_cache
 from typing import Callable, Dict, Generic, List, Optional, Tuple, TypeVar, Union
 from urllib.parse import parse_qs, quote
 
+from gatekeeper.wsgi import RAW_URI, Environ, environ_key
+
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -24,7 +26,8 @@ def _escape_table() -> Dict[str, str]:
     for byte in range(256):
         char = chr(byte)
         replacement = char if char in _UNRESERVED else f"%{byte:02X}"
-        high, low = f"{byte:02X}"
+        pair = f"{byte:02X}"
+        high, low = pair[0], pair[1]
         for spelling in (high + low, high.lower() + low, high + low.lower(), high.lower() + low.lower()):
             table[spelling] = replacement
     return table
@@ -63,14 +66,6 @@ def target_path(target: str) -> str:
         if cut >= 0:
             target = target[:cut]
     return target
-
-
-def environ_key(header: str) -> str:
-    """The WSGI environ key of a header name: ``X-Api-Key`` -> ``HTTP_X_API_KEY``."""
-    key = header.upper().replace("-", "_")
-    if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-        return key
-    return "HTTP_" + key
 
 
 def _host_of(authority: str) -> str:
@@ -121,12 +116,13 @@ class RequestView:
         ('api.example.com', '/v1/~x', ['1'], '10.0.0.7')
     """
 
-    def __init__(self, environ: dict) -> None:
+    def __init__(self, environ: Environ) -> None:
         self.environ = environ
 
     @property
     def method(self) -> str:
-        return self.environ.get("REQUEST_METHOD", "GET")
+        method: str = self.environ.get("REQUEST_METHOD", "GET")
+        return method
 
     @lazy
     def host(self) -> str:
@@ -136,7 +132,7 @@ class RequestView:
     @lazy
     def path(self) -> str:
         environ = self.environ
-        raw = environ.get("RAW_URI")
+        raw = environ.get(RAW_URI)
         if raw is None:
             decoded = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
             raw = quote(decoded.encode("latin-1", "replace"), safe=_PATH_SAFE) or "/"
