@@ -18,7 +18,7 @@ import requests
 from conftest import wait_until
 
 from gatekeeper.app import Gateway
-from gatekeeper.config.compile import Config
+from gatekeeper.config.table import Config
 from gatekeeper.config.reload import ConfigLoader
 from gatekeeper.config.watch import Watcher, is_editor_leftover
 from gatekeeper.ops.echo import named_echo_app

@@ -9,79 +9,27 @@ previous configuration, so a reload costs what changed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
 
+from gatekeeper.config import middlewares
 from gatekeeper.config.manifests import FileResult, Snapshot
-from gatekeeper.config.middlewares import FACTORIES, Wrapper, WSGIApp, chain_members, compose
-from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef, qualify
+from gatekeeper.config.middlewares import Wrapper, compose
+from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef, Source
 from gatekeeper.config.providers import collect
+from gatekeeper.config.table import (
+    BuiltMiddleware,
+    BuiltService,
+    CompiledRouter,
+    Config,
+    index_by_entrypoint,
+    sorted_routers,
+)
 from gatekeeper.errors import ConfigError, ExpressionError
 from gatekeeper.expr import RequestView, compile_rule
-from gatekeeper.proxy.balancer import ProxyLimits, ServerSpec, error_response, make_load_balancer, make_weighted
+from gatekeeper.proxy.balancer import ProxyLimits, ServerSpec, make_load_balancer, make_weighted
+from gatekeeper.wsgi import WSGIApp, error_response
 
-
-@dataclass(frozen=True)
-class BuiltMiddleware:
-    definition: MiddlewareDef
-    wrapper: Optional[Wrapper]          # None when in error and no good version was ever built
-    error: Optional[str] = None
-    stale: bool = False                 # serving a previous good version while the new one is in error
-
-
-@dataclass(frozen=True)
-class BuiltService:
-    definition: ServiceDef
-    app: Optional[WSGIApp]
-    error: Optional[str] = None
-    stale: bool = False
-
-
-@dataclass(frozen=True)
-class CompiledRouter:
-    definition: RouterDef
-    matches: Callable[[RequestView], bool]
-    handler: WSGIApp
-    error: Optional[str] = None         # why it answers 503, when it does
-    stale: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.definition.name
-
-    @property
-    def priority(self) -> int:
-        return self.definition.effective_priority
-
-
-@dataclass(frozen=True)
-class Config:
-    """One loaded configuration. Never mutated: a reload builds a new one and swaps the reference."""
-
-    routers: Tuple[CompiledRouter, ...] = ()
-    middlewares: Mapping[str, BuiltMiddleware] = field(default_factory=dict)
-    services: Mapping[str, BuiltService] = field(default_factory=dict)
-    errors: Tuple[ConfigError, ...] = ()
-    snapshot: Snapshot = field(default_factory=lambda: Snapshot(""))
-    generation: int = 0
-    by_entrypoint: Mapping[str, Tuple[CompiledRouter, ...]] = field(default_factory=dict)
-
-    def routers_for(self, entrypoint: Optional[str]) -> Tuple[CompiledRouter, ...]:
-        """Routers a listener serves: all of them, or those naming its entry point or none."""
-        if entrypoint is None:
-            return self.routers
-        found = self.by_entrypoint.get(entrypoint)
-        if found is None:
-            found = tuple(r for r in self.routers if not r.definition.entry_points)
-        return found
-
-    def match(self, environ: dict, entrypoint: Optional[str] = None) -> Optional[CompiledRouter]:
-        """The highest-priority router whose rule matches the request, or None (404)."""
-        view = RequestView(environ)
-        for router in self.routers_for(entrypoint):
-            if router.matches(view):
-                return router
-        return None
+__all__ = ["CompileOptions", "Config", "compile_config"]  # Config's home is table.py; kept for app.py
 
 
 @dataclass(frozen=True)
@@ -210,7 +158,7 @@ class Builder:
     """Builds the runtime pieces of one configuration, reusing unchanged ones from the previous."""
 
     def __init__(self, defs: Definitions, previous: Optional[Config], options: CompileOptions,
-                 stale: Set[Tuple[str, str]], root: str = "",
+                 stale: Set[Tuple[str, str]], *, root: str = "",
                  failed: Optional[Mapping[Tuple[str, str], ConfigError]] = None) -> None:
         self.root = root
         self.failed = failed or {}
@@ -234,7 +182,7 @@ class Builder:
             built = old
         else:
             try:
-                built = BuiltService(definition, self.build_service(definition, trail + (name,)),
+                built = BuiltService(definition, self.build_service(definition, (*trail, name)),
                                      stale=("service", name) in self.stale)
             except ConfigError as err:
                 self.report(err, definition.source, f'service "{name}"')
@@ -282,7 +230,7 @@ class Builder:
             built = old
         else:
             try:
-                built = BuiltMiddleware(definition, self.build_middleware(definition, trail + (name,)),
+                built = BuiltMiddleware(definition, self.build_middleware(definition, (*trail, name)),
                                         stale=("middleware", name) in self.stale)
             except ConfigError as err:
                 self.report(err, definition.source, f'middleware "{name}"')
@@ -294,33 +242,18 @@ class Builder:
         return built
 
     def build_middleware(self, definition: MiddlewareDef, trail: Tuple[str, ...]) -> Wrapper:
-        if definition.kind == "plugin.jwt":
-            from gatekeeper.jwt.auth import JWTAuth
-            return JWTAuth.from_config(self.resolve_jwks_file(definition)).wrap
-        if definition.kind == "chain":
-            wrappers = []
-            for member in chain_members(definition.options):
-                ref = qualify(member, definition.source.provider)
-                if ref in trail:
-                    raise ConfigError(f"chain: middleware \"{member}\" refers back to itself")
-                built = self.middleware(ref, trail)
-                if built is None:
-                    raise ConfigError(f"chain: middleware \"{member}\" {self.missing('middleware', ref)}")
-                if built.wrapper is None:
-                    raise ConfigError(f"chain: middleware \"{member}\" is in error")
-                wrappers.append(built.wrapper)
-            return lambda app: compose(wrappers, app)
-        return FACTORIES[definition.kind](definition.options)
+        return middlewares.build(definition, _Context(self, trail))
 
-    def resolve_jwks_file(self, definition: MiddlewareDef) -> Mapping:
-        """A relative ``jwksFile`` path means relative to the manifest that names it, not to the cwd."""
-        options = dict(definition.options)
-        for key, value in options.items():
-            if str(key).lower() == "jwksfile" and isinstance(value, str) and not value.lstrip().startswith("{"):
-                path = Path(value)
-                if not path.is_absolute() and self.root:
-                    options[key] = str(Path(self.root) / Path(definition.source.file).parent / path)
-        return options
+    def member(self, name: str, trail: Tuple[str, ...]) -> Union[Wrapper, str]:
+        """A chain member's wrapper, built first if need be, or why there is none."""
+        if name in trail:
+            return "refers back to itself"
+        built = self.middleware(name, trail)
+        if built is None:
+            return self.missing("middleware", name)
+        if built.wrapper is None:
+            return "is in error"
+        return built.wrapper
 
     # -- routers ----------------------------------------------------------------------------------
     def router(self, definition: RouterDef, rules: Rules) -> Optional[CompiledRouter]:
@@ -363,7 +296,7 @@ class Builder:
         err = self.failed.get((kind, name))
         return f"is in error: {err.reason}" if err is not None else "does not exist"
 
-    def report(self, err: ConfigError, source, obj: str) -> None:
+    def report(self, err: ConfigError, source: Source, obj: str) -> None:
         self.errors.append(err.located(file=source.file, line=source.line or None, obj=obj))
 
 
@@ -379,17 +312,29 @@ def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
     rules = Rules(previous)
     kept = keep_last_good(collected.definitions(), collected.failed_keys, rules, previous)
     defs = kept.definitions()
-    builder = Builder(defs, previous, options, kept.stale, snapshot.root, collected.failed)
+    builder = Builder(defs, previous, options, kept.stale, root=snapshot.root, failed=collected.failed)
     builder.errors.extend(kept.errors)
     routers = [r for r in (builder.router(d, rules) for d in defs.routers.values()) if r is not None]
     for name in defs.services:
         builder.service(name)
     for name in defs.middlewares:
         builder.middleware(name)
-    routers.sort(key=lambda r: (-r.priority, r.name))
-    entrypoints = {ep for r in routers for ep in r.definition.entry_points}
-    by_ep = {ep: tuple(r for r in routers if not r.definition.entry_points or ep in r.definition.entry_points)
-             for ep in entrypoints}
-    return Config(tuple(routers), builder.middlewares, builder.services,
+    ordered = sorted_routers(routers)
+    return Config(ordered, builder.middlewares, builder.services,
                   tuple(collected.errors) + tuple(builder.errors), snapshot,
-                  (previous.generation + 1) if previous else 1, by_ep)
+                  (previous.generation + 1) if previous else 1, index_by_entrypoint(ordered))
+
+
+@dataclass(frozen=True)
+class _Context:
+    """The :class:`~gatekeeper.config.middlewares.BuildContext` of one middleware being built."""
+
+    builder: Builder
+    trail: Tuple[str, ...]
+
+    @property
+    def root(self) -> str:
+        return self.builder.root
+
+    def member(self, name: str) -> Union[Wrapper, str]:
+        return self.builder.member(name, self.trail)

@@ -1,37 +1,59 @@
-"""Build-time factories for the non-JWT middlewares: ``stripPrefix``, ``addPrefix``, ``headers``,
-``encodedCharacters``.
+"""The one registry of middleware factories: every kind a manifest may name, ``plugin.jwt`` and ``chain``
+included.
 
-Each factory validates its options once and returns a *wrapper*: ``wrap(app) -> app``. A router's handler is
-its wrappers applied in order around the service app, built when the configuration compiles. Path
-middlewares keep ``RAW_URI`` (forwarded byte for byte) and ``PATH_INFO`` in step.
+Each factory validates a definition's options once and returns a *wrapper*: ``wrap(app) -> app``. A router's
+handler is its wrappers applied in order around the service app, built when the configuration compiles.
+Factories that need more than their options (a ``jwksFile`` relative to its manifest, a chain's members) ask
+the build through :class:`BuildContext`. Path middlewares keep ``RAW_URI`` (forwarded byte for byte) and
+``PATH_INFO`` in step.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
-from urllib.parse import unquote
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Union
+from urllib.parse import quote, unquote
 
+from gatekeeper.config.model import MiddlewareDef, qualify
 from gatekeeper.config.providers.fields import pick, want_bool, want_str, want_str_list, want_str_map
 from gatekeeper.errors import ConfigError
-from gatekeeper.proxy.balancer import error_response
 from gatekeeper.requestpath import ALL_ENCODED, ENCODED_CHARACTERS
+from gatekeeper.wsgi import RAW_URI, Environ, Headers, StartResponse, WSGIApp, environ_key, error_response
 
-WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 Wrapper = Callable[[WSGIApp], WSGIApp]
 
 
-def split_target(environ: dict) -> Tuple[str, str]:
-    """The raw path and the ``?query`` part (with its ``?``, or empty) of the request target."""
-    raw = environ.get("RAW_URI")
+class BuildContext(Protocol):
+    """What a factory may ask of the configuration being built (``compile.Builder`` answers)."""
+
+    @property
+    def root(self) -> str:
+        """The conf.d directory, or empty when the manifests do not come from one."""
+
+    def member(self, name: str) -> Union[Wrapper, str]:
+        """The wrapper of another middleware (qualified ``name``), or why there is none (``"is in error"``,
+        ``"does not exist"``, ``"refers back to itself"``)."""
+
+
+Factory = Callable[[MiddlewareDef, BuildContext], Wrapper]
+
+
+def split_target(environ: Environ) -> "tuple[str, str]":
+    """The raw path and the ``?query`` part (with its ``?``, or empty) of the request target.
+
+    >>> split_target({"RAW_URI": "/a%2Fb?x=1"})
+    ('/a%2Fb', '?x=1')
+    """
+    raw = environ.get(RAW_URI)
     if raw is None:
-        from urllib.parse import quote
         query = environ.get("QUERY_STRING", "")
         return quote(environ.get("PATH_INFO", ""), safe="/%:@!$&'()*+,;="), ("?" + query if query else "")
     path, sep, query = raw.partition("?")
     return path, sep + query
 
 
-def set_path(environ: dict, raw_path: str, query: str) -> None:
-    environ["RAW_URI"] = raw_path + query
+def set_path(environ: Environ, raw_path: str, query: str) -> None:
+    """Change the forwarded target and the routed path together, so they never disagree."""
+    environ[RAW_URI] = raw_path + query
     environ["PATH_INFO"] = unquote(raw_path, "latin-1")
 
 
@@ -44,7 +66,7 @@ def strip_prefix(options: Mapping[str, Any]) -> Wrapper:
     want_bool(fields.get("forceSlash", True), "stripPrefix.forceSlash")  # deprecated in Traefik; accepted
 
     def wrap(app: WSGIApp) -> WSGIApp:
-        def stripped(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        def stripped(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
             path, query = split_target(environ)
             for prefix in prefixes:
                 if path.startswith(prefix):
@@ -66,17 +88,12 @@ def add_prefix(options: Mapping[str, Any]) -> Wrapper:
     prefix = prefix.rstrip("/")
 
     def wrap(app: WSGIApp) -> WSGIApp:
-        def prefixed(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        def prefixed(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
             path, query = split_target(environ)
             set_path(environ, prefix + path, query)
             return app(environ, start_response)
         return prefixed
     return wrap
-
-
-def environ_key(header: str) -> str:
-    name = header.upper().replace("-", "_")
-    return name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + name
 
 
 def headers(options: Mapping[str, Any]) -> Wrapper:
@@ -92,7 +109,7 @@ def headers(options: Mapping[str, Any]) -> Wrapper:
     add_response = [(k, v) for k, v in response.items() if v]
 
     def wrap(app: WSGIApp) -> WSGIApp:
-        def with_headers(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        def with_headers(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
             for key, value in request_ops:
                 if value:
                     environ[key] = value
@@ -101,7 +118,7 @@ def headers(options: Mapping[str, Any]) -> Wrapper:
             if not drop_response:
                 return app(environ, start_response)
 
-            def start(status: str, headers: List[Tuple[str, str]], exc_info: Optional[Any] = None) -> Callable:
+            def start(status: str, headers: Headers, exc_info: Optional[Any] = None) -> Callable[[bytes], Any]:
                 kept = [(k, v) for k, v in headers if k.lower() not in drop_response]
                 return start_response(status, kept + add_response, exc_info)
             return app(environ, start)
@@ -128,7 +145,7 @@ def encoded_characters(options: Mapping[str, Any]) -> Wrapper:
         if not refusals:
             return app
 
-        def checked(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        def checked(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
             path = split_target(environ)[0]
             if "%" in path or (deny_backslash and "\\" in path):
                 found = refused_escape(path, refusals)
@@ -150,14 +167,6 @@ def refused_escape(path: str, refusals: Mapping[str, WSGIApp]) -> Optional[str]:
     return None
 
 
-FACTORIES: Dict[str, Callable[[Mapping[str, Any]], Wrapper]] = {
-    "stripPrefix": strip_prefix,
-    "addPrefix": add_prefix,
-    "headers": headers,
-    "encodedCharacters": encoded_characters,
-}
-
-
 def chain_members(options: Mapping[str, Any]) -> List[str]:
     """The middleware names a ``chain`` applies, in order."""
     fields = pick(options, ("middlewares",), "chain")
@@ -165,6 +174,64 @@ def chain_members(options: Mapping[str, Any]) -> List[str]:
     if not names:
         raise ConfigError("chain.middlewares: at least one middleware is required")
     return names
+
+
+def chain(definition: MiddlewareDef, context: BuildContext) -> Wrapper:
+    """Traefik's chain: its members' wrappers, in order, as one (members are built first, cycles refused)."""
+    wrappers = []
+    for member in chain_members(definition.options):
+        found = context.member(qualify(member, definition.source.provider))
+        if isinstance(found, str):
+            raise ConfigError(f'chain: middleware "{member}" {found}')
+        wrappers.append(found)
+    return lambda app: compose(wrappers, app)
+
+
+def jwt(definition: MiddlewareDef, context: BuildContext) -> Wrapper:
+    """The ``plugin.jwt`` middleware: token verification before the service (gatekeeper.jwt)."""
+    from gatekeeper.jwt.auth import JWTAuth  # the JWT wing (python-jose) loads only when a manifest uses it
+
+    return JWTAuth.from_config(with_jwks_file_resolved(definition, context.root)).wrap
+
+
+def with_jwks_file_resolved(definition: MiddlewareDef, root: str) -> Dict[str, Any]:
+    """A relative ``jwksFile`` path means relative to the manifest that names it, not to the cwd.
+
+    >>> from gatekeeper.config.model import Source
+    >>> auth = MiddlewareDef("auth@file", "plugin.jwt", {"jwksFile": "keys.json"}, Source("team/api.yaml"))
+    >>> with_jwks_file_resolved(auth, "/etc/conf.d")
+    {'jwksFile': '/etc/conf.d/team/keys.json'}
+    """
+    options = dict(definition.options)
+    for key, value in options.items():
+        if str(key).lower() == "jwksfile" and isinstance(value, str) and not value.lstrip().startswith("{"):
+            path = Path(value)
+            if not path.is_absolute() and root:
+                options[key] = str(Path(root) / Path(definition.source.file).parent / path)
+    return options
+
+
+def from_options(factory: Callable[[Mapping[str, Any]], Wrapper]) -> Factory:
+    """A factory that needs only the definition's options."""
+    return lambda definition, context: factory(definition.options)
+
+
+FACTORIES: Dict[str, Factory] = {
+    "plugin.jwt": jwt,
+    "chain": chain,
+    "stripPrefix": from_options(strip_prefix),
+    "addPrefix": from_options(add_prefix),
+    "headers": from_options(headers),
+    "encodedCharacters": from_options(encoded_characters),
+}
+
+
+def build(definition: MiddlewareDef, context: BuildContext) -> Wrapper:
+    """The wrapper of one middleware definition; ConfigError when its options are wrong."""
+    factory = FACTORIES.get(definition.kind)
+    if factory is None:
+        raise ConfigError(f"{definition.kind}: not a middleware kind gatekeeper knows")
+    return factory(definition, context)
 
 
 def compose(wrappers: List[Wrapper], app: WSGIApp) -> WSGIApp:
