@@ -13,7 +13,7 @@ from gatekeeper.config.model import (
     Source,
     qualify,
 )
-from gatekeeper.config.providers import Collector
+from gatekeeper.config.providers.collector import Collector
 from gatekeeper.config.providers.fields import (
     expand_env,
     line_of,
