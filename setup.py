@@ -27,6 +27,10 @@ setup(
             "hypothesis>=6.100",
             "flask>=3.0,<4",
             "gunicorn>=22",
+            "ruff>=0.17,<0.18",  # rule sets change between minor versions: CI and laptops see the same findings
+            "mypy>=2.4,<3",
+            "types-PyYAML>=6.0.12,<7",
+            "types-requests>=2.31,<3",
         ],
     },
     entry_points={"console_scripts": ["gatekeeper=gatekeeper.cli.main:main"]},
