@@ -74,7 +74,7 @@ class Proc:
 
     def __init__(self, name: str, argv: List[str], log: Path, ready: str, timeout: float = 30) -> None:
         self.name, self.log_path = name, log
-        self._log = open(log, "ab")
+        self._log = open(log, "ab")  # noqa: SIM115 - the child writes to it until stop() closes it
         self.popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True, cwd=ROOT,
                                       start_new_session=True)
         with gevent.Timeout(timeout, RuntimeError(f"chaos: {name} printed no start line in {timeout} s; "
@@ -167,7 +167,7 @@ class Provider:
         """Restart with a new signing key first and at most one older key kept; returns the new kid."""
         self.generation += 1
         kid = f"k{self.generation}"
-        self.keys = [private_jwk(kid)] + self.keys[:1]
+        self.keys = [private_jwk(kid), *self.keys[:1]]
         self.proc.stop()
         self.start()
         return kid
@@ -292,7 +292,7 @@ def client_loop(host: str, port: int, deadline: float, state: State, kind: str) 
     while time.monotonic() < deadline:
         i += 1
         if kind == "valid":
-            kid, token, switched = state.valid
+            _kid, token, _switched = state.valid
         else:
             options = state.bad[kind]
             token = options[i % len(options)]
@@ -449,11 +449,11 @@ def chaos(args: argparse.Namespace, node: str, work: Path, procs: List[Proc]) ->
                 else:
                     state.unexpected[f"generation {gen} never served (5 s)"] += 1
         gevent.joinall(chaos_greenlets, timeout=30, raise_error=True)
-        gevent.joinall(clients + [probe], timeout=30)
+        gevent.joinall([*clients, probe], timeout=30)
         rss_end = rss_mib(gk.popen.pid)
         final = final_checks(base, admin, state)
     finally:
-        gevent.killall(clients + [probe] + chaos_greenlets, timeout=5)
+        gevent.killall([*clients, probe, *chaos_greenlets], timeout=5)
     log = gk_log.read_text(errors="replace")
     leaks = [name for name, secret in (("valid token", state.valid[1].rsplit(".", 1)[1]),
                                        ("client secret", "chaos-secret")) if secret in log]
