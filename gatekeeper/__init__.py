@@ -6,9 +6,7 @@ Public API only; importing it never monkey-patches, starts a thread or touches t
     >>> issubclass(gatekeeper.Unauthorized, gatekeeper.GatekeeperError)
     True
 """
-from __future__ import annotations
-
-import typing
+import typing  # no `from __future__ import annotations`: it would add a public name, `annotations`
 
 from gatekeeper.errors import (
     AuthError,

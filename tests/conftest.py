@@ -114,6 +114,6 @@ def exchange(port: int, request: bytes, timeout: float = 5.0, half_close: bool =
 def status_of(answer: bytes) -> int:
     """The status code of the first response; asserts the answer is a well-formed HTTP/1.x status line."""
     line = answer.split(b"\r\n", 1)[0]
-    version, code, *_ = line.split(b" ", 2) + [b""]
+    version, code, *_ = [*line.split(b" ", 2), b""]
     assert version in (b"HTTP/1.0", b"HTTP/1.1") and code.isdigit() and len(code) == 3, answer[:200]
     return int(code)

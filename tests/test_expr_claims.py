@@ -202,7 +202,7 @@ def test_short_circuit(expression: str, claims: dict, looked_up: list) -> None:
     ("user.nope", MISSING),
     ("str.deeper", MISSING),
     ("strs.0", MISSING),
-], ids=lambda value: str(value))
+], ids=str)
 def test_claim_path(path: str, want: object) -> None:
     assert compile_claim_path(path)(PAYLOAD) == want
 

@@ -39,7 +39,7 @@ calls = st.one_of(
     st.tuples(st.just("SplitContains"), paths, st.tuples(st.sampled_from([" ", ",", "x"]), st.sampled_from(TEXTS))),
     st.tuples(st.just("OneOf"), paths, st.lists(st.sampled_from(TEXTS + NUMBERS), min_size=1, max_size=3)
               .map(tuple)),
-).map(lambda c: ("call",) + c)
+).map(lambda c: ("call", *c))
 trees = st.recursive(
     calls,
     lambda inner: st.one_of(st.tuples(st.just("not"), inner),
@@ -137,7 +137,8 @@ def test_compiled_claims_agree_with_reference(tree: Tuple, document: dict, data:
     assert compile_claims(text)(document) is reference(tree, document), text
 
 
-LANGUAGE_TEXT = st.lists(st.sampled_from(list("()!&|`\"'\\, \n\t.=0-") + [
+LANGUAGE_TEXT = st.lists(st.sampled_from([
+    *"()!&|`\"'\\, \n\t.=0-",
     "Host", "Equals", "PathPrefix", "OneOf", "ClientIP", "`a`", '"b"', "`/`", "`10.0.0.0/8`", "&&", "||", "and",
     "`[`", "x"]), max_size=20).map("".join)
 
