@@ -1,23 +1,43 @@
-"""The gateway as a WSGI callable: decides the request's canonical path once (requestpath.py), reads the
-current configuration once per request and hands the request to the matching router's pre-built handler.
+"""The gateway's request path, top to bottom, and the one request-edge stack every entry builds.
+
+A request goes, in this order:
+
+1. the edge (:func:`edge_stack`): metrics and the access log see every request, then the body limit (413);
+2. the entry (:class:`Gateway`): the canonical path is decided once (requestpath.py: the path that routes is
+   the path forwarded), a client's forwarding headers are dropped unless its peer is a trusted proxy;
+3. routing: the current configuration is read once, so a reload mid-request cannot change what it sees;
+4. the router's handler, built when the configuration compiled: middlewares, then the service (the proxy).
+
+``gatekeeper serve`` (cli/serve.py) wraps each listener's Gateway in :func:`edge_stack`; :func:`create_app`,
+gunicorn's entry, builds the same stack.
 """
 from __future__ import annotations
 
 from ipaddress import ip_address, ip_network
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterable, Optional, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Sequence, TextIO, cast
 
 from gatekeeper.config.compile import CompileOptions, Config
-from gatekeeper.proxy.balancer import error_response, strip_connection_headers
-from gatekeeper.requestpath import PathSettings, compile_path_policy, drop_forwarding_headers, has_forwarding_headers
-from gatekeeper.wsgi import BODY_REFUSED, Environ, StartResponse, WSGIApp
-from gatekeeper.wsgi import error_response as wsgi_error_response
+from gatekeeper.requestpath import (
+    PathPolicy,
+    PathSettings,
+    compile_path_policy,
+    drop_forwarding_headers,
+    has_forwarding_headers,
+    parse_allowed,
+    strip_connection_headers,
+)
+from gatekeeper.wsgi import BODY_REFUSED, ROUTER, Environ, StartResponse, WSGIApp, error_response
+
+if TYPE_CHECKING:
+    from gatekeeper.config.reload import ConfigLoader
 
 NOT_FOUND = error_response(404, "Not Found")
-_BAD_REQUESTS: Dict[str, Callable] = {}
+DEFAULT_PATHS = PathSettings()
+_BAD_REQUESTS: Dict[str, WSGIApp] = {}
 
 
-def bad_request(reason: str) -> Callable:
+def bad_request(reason: str) -> WSGIApp:
     """The canned 400 for one refusal reason (a handful of fixed texts, built once each)."""
     answer = _BAD_REQUESTS.get(reason)
     if answer is None:
@@ -26,18 +46,18 @@ def bad_request(reason: str) -> Callable:
 
 
 class Gateway:
-    """WSGI app routing requests by the routers of a conf.d directory.
+    """WSGI app routing requests by the routers of a conf.d directory. Usage::
 
-    >>> gateway = Gateway("conf.d")            # loads conf.d now; errors are in gateway.config.errors
-    >>> gateway.loader.reload()                # re-read conf.d (the watcher does this on every change)
+        gateway = Gateway("conf.d")            # loads conf.d now; errors are in gateway.config.errors
+        gateway.loader.reload()                # re-read conf.d (the watcher does this on every change)
 
     Under gunicorn: ``gunicorn -k gevent 'gatekeeper.app:create_app("conf.d")'``.
     """
 
     def __init__(self, conf_d: "str | Path", *, entrypoint: Optional[str] = None,
-                 options: Optional[CompileOptions] = None, loader: Optional["ConfigLoader"] = None,
-                 trusted_proxies: Sequence[str] = (), request_path: PathSettings = PathSettings()) -> None:
-        from gatekeeper.config.reload import ConfigLoader
+                 options: Optional[CompileOptions] = None, loader: Optional[ConfigLoader] = None,
+                 trusted_proxies: Sequence[str] = (), request_path: PathSettings = DEFAULT_PATHS) -> None:
+        from gatekeeper.config.reload import ConfigLoader  # here: importing app starts no watchdog import
 
         self.trusted_proxies = tuple(ip_network(n, strict=False) for n in trusted_proxies)
         self.request_path = request_path
@@ -50,7 +70,8 @@ class Gateway:
 
     @property
     def config(self) -> Config:
-        return self.loader.config  # type: ignore[return-value]
+        """The configuration being served (the loader loaded one before the Gateway was made)."""
+        return cast(Config, self.loader.config)
 
     def for_entrypoint(self, name: str) -> "Gateway":
         """The same configuration seen from one entry point (serves routers naming it or none)."""
@@ -67,44 +88,33 @@ class Gateway:
             return False
         return any(address in network for network in self.trusted_proxies)
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        refused = self.decide_path(environ)  # before routing: the path that routes is the path forwarded
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        # entry: the canonical path before routing (the path that routes is the path forwarded)
+        refused = self.decide_path(environ)
         if refused is not None:
             return bad_request(refused)(environ, start_response)
         if has_forwarding_headers(environ) and not self.trusts(environ.get("REMOTE_ADDR", "")):
             drop_forwarding_headers(environ)  # a client's claims about earlier hops are not passed on
-        config = self.loader.config  # read once: a reload mid-request cannot change what this request sees
-        router = config.match(environ, self.entrypoint)
+        # routing: the configuration is read once
+        router = self.config.match(environ, self.entrypoint)
         if router is None:
             return NOT_FOUND(environ, start_response)
-        environ["gatekeeper.router"] = router.name
-        # Before any middleware sets headers: `Connection: X-User` must not drop a header the gateway set.
+        environ[ROUTER] = router.name
+        # the router's handler. Before any middleware sets headers, so that `Connection: X-User` cannot
+        # drop a header the gateway set (routing saw the client's headers as they came).
         strip_connection_headers(environ)
         return router.handler(environ, start_response)
 
 
-def create_app(conf_d: str = "conf.d", watch: bool = True, trusted_proxies: Sequence[str] = ()) -> Gateway:
-    """Factory for WSGI servers such as gunicorn: a Gateway over conf_d, watching it for changes.
-
-    Call it in the serving process (gunicorn without ``--preload`` does, in each worker): it starts the
-    conf.d watcher and the key-set fetchers, which a fork would not carry into a child. Under
-    ``--preload`` a worker's key sets restart their fetchers on first use (jwks.py resets them after a
-    fork), but the watcher stays the master's: use ``watch=False`` there and reload by restarting.
-    """
-    from gatekeeper.jwt import remote as jwks
-    gateway = Gateway(conf_d, trusted_proxies=trusted_proxies)
-    jwks.enable_prefetch()  # fetch the loaded key sets now, and each new one as a reload builds it
-    if watch:
-        gateway.loader.watch()
-    return gateway
-
-
-# --- the request edge: what every entry (serve, gunicorn, workers) wraps around the Gateway -------------
+# --- the request edge: what every entry (serve, gunicorn) wraps around the Gateway -------------------
 
 def edge_stack(app: WSGIApp, *, max_body_bytes: Optional[int] = None,
                access_log: Optional[Callable[..., None]] = None) -> WSGIApp:
-    """``app`` behind the request edge: the body limit, then metrics and the access log (outermost, so a
-    413 is counted and logged too)."""
+    """``app`` behind the request edge: metrics and the access log outermost (a 413 is counted and logged
+    too), then the body limit.
+
+    ``access_log`` is an ``ops.accesslog.AccessLog`` (or any callable taking an ``Exchange``); None: none.
+    """
     # imported here: prometheus_client must see PROMETHEUS_MULTIPROC_DIR, which the workers' parent sets
     # before forking and never imports metrics itself (server/workers.py)
     from gatekeeper.ops import metrics
@@ -120,13 +130,13 @@ def limit_body(app: WSGIApp, max_bytes: int) -> WSGIApp:
     A chunked body is counted as it streams; past the limit its read fails, which the proxy turns
     into an error answer (the status line may already be on its way, so it cannot be 413).
     """
-    too_large = wsgi_error_response(413, f"request body larger than {max_bytes} bytes")
+    too_large = error_response(413, f"request body larger than {max_bytes} bytes")
 
     def limited(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         length = environ.get("CONTENT_LENGTH")
         if length and int(length) > max_bytes:
             environ[BODY_REFUSED] = True
-            return too_large(environ, lambda s, h, *a: start_response(s, h + [("Connection", "close")], *a))
+            return too_large(environ, lambda s, h, *a: start_response(s, [*h, ("Connection", "close")], *a))
         if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             environ["wsgi.input"] = CappedInput(environ["wsgi.input"], max_bytes)
         return app(environ, start_response)
@@ -152,3 +162,55 @@ class CappedInput:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)
+
+
+# --- gunicorn's entry -----------------------------------------------------------------------------
+
+def create_app(conf_d: str = "conf.d", watch: bool = True, trusted_proxies: Sequence[str] = (), *,
+               max_body_bytes: Optional[int] = None, log_format: Optional[str] = "text",
+               log_stream: Optional[TextIO] = None, allow_encoded: str = "", sanitize_path: bool = True,
+               metrics_path: Optional[str] = None) -> WSGIApp:
+    """Factory for WSGI servers such as gunicorn: a Gateway over conf_d behind the same edge as
+    ``gatekeeper serve`` (body limit, metrics, access log), watching conf_d for changes.
+
+    The options are ``gatekeeper serve``'s, with its defaults: ``max_body_bytes`` (``--max-body-bytes``),
+    ``log_format`` of the access log (``"text"``, ``"json"``, or None for no access log; written to
+    ``log_stream``, default stderr), ``allow_encoded`` (``--allow-encoded``, e.g. ``"slash,semicolon"``) and
+    ``sanitize_path`` (False: ``--no-sanitize-path``). gunicorn has no admin listener: ``metrics_path``
+    (e.g. ``"/metrics"``) answers Prometheus scrapes on the traffic listener (docs/operations.md).
+
+    Call it in the serving process (gunicorn without ``--preload`` does, in each worker): it starts the
+    conf.d watcher and the key-set fetchers, which a fork would not carry into a child. Under
+    ``--preload`` a worker's key sets restart their fetchers on first use (jwt/remote.py resets them after
+    a fork), but the watcher stays the master's: use ``watch=False`` there and reload by restarting.
+    """
+    from gatekeeper.jwt import remote
+    from gatekeeper.ops import metrics
+    from gatekeeper.ops.accesslog import AccessLog
+
+    policy = PathPolicy(allowed=parse_allowed(allow_encoded), sanitize=sanitize_path)
+    gateway = Gateway(conf_d, trusted_proxies=trusted_proxies, request_path=PathSettings(policy))
+    gateway.loader.on_reload.append(metrics.record_reload)
+    metrics.record_reload(gateway.loader, True)
+    remote.enable_prefetch()  # fetch the loaded key sets now, and each new one as a reload builds it
+    if watch:
+        gateway.loader.watch()
+    access_log = AccessLog(log_format, log_stream) if log_format else None
+    app = edge_stack(gateway, max_body_bytes=max_body_bytes, access_log=access_log)
+    return app if metrics_path is None else with_metrics(app, metrics_path)
+
+
+def with_metrics(app: WSGIApp, path: str) -> WSGIApp:
+    """``app``, but ``GET path`` answers the Prometheus exposition (every worker's in multiprocess mode).
+
+    Outside the edge stack, as the admin listener is under ``gatekeeper serve``: scrapes are not counted.
+    """
+    from gatekeeper.ops import metrics
+
+    def scraped(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != path or environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return app(environ, start_response)
+        body, content_type = metrics.exposition()
+        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return [body]
+    return scraped

@@ -1,5 +1,6 @@
 """The canonical request path, decided once where a request enters the gateway (Traefik's request-path
-processing), and the forwarding headers a client may not send.
+processing), and the headers a client may not pass on: forwarding headers from an untrusted peer, and
+those its ``Connection`` header names.
 
 A normalising upstream (Python's ``http.server``, most frameworks) decodes and resolves the path it gets.
 If the gateway routed on one spelling and forwarded another, ``/public/..%2Fadmin/x`` or ``//admin/x``
@@ -25,10 +26,10 @@ same on the fast server, pywsgi and gunicorn, which all put the raw target in ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Iterable, Mapping, Optional, Tuple
-from urllib.parse import quote, unquote
+from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple
+from urllib.parse import unquote
 
-WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+from gatekeeper.wsgi import RAW_URI, Environ, environ_key, raw_target
 
 # name on the command line -> (Traefik's option name, the escape it allows, upper-case)
 ENCODED_CHARACTERS: Dict[str, Tuple[str, str]] = {
@@ -49,7 +50,7 @@ FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-For
                       "X-Forwarded-Proto", "X-Forwarded-Scheme", "X-Scheme", "X-Forwarded-Server",
                       "X-Forwarded-Uri", "X-Forwarded-Method", "X-Forwarded-Prefix", "X-Forwarded-Ssl",
                       "X-Forwarded-Tls-Client-Cert", "X-Forwarded-Tls-Client-Cert-Info", "X-Real-Ip")
-FORWARDING_KEYS = tuple("HTTP_" + h.upper().replace("-", "_") for h in FORWARDING_HEADERS)
+FORWARDING_KEYS = tuple(environ_key(h) for h in FORWARDING_HEADERS)
 _FORWARDING_SET = frozenset(FORWARDING_KEYS)
 
 
@@ -59,7 +60,7 @@ def _escape_table() -> Dict[str, str]:
     for byte in range(256):
         char = chr(byte)
         canonical = char if char in _UNRESERVED else f"%{byte:02X}"
-        high, low = f"{byte:02X}"
+        high, low = f"{byte:02X}"[0], f"{byte:02X}"[1]  # (not unpacked: mypy refuses unpacking a str)
         for spelling in {high + low, high.lower() + low, high + low.lower(), high.lower() + low.lower()}:
             table[spelling] = canonical
     return table
@@ -90,11 +91,11 @@ class PathPolicy:
 
 def parse_allowed(text: str) -> FrozenSet[str]:
     """``"slash,semicolon"`` (or Traefik's names, ``allowEncodedSlash``) -> ``{"%2F", "%3B"}``; ValueError."""
-    by_name = {}
+    by_name: Dict[str, str] = {}
     for name, (option, escape) in ENCODED_CHARACTERS.items():
         by_name[name] = by_name[option.lower()] = by_name[escape.lower()] = escape
     by_name["question-mark"] = by_name["questionmark"]
-    allowed = set()
+    allowed: Set[str] = set()
     for word in filter(None, (w.strip().lower() for w in text.split(","))):
         if word not in by_name:
             raise ValueError(f"unknown encoded character {word!r} (one of {', '.join(ENCODED_CHARACTERS)})")
@@ -125,7 +126,7 @@ class Refused(Exception):
         self.reason = reason
 
 
-def origin_form(environ: dict, raw: str) -> str:
+def origin_form(environ: Environ, raw: str) -> str:
     """``http://host/p?q`` -> ``/p?q``, the authority becoming ``Host``; any other non-``/`` form: Refused."""
     scheme, sep, rest = raw.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
@@ -160,7 +161,7 @@ def normalize_escapes(path: str, denied: FrozenSet[str]) -> str:
 def remove_dot_segments(path: str) -> str:
     """``/a/./b/../c//d/..`` -> ``/a/c/``: ``.``, ``..`` and empty segments removed; ``..`` stops at the root."""
     segments = path.split("/")[1:]
-    kept: list = []
+    kept: List[str] = []
     for segment in segments:
         if segment == "..":
             if kept:
@@ -188,25 +189,14 @@ def canonical_target(raw: str, policy: PathPolicy) -> str:
     return path + query
 
 
-def raw_target(environ: dict) -> str:
-    """The target of a server that sets no ``RAW_URI`` (the fast server, our pywsgi handler and gunicorn do):
-    ``REQUEST_URI``, else rebuilt from ``PATH_INFO`` and ``QUERY_STRING``."""
-    raw = environ.get("REQUEST_URI")
-    if raw:
-        return raw
-    query = environ.get("QUERY_STRING", "")
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    return quote(path.encode("latin-1", "replace"), safe="/%;=,@:!$&'()*+~") + ("?" + query if query else "")
-
-
-def compile_path_policy(policy: PathPolicy) -> Callable[[dict], Optional[str]]:
+def compile_path_policy(policy: PathPolicy) -> Callable[[Environ], Optional[str]]:
     """``decide(environ)``: puts the canonical target in ``RAW_URI``/``PATH_INFO`` and returns None, or returns
     the reason the request is refused (400). A plain ``/a/b.js?q`` (no ``%``, ``/.``, ``//``, ``\\``, ``#``)
     is left as the server parsed it: it already is canonical."""
-    def decide(environ: dict) -> Optional[str]:
-        raw = environ.get("RAW_URI")
+    def decide(environ: Environ) -> Optional[str]:
+        raw: str = environ.get(RAW_URI) or ""
         if not raw:
-            raw = environ["RAW_URI"] = raw_target(environ)
+            raw = environ[RAW_URI] = raw_target(environ)
         try:
             if raw[0] != "/":
                 raw = origin_form(environ, raw)
@@ -219,21 +209,48 @@ def compile_path_policy(policy: PathPolicy) -> Callable[[dict], Optional[str]]:
             target = canonical_target(raw, policy)
         except Refused as refused:
             return refused.reason
-        environ["RAW_URI"] = target
+        environ[RAW_URI] = target
         environ["PATH_INFO"] = unquote(target.partition("?")[0], "latin-1")
         return None
     return decide
 
 
-def has_forwarding_headers(environ: dict) -> bool:
+def has_forwarding_headers(environ: Environ) -> bool:
     """Whether the client sent any forwarding header (one C-level set scan: ~0.2 us on a 15-key environ)."""
     return not _FORWARDING_SET.isdisjoint(environ)
 
 
-def drop_forwarding_headers(environ: dict) -> None:
+def drop_forwarding_headers(environ: Environ) -> None:
     """Remove a client's forwarding headers: the gateway's proxy sets its own (X-Forwarded-*, X-Real-Ip)."""
     for key in FORWARDING_KEYS:
         environ.pop(key, None)
+
+
+def connection_tokens(environ: Environ) -> FrozenSet[str]:
+    """Lower-case header names the client's ``Connection`` header lists.
+
+    >>> sorted(connection_tokens({"HTTP_CONNECTION": "keep-alive, X-User"}))
+    ['keep-alive', 'x-user']
+    """
+    value = environ.get("HTTP_CONNECTION")
+    return frozenset(t.strip().lower() for t in value.split(",")) if value else frozenset()
+
+
+def strip_connection_headers(environ: Environ) -> None:
+    """Remove ``Connection`` and the client headers it names from ``environ`` (``Host`` excepted).
+
+    Called where a request enters the gateway, before middlewares add headers: otherwise a client's
+    ``Connection: X-User`` would make the proxy drop the ``X-User`` a JWT middleware set. The proxy's
+    own pass then finds nothing left to drop.
+
+    >>> environ = {"HTTP_CONNECTION": "X-User, Host", "HTTP_X_USER": "eve", "HTTP_HOST": "a"}
+    >>> strip_connection_headers(environ); environ
+    {'HTTP_HOST': 'a'}
+    """
+    for name in connection_tokens(environ) - {"host"}:
+        # always the HTTP_ key: `Connection: Content-Length` must not drop the body's framing
+        environ.pop("HTTP_" + name.upper().replace("-", "_"), None)
+    environ.pop("HTTP_CONNECTION", None)
 
 
 def path_settings(allow_encoded: Iterable[Tuple[Optional[str], FrozenSet[str]]] = (),

@@ -15,14 +15,9 @@ from gevent.server import StreamServer
 
 from gatekeeper.errors import ConfigError
 from gatekeeper.ops.echo import echo_app, named_echo_app
-from gatekeeper.proxy.balancer import (
-    ProxyLimits,
-    ServerSpec,
-    error_response,
-    make_load_balancer,
-    make_weighted,
-    strip_connection_headers,
-)
+from gatekeeper.proxy.balancer import ProxyLimits, ServerSpec, make_load_balancer, make_weighted
+from gatekeeper.requestpath import strip_connection_headers
+from gatekeeper.wsgi import error_response
 from tests.conftest import wait_until
 
 FAST = ProxyLimits(connect_timeout=1.0, response_timeout=0.5)
@@ -134,7 +129,7 @@ def test_target_rebuilt_from_path_info_without_raw_uri(wsgi_server, echo_upstrea
 
     def without_raw_uri(environ, start_response):
         del environ["RAW_URI"]
-        environ["PATH_INFO"] = "/a b/é"
+        environ["PATH_INFO"] = "/a b/é".encode().decode("latin-1")  # PEP 3333: the path's bytes as latin-1
         return balancer(environ, start_response)
     gateway = wsgi_server(without_raw_uri)
     assert echoed(raw_get(gateway.url, "/ignored?k=v"))["uri"] == "/a%20b/%C3%A9?k=v"

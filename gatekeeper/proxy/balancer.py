@@ -1,8 +1,9 @@
-"""Streaming reverse proxy: load-balanced services, forwarded headers, canned 502/503/504 answers.
+"""Streaming reverse proxy: load-balanced services, canned 502/503/504 answers, upstream failures.
 
 Everything decidable at config compile time is decided there: a :class:`ServerSpec` parses and checks its
-URL once, each server gets one keep-alive :class:`~gatekeeper.upstream.ConnectionPool`, and the smooth
-weighted round-robin order is precomputed. Per request the proxy only rebuilds the headers and moves bytes.
+URL once, each server gets one keep-alive :class:`~gatekeeper.proxy.client.ConnectionPool`, and the smooth
+weighted round-robin order is precomputed. Per request the proxy only rebuilds the headers (rewrite.py)
+and moves bytes (client.py, response.py).
 
 Usage::
 
@@ -17,38 +18,41 @@ import logging
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
-from urllib.parse import quote, urlsplit
+from typing import Callable, Dict, Generic, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple, TypeVar
+from urllib.parse import urlsplit
 
 from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout
 from gatekeeper.proxy.client import (
+    DEFAULT_LIMITS,
     ClientBodyError,
     ConnectionPool,
-    Headers,
     ProxyLimits,
     Request,
+    Response,
     ResponseBody,
     UpstreamAborted,
 )
+from gatekeeper.proxy.rewrite import body_reader, forwarded_headers, response_headers, upstream_target
+from gatekeeper.wsgi import ROUTER, UPSTREAM, UPSTREAM_ERROR, Environ, StartResponse, WSGIApp, error_response, log_path
 
 log = logging.getLogger("gatekeeper.proxy")
 
-__all__ = ["ProxyLimits", "ServerSpec", "error_response", "make_load_balancer", "make_weighted",
-           "strip_connection_headers"]
+__all__ = ["ProxyLimits", "ServerSpec", "make_load_balancer", "make_weighted"]
 
-WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 T = TypeVar("T")
 
-# RFC 9110 7.6.1 hop-by-hop headers, plus Expect: pywsgi answers 100-continue to the client itself.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
-                        "proxy-connection", "proxy-authenticate", "proxy-authorization", "expect"})
-# Headers the gateway sets itself: a client's `Connection: X-Real-Ip` must not remove them.
-GATEWAY_HEADERS = ("X-Forwarded-For", "X-Real-Ip", "X-Forwarded-Proto", "X-Forwarded-Host",
-                   "X-Forwarded-Port")
-PROTECTED = frozenset(h.lower() for h in GATEWAY_HEADERS) | {"host"}
-# environ keys of headers the proxy rebuilds or drops, never copied from the client as they are.
-SKIPPED_KEYS = frozenset("HTTP_" + h.upper().replace("-", "_") for h in (*HOP_BY_HOP, *GATEWAY_HEADERS,
-                                                                      "host"))
+
+class UpstreamPool(Protocol):
+    """What a server's pool does: :class:`~gatekeeper.proxy.client.ConnectionPool`, or scripts/bench_proxy's
+    urllib3 contender."""
+
+    def send(self, request: Request) -> Response: ...
+
+    def close(self) -> None: ...
+
+
+PoolFactory = Callable[[str, str, int, ProxyLimits], UpstreamPool]
+
 WRR_PRECOMPUTE_LIMIT = 10_000
 
 
@@ -107,107 +111,10 @@ def parse_server_url(url: str) -> Tuple[str, str, int, str, str]:
 
 # --- canned answers -------------------------------------------------------------------------------
 
-def error_response(status_code: int, message: str = "") -> WSGIApp:
-    """A WSGI app answering ``status_code`` with a short text body, built once.
-
-    >>> not_found = error_response(404, "no router matches this request")
-    """
-    phrase = HTTPStatus(status_code).phrase
-    status = f"{status_code} {phrase}"
-    body = f"{status}{': ' + message if message and message != phrase else ''}\n".encode()
-    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-
-    def answer(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        start_response(status, list(headers))
-        return [body]
-    return answer
-
-
 BAD_GATEWAY = error_response(502)
 GATEWAY_TIMEOUT = error_response(504)
 NO_SERVER = error_response(503, "no server available")
 BAD_REQUEST_BODY = error_response(400, "incomplete request body")
-
-
-# --- request rewriting ----------------------------------------------------------------------------
-
-def request_target(environ: dict, base_path: str) -> str:
-    """Path and query exactly as received (``%2F`` stays encoded), behind the server's base path."""
-    target = environ.get("RAW_URI")
-    if not target:
-        query = environ.get("QUERY_STRING", "")
-        target = quote(environ.get("PATH_INFO", "") or "/", safe="/;=,@:!$&'()*+~") + ("?" + query if query else "")
-    elif not target.startswith("/"):  # absolute-form (GET http://host/path): keep path and query
-        parts = urlsplit(target)
-        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-    return base_path + target if base_path else target
-
-
-def connection_tokens(environ: dict) -> frozenset:
-    """Lower-case header names the client's ``Connection`` header lists."""
-    value = environ.get("HTTP_CONNECTION")
-    return frozenset(t.strip().lower() for t in value.split(",")) if value else frozenset()
-
-
-def strip_connection_headers(environ: dict) -> None:
-    """Remove ``Connection`` and the client headers it names from ``environ`` (``Host`` excepted).
-
-    Call it where a request enters the gateway, before middlewares add headers: otherwise a client's
-    ``Connection: X-User`` would make the proxy drop the ``X-User`` a JWT middleware set. The proxy's
-    own pass then finds nothing left to drop.
-    """
-    for name in connection_tokens(environ) - {"host"}:
-        environ.pop("HTTP_" + name.upper().replace("-", "_"), None)
-    environ.pop("HTTP_CONNECTION", None)
-
-
-def forwarded_headers(environ: dict, host: str) -> Headers:
-    """Client headers minus hop-by-hop ones, then ``Host`` and the gateway's own X-Forwarded-* headers.
-
-    Headers the client's ``Connection`` names are dropped, but never those the gateway sets: a
-    ``Connection: X-Forwarded-For`` only drops the client's own prefix of that header.
-    """
-    named = connection_tokens(environ)
-    dropped = named - PROTECTED
-    headers: Headers = []
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            if key in SKIPPED_KEYS:
-                continue
-            name = key[5:].replace("_", "-").title()
-            if dropped and name.lower() in dropped:
-                continue
-            headers.append((name, value))
-        elif key == "CONTENT_TYPE" and value:
-            headers.append(("Content-Type", value))
-    peer = environ.get("REMOTE_ADDR", "")
-    prior = None if "x-forwarded-for" in named else environ.get("HTTP_X_FORWARDED_FOR")
-    headers.append(("Host", host))
-    headers.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
-    headers.append(("X-Real-Ip", peer))
-    headers.append(("X-Forwarded-Proto", environ.get("wsgi.url_scheme", "http")))
-    headers.append(("X-Forwarded-Host", environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")))
-    headers.append(("X-Forwarded-Port", str(environ.get("SERVER_PORT", ""))))
-    return headers
-
-
-def body_reader(environ: dict) -> Tuple[Optional[Callable[[int], bytes]], Optional[int]]:
-    """(read callable, length): length None means chunked; (None, 0) means no body."""
-    length = environ.get("CONTENT_LENGTH")
-    if length:
-        return environ["wsgi.input"].read, int(length)
-    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-        return environ["wsgi.input"].read, None
-    return None, 0
-
-
-def response_headers(headers: Headers) -> Headers:
-    """Upstream headers minus hop-by-hop ones and those its ``Connection`` names; repeats kept."""
-    named = set()
-    for name, value in headers:
-        if name.lower() == "connection":
-            named.update(t.strip().lower() for t in value.split(","))
-    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
 
 
 # --- forwarding -----------------------------------------------------------------------------------
@@ -217,15 +124,15 @@ class Server:
 
     __slots__ = ("pool", "spec")
 
-    def __init__(self, spec: ServerSpec, limits: ProxyLimits, pool_factory: Callable) -> None:
+    def __init__(self, spec: ServerSpec, limits: ProxyLimits, pool_factory: PoolFactory) -> None:
         self.spec = spec
         self.pool = pool_factory(spec.scheme, spec.host, spec.port, limits)
 
-    def host_header(self, environ: dict, pass_host_header: bool) -> str:
+    def host_header(self, environ: Environ, pass_host_header: bool) -> str:
         """The client's Host (passHostHeader, the default), else the server's own host[:port]."""
         return (pass_host_header and environ.get("HTTP_HOST")) or self.spec.authority
 
-    def forward(self, environ: dict, start_response: Callable, pass_host_header: bool) -> Iterable[bytes]:
+    def forward(self, environ: Environ, start_response: StartResponse, pass_host_header: bool) -> Iterable[bytes]:
         """Send the request to this server and stream its answer.
 
         The first piece of the body is read before ``start_response``: until then nothing went to the
@@ -233,9 +140,9 @@ class Server:
         client connection (:class:`Relay`). A body that came whole with the first piece goes back as a
         list, its connection already back in the pool.
         """
-        environ["gatekeeper.upstream"] = self.spec.origin  # for the access log and metrics
+        environ[UPSTREAM] = self.spec.origin  # for the access log and metrics
         read, length = body_reader(environ)
-        request = Request(environ["REQUEST_METHOD"], request_target(environ, self.spec.base_path),
+        request = Request(environ["REQUEST_METHOD"], upstream_target(environ, self.spec.base_path),
                           forwarded_headers(environ, self.host_header(environ, pass_host_header)),
                           read, length)
         body = None
@@ -244,9 +151,9 @@ class Server:
             body = response.body
             first = body.read_first()
         except GatewayTimeout as exc:
-            return upstream_failed(environ, start_response, body, exc, "timeout", GATEWAY_TIMEOUT)
+            return upstream_failed(environ, start_response, body, exc, kind="timeout", answer=GATEWAY_TIMEOUT)
         except BadGateway as exc:
-            return upstream_failed(environ, start_response, body, exc, "bad_gateway", BAD_GATEWAY)
+            return upstream_failed(environ, start_response, body, exc, kind="bad_gateway", answer=BAD_GATEWAY)
         except ClientBodyError as exc:
             log.info("client body: %s", exc)
             return BAD_REQUEST_BODY(environ, start_response)
@@ -262,19 +169,19 @@ class Server:
         return Relay(body, environ)
 
 
-def upstream_failed(environ: dict, start_response: Callable, body: Optional[ResponseBody],
-                    exc: Exception, kind: str, answer: WSGIApp) -> Iterable[bytes]:
+def upstream_failed(environ: Environ, start_response: StartResponse, body: Optional[ResponseBody],
+                    exc: Exception, *, kind: str, answer: WSGIApp) -> Iterable[bytes]:
     """Nothing was sent to the client yet: close the upstream connection, log the cause, answer."""
     if body is not None:
         body.close()
-    origin = environ["gatekeeper.upstream"]
+    origin = environ[UPSTREAM]
     hidden = FAILURE_LOG.admit(origin)
     if hidden is not None:
         more = f" ({hidden} more failure(s) of this upstream in the last second not logged)" if hidden else ""
         log.warning("upstream %s failed (router %s, %s %s): %s%s", origin,
-                    environ.get("gatekeeper.router", "-"), environ.get("REQUEST_METHOD", "-"),
+                    environ.get(ROUTER, "-"), environ.get("REQUEST_METHOD", "-"),
                     log_path(environ), exc, more)
-    environ["gatekeeper.upstream.error"] = kind
+    environ[UPSTREAM_ERROR] = kind
     return answer(environ, start_response)
 
 
@@ -286,7 +193,7 @@ class FailureLogThrottle:
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
-        self._last: dict = {}   # origin -> [time of the last line, failures not logged since]
+        self._last: Dict[str, List[float]] = {}   # origin -> [time of the last line, failures not logged since]
 
     def admit(self, origin: str) -> Optional[int]:
         """None: do not log; else how many failures were left unlogged since the last line."""
@@ -295,18 +202,12 @@ class FailureLogThrottle:
         if entry is not None and now - entry[0] < self.interval:
             entry[1] += 1
             return None
-        hidden = entry[1] if entry is not None else 0
+        hidden = int(entry[1]) if entry is not None else 0
         self._last[origin] = [now, 0]
         return hidden
 
 
 FAILURE_LOG = FailureLogThrottle()
-
-
-def log_path(environ: dict) -> str:
-    """The request path for a log line: never the query string (a token may travel there)."""
-    path = (environ.get("RAW_URI") or environ.get("PATH_INFO") or "/").partition("?")[0][:200]
-    return path if path.isprintable() else ascii(path)
 
 
 class Relay:
@@ -316,14 +217,14 @@ class Relay:
 
     __slots__ = ("body", "environ")
 
-    def __init__(self, body: ResponseBody, environ: dict) -> None:
+    def __init__(self, body: ResponseBody, environ: Environ) -> None:
         self.body, self.environ = body, environ
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self.body
         except UpstreamAborted:
-            self.environ["gatekeeper.upstream.error"] = "aborted"
+            self.environ[UPSTREAM_ERROR] = "aborted"
             raise
 
     def close(self) -> None:
@@ -357,7 +258,7 @@ def smooth_weighted_order(weights: Sequence[int]) -> Iterator[int]:
     return generate()
 
 
-class Balancer:
+class Balancer(Generic[T]):
     """Picks among weighted items in smooth WRR order; zero-weight items never get picked."""
 
     def __init__(self, items: Sequence[Tuple[T, int]]) -> None:
@@ -374,12 +275,12 @@ class LoadBalancer:
     """WSGI app for a ``loadBalancer`` service; ``close()`` drops idle upstream connections."""
 
     def __init__(self, servers: Sequence[ServerSpec], pass_host_header: bool, limits: ProxyLimits,
-                 pool_factory: Callable) -> None:
+                 pool_factory: PoolFactory) -> None:
         self.servers = [Server(spec, limits, pool_factory) for spec in servers]
         self.balancer = Balancer([(s, s.spec.weight) for s in self.servers])
         self.pass_host_header = pass_host_header
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         server = self.balancer.pick()
         if server is None:
             return NO_SERVER(environ, start_response)
@@ -391,7 +292,7 @@ class LoadBalancer:
 
 
 def make_load_balancer(servers: Sequence[ServerSpec], *, pass_host_header: bool = True,
-                       limits: ProxyLimits = ProxyLimits(), pool_factory: Callable = ConnectionPool
+                       limits: ProxyLimits = DEFAULT_LIMITS, pool_factory: PoolFactory = ConnectionPool
                        ) -> LoadBalancer:
     """A WSGI app proxying to ``servers`` in smooth weighted round robin; no servers: 503.
 
@@ -404,7 +305,7 @@ def make_weighted(children: Sequence[Tuple[WSGIApp, int]]) -> WSGIApp:
     """A WSGI app handing each request to one of ``children`` (app, weight) in smooth WRR order."""
     balancer = Balancer(children)
 
-    def weighted(environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def weighted(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         child = balancer.pick()
         if child is None:
             return NO_SERVER(environ, start_response)

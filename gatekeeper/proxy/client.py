@@ -12,23 +12,34 @@ Usage::
     response = pool.send(Request("GET", "/hello", [("Host", "example")]))
     for chunk in response.body: ...
     response.body.close()        # back to the pool if the body was read to its end
+
+This module keeps the connections and writes requests; response.py reads what comes back.
 """
 from __future__ import annotations
 
-import re
+import io
 import select
 import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, cast
 
 from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout
+from gatekeeper.proxy.response import (
+    CHUNK,
+    Response,
+    ResponseBody,
+    UpstreamAborted,
+    UpstreamClosed,
+    read_response,
+)
+from gatekeeper.wsgi import Headers
 
-CHUNK = 64 * 1024
-MAX_LINE = 64 * 1024
-CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
-Headers = List[Tuple[str, str]]
+# Response, ResponseBody and UpstreamAborted are part of what a pool's user handles (balancer.py,
+# scripts/bench_proxy, the servers), so they are importable from here too.
+__all__ = ["ClientBodyError", "Connection", "ConnectionPool", "Headers", "ProxyLimits", "Request", "Response",
+           "ResponseBody", "UpstreamAborted", "UpstreamClosed"]
 
 # What a reused keep-alive connection may do if the upstream closed it while idle: these before any
 # response byte mean "stale connection", and a request without a body is sent again on a fresh one.
@@ -39,7 +50,8 @@ STALE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 class ProxyLimits:
     """Upstream timeouts and pool sizes (operations.md "Limits"), in seconds and bytes.
 
-    >>> ProxyLimits(connect_timeout=2.0, response_timeout=30.0)
+    >>> ProxyLimits(connect_timeout=2.0, response_timeout=30.0).idle_timeout
+    30.0
     """
 
     connect_timeout: float = 5.0
@@ -55,6 +67,9 @@ class ProxyLimits:
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
 
 
+DEFAULT_LIMITS = ProxyLimits()
+
+
 @dataclass
 class Request:
     """One request to send: ``body`` is a read(n) callable, ``length`` its size or None for chunked."""
@@ -66,10 +81,6 @@ class Request:
     length: Optional[int] = 0
 
 
-class UpstreamClosed(BadGateway):
-    """The upstream closed the connection before sending a response (stale keep-alive if reused)."""
-
-
 class Connection:
     """One socket to an upstream, with a buffered reader for the responses."""
 
@@ -77,7 +88,7 @@ class Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.reader = sock.makefile("rb", CHUNK)
+        self.reader = cast(io.BufferedReader, sock.makefile("rb", CHUNK))
         self.idle_since = 0.0
 
     def looks_alive(self) -> bool:
@@ -156,7 +167,7 @@ def send_small(sock: socket.socket, data: bytes) -> None:
 class ConnectionPool:
     """Idle keep-alive connections to one server, most recently used first (warm, least likely stale)."""
 
-    def __init__(self, scheme: str, host: str, port: int, limits: ProxyLimits = ProxyLimits()) -> None:
+    def __init__(self, scheme: str, host: str, port: int, limits: ProxyLimits = DEFAULT_LIMITS) -> None:
         self.host, self.port, self.limits = host, port, limits
         self.tls = ssl.create_default_context() if scheme == "https" else None
         self.idle: List[Connection] = []
@@ -200,7 +211,7 @@ class ConnectionPool:
         while self.idle:
             self.idle.pop().close()
 
-    def send(self, request: Request) -> "Response":
+    def send(self, request: Request) -> Response:
         """Send ``request`` and read the response head; the body streams from ``response.body``.
 
         A reused connection found dead before any response byte is retried once on a fresh
@@ -209,32 +220,36 @@ class ConnectionPool:
         conn, reused = self.acquire()
         try:
             return exchange(self, conn, request)
-        except (UpstreamClosed, *STALE_ERRORS):
+        except (UpstreamClosed, *STALE_ERRORS) as exc:
             if not (reused and not request.length and request.body is None):
-                raise_translated(conn)
-            conn = self.connect()
-            try:
-                return exchange(self, conn, request)
-            except BaseException:
-                raise_translated(conn)
-        except BaseException:
-            raise_translated(conn)
+                raise translated(conn, exc)  # noqa: B904 (translated() chains the cause itself)
+        except BaseException as exc:
+            raise translated(conn, exc)  # noqa: B904
+        conn.close()  # stale: the upstream closed it while idle
+        conn = self.connect()
+        try:
+            return exchange(self, conn, request)
+        except BaseException as exc:
+            raise translated(conn, exc)  # noqa: B904
 
 
-def raise_translated(conn: Connection) -> None:
-    """Close ``conn`` and re-raise the current exception as BadGateway / GatewayTimeout."""
+def translated(conn: Connection, exc: BaseException) -> BaseException:
+    """Close ``conn``; what to raise for ``exc``: a socket timeout becomes GatewayTimeout, another OSError
+    BadGateway (chained to it), anything else (BadGateway, GatewayTimeout, a refused header) as it is."""
     conn.close()
-    try:
-        raise
-    except (BadGateway, GatewayTimeout):
-        raise
-    except socket.timeout as exc:
-        raise GatewayTimeout("upstream did not answer in time") from exc
-    except OSError as exc:
-        raise BadGateway(f"upstream connection failed: {exc.strerror or exc}") from exc
+    if isinstance(exc, (BadGateway, GatewayTimeout)):
+        return exc
+    if isinstance(exc, socket.timeout):
+        new: BaseException = GatewayTimeout("upstream did not answer in time")
+    elif isinstance(exc, OSError):
+        new = BadGateway(f"upstream connection failed: {exc.strerror or exc}")
+    else:
+        return exc
+    new.__cause__ = exc
+    return new
 
 
-def exchange(pool: ConnectionPool, conn: Connection, request: Request) -> "Response":
+def exchange(pool: ConnectionPool, conn: Connection, request: Request) -> Response:
     """Write the request on ``conn`` and read the response head."""
     head = [f"{request.method} {request.target} HTTP/1.1\r\n"]
     head.extend(f"{name}: {value}\r\n" for name, value in request.headers)
@@ -276,214 +291,3 @@ def send_body(sock: socket.socket, read: Callable[[int], bytes], length: Optiona
         sock.sendall(b"0\r\n\r\n")
     elif remaining:
         raise ClientBodyError(f"client body ended {remaining} bytes short")
-
-
-@dataclass
-class Response:
-    """A response head, and its body as an iterable with ``close()`` (the WSGI response iterable)."""
-
-    status: int
-    reason: str
-    headers: Headers
-    body: "ResponseBody"
-
-
-def read_response(pool: ConnectionPool, conn: Connection, method: str, limit: int) -> Response:
-    """Parse the status line and headers (skipping 1xx interim responses), then frame the body."""
-    while True:
-        version, status, reason, headers = read_head(conn.reader, limit)
-        if status >= 200:
-            break
-        if status == 101:
-            raise BadGateway("upstream switched protocols, which was not asked for")
-    keep_alive = version == "HTTP/1.1"
-    length: Optional[int] = None
-    chunked = False
-    for name, value in headers:
-        lower = name.lower()
-        if lower == "connection":
-            tokens = {t.strip().lower() for t in value.split(",")}
-            keep_alive = "close" not in tokens and (keep_alive or "keep-alive" in tokens)
-        elif lower == "transfer-encoding":
-            chunked = value.lower().rsplit(",", 1)[-1].strip() == "chunked"
-            if not chunked:
-                keep_alive = False  # read until close
-        elif lower == "content-length":
-            length = parse_length(value, length)
-    if length is not None and sum(n.lower() == "content-length" for n, _ in headers) + \
-            sum(v.count(",") for n, v in headers if n.lower() == "content-length") > 1:
-        # "5, 5" or two equal headers: pass on one clean value, as clients may refuse the list
-        headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
-        headers.append(("Content-Length", str(length)))
-    if method == "HEAD" or status in (204, 304):
-        if method == "HEAD" and (chunked or length):
-            # Some servers (gevent's pywsgi among them) send the body of a HEAD answer anyway; bytes arriving
-            # after the pool's liveness check would be read as the next client's response. Never reuse it.
-            keep_alive = False
-        mode, length = "none", 0
-    elif chunked:
-        mode = "chunked"
-    elif length is not None:
-        mode = "length"
-    else:
-        mode, keep_alive = "close", False
-    return Response(status, reason, headers, ResponseBody(pool, conn, mode, length or 0, keep_alive))
-
-
-def parse_length(value: str, previous: Optional[int]) -> int:
-    """A Content-Length value (``5, 5`` allowed); differing or non-numeric values are refused."""
-    values = {v.strip() for v in value.split(",")}
-    if len(values) != 1 or not next(iter(values)).isdigit():
-        raise BadGateway(f"upstream sent an invalid Content-Length: {value!r}")
-    length = int(values.pop())
-    if previous is not None and previous != length:
-        raise BadGateway("upstream sent conflicting Content-Length headers")
-    return length
-
-
-def read_head(reader, limit: int) -> Tuple[str, int, str, Headers]:
-    """One response head: (version, status, reason, headers); garbled or oversized -> BadGateway."""
-    line = reader.readline(MAX_LINE)
-    if not line:
-        raise UpstreamClosed("upstream closed the connection without answering")
-    parts = line.rstrip(b"\r\n").split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 \
-            or not parts[1].isdigit():
-        raise BadGateway(f"upstream sent a garbled status line ({len(line)} bytes, starting {line[:8]!r})")
-    size = len(line)
-    headers: Headers = []
-    while True:
-        line = reader.readline(MAX_LINE)
-        size += len(line)
-        if size > limit:
-            raise BadGateway("upstream response head is too large")
-        if line in (b"\r\n", b"\n"):
-            break
-        if not line.endswith(b"\n"):
-            raise BadGateway("upstream closed the connection inside the response head")
-        if line[:1] in (b" ", b"\t") and headers:  # obsolete line folding
-            name, value = headers.pop()
-            headers.append((name, value + " " + line.strip().decode("latin-1")))
-            continue
-        name, sep, value = line.partition(b":")
-        value = value.strip()
-        if not sep or not name or b" " in name or b"\t" in name or b"\r" in value or b"\0" in value:
-            # no space in or around a name; a bare CR or NUL in a value would make the server refuse it
-            raise BadGateway(f"upstream sent a garbled header line (name {name[:40]!r})")
-        headers.append((name.decode("latin-1"), value.decode("latin-1")))
-    reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
-    return parts[0].decode("latin-1"), int(parts[1]), reason, headers
-
-
-class UpstreamAborted(BadGateway):
-    """The upstream failed after the response had started going to the client: the only honest answer
-    left is to cut the client connection (no 500 page after a 200 head). Servers recognise it and close
-    the connection with one log line and no traceback."""
-
-
-class ResponseBody:
-    """The upstream body as a WSGI iterable: chunks of at most 64 KiB, never the whole body.
-
-    :meth:`read_first` reads the first piece before the status goes to the client, so an upstream failing
-    right after its head is still answered 502 (504 on a timeout). A failure after that raises
-    :class:`UpstreamAborted` from the iteration, and the server cuts the client connection rather than
-    pretending the short body is complete.
-
-    ``close()`` (called by the WSGI server, also when the client went away) returns the connection to
-    the pool only if the body was read to its end and the upstream keeps it alive; otherwise the
-    connection is closed.
-    """
-
-    __slots__ = ("conn", "done", "first", "keep_alive", "length", "mode", "pieces", "pool")
-
-    def __init__(self, pool: ConnectionPool, conn: Connection, mode: str, length: int,
-                 keep_alive: bool) -> None:
-        self.pool, self.conn, self.mode, self.length = pool, conn, mode, length
-        self.keep_alive = keep_alive
-        self.done = mode == "none"
-        self.pieces: Optional[Iterator[bytes]] = None
-        self.first = b""
-
-    def read_first(self) -> bytes:
-        """The first piece of the body (``b""`` when there is none); BadGateway / GatewayTimeout when the
-        upstream fails before it. Sets ``done`` when that piece is the whole body."""
-        if self.done:
-            return b""
-        self.pieces = self.read_pieces()
-        first = next(self.pieces, b"")
-        if self.mode == "length" and len(first) == self.length:
-            self.done = True
-        self.first = first
-        return first
-
-    def __iter__(self) -> Iterator[bytes]:
-        if self.pieces is None:
-            self.read_first()
-        first, self.first = self.first, b""
-        if first:
-            yield first
-        if self.done:
-            return
-        try:
-            yield from self.pieces  # type: ignore[misc]
-        except (BadGateway, GatewayTimeout) as exc:
-            raise UpstreamAborted(f"{exc} (after the response started)") from exc
-
-    def read_pieces(self) -> Iterator[bytes]:
-        """The body as framed, with socket errors translated; sets ``done`` at its end."""
-        try:
-            if self.mode == "length":
-                yield from self.read_length(self.length)
-            elif self.mode == "chunked":
-                yield from self.read_chunked()
-            elif self.mode == "close":
-                yield from self.read_to_close()
-        except socket.timeout as exc:
-            raise GatewayTimeout("upstream timed out in the middle of the body") from exc
-        except OSError as exc:
-            raise BadGateway(f"upstream failed in the middle of the body: {exc.strerror or exc}") from exc
-        self.done = True
-
-    def read_length(self, remaining: int) -> Iterator[bytes]:
-        read1 = self.conn.reader.read1
-        while remaining > 0:
-            data = read1(min(CHUNK, remaining))
-            if not data:
-                raise BadGateway(f"upstream body ended {remaining} bytes short")
-            remaining -= len(data)
-            yield data
-
-    def read_chunked(self) -> Iterator[bytes]:
-        reader = self.conn.reader
-        while True:
-            line = reader.readline(MAX_LINE)
-            if not line.endswith(b"\n"):
-                raise BadGateway("upstream closed the connection inside a chunked body")
-            size_text = line.split(b";", 1)[0].strip()
-            if not CHUNK_SIZE.fullmatch(size_text):  # int(x, 16) would take "-1", "0x10", "1_0"
-                raise BadGateway("upstream sent a garbled chunk size")
-            size = int(size_text, 16)
-            if size == 0:
-                break
-            yield from self.read_length(size)
-            if reader.readline(MAX_LINE) not in (b"\r\n", b"\n"):
-                raise BadGateway("upstream chunk not followed by CRLF")
-        while reader.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
-            pass  # trailers: hop-by-hop, dropped
-
-    def read_to_close(self) -> Iterator[bytes]:
-        read1 = self.conn.reader.read1
-        while True:
-            data = read1(CHUNK)
-            if not data:
-                return
-            yield data
-
-    def close(self) -> None:
-        if self.conn is None:
-            return
-        conn, self.conn = self.conn, None
-        if self.done and self.keep_alive:
-            self.pool.release(conn)
-        else:
-            conn.close()

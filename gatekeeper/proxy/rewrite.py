@@ -1,0 +1,87 @@
+"""What the proxy sends upstream and hands back: the request target behind a server's base path, the
+forwarded headers (the client's minus hop-by-hop ones, plus the gateway's own ``X-Forwarded-*``), the
+request body's framing, and the response headers a client may see.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Set, Tuple
+from urllib.parse import urlsplit
+
+from gatekeeper.requestpath import connection_tokens
+from gatekeeper.wsgi import Environ, Headers, environ_key, raw_target
+
+# RFC 9110 7.6.1 hop-by-hop headers, plus Expect: pywsgi answers 100-continue to the client itself.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+                        "proxy-connection", "proxy-authenticate", "proxy-authorization", "expect"})
+# Headers the gateway sets itself: a client's `Connection: X-Real-Ip` must not remove them.
+GATEWAY_HEADERS = ("X-Forwarded-For", "X-Real-Ip", "X-Forwarded-Proto", "X-Forwarded-Host",
+                   "X-Forwarded-Port")
+PROTECTED = frozenset(h.lower() for h in GATEWAY_HEADERS) | {"host"}
+# environ keys of headers the proxy rebuilds or drops, never copied from the client as they are.
+SKIPPED_KEYS = frozenset(environ_key(h) for h in (*HOP_BY_HOP, *GATEWAY_HEADERS, "host"))
+
+
+def upstream_target(environ: Environ, base_path: str) -> str:
+    """Path and query exactly as received (``%2F`` stays encoded), behind the server's base path.
+
+    >>> upstream_target({"RAW_URI": "/a%2Fb?q=1"}, "/api"), upstream_target({"PATH_INFO": "/a b"}, "")
+    ('/api/a%2Fb?q=1', '/a%20b')
+    """
+    target = raw_target(environ)
+    if not target.startswith("/"):  # absolute-form (GET http://host/path): keep path and query
+        parts = urlsplit(target)
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    return base_path + target if base_path else target
+
+
+def forwarded_headers(environ: Environ, host: str) -> Headers:
+    """Client headers minus hop-by-hop ones, then ``Host`` and the gateway's own X-Forwarded-* headers.
+
+    Headers the client's ``Connection`` names are dropped, but never those the gateway sets: a
+    ``Connection: X-Forwarded-For`` only drops the client's own prefix of that header.
+    """
+    named = connection_tokens(environ)
+    dropped = named - PROTECTED
+    headers: Headers = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            if key in SKIPPED_KEYS:
+                continue
+            name = key[5:].replace("_", "-").title()
+            if dropped and name.lower() in dropped:
+                continue
+            headers.append((name, value))
+        elif key == "CONTENT_TYPE" and value:
+            headers.append(("Content-Type", value))
+    peer = environ.get("REMOTE_ADDR", "")
+    prior = None if "x-forwarded-for" in named else environ.get("HTTP_X_FORWARDED_FOR")
+    headers.append(("Host", host))
+    headers.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
+    headers.append(("X-Real-Ip", peer))
+    headers.append(("X-Forwarded-Proto", environ.get("wsgi.url_scheme", "http")))
+    headers.append(("X-Forwarded-Host", environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")))
+    headers.append(("X-Forwarded-Port", str(environ.get("SERVER_PORT", ""))))
+    return headers
+
+
+def body_reader(environ: Environ) -> Tuple[Optional[Callable[[int], bytes]], Optional[int]]:
+    """(read callable, length): length None means chunked; (None, 0) means no body.
+
+    >>> body_reader({"REQUEST_METHOD": "GET"})
+    (None, 0)
+    """
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        return environ["wsgi.input"].read, int(length)
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return environ["wsgi.input"].read, None
+    return None, 0
+
+
+def response_headers(headers: Headers) -> Headers:
+    """Upstream headers minus hop-by-hop ones and those its ``Connection`` names; repeats kept."""
+    named: Set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            named.update(t.strip().lower() for t in value.split(","))
+    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
