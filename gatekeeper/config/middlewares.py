@@ -11,13 +11,22 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Union
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from gatekeeper.config.model import MiddlewareDef, qualify
 from gatekeeper.config.providers.fields import pick, want_bool, want_str, want_str_list, want_str_map
 from gatekeeper.errors import ConfigError
 from gatekeeper.requestpath import ALL_ENCODED, ENCODED_CHARACTERS
-from gatekeeper.wsgi import RAW_URI, Environ, Headers, StartResponse, WSGIApp, environ_key, error_response
+from gatekeeper.wsgi import (
+    RAW_URI,
+    Environ,
+    Headers,
+    StartResponse,
+    WSGIApp,
+    environ_key,
+    error_response,
+    raw_target,
+)
 
 Wrapper = Callable[[WSGIApp], WSGIApp]
 
@@ -43,11 +52,7 @@ def split_target(environ: Environ) -> "tuple[str, str]":
     >>> split_target({"RAW_URI": "/a%2Fb?x=1"})
     ('/a%2Fb', '?x=1')
     """
-    raw = environ.get(RAW_URI)
-    if raw is None:
-        query = environ.get("QUERY_STRING", "")
-        return quote(environ.get("PATH_INFO", ""), safe="/%:@!$&'()*+,;="), ("?" + query if query else "")
-    path, sep, query = raw.partition("?")
+    path, sep, query = raw_target(environ).partition("?")
     return path, sep + query
 
 
