@@ -42,7 +42,7 @@ SECRET = "fuzz-secret-0123456789abcdef"
 
 WORDS = ["Host", "Path", "PathPrefix", "Method", "Header", "Query", "HostRegexp", "PathRegexp", "ClientIP",
          "Equals", "Prefix", "Contains", "OneOf", "And", "Or", "Not", "HeaderRegexp", "QueryRegexp"]
-PIECES = st.one_of(st.sampled_from(WORDS + ["(", ")", ",", "&&", "||", "!", " ", "`", '"', "'", "`a`",
+PIECES = st.one_of(st.sampled_from([*WORDS, "(", ")", ",", "&&", "||", "!", " ", "`", '"', "'", "`a`",
                                            "`/x`", '"b"', "`[`", "`(?P<`", "`\\`", "\n", "\x00"]),
                    st.text(max_size=6))
 EXPRESSIONS = st.one_of(st.text(max_size=60), st.lists(PIECES, max_size=20).map("".join))
@@ -122,7 +122,7 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan
                     st.sampled_from(["PathPrefix(`/`)", "http://127.0.0.1:1", "s", "Host(`[`)", "`", "-1"]))
 YAML_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(KEYS, inner, max_size=5), max_leaves=25)
-DOCUMENTS = st.one_of(YAML_VALUES.map(lambda v: yaml.safe_dump(v)),
+DOCUMENTS = st.one_of(YAML_VALUES.map(yaml.safe_dump),
                       st.dictionaries(st.just("http"), YAML_VALUES).map(yaml.safe_dump),
                       st.text(max_size=80))
 
@@ -178,7 +178,8 @@ METHODS = st.one_of(st.sampled_from(["GET", "POST", "HEAD", "DELETE", "OPTIONS",
 PATH_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7e)
 PATHS = st.one_of(
     st.lists(st.sampled_from(["/", "open", "locked", "re", "abc", "..", ".", "%", "%2F", "%2e", "%00", "%ff",
-                              "%zz", "?", "&", "=", "jwt=", "q=1", "#", "//", ";", "%25"]) | st.text(PATH_CHARS, max_size=4),
+                              "%zz", "?", "&", "=", "jwt=", "q=1", "#", "//", ";", "%25"])
+             | st.text(PATH_CHARS, max_size=4),
              max_size=10).map(lambda parts: "/" + "".join(parts)),
     st.text(PATH_CHARS, min_size=1, max_size=40),
     st.sampled_from(["*", "//", "/open?jwt=a.b.c", "http://a.example/open", "http://a.example/locked/%2E%2E/open",

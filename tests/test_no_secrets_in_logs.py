@@ -29,7 +29,7 @@ SERVERS = ["fast", "pywsgi"]
 def secrets() -> List[str]:
     """What must never be logged: the tokens' payloads and signatures, the cookie, the claim, the key."""
     parts = [part for token in (BEARER, IN_QUERY) for part in token.split(".")[1:]]
-    return parts + [COOKIE, CLAIM, SECRET, "Bearer "]
+    return [*parts, COOKIE, CLAIM, SECRET, "Bearer "]
 
 
 def assert_no_secret(text: str) -> None:

@@ -98,7 +98,7 @@ class Gunicorn:
         app = f"gatekeeper.app:create_app({str(conf_d)!r}, watch=False, trusted_proxies={list(trusted)!r})"
         self.port = port
         self.log = log
-        self._log = open(log, "wb")
+        self._log = open(log, "wb")  # noqa: SIM115 (closed by stop())
         self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "gunicorn"), "-k", "gevent", "-w", "1",
                                       "-b", f"127.0.0.1:{port}", "--graceful-timeout", "1", app],
                                      cwd=ROOT, stdout=self._log, stderr=self._log,

@@ -302,7 +302,7 @@ def test_fault_after_first_body_byte_cuts_the_client_cleanly(gateway, upstream, 
         got = exchange(int(url.rsplit(":", 1)[1]), b"GET /x?jwt=abc HTTP/1.1\r\nHost: gw\r\n\r\n",
                        half_close=False)
     assert status_of(got) == 200
-    head, _, got_body = got.partition(b"\r\n\r\n")
+    _, _, got_body = got.partition(b"\r\n\r\n")
     assert got_body == body  # exactly what was sent: no 500 page, no "0\r\n\r\n" terminator, then EOF
     warnings = warnings_about(caplog, up.url)
     assert len(warnings) == 1 and warnings[0].exc_info is None, [r.getMessage() for r in warnings]
