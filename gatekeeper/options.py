@@ -1,0 +1,265 @@
+"""The one option-validation toolkit: case-insensitive names, types, durations, PEM and Secret references.
+
+Manifests (``config/providers``), the JWT middleware's options (``jwt/``) and the admin view all read
+user-written mappings. They share these helpers so a name is matched, a type checked and a problem worded
+the same way everywhere: every error is a ``ConfigError`` that starts with the option's path
+(``clientConfig.tls.ca: no such file /etc/ca.pem``) and, when the mapping came from a manifest, knows its
+line. Values are echoed in messages by their type (``got a string``), since an option may hold a secret;
+only numbers and booleans are shown as written (``got -1``).
+
+    >>> pick({"Rule": "Path(`/`)", "service": "web"}, ("rule", "service"), "http.routers.api")
+    {'rule': 'Path(`/`)', 'service': 'web'}
+    >>> want_int("8080", "port", minimum=1)
+    8080
+    >>> want_bool(" True ", "insecureSkipVerify")
+    True
+
+It imports nothing of the package but ``errors``, so every wing may use it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+
+from gatekeeper.errors import ConfigError
+
+SECRET_URN_PREFIX = "urn:k8s:secret:"  # a Kubernetes Secret reference the provider resolves (docs/kubernetes.md)
+PEM_MARKER = "-----BEGIN "
+HEADER_NAME = re.compile(r"[!#$%&'*+.^`|~0-9A-Za-z-]+\Z")  # an HTTP field name: RFC 9110's token
+
+_SIGNED_NUMBER = re.compile(r"\s*-?\d+(\.\d+)?\s*")
+_TYPE_NAMES = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+
+Number = Union[int, float]
+
+
+# --- where: lines and type names for messages ------------------------------------------------------------
+
+def line_of(value: Any, key: Any = None) -> Optional[int]:
+    """The line a manifest mapping (or one of its keys) is on, when the loader recorded it.
+
+    Manifest mappings (``config.manifests.Mapping``) carry ``line`` and ``line_of``; plain dicts do not.
+
+    >>> line_of({"a": 1}) is None
+    True
+    """
+    if isinstance(value, dict) and hasattr(value, "line_of"):
+        return value.line_of(key) if key is not None else getattr(value, "line", None)
+    return None
+
+
+def type_name(value: Any) -> str:
+    """What a value is, for a message that must not echo it (it may be a secret).
+
+    >>> type_name(None), type_name({}), type_name("s3cret"), type_name(True)
+    ('nothing', 'a mapping', 'a string', 'a boolean')
+    """
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _got(value: Any) -> str:
+    """A number or boolean as written, anything else by its type name."""
+    return repr(value) if isinstance(value, (bool, int, float)) else type_name(value)
+
+
+def _figure(number: Number) -> str:
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+# --- names: matched case-insensitively, as Traefik does ---------------------------------------------------
+
+def pick(obj: Any, allowed: Iterable[str], where: str) -> Dict[str, Any]:
+    """Fields of a mapping keyed by their canonical name, matching names case-insensitively like Traefik.
+
+    ``None`` is an empty mapping. Unknown names and a name given twice (in two spellings) are errors
+    naming the path: ``http.routers.api: unknown field "rul"``.
+
+    >>> pick({"RULE": "x"}, ("rule",), "router")
+    {'rule': 'x'}
+    >>> pick({"rul": "x"}, ("rule",), "router")
+    Traceback (most recent call last):
+    gatekeeper.errors.ConfigError: router: unknown field "rul"
+    """
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type_name(obj)}", line=line_of(obj))
+    canonical = {name.lower(): name for name in allowed}
+    out: Dict[str, Any] = {}
+    for key, value in obj.items():
+        name = canonical.get(str(key).lower())
+        if name is None:
+            raise ConfigError(f'{where}: unknown field "{key}"', line=line_of(obj, key))
+        if name in out:
+            raise ConfigError(f'{where}: field "{key}" given twice', line=line_of(obj, key))
+        out[name] = value
+    return out
+
+
+def canonical_options(options: Mapping[str, Any], allowed: Iterable[str],
+                      old_names: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    """A middleware's top-level options by canonical name; ``old_names`` map former names to current ones.
+
+    The messages name the option itself (the caller adds the middleware): ``unknown option "foo"``,
+    ``tokenKey: given twice (as "tokenQueryKey" too)``.
+
+    >>> canonical_options({"TokenQueryKey": "jwt"}, ("tokenKey",), {"tokenQueryKey": "tokenKey"})
+    {'tokenKey': 'jwt'}
+    """
+    known = {name.lower(): name for name in allowed}
+    known.update({old.lower(): new for old, new in (old_names or {}).items()})
+    result: Dict[str, Any] = {}
+    for name, value in options.items():
+        canonical = known.get(str(name).lower())
+        if canonical is None:
+            raise ConfigError(f'unknown option "{name}"')
+        if canonical in result:
+            raise ConfigError(f'{canonical}: given twice (as "{name}" too)')
+        result[canonical] = value
+    return result
+
+
+def pick_case_insensitive(options: Mapping[str, Any], names: Iterable[str]) -> Dict[str, Any]:
+    """The ``names`` present in ``options`` in any spelling, keyed by the canonical name; never refuses
+    (for showing options that were validated elsewhere, or are in error).
+
+    >>> pick_case_insensitive({"ClaimS": "x", "other": 1}, ("claims", "tokenKey"))
+    {'claims': 'x'}
+    """
+    lowered = {str(k).lower(): v for k, v in options.items()}
+    return {name: lowered[name.lower()] for name in names if name.lower() in lowered}
+
+
+# --- types ---------------------------------------------------------------------------------------------
+
+def want_str(value: Any, where: str, *, empty_ok: bool = False) -> str:
+    """A scalar as a string (manifests write ``port: 80`` and ``port: "80"`` alike).
+
+    >>> want_str(80, "port")
+    '80'
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{where}: expected a string, got {type_name(value)}")
+    text = str(value)
+    if not text and not empty_ok:
+        raise ConfigError(f"{where}: must not be empty")
+    return text
+
+
+def want_text(value: Any, where: str) -> str:
+    """A string with something in it besides whitespace (a secret, a key, a path, an expression)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: expected a non-empty string")
+    return value
+
+
+def want_bool(value: Any, where: str) -> bool:
+    """``true``/``false``, as a boolean or as a string in any case (labels and env values are strings)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{where}: expected true or false, got {_got(value)}")
+
+
+def want_number(value: Any, where: str, *, whole: bool = False, minimum: Optional[Number] = None) -> Number:
+    """A number (written as a number or as a string of digits); ``whole``: an int.
+
+    >>> want_number("0.5", "clientConfig.timeoutSeconds", minimum=0.001)
+    0.5
+    >>> want_number(0, "clientConfig.timeoutSeconds", minimum=0.001)
+    Traceback (most recent call last):
+    gatekeeper.errors.ConfigError: clientConfig.timeoutSeconds: must be at least 0.001
+    """
+    if isinstance(value, str) and _SIGNED_NUMBER.fullmatch(value):
+        value = float(value) if "." in value else int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not isinstance(value, int)):
+        raise ConfigError(f"{where}: expected a {'whole ' if whole else ''}number, got {_got(value)}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{where}: must be at least {_figure(minimum)}")
+    return value
+
+
+def want_int(value: Any, where: str, *, minimum: Optional[int] = None) -> int:
+    """A whole number (``"8080"`` too)."""
+    result = want_number(value, where, whole=True, minimum=minimum)
+    assert isinstance(result, int)
+    return result
+
+
+def want_seconds(value: Any, where: str) -> int:
+    """A duration in whole seconds, ``>= 0`` (``clockSkewSeconds``).
+
+    >>> want_seconds("30", "clockSkewSeconds")
+    30
+    """
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}: expected a whole number of seconds >= 0, got {_got(value)}")
+    return value
+
+
+def want_map(value: Any, where: str) -> Mapping[str, Any]:
+    """A mapping, as it is (its keys are the caller's to check)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type_name(value)}")
+    return value
+
+
+def want_list(value: Any, where: str) -> List[Any]:
+    """A list; a single string is a list of one (Traefik accepts it in labels)."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list, got {type_name(value)}")
+    return value
+
+
+def want_str_list(value: Any, where: str) -> List[str]:
+    """A list of strings; each item's problem names its index (``entryPoints[1]``)."""
+    return [want_str(v, f"{where}[{i}]") for i, v in enumerate(want_list(value, where))]
+
+
+def want_str_map(value: Any, where: str) -> Dict[str, str]:
+    """A mapping of strings to strings (header values may be empty; ``null`` is empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type_name(value)}")
+    return {want_str(k, where): want_str(v, f"{where}.{k}", empty_ok=True) if v is not None else ""
+            for k, v in value.items()}
+
+
+# --- PEM and Secret references -------------------------------------------------------------------------
+
+def want_pem(value: Any, where: str) -> Optional[str]:
+    """PEM text given inline (normalised to end in one newline), or the path of a file that exists now
+    (checked at load: the check needs no network); ``None`` when not given."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: expected a file path or PEM text")
+    if PEM_MARKER in value:
+        return value.strip() + "\n"
+    if not os.path.isfile(value):
+        raise ConfigError(f"{where}: no such file {value}")
+    return value
+
+
+def refuse_secret_reference(text: str, where: str) -> str:
+    """``text``, unless it is a Kubernetes Secret reference left unresolved (outside the Kubernetes
+    provider, or a Secret it could not read): using the reference itself as a secret would be a mistake.
+
+    >>> refuse_secret_reference("urn:k8s:secret:jwt:key", "signingSecret")
+    Traceback (most recent call last):
+    gatekeeper.errors.ConfigError: signingSecret: unresolved Kubernetes Secret reference
+    """
+    if text.startswith(SECRET_URN_PREFIX):
+        raise ConfigError(f"{where}: unresolved Kubernetes Secret reference")
+    return text
