@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 MAX_DEPTH = 32
 MAX_BYTES = 1 << 20
@@ -48,7 +48,7 @@ class TooLargeError(LimitError):
     """More bytes than allowed."""
 
 
-def _object_without_duplicates(pairs: List[Tuple[str, Any]]) -> dict:
+def _object_without_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen = set()

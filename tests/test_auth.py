@@ -1,4 +1,4 @@
-"""The JWT middleware's options and verification steps (spec/jwt.md), in-process on real keys."""
+"""The JWT middleware's options and verification steps (docs/jwt.md), in-process on real keys."""
 from __future__ import annotations
 
 import io

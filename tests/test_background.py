@@ -18,6 +18,7 @@ from serve_process import Gatekeeper, lb_manifest, wait_for
 from test_remote_keys import IdP, jwk, pems, serve_idp  # noqa: F401 - pems is a fixture used here
 
 from gatekeeper.jwt import remote as jwks
+from gatekeeper.jwt.fetch import ClientConfig
 from gatekeeper.jwt.mint import mint
 
 ROUTES = """
@@ -115,7 +116,7 @@ def test_a_forked_child_never_inherits_a_held_lock_or_a_flight(wsgi_server, pems
     flight still fetches and verifies in the child."""
     idp = IdP(jwk(pems["a"], "a"))
     serve_idp(wsgi_server, idp)
-    keyset = jwks.key_set(idp.issuer + "/keys", client=jwks.ClientConfig(timeout=3))
+    keyset = jwks.key_set(idp.issuer + "/keys", client=ClientConfig(timeout=3))
     idp.delay = 0.5
     keyset.refresh()                          # a fetch in flight in the parent ...
     keyset._lock.acquire()                    # ... and its lock held (another greenlet inside it)

@@ -1,4 +1,4 @@
-"""Remote key sets (spec/jwt.md "Remote key sets"): a real identity provider on 127.0.0.1 whose keys,
+"""Remote key sets (docs/jwt.md "Remote key sets"): a real identity provider on 127.0.0.1 whose keys,
 status, delay and Cache-Control the test controls, and whose hits it counts."""
 from __future__ import annotations
 
@@ -29,10 +29,11 @@ from gatekeeper.cli.main import main as cli_main
 from gatekeeper.config.compile import compile_config
 from gatekeeper.config.manifests import read_dir
 from gatekeeper.errors import AuthError, ConfigError
+from gatekeeper.jwt import fetch
 from gatekeeper.jwt import remote as jwks
 from gatekeeper.jwt.auth import JWTAuth
 from gatekeeper.jwt.jws import b64url_encode
-from gatekeeper.jwt.keys import DESCRIPTIONS
+from gatekeeper.jwt.refusals import DESCRIPTIONS
 from gatekeeper.jwt.middleware import JWTMiddleware
 from gatekeeper.jwt.mint import mint, new_key_pem, public_jwk
 from gatekeeper.ops.echo import named_echo_app
@@ -304,8 +305,8 @@ def test_a_set_of_unusable_keys_is_a_failure_and_unusable_keys_are_skipped(wsgi_
     ({"Expires": "0"}, 30),
 ], ids=["absent-5min", "max-age", "clamped-up", "clamped-down", "no-store", "expires-minus-date", "bad-expires"])
 def test_cache_lifetime_uses_the_spec_bounds(headers, seconds):
-    assert (jwks.MIN_TTL, jwks.MAX_TTL, jwks.DEFAULT_TTL, jwks.UNKNOWN_KID_INTERVAL) == (30, 3600, 300, 10)
-    assert jwks.cache_lifetime(headers) == seconds
+    assert (fetch.MIN_TTL, fetch.MAX_TTL, fetch.DEFAULT_TTL, jwks.UNKNOWN_KID_INTERVAL) == (30, 3600, 300, 10)
+    assert fetch.cache_lifetime(headers) == seconds
 
 
 @pytest.mark.parametrize("cache_control, lifetime", [
@@ -314,7 +315,7 @@ def test_cache_lifetime_uses_the_spec_bounds(headers, seconds):
 def test_background_refresh_before_expiry_follows_max_age(wsgi_server, pems, monkeypatch, cache_control, lifetime):
     """Bounds lowered to [0.3 s, 1.2 s] and the default to 0.6 s; the refresher fetches at 90% of the life."""
     for name, value in (("MIN_TTL", 0.3), ("MAX_TTL", 1.2), ("DEFAULT_TTL", 0.6)):
-        monkeypatch.setattr(jwks, name, value)
+        monkeypatch.setattr(fetch, name, value)
     idp = IdP(jwk(pems["a"], "a"), cache_control=cache_control)
     serve_idp(wsgi_server, idp)
     auth = remote_auth(idp.issuer + "/keys")

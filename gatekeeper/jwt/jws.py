@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from jose.backends.cryptography_backend import CryptographyECKey, CryptographyRSAKey
 
 from gatekeeper import jsontext
-from gatekeeper.errors import Unauthorized
+from gatekeeper.jwt.refusals import unauthorized
 
 MAX_TOKEN_BYTES = 16 * 1024
 MAX_JSON_DEPTH = jsontext.MAX_DEPTH  # levels of arrays/objects in the header or the payload
@@ -43,13 +43,16 @@ ASYMMETRIC_ALGS = RSA_ALGS + EC_ALGS + EDDSA_ALGS
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*\Z")
 _HASHES = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
-_CRYPTO_HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+_CRYPTO_HASHES: Dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
 # ECDSA curve orders: r and s must lie in (0, n).
 _EC_ORDER = {
     "ES256": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
-    "ES384": int("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973", 16),
-    "ES512": int("01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA"
-                 "51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409", 16),
+    "ES384": int("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F437"
+                 "2DDF581A0DB248B0A77AECEC196ACCC52973", 16),
+    "ES512": int("01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
+                 "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783BF2F966B7FCC0148F709A5D0"
+                 "3BB5C9B8899C47AEBB6FB71E91386409", 16),
 }
 _EC_COORD_BYTES = {"ES256": 32, "ES384": 48, "ES512": 66}
 
@@ -67,25 +70,12 @@ class ParsedToken:
 
     @property
     def alg(self) -> str:
-        return self.header["alg"]
+        alg: str = self.header["alg"]  # a string: checked by parse_compact
+        return alg
 
     @property
     def kid(self) -> Optional[str]:
         return self.header.get("kid")
-
-
-# What each structural refusal tells the client; auth.py adds the reasons found later in the checks.
-DESCRIPTIONS = {
-    "too_large": "the token is larger than 16 KiB",
-    "encrypted": "encrypted tokens (JWE) are not accepted",
-    "malformed": "the token is not a well-formed signed JWT",
-    "too_nested": f"the token's JSON nests arrays and objects deeper than {jsontext.MAX_DEPTH} levels",
-    "unsupported_crit": "the token names critical header extensions this server does not implement",
-}
-
-
-def _refuse(reason: str) -> Unauthorized:
-    return Unauthorized(reason, DESCRIPTIONS[reason])
 
 
 def b64url_decode(part: str) -> bytes:
@@ -110,11 +100,11 @@ def _json_object(part: str) -> Dict[str, Any]:
     try:
         value = jsontext.loads(b64url_decode(part), max_depth=MAX_JSON_DEPTH)
     except jsontext.TooDeepError as exc:
-        raise _refuse("too_nested") from exc
+        raise unauthorized("too_nested") from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _refuse("malformed") from exc
+        raise unauthorized("malformed") from exc
     if not isinstance(value, dict):
-        raise _refuse("malformed")
+        raise unauthorized("malformed")
     return value
 
 
@@ -122,23 +112,23 @@ def _check_header(header: Dict[str, Any]) -> None:
     """``alg`` must be a string, ``kid`` a string of at most 256 characters; ``crit`` and ``b64`` name
     extensions we do not implement (RFC 7515 4.1.11)."""
     if not isinstance(header.get("alg"), str):
-        raise _refuse("malformed")
+        raise unauthorized("malformed")
     kid = header.get("kid")
     if kid is not None and (not isinstance(kid, str) or len(kid) > MAX_KID_CHARS):
-        raise _refuse("malformed")
+        raise unauthorized("malformed")
     if "crit" in header or "b64" in header:
-        raise _refuse("unsupported_crit")
+        raise unauthorized("unsupported_crit")
 
 
 def parse_compact(token: str) -> ParsedToken:
     """Split and decode a compact JWS, refusing (``Unauthorized``) anything that is not strictly one."""
     if len(token) > MAX_TOKEN_BYTES:
-        raise _refuse("too_large")
+        raise unauthorized("too_large")
     dots = token.count(".")
     if dots == 4:
-        raise _refuse("encrypted")
+        raise unauthorized("encrypted")
     if dots != 2:
-        raise _refuse("malformed")
+        raise unauthorized("malformed")
     head, body, sig = token.split(".")
     header = _json_object(head)
     _check_header(header)
@@ -146,7 +136,7 @@ def parse_compact(token: str) -> ParsedToken:
     try:
         signature = b64url_decode(sig)
     except ValueError as exc:
-        raise _refuse("malformed") from exc
+        raise unauthorized("malformed") from exc
     return ParsedToken(header, payload, f"{head}.{body}".encode("ascii"), signature)
 
 
@@ -163,13 +153,14 @@ def hmac_verifier(secret: bytes, alg: str) -> Verifier:
 
 def _rsa_pkcs1_verifier(key: rsa.RSAPublicKey, alg: str) -> Verifier:
     """RS*: python-jose's key object with the one algorithm this closure is for."""
-    return CryptographyRSAKey(key, alg).verify
+    verify: Verifier = CryptographyRSAKey(key, alg).verify
+    return verify
 
 
 def _rsa_pss_verifier(key: rsa.RSAPublicKey, alg: str) -> Verifier:
     """PS*: python-jose has none, so ``cryptography`` directly; salt length = hash length (RFC 7518 3.5)."""
     hash_cls = _CRYPTO_HASHES[alg[2:]]
-    pss = padding.PSS(mgf=padding.MGF1(hash_cls()), salt_length=hash_cls.digest_size)
+    pss = padding.PSS(mgf=padding.MGF1(hash_cls()), salt_length=hash_cls().digest_size)
     size = (key.key_size + 7) // 8
 
     def verify(signing_input: bytes, signature: bytes) -> bool:
@@ -217,7 +208,7 @@ def _eddsa_verifier(key: "ed25519.Ed25519PublicKey | ed448.Ed448PublicKey", alg:
     return verify
 
 
-def algorithms_for_key(key: Any) -> tuple:
+def algorithms_for_key(key: Any) -> Tuple[str, ...]:
     """The algorithms a public key's type can verify: an RSA key never verifies ES or HS."""
     if isinstance(key, rsa.RSAPublicKey):
         return RSA_ALGS

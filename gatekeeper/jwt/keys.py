@@ -8,8 +8,9 @@ source and the key types, never from the token (an RSA key never verifies an HS 
     >>> sorted(source.allowed_algs)
     ['HS256', 'HS384', 'HS512']
 
-Remote key sets (``jwksUrl``, ``trustedIssuers``) are key sources too; they live in ``jwks.py``, which
+Remote key sets (``jwksUrl``, ``trustedIssuers``) are key sources too; they live in ``remote.py``, which
 builds on the JWK parsing here (``read_jwk_set`` with ``skipped``: a remote set skips keys it cannot use).
+``sources.py`` reads the options and builds whichever source they name.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gatekeeper import jsontext
-from gatekeeper.errors import ConfigError, Unauthorized
+from gatekeeper.errors import ConfigError
 from gatekeeper.jwt.jws import (
     ASYMMETRIC_ALGS,
     HMAC_ALGS,
@@ -35,26 +36,15 @@ from gatekeeper.jwt.jws import (
     build_verifier,
     hmac_verifier,
 )
+from gatekeeper.jwt.refusals import unauthorized
 
 log = logging.getLogger("gatekeeper.keys")
 
 MIN_RSA_BITS = 2048
 JWKS_RECHECK_SECONDS = 1.0
 
-DESCRIPTIONS = {
-    "alg_not_allowed": "the token's algorithm is not accepted here",
-    "unknown_kid": "no key matches the token's kid",
-    "no_keys": "the key set is unavailable: no keys to verify the token with",
-    "untrusted_issuer": "the token's issuer is not trusted here",
-    "bad_audience": "the token's audience is not accepted here",
-}
-
 _EC_CURVES = {"P-256": (ec.SECP256R1, 32), "P-384": (ec.SECP384R1, 48), "P-521": (ec.SECP521R1, 66)}
-_OKP_CURVES = {"Ed25519": (ed25519.Ed25519PublicKey, 32), "Ed448": (ed448.Ed448PublicKey, 57)}
-
-
-def refuse(reason: str) -> Unauthorized:
-    return Unauthorized(reason, DESCRIPTIONS[reason])
+_OKP_SIZES = {"Ed25519": 32, "Ed448": 57}
 
 
 class KeyIndex:
@@ -80,10 +70,10 @@ class KeyIndex:
             found = self.by_alg.get(alg)
         else:
             if kid not in self.kids:
-                raise refuse("unknown_kid")
+                raise unauthorized("unknown_kid")
             found = self.by_kid.get((kid, alg))
         if not found:
-            raise refuse("alg_not_allowed")
+            raise unauthorized("alg_not_allowed")
         return found
 
 
@@ -120,7 +110,7 @@ class SingleKeySource(KeySource):
         try:
             return self._verifiers[alg]
         except KeyError:
-            raise refuse("alg_not_allowed") from None
+            raise unauthorized("alg_not_allowed") from None
 
 
 class SecretSource(SingleKeySource):
@@ -191,10 +181,13 @@ def jwk_public_key(jwk: Mapping[str, Any]) -> Any:
         y = int.from_bytes(_jwk_bytes(jwk, "y", size), "big")
         return ec.EllipticCurvePublicNumbers(x, y, curve()).public_key()
     if kty == "OKP":
-        if jwk.get("crv") not in _OKP_CURVES:
+        if jwk.get("crv") not in _OKP_SIZES:
             raise ValueError(f"unsupported curve {jwk.get('crv')!r}")
-        cls, size = _OKP_CURVES[jwk["crv"]]
-        return cls.from_public_bytes(_jwk_bytes(jwk, "x", size))
+        size = _OKP_SIZES[jwk["crv"]]
+        raw = _jwk_bytes(jwk, "x", size)
+        if jwk["crv"] == "Ed25519":
+            return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+        return ed448.Ed448PublicKey.from_public_bytes(raw)
     raise ValueError(f"unsupported kty {kty!r}")
 
 
@@ -282,11 +275,14 @@ class IndexedSource(KeySource):
     option = "jwksFile"
 
     def __init__(self, index: KeyIndex) -> None:
-        self._index = index
+        self._index: Optional[KeyIndex] = index  # None (a jwksFile gone bad): no keys, every token refused
         self.allowed_algs = frozenset(ASYMMETRIC_ALGS)  # what a key set may hold; the index narrows it
 
     def candidates(self, alg: str, kid: Optional[str]) -> Sequence[Verifier]:
-        return self._index.select(alg, kid)
+        index = self._index
+        if index is None:
+            raise unauthorized("no_keys")
+        return index.select(alg, kid)
 
 
 class JWKSFileSource(IndexedSource):
@@ -303,7 +299,6 @@ class JWKSFileSource(IndexedSource):
         self.path = path
         self._stamp: Optional[Tuple[int, int, int]] = self._stat()
         super().__init__(parse_jwks(self._read(), "jwksFile"))
-        self._index: Optional[KeyIndex] = self._index  # None: no usable keys, every token refused
         self.generation = 0
         self.last_error: Optional[str] = None
         self._next_check = time.monotonic() + JWKS_RECHECK_SECONDS
@@ -357,10 +352,7 @@ class JWKSFileSource(IndexedSource):
                 self.refresh_if_changed()
             finally:
                 self._lock.release()
-        index = self._index
-        if index is None:
-            raise refuse("no_keys")
-        return index.select(alg, kid)
+        return super().candidates(alg, kid)
 
 
 def jwks_file_source(value: str) -> IndexedSource:

@@ -10,9 +10,10 @@ puts the verified claims in ``environ["gatekeeper.claims"]`` and answers 401/403
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Dict, Iterable, Mapping
 
-from gatekeeper.jwt.auth import JWTAuth, WSGIApp
+from gatekeeper.jwt.auth import JWTAuth
+from gatekeeper.wsgi import Environ, StartResponse, WSGIApp
 
 # Maps whose keys are option names too (converted); forwardHeaders' keys are header names (kept).
 _NESTED_OPTION_MAPS = ("tokenSource", "clientConfig")
@@ -24,13 +25,13 @@ def camel_case(name: str) -> str:
     return first + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
-def _camel_options(options: Mapping[str, Any]) -> dict:
-    result = {}
+def _camel_options(options: Mapping[str, Any]) -> Dict[str, Any]:
+    """Keyword options as the manifest spells them (nested option maps too)."""
+    result: Dict[str, Any] = {}
     for name, value in options.items():
         key = camel_case(name)
-        if key in _NESTED_OPTION_MAPS and isinstance(value, Mapping):
-            value = {camel_case(k): v for k, v in value.items()}
-        result[key] = value
+        nested = key in _NESTED_OPTION_MAPS and isinstance(value, Mapping)
+        result[key] = {camel_case(k): v for k, v in value.items()} if nested else value
     return result
 
 
@@ -58,5 +59,5 @@ class JWTMiddleware:
         self.auth = auth
         self._wrapped = auth.wrap(app)
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         return self._wrapped(environ, start_response)
