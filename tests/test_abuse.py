@@ -14,7 +14,7 @@ import pytest
 
 from gatekeeper.app import Gateway
 from gatekeeper.ops.echo import named_echo_app
-from gatekeeper.server.pywsgi import ServerLimits
+from gatekeeper.server.base import ServerLimits
 from tests.conftest import RunningServer, exchange, status_of, wait_until
 
 IDLE = 0.5

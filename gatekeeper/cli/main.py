@@ -1,12 +1,17 @@
-"""Command line: ``gatekeeper serve | check | token``.
+"""Command line: ``gatekeeper serve | check | token`` and ``gatekeeper --version``.
 
-A bad argument gets exactly one line on stderr and exit status 2 (not argparse's usage block).
+A bad argument gets exactly one line on stderr and exit status 2 (not argparse's usage block). The
+defaults of ``serve`` are :class:`gatekeeper.cli.serve.Settings`'s.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import List, NoReturn, Optional
+from typing import Any, Callable, FrozenSet, List, NoReturn, Optional, Tuple
+
+from gatekeeper.cli.serve import DEFAULTS, Settings
+from gatekeeper.server import SERVERS
+from gatekeeper.server.base import Entrypoint, parse_address, parse_entrypoint
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -25,18 +30,16 @@ def network(text: str) -> str:
         raise argparse.ArgumentTypeError(f"not an IP address or CIDR range: {text!r}") from None
 
 
-def address(text: str):
+def address(text: str) -> Tuple[str, int]:
     """argparse type for HOST:PORT."""
-    from gatekeeper.server.pywsgi import parse_address
     try:
         return parse_address(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def entrypoint(text: str):
+def entrypoint(text: str) -> Entrypoint:
     """argparse type for NAME=HOST:PORT[,tls=CERT:KEY]."""
-    from gatekeeper.server.pywsgi import parse_entrypoint
     try:
         return parse_entrypoint(text)
     except ValueError as exc:
@@ -52,7 +55,7 @@ def admin_host(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def allow_encoded(text: str):
+def allow_encoded(text: str) -> Tuple[Optional[str], FrozenSet[str]]:
     """argparse type for ``[ENTRYPOINT=]slash,semicolon,...`` -> (entry point name or None, escapes)."""
     from gatekeeper.requestpath import parse_allowed
     name, sep, chars = text.rpartition("=")
@@ -62,9 +65,9 @@ def allow_encoded(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def positive(kind: type):
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     """argparse type: a number of ``kind`` greater than zero."""
-    def convert(text: str):
+    def convert(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
@@ -78,72 +81,98 @@ def positive(kind: type):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="gatekeeper", description="A JWT-securing API gateway reading conf.d manifests.")
+    parser.add_argument("--version", action="version", version=f"gatekeeper {version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     commands.required = True
 
     serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--conf-d", default="./conf.d", metavar="DIR", help="manifest directory (default ./conf.d)")
-    serve.add_argument("--listen", default=("127.0.0.1", 8080), type=address, metavar="HOST:PORT",
-                       help="traffic listener (default 127.0.0.1:8080)")
-    serve.add_argument("--log-format", choices=("text", "json"), default="text")
-    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    serve.add_argument("--debounce-ms", type=int, default=100, metavar="MS",
-                       help="wait this long after the last file event before reloading (default 100)")
+    add_serve_arguments(serve)
+    add_path_arguments(serve.add_argument_group("request path (Traefik's entryPoints.<name>.http options)"))
+    add_limit_arguments(serve.add_argument_group("limits"))
+    serve.set_defaults(func=run_serve)
+
+    check = commands.add_parser("check", help="load a conf.d as serve would and print every problem")
+    check.add_argument("conf_d", nargs="?", default=DEFAULTS.conf_d, metavar="DIR")
+    check.set_defaults(func=run_check)
+
+    from gatekeeper.jwt import mint as token
+    token.register(commands)
+    return parser
+
+
+def version() -> str:
+    """The installed distribution's version (setup.py's), or ``unknown`` when running from a bare tree."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("gatekeeper")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    """Listeners, logging, reloads, workers and the server: ``gatekeeper serve``'s own options."""
+    d = DEFAULTS
+    serve.add_argument("--conf-d", default=d.conf_d, metavar="DIR", help=f"manifest directory (default {d.conf_d})")
+    serve.add_argument("--listen", default=d.listen, type=address, metavar="HOST:PORT",
+                       help=f"traffic listener (default {d.listen[0]}:{d.listen[1]})")
+    serve.add_argument("--log-format", choices=("text", "json"), default=d.log_format)
+    serve.add_argument("--log-level", default=d.log_level, choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--debounce-ms", type=int, default=d.debounce_ms, metavar="MS",
+                       help=f"wait this long after the last file event before reloading (default {d.debounce_ms})")
     serve.add_argument("--no-watch", action="store_true", help="do not watch conf.d (SIGHUP still reloads)")
-    serve.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
-                       help="how long a stop waits for in-flight requests (default 10)")
+    serve.add_argument("--grace", type=float, default=d.grace, metavar="SECONDS",
+                       help=f"how long a stop waits for in-flight requests (default {d.grace:g})")
     serve.add_argument("--entrypoint", action="append", type=entrypoint, metavar="NAME=HOST:PORT[,tls=CERT:KEY]",
                        help="a named listener (repeatable); serves routers naming it or none; replaces --listen")
-    serve.add_argument("--admin", type=address, metavar="HOST:PORT",
+    serve.add_argument("--admin", type=address, default=d.admin, metavar="HOST:PORT",
                        help="admin listener: /healthz /readyz /metrics /config (off unless given)")
-    serve.add_argument("--admin-host", action="append", default=[], type=admin_host, metavar="NAME",
+    serve.add_argument("--admin-host", action="append", default=list(d.admin_host), type=admin_host, metavar="NAME",
                        help="a Host name the admin listener answers (repeatable); IP addresses and localhost "
                             "always, any other name 421 (DNS rebinding)")
-    serve.add_argument("--workers", type=positive(int), default=1, metavar="N",
-                       help="worker processes sharing the listeners (default 1)")
-    serve.add_argument("--trusted-proxy", action="append", default=[], type=network, metavar="CIDR",
-                       help="keep forwarding headers (X-Forwarded-*, X-Real-Ip, Forwarded) from these peers "
-                            "(repeatable); from others they are removed")
-    path = serve.add_argument_group("request path (Traefik's entryPoints.<name>.http options)")
-    path.add_argument("--allow-encoded", action="append", default=[], type=allow_encoded,
+    serve.add_argument("--workers", type=positive(int), default=d.workers, metavar="N",
+                       help=f"worker processes sharing the listeners (default {d.workers})")
+    serve.add_argument("--trusted-proxy", action="append", default=list(d.trusted_proxy), type=network,
+                       metavar="CIDR", help="keep forwarding headers (X-Forwarded-*, X-Real-Ip, Forwarded) from "
+                                            "these peers (repeatable); from others they are removed")
+    serve.add_argument("--server", choices=SERVERS, default=d.server,
+                       help=f"HTTP server: fast (StreamServer + httptools' llhttp) or pywsgi (gevent's); "
+                            f"default {d.server}")
+
+
+def add_path_arguments(path: Any) -> None:
+    """How the request path is checked and normalised (requestpath.py)."""
+    path.add_argument("--allow-encoded", action="append", default=list(DEFAULTS.allow_encoded), type=allow_encoded,
                       metavar="[ENTRYPOINT=]CHARS",
                       help="let paths carry these encoded characters, refused (400) by default: slash, backslash, "
                            "null, semicolon, percent, questionmark, hash (comma-separated; repeatable; "
                            "encodedCharacters.allowEncoded*)")
-    path.add_argument("--no-sanitize-path", action="append", default=[], nargs="?", const=None,
-                      metavar="ENTRYPOINT",
+    path.add_argument("--no-sanitize-path", action="append", default=list(DEFAULTS.no_sanitize_path), nargs="?",
+                      const=None, metavar="ENTRYPOINT",
                       help="do not remove ., .. and empty path segments (on every entry point, or the one named; "
                            "sanitizePath=false): only for upstreams that never resolve them")
-    serve.add_argument("--server", choices=("pywsgi", "fast"), default=None,
-                       help="HTTP server: fast (StreamServer + httptools' llhttp, the default) or pywsgi (gevent's)")
-    limits = serve.add_argument_group("limits")
-    limits.add_argument("--max-header-bytes", type=positive(int), default=64 * 1024, metavar="BYTES",
-                        help="total request header size; past it 431 (default 65536)")
-    limits.add_argument("--max-body-bytes", type=positive(int), default=None, metavar="BYTES",
+
+
+def add_limit_arguments(limits: Any) -> None:
+    """Client-side and upstream limits (operations.md "Limits")."""
+    d = DEFAULTS
+    limits.add_argument("--max-header-bytes", type=positive(int), default=d.max_header_bytes, metavar="BYTES",
+                        help=f"total request header size; past it 431 (default {d.max_header_bytes})")
+    limits.add_argument("--max-body-bytes", type=positive(int), default=d.max_body_bytes, metavar="BYTES",
                         help="request body size; past it 413 (default: no limit)")
-    limits.add_argument("--idle-timeout", type=positive(float), default=60.0, metavar="SECONDS",
-                        help="close a client connection idle this long (default 60)")
-    limits.add_argument("--upstream-connect-timeout", type=positive(float), default=5.0, metavar="SECONDS",
-                        help="connecting to an upstream; past it 504 (default 5)")
-    limits.add_argument("--upstream-timeout", type=positive(float), default=60.0, metavar="SECONDS",
-                        help="waiting for an upstream's response; past it 504 (default 60)")
-    serve.set_defaults(func=run_serve)
-
-    check = commands.add_parser("check", help="load a conf.d as serve would and print every problem")
-    check.add_argument("conf_d", nargs="?", default="./conf.d", metavar="DIR")
-    check.set_defaults(func=run_check)
-
-    try:
-        from gatekeeper.jwt import mint as token
-        token.register(commands)
-    except ImportError:  # pragma: no cover - token minting lands with the JWT middleware
-        pass
-    return parser
+    limits.add_argument("--idle-timeout", type=positive(float), default=d.idle_timeout, metavar="SECONDS",
+                        help=f"close a client connection idle this long (default {d.idle_timeout:g})")
+    limits.add_argument("--upstream-connect-timeout", type=positive(float), default=d.upstream_connect_timeout,
+                        metavar="SECONDS",
+                        help=f"connecting to an upstream; past it 504 (default {d.upstream_connect_timeout:g})")
+    limits.add_argument("--upstream-timeout", type=positive(float), default=d.upstream_timeout, metavar="SECONDS",
+                        help=f"waiting for an upstream's response; past it 504 (default {d.upstream_timeout:g})")
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from gatekeeper.server.pywsgi import run
-    return run(args)
+    from gatekeeper.cli.serve import run
+    return run(Settings.from_args(args))
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -168,7 +197,8 @@ def run_check(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    status: int = args.func(args)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,5 @@
-"""A lean HTTP/1.1 WSGI server: gevent's StreamServer with httptools' C parser (llhttp), as strict as
-serve.py's pywsgi handler and behind the same ``make_server`` interface.
+"""The default HTTP/1.1 WSGI server: gevent's StreamServer with httptools' C parser (llhttp), following
+the contract of :mod:`gatekeeper.server.base` as the pywsgi layer does, behind the same ``make_server``.
 
 Why: pywsgi spends about 90 µs of CPU a request here (an email-based header parser, a buffered file per
 connection, several sends); llhttp parses a request in a few µs. Measured in docs/performance.md.
@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import socket
 import sys
-import time
 from collections import deque
-from email.utils import formatdate
-from typing import Callable, Deque, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Optional, Tuple
 from urllib.parse import unquote
 
 import gevent
@@ -28,66 +26,48 @@ import gevent.event
 import httptools
 from gevent.server import StreamServer
 
-from gatekeeper.server.pywsgi import (
-    BODY_REFUSED,
-    COALESCE_LIMIT,
-    RESPONSE_431,
-    SKIP_AFTER_431,
+from gatekeeper.server.base import (
+    ClientConnection,
     ConnectionTracking,
     ServerLimits,
-    failure_response,
-    log_request_error,
+    header_deadline,
     with_handshake_deadline,
 )
+from gatekeeper.server.message import Input, Reply, Request
+from gatekeeper.wsgi import RAW_URI
+from gatekeeper.wsgi import environ_key as header_environ_key
 
 RECV_SIZE = 64 * 1024
 FEED_SLICE = 4096          # bytes handed to the parser at a time once a request is waiting (pipelining)
 MAX_TARGET = 8192          # request-target bytes (pywsgi's request-line cap): 414 past it
-MAX_DISCARD = 4 * 1024 * 1024  # unread request body read and dropped after a response before closing instead
-NO_BODY_STATUS = frozenset({204, 304})
 HEADER_KEY_CACHE_SIZE = 512
 
 RESPONSE_400 = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 b"Content-Length: 12\r\n\r\nBad Request\n")
 RESPONSE_414 = (b"HTTP/1.1 414 URI Too Long\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 b"Content-Length: 13\r\n\r\nURI Too Long\n")
-REFUSALS = {400: RESPONSE_400, 414: RESPONSE_414, 431: RESPONSE_431}
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+REFUSALS = {400: RESPONSE_400, 414: RESPONSE_414}   # 431: base's, with its skip and report
 
-_header_keys: dict = {}
+_header_keys: Dict[bytes, Optional[str]] = {}
 
 
 def environ_key(name: bytes) -> Optional[str]:
-    """``b"X-Foo"`` -> ``"HTTP_X_FOO"``; None for names with ``_`` (pywsgi drops them: they would be
-    indistinguishable from ``-`` in the environ, a spoofing route). Cached for the common names."""
-    key = _header_keys.get(name, False)
-    if key is not False:
-        return key
+    """The environ key of a header name as llhttp hands it over, ``b"X-Foo"`` -> ``"HTTP_X_FOO"``: the
+    server's own, beside :func:`gatekeeper.wsgi.environ_key` (whose rule it applies), because its input is
+    bytes off the wire, it is cached for the common names (it runs for every header of every request), and
+    it gives None for names with ``_``: pywsgi drops those, as they would be indistinguishable from ``-`` in
+    the environ (a spoofing route).
+
+    >>> environ_key(b"X-Foo"), environ_key(b"Content-Length"), environ_key(b"X_Foo")
+    ('HTTP_X_FOO', 'CONTENT_LENGTH', None)
+    """
+    if name in _header_keys:
+        return _header_keys[name]
     text = name.decode("latin-1")
-    if "_" in text:
-        key = None
-    else:
-        key = text.upper().replace("-", "_")
-        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            key = "HTTP_" + key
+    key = None if "_" in text else header_environ_key(text)
     if len(_header_keys) < HEADER_KEY_CACHE_SIZE:
         _header_keys[name] = key
     return key
-
-
-class _Date:
-    """The ``Date`` header value, formatted once a second."""
-
-    second = -1
-    value = b""
-
-    @classmethod
-    def now(cls) -> bytes:
-        second = int(time.time())
-        if second != cls.second:
-            cls.second, cls.value = second, formatdate(second, usegmt=True).encode("ascii")
-        return cls.value
-
 
 class Refused(Exception):
     """The request is answered by the server itself (400/414/431) and the connection closed."""
@@ -96,102 +76,11 @@ class Refused(Exception):
         super().__init__(status)
         self.status = status
 
-
-class Request:
-    """One parsed request: its environ, body chunks as llhttp delimits them, and whether it is complete."""
-
-    __slots__ = (
-        "body",
-        "complete",
-        "discard",
-        "environ",
-        "expect_continue",
-        "in_head",
-        "keep_alive",
-        "raw",
-        "size",
-        "target",
-    )
-
-    def __init__(self, environ: dict) -> None:
-        self.environ = environ
-        self.target = b""
-        self.body: Deque[bytes] = deque()
-        self.complete = False
-        self.keep_alive = True
-        self.expect_continue = False
-        self.discard = False
-        self.size = 0          # header bytes, as pywsgi counts its header block
-        self.raw = 0           # bytes received while this request's head was incomplete
-        self.in_head = True
-
-
-class Input:
-    """``wsgi.input``: streams the body llhttp delimits (Content-Length or chunked), never buffering it
-    whole; sends ``100 Continue`` on the first read when the client asked for it."""
-
-    def __init__(self, conn: "Connection", request: Request) -> None:
-        self.conn, self.request = conn, request
-
-    def _more(self) -> bool:
-        """Wait for body bytes; False at the end of the body."""
-        request = self.request
-        if request.expect_continue:
-            request.expect_continue = False
-            if not self.conn.head_sent:
-                self.conn.send(CONTINUE)
-        while not request.body:
-            if request.complete:
-                return False
-            self.conn.fill_body()
-        return True
-
-    def read(self, size: Optional[int] = -1) -> bytes:
-        body = self.request.body
-        if size is None or size < 0:
-            parts = []
-            while self._more():
-                parts.append(body.popleft())
-            return b"".join(parts)
-        if size == 0 or not self._more():
-            return b""
-        chunk = body.popleft()
-        if len(chunk) > size:
-            body.appendleft(chunk[size:])
-            chunk = chunk[:size]
-        return chunk
-
-    def readline(self, size: Optional[int] = -1) -> bytes:
-        body = self.request.body
-        line = bytearray()
-        while (size is None or size < 0 or len(line) < size) and self._more():
-            chunk = body.popleft()
-            end = chunk.find(b"\n") + 1 or len(chunk)
-            if size is not None and size >= 0:
-                end = min(end, size - len(line))
-            line += chunk[:end]
-            if end < len(chunk):
-                body.appendleft(chunk[end:])
-            if line.endswith(b"\n"):
-                break
-        return bytes(line)
-
-    def readlines(self, hint: Optional[int] = None) -> List[bytes]:
-        return list(self)
-
-    def __iter__(self):
-        while True:
-            line = self.readline()
-            if not line:
-                return
-            yield line
-
-
-class Connection:
+class Connection(ClientConnection):
     """One client connection: reads, parses (this object is httptools' protocol), runs the app per request
     in order, writes the response with its framing."""
 
-    def __init__(self, server: "FastServer", sock, address) -> None:
+    def __init__(self, server: FastServer, sock: socket.socket, address: Any) -> None:
         self.server = server
         self.sock = sock
         self.address = address
@@ -204,7 +93,6 @@ class Connection:
         self.refused_in = b""                # the bytes that held it (a 431 skips to the header block's end)
         self.upgrade = False
         self.eof = False
-        self.waiting_for_request = False
         self.head_sent = False
         self.peer = (str(address[0]), str(address[1])) if isinstance(address, tuple) else ("", "")
 
@@ -244,12 +132,10 @@ class Connection:
         method = parser.get_method().decode("ascii")
         if method == "HEAD" and int(environ.get("CONTENT_LENGTH") or 0):
             raise Refused(400)   # pywsgi: "Unexpected Content-Length"
-        if "HTTP_TRANSFER_ENCODING" in environ:
-            environ.pop("CONTENT_LENGTH", None)   # llhttp refuses both; pywsgi's rule, kept for clarity
         target = request.target.decode("latin-1")
         path, _, query = target.partition("?")
         environ["REQUEST_METHOD"] = method
-        environ["RAW_URI"] = target
+        environ[RAW_URI] = target
         environ["PATH_INFO"] = unquote(path, "latin-1") if "%" in path else path
         environ["QUERY_STRING"] = query
         environ["SERVER_PROTOCOL"] = "HTTP/" + version
@@ -322,7 +208,8 @@ class Connection:
                     return None
                 if deadline is None and self.parsing is not None and self.parsing.in_head:
                     # The idle timeout bounds each read; this bounds the whole header block (slowloris).
-                    deadline = gevent.Timeout.start_new(self.limits.idle_timeout, socket.timeout)
+                    deadline = header_deadline(self.limits)
+                    deadline.start()
                 self.waiting_for_request = self.parsing is None
                 try:
                     self.feed()
@@ -339,29 +226,25 @@ class Connection:
 
     def refuse(self, status: int) -> None:
         """Answer a request the server refuses itself, then let the connection close."""
-        if status == 431:
-            self.skip_header_block()
-            self.server.request_refused(self, status)
         try:
-            self.send(REFUSALS[status])
+            if status == 431:
+                self.send(self.server.headers_too_large(self, self.sock.recv, self.refused_in))
+            else:
+                self.send(REFUSALS[status])
         except OSError:
             pass
 
-    def skip_header_block(self) -> None:
-        """Read (and drop) the rest of a too-large header block, at most SKIP_AFTER_431 bytes, so the
-        client is reading when the 431 arrives instead of being reset mid-send."""
-        seen, tail = 0, self.refused_in[-3:]
-        if b"\r\n\r\n" in self.refused_in:
-            return
+    def client_socket(self) -> socket.socket:
+        return self.sock
+
+    def refused_request(self) -> Tuple[str, str, str]:
+        request = self.parsing
+        target = request.target.decode("latin-1") if request is not None else ""
         try:
-            while seen < SKIP_AFTER_431:
-                data = self.sock.recv(RECV_SIZE)
-                if not data or b"\r\n\r\n" in tail + data:
-                    return
-                seen += len(data)
-                tail = data[-3:]
-        except OSError:
-            return
+            method = self.parser.get_method().decode("ascii")
+        except Exception:
+            method = "-"
+        return self.peer[0], method, target
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -379,207 +262,16 @@ class Connection:
             if not Reply(self, request).run():
                 return
 
-    def wake_if_idle(self) -> None:
-        """During a drain: an idle keep-alive connection is closed now rather than after idle_timeout."""
-        if self.waiting_for_request:
-            try:
-                self.sock.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
-
-
-class Reply:
-    """One request through the app and back: start_response, framing, head + first chunk in one send."""
-
-    __slots__ = (
-        "bodyless",
-        "chunked",
-        "close",
-        "code",
-        "conn",
-        "head",
-        "headers",
-        "remaining",
-        "request",
-        "status",
-    )
-
-    def __init__(self, conn: Connection, request: Request) -> None:
-        self.conn, self.request = conn, request
-        self.status: Optional[str] = None
-        self.headers: List[Tuple[str, str]] = []
-        self.head: Optional[bytearray] = None   # built, not yet sent
-        self.chunked = self.bodyless = False
-        self.remaining: Optional[int] = None   # Content-Length bytes still to send
-        self.close = not request.keep_alive
-
-    def start_response(self, status: str, headers: List[Tuple[str, str]], exc_info=None) -> Callable:
-        if exc_info:
-            try:
-                if self.conn.head_sent:
-                    raise exc_info[1].with_traceback(exc_info[2])
-            finally:
-                exc_info = None
-        for name, value in headers:
-            if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
-                raise ValueError(f"carriage return or newline in response header {name!r}")
-        if "\r" in status or "\n" in status:
-            raise ValueError("carriage return or newline in status")
-        self.status, self.headers = status, headers
-        return self.write
-
-    def build_head(self, result) -> bytearray:
-        """Status line and headers, with the framing this response needs."""
-        code = self.code = int(self.status[:3])
-        environ = self.request.environ
-        head = bytearray(b"HTTP/1.1 ")
-        head += self.status.encode("latin-1")
-        head += b"\r\n"
-        length = date = connection = None
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == "content-length":
-                length = value
-            elif lower == "date":
-                date = value
-            elif lower == "connection":
-                connection = value.lower()
-            head += name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
-        if date is None:
-            head += b"Date: " + _Date.now() + b"\r\n"
-        bodyless = code in NO_BODY_STATUS or code < 200 or environ["REQUEST_METHOD"] == "HEAD"
-        if length is not None:
-            self.remaining = int(length) if length.isdigit() else None
-            if self.remaining is None:
-                self.close = True
-        elif not bodyless:
-            if isinstance(result, (list, tuple)):
-                total = sum(len(chunk) for chunk in result)
-                head += b"Content-Length: %d\r\n" % total
-                self.remaining = total
-            elif environ["SERVER_PROTOCOL"] == "HTTP/1.1":
-                self.chunked = True
-                head += b"Transfer-Encoding: chunked\r\n"
-            else:
-                self.close = True   # HTTP/1.0 without a length: the body ends when the connection does
-        self.bodyless = bodyless
-        if bodyless:
-            self.remaining, self.chunked = 0, False
-        if connection is not None and "close" in connection:
-            self.close = True
-        if self.conn.server.draining:
-            self.close = True
-        if self.close and connection is None:
-            head += b"Connection: close\r\n"
-        elif not self.close and environ["SERVER_PROTOCOL"] == "HTTP/1.0" and connection is None:
-            head += b"Connection: keep-alive\r\n"
-        head += b"\r\n"
-        return head
-
-    def write(self, data: bytes) -> None:
-        if self.status is None:
-            raise AssertionError("write() before start_response()")
-        head = self.head
-        if head is not None:
-            self.head = None
-        elif not self.conn.head_sent:
-            head = self.build_head(None)
-        if self.bodyless:
-            data = b""
-        elif self.remaining is not None:
-            if len(data) > self.remaining:
-                data = data[:self.remaining]
-                self.close = True
-            self.remaining -= len(data)
-        elif self.chunked and data:
-            data = b"%x\r\n" % len(data) + data + b"\r\n"
-        if head is not None:
-            self.conn.head_sent = True
-            if data and len(data) <= COALESCE_LIMIT:
-                head += data
-                data = b""
-            self.conn.send(head)
-        if data:
-            self.conn.send(data)
-
-    def run(self) -> bool:
-        """Run the app for this request; True when the connection stays open for the next one."""
-        conn = self.conn
-        conn.head_sent = False
-        environ = self.request.environ
-        result = None
-        try:
-            result = conn.server.application(environ, self.start_response)
-            for data in result:
-                if data:
-                    if self.status is None:
-                        raise AssertionError("body before start_response()")
-                    if not conn.head_sent and self.head is None:
-                        self.head = self.build_head(result)
-                    self.write(data)
-            if not conn.head_sent:
-                if self.status is None:
-                    raise AssertionError("the application never called start_response()")
-                if self.head is None:
-                    self.head = self.build_head(result)
-                self.write(b"")
-            if self.chunked:
-                conn.send(b"0\r\n\r\n")
-            if self.remaining:
-                self.close = True   # the app sent less than its Content-Length: the client must see EOF
-        except OSError:
-            if conn.refused is not None and not conn.head_sent:
-                conn.refuse(conn.refused)   # a malformed body (llhttp refused it): 400, as pywsgi answers
-            return False   # else the client went away (or stalled past the idle timeout)
-        except Exception as exc:
-            # One line of our own (the hub's handle_error would print the environ: tokens, cookies,
-            # claims); 500 (502 for an upstream) if nothing went out yet, else the connection is cut:
-            # no byte after what was sent, no chunked terminator, so the client sees the truncation.
-            log_request_error(environ, exc)
-            if not conn.head_sent:
-                try:
-                    conn.send(failure_response(exc))
-                except OSError:
-                    pass
-            return False
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception as exc:
-                    log_request_error(environ, exc)
-        return not self.close and self.finish_body()
-
-    def finish_body(self) -> bool:
-        """Read and drop what the app left of the request body, so the next request parses; False when
-        the connection should close instead (refused body, too much left, client gone)."""
-        request = self.request
-        if request.complete:
-            return True
-        if request.environ.get(BODY_REFUSED):
-            return False
-        request.discard, dropped = True, sum(len(chunk) for chunk in request.body)
-        request.body.clear()
-        conn = self.conn
-        try:
-            while not request.complete:
-                if dropped > MAX_DISCARD:
-                    return False
-                dropped += conn.fill_body()
-        except OSError:
-            return False
-        return True
-
-
 class FastServer(ConnectionTracking, StreamServer):
     """A WSGI server on StreamServer + httptools with :class:`ServerLimits`, connection tracking and drain.
 
-    Drop-in for serve.GatewayServer: ``on_refused(exchange)`` sees requests refused before the app
+    The same hooks as the pywsgi layer: ``on_refused(Refusal)`` sees requests refused before the app
     (431); ``on_connection(+1/-1)`` follows open connections (the metrics gauge).
 
-    >>> server = FastServer(listen_socket("127.0.0.1", 8080), app, limits=ServerLimits(idle_timeout=30))
-    >>> server.serve_forever()
+    Usage (not run here: it binds a port)::
+
+        server = FastServer(listen_socket("127.0.0.1", 8080), app, limits=ServerLimits(idle_timeout=30))
+        server.serve_forever()
     """
 
     def __init__(self, listener, application: Callable, *, limits: Optional[ServerLimits] = None,
@@ -611,25 +303,14 @@ class FastServer(ConnectionTracking, StreamServer):
         return environ
 
     def handle_connection(self, sock, address) -> None:
-        sock.settimeout(self.limits.idle_timeout)  # idle keep-alive, and stalled reads/writes
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = Connection(self, sock, address)
-        self.connection_opened(conn)
         try:
-            conn.serve()
+            with self.tracking(conn):
+                conn.serve()
         finally:
-            self.connection_closed(conn)
             try:
                 sock.close()
             except OSError:
                 pass
-
-    def request_refused(self, conn: Connection, status: int) -> None:
-        request = conn.parsing
-        target = request.target.decode("latin-1") if request is not None else ""
-        try:
-            method = conn.parser.get_method().decode("ascii")
-        except Exception:
-            method = "-"
-        self.report_refused(conn.peer[0], method, target, status)

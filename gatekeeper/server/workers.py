@@ -3,32 +3,30 @@ them (the kernel hands each new connection to one worker), replaces a worker tha
 SIGTERM/SIGINT out to the workers.
 
 Each worker is a whole gateway: it inherited the parent's loaded configuration, watches conf.d itself and
-reloads on SIGHUP. Metrics are aggregated across workers by prometheus_client's multiprocess mode: the
-parent creates ``PROMETHEUS_MULTIPROC_DIR`` before the first fork, so every worker's first import of
-``gatekeeper.metrics`` writes there. The parent itself never imports it (it would show as a worker).
+reloads on SIGHUP. What a worker's exit means beyond a replacement (its metrics) is the caller's:
+``on_exit(pid)`` (cli/serve.py drops its live gauges from prometheus_client's multiprocess directory).
 
 All forks happen in the parent's main greenlet, so a forked worker never inherits a pending parent timer.
-The parent starts no background work either (serve.run): a thread or greenlet started before fork() is
-dead in the child, or worse, half-copied. Each worker starts its own conf.d watcher and key-set fetchers
-in serve.serve_process, and gatekeeper.jwks resets every shared key set after any fork.
+The parent starts no background work either (cli/serve.py's run): a thread or greenlet started before
+fork() is dead in the child, or worse, half-copied. Each worker starts its own conf.d watcher and key-set
+fetchers in serve_process, and gatekeeper.jwt.remote resets every shared key set after any fork.
 """
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import socket
 import sys
-import tempfile
 import time
 import traceback
-from typing import Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import gevent
 import gevent.event
 import gevent.os
 
 log = logging.getLogger("gatekeeper.workers")
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 QUICK_DEATH = 1.0   # a worker dying sooner than this after its start is replaced only after this pause
 KILL_MARGIN = 5.0   # after the grace, workers still running are killed
 
@@ -36,13 +34,15 @@ KILL_MARGIN = 5.0   # after the grace, workers still running are killed
 class Supervisor:
     """Keeps ``count`` workers running ``work()`` until told to stop."""
 
-    def __init__(self, count: int, work: Callable[[], int], grace: float, listeners: Sequence) -> None:
+    def __init__(self, count: int, work: Callable[[], int], grace: float, listeners: Sequence[socket.socket],
+                 on_exit: Optional[Callable[[int], None]] = None) -> None:
         self.count, self.work, self.grace, self.listeners = count, work, grace, listeners
+        self.on_exit_hook = on_exit
         self.workers: Dict[int, float] = {}          # pid -> start time
         self.exited: List[int] = []
         self.changed = gevent.event.Event()
         self.stopping = False
-        self.handlers: list = []
+        self.handlers: List[Any] = []
 
     # -- parent side -------------------------------------------------------------------------------
     def run(self, announce: Callable[[], None]) -> int:
@@ -67,10 +67,11 @@ class Supervisor:
         self.workers[pid] = time.monotonic()
         log.info("worker %d started", pid)
 
-    def on_exit(self, watcher) -> None:
+    def on_exit(self, watcher: Any) -> None:
         """Child watcher callback (runs in the hub): note the exit and wake the main greenlet."""
         started = self.workers.pop(watcher.pid, None)
-        forget_process(watcher.pid)
+        if self.on_exit_hook is not None:
+            self.on_exit_hook(watcher.pid)
         if started is not None and not self.stopping:
             log.error("worker %d exited (status %d); replacing it", watcher.pid, watcher.rstatus)
             self.exited.append(started)
@@ -133,24 +134,10 @@ class Supervisor:
             os._exit(code)
 
 
-def forget_process(pid: int) -> None:
-    """Drop a dead worker's live gauges from the multiprocess directory (its counters stay in the totals)."""
-    if os.environ.get(MULTIPROC_ENV):
-        from prometheus_client import multiprocess
-        multiprocess.mark_process_dead(pid)
-
-
-def supervise(count: int, work: Callable[[], int], *, grace: float, listeners: Sequence,
-              announce: Callable[[], None] = lambda: None) -> int:
+def supervise(count: int, work: Callable[[], int], *, grace: float, listeners: Sequence[socket.socket],
+              announce: Callable[[], None] = lambda: None, on_exit: Optional[Callable[[int], None]] = None) -> int:
     """Run ``work`` in ``count`` forked workers until SIGTERM/SIGINT; 0 when they all stopped.
 
-    ``announce()`` runs once the workers are forked and the parent's signal handlers are in place."""
-    own_dir = None
-    if not os.environ.get(MULTIPROC_ENV):
-        own_dir = tempfile.TemporaryDirectory(prefix="gatekeeper-metrics-")
-        os.environ[MULTIPROC_ENV] = own_dir.name
-    try:
-        return Supervisor(count, work, grace, listeners).run(announce)
-    finally:
-        if own_dir is not None:
-            own_dir.cleanup()
+    ``announce()`` runs once the workers are forked and the parent's signal handlers are in place;
+    ``on_exit(pid)`` after each worker's exit."""
+    return Supervisor(count, work, grace, listeners, on_exit).run(announce)

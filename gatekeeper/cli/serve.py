@@ -1,0 +1,291 @@
+"""``gatekeeper serve``: the :class:`Settings` of a run (every default in one place), then patch, load
+conf.d, bind every listener and serve them here or in N forked workers; SIGHUP reloads, SIGTERM drains.
+
+The command line is the top of the map: it is the one place that ties the gateway (app.py), the request
+edge (metrics, access log), the admin listener and the servers together.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable, FrozenSet, Iterator, List, Optional, Sequence, Tuple
+
+from gatekeeper.proxy.client import ProxyLimits
+from gatekeeper.server import DEFAULT_SERVER, make_server
+from gatekeeper.server.base import ConnectionTracking, Entrypoint, Refusal, ServerLimits, listen_socket, tls_context
+
+Address = Tuple[str, int]
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One ``gatekeeper serve`` run, as the command line gave it; the argparse defaults are these.
+
+    Field names are the argparse destinations, so helpers reading ``args.<name>`` read a Settings too.
+
+    >>> Settings().listen, Settings().server_limits().max_header_bytes
+    (('127.0.0.1', 8080), 65536)
+    """
+
+    conf_d: str = "./conf.d"
+    listen: Address = ("127.0.0.1", 8080)
+    entrypoint: Tuple[Entrypoint, ...] = ()
+    admin: Optional[Address] = None
+    admin_host: Tuple[str, ...] = ()
+    log_format: str = "text"
+    log_level: str = "info"
+    debounce_ms: int = 100
+    no_watch: bool = False
+    grace: float = 10.0
+    workers: int = 1
+    server: str = DEFAULT_SERVER
+    trusted_proxy: Tuple[str, ...] = ()
+    allow_encoded: Tuple[Tuple[Optional[str], FrozenSet[str]], ...] = ()
+    no_sanitize_path: Tuple[Optional[str], ...] = ()
+    max_header_bytes: int = ServerLimits.max_header_bytes
+    max_body_bytes: Optional[int] = ServerLimits.max_body_bytes
+    idle_timeout: float = ServerLimits.idle_timeout
+    upstream_connect_timeout: float = ProxyLimits.connect_timeout
+    upstream_timeout: float = ProxyLimits.response_timeout
+
+    @classmethod
+    def from_args(cls, args: Any) -> Settings:
+        """From argparse's namespace: given values, lists frozen as tuples, absent ones the defaults."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            value = getattr(args, field.name, None)
+            if value is not None:
+                values[field.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
+    def server_limits(self) -> ServerLimits:
+        return ServerLimits(max_header_bytes=self.max_header_bytes, idle_timeout=self.idle_timeout,
+                            max_body_bytes=self.max_body_bytes)
+
+    def entrypoints(self) -> List[Entrypoint]:
+        """``--entrypoint`` listeners, or the single ``--listen`` one serving every router."""
+        return list(self.entrypoint) or [Entrypoint(None, *self.listen)]
+
+
+DEFAULTS = Settings()
+
+
+def configure_logging(fmt: str, level: str) -> None:
+    """Log lines to stderr, as text or one JSON object per line."""
+    class JSONFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return json.dumps({"time": self.formatTime(record), "level": record.levelname.lower(),
+                               "logger": record.name, "message": record.getMessage()})
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JSONFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class Listeners:
+    """Every socket this process serves, bound before any worker forks so all workers share them."""
+
+    def __init__(self, entrypoints: Sequence[Entrypoint], admin: Optional[Address]) -> None:
+        self.entrypoints = list(entrypoints)
+        self.sockets: List[socket.socket] = []
+        self.admin: Optional[socket.socket] = None
+        try:
+            for ep in self.entrypoints:
+                self.sockets.append(listen_socket(ep.host, ep.port))
+                if ep.cert:
+                    try:
+                        tls_context(ep)  # fail now, in the parent, on a bad certificate or key
+                    except (OSError, ssl.SSLError) as exc:
+                        raise OSError(f"entry point {ep.name}: cannot load tls={ep.cert}:{ep.key}: "
+                                      f"{exc.strerror or exc}") from exc
+            if admin is not None:
+                self.admin = listen_socket(*admin)
+        except BaseException:
+            self.close()
+            raise
+
+    def all(self) -> List[socket.socket]:
+        return self.sockets + ([self.admin] if self.admin is not None else [])
+
+    def close(self) -> None:
+        for sock in self.all():
+            sock.close()
+
+    def describe(self) -> str:
+        """``http://127.0.0.1:8080`` or ``web=http://...:8080, secure=https://...:8443``."""
+        shown = []
+        for ep, sock in zip(self.entrypoints, self.sockets):
+            host, port = sock.getsockname()[:2]
+            url = f"{ep.scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
+            shown.append(url if ep.name is None else f"{ep.name}={url}")
+        return ", ".join(shown)
+
+
+def make_loader(settings: Settings) -> Any:
+    """A ConfigLoader with the upstream limits of the command line, counting its reloads in metrics."""
+    from gatekeeper.config.compile import CompileOptions
+    from gatekeeper.config.reload import ConfigLoader
+
+    def record_reload(loader: ConfigLoader, swapped: bool) -> None:
+        # imported late: prometheus_client must see PROMETHEUS_MULTIPROC_DIR, set before workers fork
+        from gatekeeper.ops.metrics import record_reload as record
+        record(loader, swapped)
+
+    limits = ProxyLimits(connect_timeout=settings.upstream_connect_timeout,
+                         response_timeout=settings.upstream_timeout)
+    loader = ConfigLoader(settings.conf_d, options=CompileOptions(limits=limits),
+                          debounce=settings.debounce_ms / 1000.0)
+    loader.on_reload.append(record_reload)
+    return loader
+
+
+def record_refusals(*observers: Optional[Callable[[Any], None]]) -> Callable[[Refusal], None]:
+    """The servers' ``on_refused``: a request refused before the app (431) as an access-log exchange."""
+    from gatekeeper.ops.accesslog import Exchange, fan_out
+
+    finish = fan_out(*observers)
+
+    def refused(refusal: Refusal) -> None:
+        exchange = Exchange(refusal.peer, refusal.method, refusal.path)
+        exchange.status = refusal.status
+        exchange.end({})
+        finish(exchange)
+    return refused
+
+
+def start_servers(settings: Settings, loader: Any, listeners: Listeners) -> List[ConnectionTracking]:
+    """A server per listener, each entry point's gateway behind the one request edge (app.edge_stack)."""
+    from gatekeeper.app import Gateway, edge_stack
+    from gatekeeper.ops import metrics
+    from gatekeeper.ops.accesslog import AccessLog
+    from gatekeeper.ops.admin import admin_hosts, make_admin_app
+    from gatekeeper.requestpath import path_settings_from_args
+
+    access_log = AccessLog(settings.log_format)
+    limits = settings.server_limits()
+    gateway = Gateway(loader.conf_d, loader=loader, trusted_proxies=settings.trusted_proxy,
+                      request_path=path_settings_from_args(settings))
+    on_refused = record_refusals(metrics.record_refused, access_log)
+    servers = []
+    for ep, sock in zip(listeners.entrypoints, listeners.sockets):
+        app = edge_stack(gateway if ep.name is None else gateway.for_entrypoint(ep.name),
+                         max_body_bytes=limits.max_body_bytes, access_log=access_log)
+        extra = {"ssl_context": tls_context(ep)} if ep.cert else {}
+        servers.append(make_server(sock, app, limits=limits, on_refused=on_refused,
+                                   on_connection=metrics.CONNECTIONS.inc, server=settings.server, **extra))
+    if listeners.admin is not None:
+        servers.append(make_server(listeners.admin, make_admin_app(loader, hosts=admin_hosts(settings)),
+                                   limits=limits, server=settings.server))
+    for server in servers:
+        server.start()
+    return servers
+
+
+def serve_process(settings: Settings, loader: Any, listeners: Listeners,
+                  announce: Callable[[], None] = lambda: None) -> int:
+    """Serve every listener in this process until SIGTERM/SIGINT, then drain; SIGHUP reloads.
+
+    Runs as the whole program with one worker, or in each forked worker. ``announce()`` runs once the
+    signal handlers are in place, so whoever reads the start line may signal at once.
+    """
+    import gevent
+    import gevent.event
+
+    from gatekeeper.jwt import remote as jwks
+    from gatekeeper.ops import metrics
+    from gatekeeper.server.base import drain
+
+    servers = start_servers(settings, loader, listeners)
+    # Background work starts here, in the serving process (with --workers: in each worker, after the
+    # fork). A thread (a greenlet under gevent) started before fork() does not exist in the child: a key
+    # set whose fetcher the parent had started answered every token 401 in every worker. The dashboard's
+    # sampler starts on its first view, which a worker serves.
+    if not settings.no_watch:
+        loader.watch()
+    jwks.enable_prefetch()  # fetch the loaded key sets now, and each new one as a reload builds it
+
+    stopping = gevent.event.Event()
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(loader.reload, "signal"))
+    gevent.signal_handler(signal.SIGTERM, stopping.set)
+    gevent.signal_handler(signal.SIGINT, stopping.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # a worker held it until now (workers.py)
+    metrics.record_reload(loader, True)  # last: a worker's generation gauge also says it is fully up
+    announce()
+    stopping.wait()
+    loader.stop()
+    drain(servers, settings.grace)
+    return 0
+
+
+@contextlib.contextmanager
+def metrics_across_workers() -> Iterator[None]:
+    """prometheus_client's multiprocess mode for the workers: the parent makes the directory (unless one
+    was given) before the first fork and never imports gatekeeper.ops.metrics itself (it would count as
+    a worker)."""
+    if os.environ.get(MULTIPROC_ENV):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="gatekeeper-metrics-") as own_dir:
+        os.environ[MULTIPROC_ENV] = own_dir
+        yield
+
+
+def forget_worker(pid: int) -> None:
+    """Drop a dead worker's live gauges from the multiprocess directory (its counters stay in the totals)."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(pid)
+
+
+def run(settings: Settings) -> int:
+    """``gatekeeper serve``: patch, load conf.d, bind every listener, then serve here or in N workers.
+
+    The parent starts no background work (no watcher, no key-set fetch): each serving process starts
+    its own in :func:`serve_process`; the load here only builds, never fetches (as ``check`` does)."""
+    from gevent import monkey
+
+    # queue=False: a fully patched queue stops watchdog delivering events (STYLE.md, measured trap).
+    monkey.patch_all(queue=False)
+    configure_logging(settings.log_format, settings.log_level)
+    loader = make_loader(settings)
+    try:
+        config = loader.load()
+    except OSError as exc:
+        print(f"gatekeeper: cannot read conf.d {settings.conf_d}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        listeners = Listeners(settings.entrypoints(), settings.admin)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"gatekeeper: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+    def announce() -> None:
+        extra = ""
+        if listeners.admin is not None:
+            host, port = listeners.admin.getsockname()[:2]
+            extra += f", admin on http://{host}:{port}"
+        if settings.workers > 1:
+            extra += f", {settings.workers} workers"
+        print(f"gatekeeper listening on {listeners.describe()} (conf.d {settings.conf_d}: "
+              f"{len(config.routers)} routers, {len(config.errors)} errors){extra}", flush=True)
+
+    if settings.workers > 1:
+        from gatekeeper.server.workers import supervise
+        with metrics_across_workers():
+            return supervise(settings.workers, lambda: serve_process(settings, loader, listeners),
+                             grace=settings.grace, listeners=listeners.all(), announce=announce,
+                             on_exit=forget_worker)
+    return serve_process(settings, loader, listeners, announce)
