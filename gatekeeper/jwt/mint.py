@@ -17,7 +17,7 @@ import json
 import re
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
@@ -32,8 +32,9 @@ from cryptography.hazmat.primitives.serialization import (
 
 from gatekeeper.jwt.jws import EC_ALG_BY_CURVE, b64url_encode
 
-_HASH_BITS = {"256": (hashlib.sha256, hashes.SHA256), "384": (hashlib.sha384, hashes.SHA384),
-              "512": (hashlib.sha512, hashes.SHA512)}
+_HASH_BITS: Dict[str, Tuple[Any, Callable[[], hashes.HashAlgorithm]]] = {
+    "256": (hashlib.sha256, hashes.SHA256), "384": (hashlib.sha384, hashes.SHA384),
+    "512": (hashlib.sha512, hashes.SHA512)}
 _EC_SIZES = {"ES256": 32, "ES384": 48, "ES512": 66}
 _DURATION = re.compile(r"(\d+)([smhd]?)\Z")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -68,15 +69,18 @@ def sign(alg: str, signing_input: bytes, *, secret: Optional[bytes] = None, key:
     if key is None:
         raise ValueError(f"{alg} needs a private key")
     if alg == "EdDSA":
-        return key.sign(signing_input)
-    hash_cls = _HASH_BITS[alg[2:]][1]
+        signature: bytes = key.sign(signing_input)
+        return signature
+    hash_alg = _HASH_BITS[alg[2:]][1]()
     if alg.startswith("RS"):
-        return key.sign(signing_input, padding.PKCS1v15(), hash_cls())
+        signature = key.sign(signing_input, padding.PKCS1v15(), hash_alg)
+        return signature
     if alg.startswith("PS"):
-        pss = padding.PSS(mgf=padding.MGF1(hash_cls()), salt_length=hash_cls.digest_size)
-        return key.sign(signing_input, pss, hash_cls())
+        pss = padding.PSS(mgf=padding.MGF1(hash_alg), salt_length=hash_alg.digest_size)
+        signature = key.sign(signing_input, pss, hash_alg)
+        return signature
     if alg.startswith("ES"):
-        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hash_cls())))
+        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hash_alg)))
         size = _EC_SIZES[alg]
         return r.to_bytes(size, "big") + s.to_bytes(size, "big")
     raise ValueError(f"unsupported alg {alg}")
@@ -126,7 +130,7 @@ def mint(claims: Mapping[str, Any], *, secret: Union[str, bytes, None] = None,
 
 # --- keys for trying things out (and for the tests) ----------------------------------------------------
 
-_NEW_KEYS = {
+_NEW_KEYS: Dict[str, Callable[[], Any]] = {
     "rsa": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
     "ec256": lambda: ec.generate_private_key(ec.SECP256R1()),
     "ec384": lambda: ec.generate_private_key(ec.SECP384R1()),
@@ -138,13 +142,15 @@ _NEW_KEYS = {
 
 def new_key_pem(kind: str) -> bytes:
     """A fresh unencrypted PKCS#8 private key: ``rsa``, ``ec256``, ``ec384``, ``ec521``, ``ed25519``, ``ed448``."""
-    return _NEW_KEYS[kind]().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    pem: bytes = _NEW_KEYS[kind]().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    return pem
 
 
 def public_key_pem(private_pem: Union[str, bytes]) -> str:
     """The ``-----BEGIN PUBLIC KEY-----`` PEM for ``publicKey``."""
     public = load_private_key(private_pem).public_key()
-    return public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+    pem: bytes = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    return pem.decode("ascii")
 
 
 def _int_b64(value: int, size: Optional[int] = None) -> str:
@@ -155,8 +161,8 @@ def public_jwk(private_pem: Union[str, bytes], **members: Any) -> Dict[str, Any]
     """The public JWK of a private key, plus ``members`` (``kid``, ``alg``, ``use``...)."""
     public = load_private_key(private_pem).public_key()
     if isinstance(public, rsa.RSAPublicKey):
-        numbers = public.public_numbers()
-        jwk: Dict[str, Any] = {"kty": "RSA", "n": _int_b64(numbers.n), "e": _int_b64(numbers.e)}
+        rsa_numbers = public.public_numbers()
+        jwk: Dict[str, Any] = {"kty": "RSA", "n": _int_b64(rsa_numbers.n), "e": _int_b64(rsa_numbers.e)}
     elif isinstance(public, ec.EllipticCurvePublicKey):
         size = (public.curve.key_size + 7) // 8
         crv = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}[public.curve.name]
@@ -179,7 +185,7 @@ def parse_duration(text: str) -> int:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
-def parse_claim(text: str) -> tuple:
+def parse_claim(text: str) -> Tuple[List[str], Any]:
     """``k=v`` -> (["k"], v): v as JSON when it parses, else the string; a dotted k nests objects."""
     name, sep, raw = text.partition("=")
     if not sep or not name:
@@ -217,7 +223,7 @@ def build_claims(args: argparse.Namespace, now: int) -> Dict[str, Any]:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``token`` to a CLI's subcommands (``func=run``)."""
-    parser = subparsers.add_parser("token", help="mint a signed test JWT",
+    parser: argparse.ArgumentParser = subparsers.add_parser("token", help="mint a signed test JWT",
                                    description="Mint a signed JWT for trying the gateway.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--secret", help="HMAC secret (HS256/384/512)")
