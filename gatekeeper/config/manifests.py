@@ -10,7 +10,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import yaml
 
@@ -27,14 +27,21 @@ MAX_ALIAS_NODES = 100_000
 MAX_DEPTH = 100            # nesting; PyYAML recurses per level (a RecursionError is not a YAMLError)
 
 
-class Mapping(dict):
+class Mapping(Dict[Any, Any]):
     """A YAML mapping that remembers the line it starts on (1-based) and the line of each key."""
 
     line: int = 0
     key_lines: Dict[Any, int]
 
     def line_of(self, key: Any) -> int:
-        return getattr(self, "key_lines", {}).get(key, self.line)
+        """The line of ``key``, else the mapping's own line."""
+        key_lines: Dict[Any, int] = getattr(self, "key_lines", {})
+        return key_lines.get(key, self.line)
+
+
+def refused(problem: str, mark: Any) -> yaml.composer.ComposerError:
+    """A composition bound passed, reported as PyYAML reports its own errors (with the position)."""
+    return yaml.composer.ComposerError(None, None, problem, mark)
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -47,20 +54,19 @@ class _LineLoader(yaml.SafeLoader):
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
-        self._open_anchors: set = set()         # anchors whose node is still being composed
+        self._open_anchors: Set[str] = set()       # anchors whose node is still being composed
         self._sizes: Dict[int, int] = {}       # id(node) -> its size with aliases expanded
         self._alias_nodes = 0
         self._depth = 0
 
-    def compose_node(self, parent: Any, index: Any) -> yaml.Node:  # type: ignore[override]
+    def compose_node(self, parent: Any, index: Any) -> Optional[yaml.Node]:
         if self.check_event(yaml.AliasEvent):
-            self._count_alias(self.peek_event())
+            self._count_alias(self.peek_event())  # type: ignore[no-untyped-call]
             return super().compose_node(parent, index)
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]
         self._depth += 1
         if self._depth > MAX_DEPTH:
-            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
-                                              event.start_mark)
+            raise refused(f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
         anchor = getattr(event, "anchor", None)
         if anchor is not None:
             self._open_anchors.add(anchor)
@@ -73,18 +79,17 @@ class _LineLoader(yaml.SafeLoader):
     def _count_alias(self, event: yaml.AliasEvent) -> None:
         """Refuse an alias to an enclosing node, and aliases whose expansion passes the bound."""
         if event.anchor in self._open_anchors:
-            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} refers to a node that "
-                                              "contains it (a recursive structure)", event.start_mark)
+            raise refused(f"alias *{event.anchor} refers to a node that contains it (a recursive structure)",
+                          event.start_mark)
         node = self.anchors.get(event.anchor)
         if node is None:
             return  # PyYAML reports the undefined alias
         self._alias_nodes += expanded_size(node, self._sizes)
         if self._alias_nodes > MAX_ALIAS_NODES:
-            raise yaml.composer.ComposerError(
-                None, None, f"aliases expand to more than {MAX_ALIAS_NODES:,} nodes (an alias bomb?); "
-                "refused: write the values out, or split the file", event.start_mark)
+            raise refused(f"aliases expand to more than {MAX_ALIAS_NODES:,} nodes (an alias bomb?); "
+                          "refused: write the values out, or split the file", event.start_mark)
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Mapping:  # type: ignore[override]
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Mapping:
         self.flatten_mapping(node)
         result = Mapping()
         result.line = node.start_mark.line + 1
@@ -247,6 +252,7 @@ def parse_text(text: str, file: str) -> Tuple[Document, ...]:
             index = 0
             while loader.check_node():
                 node = loader.get_node()
+                assert node is not None  # check_node() said there is one
                 data = loader.construct_document(node)
                 if data is not None:
                     docs.append(Document(file, index, node.start_mark.line + 1, data))

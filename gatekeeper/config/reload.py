@@ -15,11 +15,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
-from gatekeeper.config.compile import CompileOptions, Config, compile_config
+from gatekeeper.config.compile import CompileOptions, compile_config
 from gatekeeper.config.manifests import FileResult, Snapshot, read_capped, read_dir, read_file, scan
+from gatekeeper.config.table import Config
 from gatekeeper.errors import ConfigError
+
+if TYPE_CHECKING:  # watch.py (watchdog) loads when watching starts
+    from gatekeeper.config.watch import Watcher
 
 log = logging.getLogger("gatekeeper.reload")
 
@@ -92,7 +96,7 @@ class ConfigLoader:
         self._read: Optional[Snapshot] = None     # the files as last read, before last-good merging
         self._lock = threading.Lock()
         self._swapped = threading.Condition()
-        self._watcher = None
+        self._watcher: Optional[Watcher] = None
 
     @property
     def generation(self) -> int:
@@ -226,7 +230,7 @@ def changes(new: Config, old: Optional[Config]) -> Dict[str, List[str]]:
     return out
 
 
-def _objects(config: Config, kind: str) -> dict:
+def _objects(config: Config, kind: str) -> Dict[str, Any]:
     if kind == "routers":
         return {r.name: r for r in config.routers}
     return dict(getattr(config, kind))

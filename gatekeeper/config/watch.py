@@ -26,7 +26,7 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Set, Tuple
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -217,7 +217,7 @@ class LoopSafeStat:
 
     def __init__(self, root: Path) -> None:
         self.root = str(root)
-        self.seen: set = set()
+        self.seen: Set[Tuple[int, int]] = set()   # (st_dev, st_ino) of folders walked
 
     def __call__(self, path: str) -> os.stat_result:
         info = os.stat(path)

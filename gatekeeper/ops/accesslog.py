@@ -18,9 +18,22 @@ import os
 import re
 import sys
 import time
-from typing import Callable, Iterable, Iterator, List, Optional, TextIO
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, TextIO
 
-WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+from gatekeeper.wsgi import (
+    CLAIMS,
+    JWT_REASON,
+    RAW_URI,
+    ROUTER,
+    UPSTREAM,
+    UPSTREAM_ERROR,
+    USER,
+    Environ,
+    Headers,
+    StartResponse,
+    WSGIApp,
+)
+
 FIELDS = ("time", "pid", "client", "method", "path", "router", "status", "upstream", "duration_ms", "bytes",
           "user", "jwt_reason", "aborted")
 
@@ -62,22 +75,22 @@ class Exchange:
         self.aborted: Optional[str] = None  # the response was cut: "upstream", "error" or "client"
 
     @classmethod
-    def begin(cls, environ: dict) -> "Exchange":
+    def begin(cls, environ: Environ) -> "Exchange":
         """Read client, method and path before any middleware rewrites the path."""
-        raw = environ.get("RAW_URI") or environ.get("PATH_INFO") or "/"
+        raw = environ.get(RAW_URI) or environ.get("PATH_INFO") or "/"
         return cls(environ.get("REMOTE_ADDR", "-"), environ.get("REQUEST_METHOD", "-"), raw.partition("?")[0])
 
-    def end(self, environ: dict) -> None:
+    def end(self, environ: Environ) -> None:
         """Collect what the router, the JWT middleware and the proxy left in ``environ``."""
         self.duration = time.perf_counter() - self.clock
-        self.router = environ.get("gatekeeper.router")
-        self.upstream = environ.get("gatekeeper.upstream")
-        self.upstream_error = environ.get("gatekeeper.upstream.error")
-        self.user = environ.get("gatekeeper.user")
-        self.jwt_reason = environ.get("gatekeeper.jwt.reason")
-        self.jwt_ok = "gatekeeper.claims" in environ
+        self.router = environ.get(ROUTER)
+        self.upstream = environ.get(UPSTREAM)
+        self.upstream_error = environ.get(UPSTREAM_ERROR)
+        self.user = environ.get(USER)
+        self.jwt_reason = environ.get(JWT_REASON)
+        self.jwt_ok = CLAIMS in environ
 
-    def fields(self) -> dict:
+    def fields(self) -> Dict[str, Any]:
         return {"time": format_time(self.started), "pid": os.getpid(), "client": self.client,
                 "method": self.method, "path": self.path, "router": self.router, "status": self.status,
                 "upstream": self.upstream, "duration_ms": round(self.duration * 1000, 3), "bytes": self.bytes,
@@ -124,11 +137,11 @@ class AccessLog:
             pass
 
 
-def format_text(fields: dict) -> str:
+def format_text(fields: Dict[str, Any]) -> str:
     return " ".join(f"{name}={text_value(fields[name])}" for name in FIELDS)
 
 
-def format_json(fields: dict) -> str:
+def format_json(fields: Dict[str, Any]) -> str:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -143,7 +156,7 @@ class ObservedBody:
 
     __slots__ = ("environ", "exchange", "finish", "finished", "result")
 
-    def __init__(self, result: Iterable[bytes], exchange: Exchange, environ: dict,
+    def __init__(self, result: Iterable[bytes], exchange: Exchange, environ: Environ,
                  finish: Callable[[Exchange], None]) -> None:
         self.result, self.exchange, self.environ, self.finish = result, exchange, environ, finish
         self.finished = False
@@ -155,7 +168,7 @@ class ObservedBody:
                 exchange.bytes += len(chunk)
                 yield chunk
         except Exception:
-            upstream = self.environ.get("gatekeeper.upstream.error") == "aborted"
+            upstream = self.environ.get(UPSTREAM_ERROR) == "aborted"
             if exchange.bytes:
                 exchange.aborted = "upstream" if upstream else "error"
             else:  # nothing was sent: both servers answer this themselves (serve.failure_response)
@@ -183,12 +196,12 @@ def observe(app: WSGIApp, finish: Callable[[Exchange], None],
 
     ``start()`` runs as a request begins (the in-flight gauge). An app that raises is recorded as 500.
     """
-    def observed(environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def observed(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         exchange = Exchange.begin(environ)
         if start is not None:
             start()
 
-        def capture(status: str, headers: List, exc_info=None):
+        def capture(status: str, headers: Headers, exc_info: Any = None) -> Callable[[bytes], Any]:
             exchange.status = int(status[:3])
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
         try:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Callable, Iterable, List, Tuple
+from typing import Iterable, List
+
+from gatekeeper.wsgi import RAW_URI, Environ, Headers, StartResponse, WSGIApp
 
 SMALL_BODY = 64 * 1024
 
 
-def request_headers(environ: dict) -> List[Tuple[str, str]]:
+def request_headers(environ: Environ) -> Headers:
     """The request headers as (Name, value) pairs rebuilt from the WSGI environ."""
     headers = []
     for key, value in environ.items():
@@ -24,7 +26,7 @@ def request_headers(environ: dict) -> List[Tuple[str, str]]:
     return headers
 
 
-def echo_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+def echo_app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """WSGI app answering 200 with a JSON description of the request; ``/status/NNN`` answers NNN."""
     digest, size, small = hashlib.sha256(), 0, []
     stream = environ["wsgi.input"]
@@ -36,7 +38,7 @@ def echo_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         size += len(chunk)
         if size <= SMALL_BODY:
             small.append(chunk)
-    path = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    path = environ.get(RAW_URI) or environ.get("REQUEST_URI")
     if not path:
         query = environ.get("QUERY_STRING", "")
         path = environ.get("PATH_INFO", "") + ("?" + query if query else "")
@@ -60,9 +62,9 @@ def echo_app(environ: dict, start_response: Callable) -> Iterable[bytes]:
     return [] if body["method"] == "HEAD" else [out]  # pywsgi would send a HEAD body as given
 
 
-def named_echo_app(name: str) -> Callable:
+def named_echo_app(name: str) -> WSGIApp:
     """An echo app that reports ``name`` as its server, to tell several upstreams apart."""
-    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         environ["gatekeeper.echo.name"] = name
         return echo_app(environ, start_response)
     return app

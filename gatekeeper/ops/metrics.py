@@ -14,7 +14,7 @@ Usage::
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -29,8 +29,8 @@ from prometheus_client import (
 
 from gatekeeper.jwt import remote as jwks
 from gatekeeper.ops.accesslog import Exchange, fan_out, observe
+from gatekeeper.wsgi import WSGIApp
 
-WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A client can send any method name; unknown ones share one label value so cardinality stays bounded.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
@@ -68,10 +68,10 @@ KEYSET_FAILURES = Counter("gatekeeper_keyset_fetch_failures",
 KEYSET_KEYS = Gauge("gatekeeper_keyset_keys", "Keys held by each remote key set, per worker",
                     ["url"], multiprocess_mode="liveall")
 
-_request_children: Dict[Tuple[str, str, int, Optional[str]], Tuple[object, object, object]] = {}
+_request_children: Dict[Tuple[str, str, int, Optional[str]], Tuple[Counter, Histogram, Counter]] = {}
 
 
-def _children(router: str, method: str, status: int, upstream: Optional[str]) -> Tuple[object, object, object]:
+def _children(router: str, method: str, status: int, upstream: Optional[str]) -> Tuple[Counter, Histogram, Counter]:
     """The labelled metric children for one (router, method, status, upstream), looked up once and cached.
 
     ``upstream`` is the server URL the proxy used (``environ["gatekeeper.upstream"]``): one value per
@@ -88,12 +88,12 @@ def _children(router: str, method: str, status: int, upstream: Optional[str]) ->
     return found
 
 
-_labelled_children: Dict[Tuple[int, str, str], object] = {}
+_labelled_children: Dict[Tuple[Any, ...], Any] = {}
 
 
-def _labelled(metric, *labels: str):
+def _labelled(metric: Any, *labels: str) -> Any:
     """``metric.labels(*labels)``, looked up once (a labels() call costs ~2 µs; this a dict lookup)."""
-    key = (id(metric),) + labels
+    key = (id(metric), *labels)
     child = _labelled_children.get(key)
     if child is None:
         child = _labelled_children[key] = metric.labels(*labels)
@@ -146,7 +146,7 @@ def record_refused(exchange: Exchange) -> None:
     record(exchange)
 
 
-def record_reload(loader, swapped: bool) -> None:
+def record_reload(loader: Any, swapped: bool) -> None:
     """After a load or reload (``swapped``: a new configuration went in): counts, generation, errors.
 
     A reload is in error when it could not read conf.d or its configuration reports problems
@@ -167,7 +167,7 @@ def exposition() -> Tuple[bytes, str]:
     """(body, content type) of the Prometheus text format, all workers aggregated in multiprocess mode."""
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
