@@ -6,6 +6,7 @@ setup(
     version="0.1.0",
     description="A JWT-securing API gateway that reads Traefik and Kubernetes manifests from conf.d",
     packages=find_packages(include=["gatekeeper", "gatekeeper.*"]),
+    package_data={"gatekeeper.ops": ["static/*.html", "static/*.js"]},  # the dashboard page
     python_requires=">=3.9",
     install_requires=[
         "gevent>=24.2,<27",

@@ -107,7 +107,7 @@ def test_readyz_503_without_routers(conf_d, tmp_path):
     ("stripPrefix", {"prefixes": ["/api"]}, {"prefixes": ["/api"]}),
 ], ids=["jwt-secret-summarised", "jwt-case-insensitive", "headers-names-only", "other-kinds-as-is"])
 def test_middleware_options_summary(kind, options, shown):
-    from gatekeeper.ops.admin import middleware_options
+    from gatekeeper.ops.view import middleware_options
     assert middleware_options(kind, options) == shown
 
 
@@ -174,7 +174,8 @@ def test_admin_host_names(admin_with_names, host, status):
 
 @pytest.mark.parametrize("argv, expected", [
     (["--admin", "127.0.0.1:9901"], []),
-    (["--admin", "0.0.0.0:9901", "--admin-host", "GK.example", "--admin-host", "gk.local."], ["gk.example", "gk.local"]),
+    (["--admin", "0.0.0.0:9901", "--admin-host", "GK.example", "--admin-host", "gk.local."],
+     ["gk.example", "gk.local"]),
     (["--admin", "gk-admin.internal:9901"], ["gk-admin.internal"]),
     (["--admin", "[::]:9901", "--admin-host", "a.b"], ["a.b"]),
 ], ids=["loopback-bind", "names", "bind-name", "ipv6-bind"])

@@ -3,20 +3,19 @@
 The browser half (a real Chromium running the page's script) is tests/test_dashboard_browser.py.
 """
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import requests
 from serve_process import Gatekeeper, jwt_middleware, lb_manifest, wait_for
 
 from gatekeeper.jwt.mint import mint
-from gatekeeper.ops.dashboard import (
-    Traffic,
-    jwt_outcomes_text,
-    make_dashboard,
-    mask_secrets,
-    secret_values,
-    sparkline_svg,
-)
+from gatekeeper.ops.dashboard import jwt_outcomes_text, make_dashboard, sparkline_svg
+from gatekeeper.ops.sampler import Traffic
+from gatekeeper.ops.view import mask_secrets, secret_values
 
 SECRET = "dashboard-test-secret-value-0123456789"
 EVIL = "<script>alert(1)</script>"
@@ -167,3 +166,26 @@ def test_sparkline_svg(values, points):
         polyline = svg.split('points="')[1].split('"')[0]
         assert len(polyline.split(" ")) == points
         assert svg.endswith(f"{values[-1]:g} req/s</span>")
+
+
+INSTALLED_PAGE = """
+from gatekeeper.ops import dashboard
+app = dashboard.make_dashboard(lambda: {})
+sent = []
+page = b"".join(app({"PATH_INFO": "/dashboard/", "REQUEST_METHOD": "GET"}, lambda s, h: sent.append(s)))
+print(dashboard.__file__, sent[0].split()[0], b"<script>// Builds" in page and b'"use strict"' in page)
+"""
+
+
+def test_page_is_served_from_an_installed_package(tmp_path):
+    """The page (static/dashboard.html and .js) is package data: a build of the package carries it, and the
+    dashboard imported from that build (not from this checkout) serves it."""
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)], cwd=root,
+                   check=True, capture_output=True)
+    assert sorted(p.name for p in (tmp_path / "gatekeeper/ops/static").iterdir()) == ["dashboard.html",
+                                                                                      "dashboard.js"]
+    done = subprocess.run([sys.executable, "-c", INSTALLED_PAGE], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)}, check=True)
+    module, status, served = done.stdout.split()
+    assert module.startswith(str(tmp_path)) and status == "200" and served == "True"

@@ -5,6 +5,8 @@ counted in the traffic metrics. ``/config`` shows what is loaded but never a sec
 summarised by the *kind* of its key source, header middlewares by header names, and credentials in URLs are
 masked.
 
+What ``/config`` shows, and how secrets are kept out of it, is ``view.py``'s (shared with the dashboard).
+
 Every path answers only a request whose ``Host`` is an IP address, ``localhost`` or a name given with
 ``--admin-host`` (421 otherwise): a DNS-rebinding page (``attacker.example`` re-pointed at 127.0.0.1 or at
 the pod) reaches the listener with its own name as Host, and must not read ``/config`` or ``/metrics``.
@@ -13,7 +15,7 @@ another origin), and kubelet probes send the pod IP.
 
 Usage::
 
-    admin = make_admin_app(loader, hosts=["gk-admin.internal"])   # loader: gatekeeper.reload.ConfigLoader
+    admin = make_admin_app(loader, hosts=["gk-admin.internal"])   # loader: config.reload.ConfigLoader
     make_server(listen_socket("127.0.0.1", 9901), admin).start()
 """
 from __future__ import annotations
@@ -23,14 +25,14 @@ import json
 import os
 import re
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
-WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
-# JWT options shown as they are; everything else (secrets, keys, key URLs, client config) is left out.
-JWT_SHOWN = ("tokenKey", "tokenSource", "usernameClaim", "claims", "forwardHeaders", "clockSkewSeconds",
-             "forwardAuthorization")
-JWT_KEY_SOURCES = ("signingSecret", "publicKey", "jwksFile", "jwksUrl", "trustedIssuers")
-URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s'\"]+@")
+from gatekeeper.ops.dashboard import make_dashboard
+from gatekeeper.ops.sampler import DashboardSource
+from gatekeeper.ops.view import config_document, mask
+from gatekeeper.wsgi import Environ, StartResponse, WSGIApp
+
+Exposition = Callable[[], Tuple[bytes, str]]   # the metrics text and its content type
 LOOPBACK_NAMES = frozenset({"localhost"})
 # A DNS name (labels of letters, digits and hyphens) or an IPv4 literal; IPv6 literals come in brackets.
 HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?")
@@ -59,6 +61,7 @@ def admin_hosts(args: Any) -> List[str]:
 
 
 def is_ip(text: str) -> bool:
+    """True for an IPv4 or IPv6 literal (without brackets)."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -84,72 +87,20 @@ def host_allowed(header: Optional[str], names: "frozenset[str]") -> bool:
     return host is not None and (host in names or host in LOOPBACK_NAMES or is_ip(host))
 
 
-def mask(text: str) -> str:
-    """``http://user:pass@host`` -> ``http://***@host`` anywhere in ``text``."""
-    return URL_CREDENTIALS.sub("***@", text)
-
-
-def state(error: Optional[str], stale: bool) -> str:
-    return "stale" if stale else ("error" if error else "ok")
-
-
-def pick_case_insensitive(options: Mapping[str, Any], names: Iterable[str]) -> Dict[str, Any]:
-    lowered = {str(k).lower(): v for k, v in options.items()}
-    return {name: lowered[name.lower()] for name in names if name.lower() in lowered}
-
-
-def middleware_options(kind: str, options: Mapping[str, Any]) -> Dict[str, Any]:
-    """What ``/config`` may show of a middleware's options."""
-    if kind == "plugin.jwt":
-        shown = pick_case_insensitive(options, JWT_SHOWN)
-        sources = pick_case_insensitive(options, JWT_KEY_SOURCES)
-        shown["keySource"] = sorted(sources) if len(sources) > 1 else (next(iter(sources), None))
-        return shown
-    if kind == "headers":
-        return {name: sorted(value) if isinstance(value, Mapping) else None
-                for name, value in pick_case_insensitive(
-                    options, ("customRequestHeaders", "customResponseHeaders")).items()}
-    return dict(options)
-
-
-def config_document(loader: Any) -> Dict[str, Any]:
-    """The loaded configuration as plain JSON-ready data."""
-    config = loader.config
-    doc: Dict[str, Any] = {"pid": os.getpid(), "generation": loader.generation,
-                           "lastReloadError": getattr(loader, "last_error", None)}
-    if config is None:
-        return {**doc, "routers": [], "middlewares": {}, "services": {}, "errors": []}
-    doc["routers"] = [{
-        "name": r.name, "rule": r.definition.rule, "service": r.definition.service,
-        "middlewares": list(r.definition.middlewares), "entryPoints": list(r.definition.entry_points),
-        "priority": r.priority, "source": str(r.definition.source), "state": state(r.error, r.stale),
-        "error": r.error} for r in config.routers]
-    doc["middlewares"] = {name: {
-        "kind": b.definition.kind, "source": str(b.definition.source), "state": state(b.error, b.stale),
-        "error": b.error, "options": middleware_options(b.definition.kind, b.definition.options)}
-        for name, b in config.middlewares.items()}
-    doc["services"] = {name: {
-        "kind": b.definition.kind, "source": str(b.definition.source), "state": state(b.error, b.stale),
-        "error": b.error, "passHostHeader": b.definition.pass_host_header,
-        "servers": [{"url": s.url, "weight": s.weight} for s in b.definition.servers],
-        "children": [{"service": c, "weight": w} for c, w in b.definition.children]}
-        for name, b in config.services.items()}
-    doc["errors"] = [str(err) for err in config.errors]
-    return doc
-
-
 def json_body(data: Any) -> bytes:
+    """JSON for an admin answer, URL credentials masked (an error message may quote a server URL)."""
     return mask(json.dumps(data, indent=2, default=str)).encode() + b"\n"
 
 
-def answer(start_response: Callable, status: str, body: bytes,
+def answer(start_response: StartResponse, status: str, body: bytes,
            content_type: str = "application/json") -> List[bytes]:
+    """Send one whole admin answer, never cached."""
     start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
                             ("Cache-Control", "no-store")])
     return [body]
 
 
-def make_admin_app(loader: Any, exposition: Optional[Callable[[], "tuple[bytes, str]"]] = None,
+def make_admin_app(loader: Any, exposition: Optional[Exposition] = None,
                    hosts: Iterable[str] = ()) -> WSGIApp:
     """The admin WSGI app over ``loader``; ``exposition()`` gives the metrics text (default: metrics.py's).
 
@@ -158,7 +109,7 @@ def make_admin_app(loader: Any, exposition: Optional[Callable[[], "tuple[bytes, 
     names = frozenset(admin_host_name(name) for name in hosts)
     serve = admin_paths(loader, exposition)
 
-    def admin(environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def admin(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if not host_allowed(environ.get("HTTP_HOST"), names):
             status, body = MISDIRECTED
             return answer(start_response, status, json_body(body))
@@ -166,18 +117,19 @@ def make_admin_app(loader: Any, exposition: Optional[Callable[[], "tuple[bytes, 
     return admin
 
 
-def admin_paths(loader: Any, exposition: Optional[Callable[[], "tuple[bytes, str]"]]) -> WSGIApp:
+def admin_paths(loader: Any, exposition: Optional[Exposition]) -> WSGIApp:
     """The admin endpoints themselves, behind make_admin_app's Host check."""
     started = time.time()
     if exposition is None:
-        from gatekeeper.ops.metrics import exposition
-    from gatekeeper.ops.dashboard import DashboardSource, make_dashboard
-    dashboard = make_dashboard(DashboardSource(loader, exposition))
+        from gatekeeper.ops.metrics import exposition as default_exposition  # prometheus_client, when served
+        exposition = default_exposition
+    metrics_text: Exposition = exposition
+    dashboard = make_dashboard(DashboardSource(loader, metrics_text))
 
     def ready() -> bool:
         return loader.config is not None and len(loader.config.routers) > 0
 
-    def admin(environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def admin(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return answer(start_response, "405 Method Not Allowed", json_body({"error": "GET only"}))
@@ -192,7 +144,7 @@ def admin_paths(loader: Any, exposition: Optional[Callable[[], "tuple[bytes, str
             return answer(start_response, "200 OK" if is_ready else "503 Service Unavailable", json_body(
                 {"ready": is_ready, "pid": os.getpid(), "generation": loader.generation, "routers": routers}))
         if path == "/metrics":
-            body, content_type = exposition()
+            body, content_type = metrics_text()
             return answer(start_response, "200 OK", body, content_type)
         if path == "/config":
             return answer(start_response, "200 OK", json_body(config_document(loader)))

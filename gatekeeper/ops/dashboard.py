@@ -9,9 +9,12 @@ texts chosen field by field; never a middleware's options), the server renders c
 and the browser with ``textContent``. Values of secret-bearing options found in the loaded configuration are
 also masked in every text shown (an error message could quote one).
 
+The page itself (template and script) is package data in ``static/``; the state it shows comes from
+``sampler.py``.
+
 Usage::
 
-    source = DashboardSource(loader)                 # loader: gatekeeper.reload.ConfigLoader
+    source = sampler.DashboardSource(loader)         # loader: gatekeeper.config.reload.ConfigLoader
     source.start()                                   # samples traffic and reloads once a second
     dashboard = make_dashboard(source)               # WSGI app answering /dashboard/...
 """
@@ -19,219 +22,15 @@ from __future__ import annotations
 
 import html
 import json
-import threading
 import time
-from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Tuple
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+from gatekeeper.ops.view import mask
+from gatekeeper.wsgi import Environ, StartResponse, WSGIApp
+
 Cell = Dict[str, Any]          # {"text": str, "cls": str} or {"spark": [numbers], "unit": str}
-SPARK_POINTS = 60              # samples kept per router: a minute at one sample a second
-RELOADS_KEPT = 20
-SECRET_OPTIONS = ("signingsecret", "publickey", "jwksfile", "clientconfig")
-MASK = "***"
-
-
-# --- the data source: configuration, traffic samples, reload history -----------------------------------
-
-def metric_totals(exposition_text: str) -> Dict[str, Dict[str, Any]]:
-    """Per router: requests, requests by status, latency sum/count, JWT outcomes, upstream errors."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    totals: Dict[str, Dict[str, Any]] = {}
-
-    def of(router: str) -> Dict[str, Any]:
-        return totals.setdefault(router, {"requests": 0.0, "status": {}, "latency_sum": 0.0,
-                                          "latency_count": 0.0, "jwt": {}, "upstream_errors": 0.0})
-    for family in text_string_to_metric_families(exposition_text):
-        for sample in family.samples:
-            router = sample.labels.get("router")
-            if router is None:
-                continue
-            name, value, entry = sample.name, sample.value, of(router)
-            if name == "gatekeeper_requests_total":
-                entry["requests"] += value
-                status = sample.labels.get("status", "?")
-                entry["status"][status] = entry["status"].get(status, 0) + value
-            elif name == "gatekeeper_request_duration_seconds_sum":
-                entry["latency_sum"] += value
-            elif name == "gatekeeper_request_duration_seconds_count":
-                entry["latency_count"] += value
-            elif name == "gatekeeper_jwt_outcomes_total":
-                outcome = sample.labels.get("outcome", "?")
-                entry["jwt"][outcome] = entry["jwt"].get(outcome, 0) + value
-            elif name == "gatekeeper_upstream_errors_total":
-                entry["upstream_errors"] += value
-    return totals
-
-
-class Traffic:
-    """Turns successive metric totals into per-router series: requests per second and mean latency (ms)."""
-
-    def __init__(self, points: int = SPARK_POINTS) -> None:
-        self.points = points
-        self.last: Optional[Tuple[float, Dict[str, Dict[str, Any]]]] = None
-        self.rate: Dict[str, Deque[float]] = {}
-        self.latency_ms: Dict[str, Deque[float]] = {}
-
-    def add(self, at: float, totals: Dict[str, Dict[str, Any]]) -> None:
-        if self.last is not None and at > self.last[0]:
-            seconds = at - self.last[0]
-            for router, now in totals.items():
-                before = self.last[1].get(router, {})
-                done = now["requests"] - before.get("requests", 0.0)
-                timed = now["latency_count"] - before.get("latency_count", 0.0)
-                spent = now["latency_sum"] - before.get("latency_sum", 0.0)
-                self.series(self.rate, router).append(max(done, 0.0) / seconds)
-                self.series(self.latency_ms, router).append(spent / timed * 1000 if timed > 0 else 0.0)
-        self.last = (at, totals)
-
-    def series(self, table: Dict[str, Deque[float]], router: str) -> Deque[float]:
-        return table.setdefault(router, deque(maxlen=self.points))
-
-    def totals(self) -> Dict[str, Dict[str, Any]]:
-        return self.last[1] if self.last else {}
-
-
-def reload_entry(record: Any) -> Dict[str, Any]:
-    """A ReloadRecord as plain data (reload.py keeps only the last one; the dashboard keeps a history)."""
-    return {"generation": record.generation, "trigger": record.trigger, "at": record.at,
-            "durationMs": round(record.duration_ms, 1), "swapped": record.swapped,
-            "changes": {kind: list(names) for kind, names in record.changes.items()},
-            "errors": len(record.errors)}
-
-
-def key_set_status(wrapper: Any) -> Dict[str, Any]:
-    """What a JWT middleware's key source says about its keys: kind, count, freshness, last fetch error.
-
-    A source may offer ``status()`` (a remote key set: fetchedAt, lastError, keys); a ``jwksFile`` path
-    shows the file's modification time; a secret or PEM key is static. Never the keys themselves.
-    """
-    source = getattr(getattr(wrapper, "__self__", None), "source", None)
-    if source is None:
-        return {}
-    status = getattr(source, "status", None)
-    if callable(status):
-        found = status()
-        return {k: found.get(k) for k in ("keys", "fetchedAt", "lastError") if k in found}
-    path = getattr(source, "path", None)
-    if isinstance(path, str):
-        import os
-        try:
-            return {"fileModifiedAt": os.stat(path).st_mtime}
-        except OSError as exc:
-            return {"lastError": f"cannot read the key file: {exc.strerror}"}
-    return {"static": True}
-
-
-def secret_values(options: Any) -> List[str]:
-    """Every string under a secret-bearing option, to be masked wherever text is shown."""
-    found: List[str] = []
-
-    def strings(value: Any) -> None:
-        if isinstance(value, str) and len(value) >= 4:
-            found.append(value)
-        elif isinstance(value, Mapping):
-            for item in value.values():
-                strings(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                strings(item)
-    if isinstance(options, Mapping):
-        for name, value in options.items():
-            if str(name).lower() in SECRET_OPTIONS:
-                strings(value)
-    return found
-
-
-def mask_secrets(value: Any, secrets: List[str]) -> Any:
-    """``value`` (plain JSON-like data) with every secret option value in its texts replaced."""
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, MASK)
-        return value
-    if isinstance(value, dict):
-        return {k: mask_secrets(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_secrets(v, secrets) for v in value]
-    return value
-
-
-class DashboardSource:
-    """``state()`` for :func:`make_dashboard`: the admin ``/config`` document plus traffic and reloads.
-
-    Each sample reads the metrics exposition and the loader's last reload record; the first call starts a
-    background sampler (:meth:`start`), so no thread runs until someone opens the dashboard.
-    """
-
-    def __init__(self, loader: Any, exposition: Optional[Callable[[], Tuple[bytes, str]]] = None,
-                 interval: float = 1.0) -> None:
-        if exposition is None:
-            from gatekeeper.ops.metrics import exposition
-        self.loader = loader
-        self.exposition = exposition
-        self.interval = interval
-        self.traffic = Traffic()
-        self.reloads: Deque[Dict[str, Any]] = deque(maxlen=RELOADS_KEPT)
-        self._seen_record: Any = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def sample(self) -> None:
-        with self._lock:
-            history = list(getattr(self.loader, "history", ()))
-            seen_at = next((i for i, r in enumerate(history) if r is self._seen_record), -1)
-            unseen = history[seen_at + 1:]
-            for record in unseen:
-                self.reloads.appendleft(reload_entry(record))
-            if history:
-                self._seen_record = history[-1]
-            now = time.time()
-            if self.traffic.last is None or now - self.traffic.last[0] >= self.interval * 0.9:
-                self.traffic.add(now, metric_totals(self.exposition()[0].decode("utf-8", "replace")))
-
-    def start(self) -> None:
-        """Sample once a second in the background (a daemon thread; a greenlet under gevent)."""
-        if self._thread is None and not self._stop.is_set():
-            self._thread = threading.Thread(target=self._run, name="dashboard-sampler", daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def __call__(self) -> Dict[str, Any]:
-        from gatekeeper.ops.admin import config_document
-
-        self.start()   # from the first view on, the charts keep their history between visits
-        self.sample()
-        config = self.loader.config
-        doc = config_document(self.loader)
-        doc["problems"] = problems(config)
-        doc["reloads"] = list(self.reloads)
-        doc["traffic"] = {router: {**totals, "rate": list(self.traffic.rate.get(router, ())),
-                                   "latencyMs": list(self.traffic.latency_ms.get(router, ()))}
-                          for router, totals in self.traffic.totals().items()}
-        doc["keySets"], secrets = {}, []
-        for name, built in (config.middlewares.items() if config else ()):
-            secrets += secret_values(built.definition.options)
-            if built.definition.kind == "plugin.jwt":
-                doc["keySets"][name] = key_set_status(built.wrapper)
-        return mask_secrets(doc, sorted(set(secrets), key=len, reverse=True))
-
-
-def problems(config: Any) -> List[Dict[str, Any]]:
-    """Errors of the served configuration, each with file, object, reason and whether it is stale."""
-    if config is None:
-        return []
-    stale_files = {f.file for f in config.snapshot.files if f.error is not None and f.documents}
-    return [{"file": (err.file or "") + (f":{err.line}" if err.line else ""), "object": err.obj or "",
-             "reason": err.reason, "stale": err.file in stale_files or "last good" in err.reason}
-            for err in config.errors]
 
 
 # --- the view: state -> cells, chosen field by field ---------------------------------------------------
@@ -351,14 +150,13 @@ TABLES: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
 
 def build_view(doc: Mapping[str, Any], now: Optional[float] = None) -> Dict[str, Any]:
     """The state as titles and rows of cells: the one thing both the HTML and ``state.json`` show."""
-    from gatekeeper.ops.admin import mask
-
     now = time.time() if now is None else now
     rows = {"routers": router_rows(doc), "problems": problem_rows(doc),
             "middlewares": middleware_rows(doc, now), "services": service_rows(doc), "reloads": reload_rows(doc)}
     summary = (f"generation {doc.get('generation', 0)} · {len(doc.get('routers', []))} routers · "
                f"{len(doc.get('problems', []))} problems · updated {when(now)}")
-    return json.loads(mask(json.dumps({"summary": summary, "tables": rows})))
+    view: Dict[str, Any] = json.loads(mask(json.dumps({"summary": summary, "tables": rows})))
+    return view
 
 
 # --- rendering: the server's HTML; the page's script does the same with textContent ----------------------
@@ -390,10 +188,19 @@ def table_html(key: str, title: str, headings: Tuple[str, ...], rows: List[List[
             f"<tbody>{body}</tbody></table></section>")
 
 
+@lru_cache(maxsize=None)
+def page_file(name: str) -> str:
+    """A file of the page (``static/dashboard.html``, ``.js``), package data read once."""
+    return resources.files("gatekeeper.ops").joinpath("static", name).read_text(encoding="utf-8")
+
+
 def page_html(view: Mapping[str, Any]) -> str:
+    """The whole page: the server-rendered tables in the template, the script inlined (the CSP allows no
+    other source)."""
     tables = "".join(table_html(key, title, headings, view["tables"][key]) for key, title, headings in TABLES)
-    return (PAGE.replace("%SUMMARY%", html.escape(view["summary"])).replace("%TABLES%", tables)
-            .replace("%SCRIPT%", SCRIPT.replace("</", "<\\/")))
+    script = page_file("dashboard.js").replace("</", "<\\/")
+    return (page_file("dashboard.html").replace("%SUMMARY%", html.escape(view["summary"]))
+            .replace("%TABLES%", tables).replace("%SCRIPT%", script))
 
 
 def make_dashboard(state: Callable[[], Mapping[str, Any]], prefix: str = "/dashboard") -> WSGIApp:
@@ -402,14 +209,16 @@ def make_dashboard(state: Callable[[], Mapping[str, Any]], prefix: str = "/dashb
     Mount it on the admin app for paths under ``prefix``; ``state()`` is a :class:`DashboardSource` or
     anything returning the same shape (``/config``'s document plus problems, reloads, traffic).
     """
-    def respond(start_response: Callable, status: str, body: bytes, content_type: str,
+    page_file("dashboard.html"), page_file("dashboard.js")  # a missing page fails here, not on a request
+
+    def respond(start_response: StartResponse, status: str, body: bytes, content_type: str,
                 extra: Tuple[Tuple[str, str], ...] = ()) -> List[bytes]:
         start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
                                 ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
                                 ("Content-Security-Policy", CSP), *extra])
         return [body]
 
-    def dashboard(environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def dashboard(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return respond(start_response, "405 Method Not Allowed", b"GET only\n", "text/plain")
@@ -430,87 +239,3 @@ def make_dashboard(state: Callable[[], Mapping[str, Any]], prefix: str = "/dashb
 # The page allows only its own inline style and script, and fetches only from itself.
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; "
        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<title>gatekeeper dashboard</title>
-<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:0 1.5rem 2rem;color:#1d2430;background:#f6f7f9}
-header{display:flex;align-items:baseline;gap:1rem;border-bottom:2px solid #2f5d8a;margin-bottom:.5rem}
-h1{font-size:1.3rem;margin:.8rem 0 .4rem;color:#2f5d8a}h2{font-size:1.05rem;margin:1.2rem 0 .3rem}
-#summary{color:#556}#live{margin-left:auto;font-size:.85rem;color:#889}
-table{border-collapse:collapse;width:100%;background:#fff;box-shadow:0 1px 2px #0001}
-th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #e3e6ea;vertical-align:top}
-th{background:#eef1f5;font-weight:600;font-size:.85rem}
-td.code{font-family:ui-monospace,monospace;font-size:.85rem;word-break:break-all}td.name{font-weight:600}
-.state-ok{color:#1a7f37}.state-error{color:#c62828;font-weight:600}.state-stale{color:#b26a00;font-weight:600}
-td.none{color:#99a}td.spark-cell{white-space:nowrap}.spark{width:90px;height:22px;vertical-align:middle}
-.spark polyline{fill:none;stroke:#2f5d8a;stroke-width:1.5;vector-effect:non-scaling-stroke}
-.spark-last{font-size:.8rem;color:#556;margin-left:.3rem}.spark-empty{color:#99a;font-size:.8rem}
-</style></head><body>
-<header><h1>gatekeeper</h1><span id="summary">%SUMMARY%</span><span id="live">static (JavaScript off)</span></header>
-<main id="tables">%TABLES%</main>
-<script>%SCRIPT%</script>
-</body></html>
-"""
-
-# Builds the same markup as cell_html/sparkline_svg, with textContent and attributes only (never innerHTML).
-SCRIPT = r"""
-"use strict";
-const SVG = "http://www.w3.org/2000/svg";
-function el(tag, cls, text) {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-function spark(values, unit) {
-  const td = el("td", "spark-cell");
-  if (!values.length) { td.appendChild(el("span", "spark-empty", "no data")); return td; }
-  const top = Math.max(...values) || 1, step = 100 / Math.max(values.length - 1, 1);
-  const svg = document.createElementNS(SVG, "svg");
-  svg.setAttribute("class", "spark"); svg.setAttribute("viewBox", "0 0 100 21");
-  svg.setAttribute("preserveAspectRatio", "none"); svg.setAttribute("role", "img");
-  const line = document.createElementNS(SVG, "polyline");
-  const point = (v, i) => (i * step).toFixed(1) + "," + (20 - v / top * 18).toFixed(1);
-  line.setAttribute("points", values.map(point).join(" "));
-  svg.appendChild(line); td.appendChild(svg);
-  td.appendChild(el("span", "spark-last", values[values.length - 1] + " " + unit));
-  return td;
-}
-function cell(c) { return "spark" in c ? spark(c.spark, c.unit) : el("td", c.cls || "", c.text); }
-function fill(table, rows) {
-  const body = el("tbody"), columns = table.tHead.rows[0].cells.length;
-  for (const row of rows) {
-    const tr = el("tr");
-    for (const c of row) tr.appendChild(cell(c));
-    body.appendChild(tr);
-  }
-  if (!rows.length) {
-    const td = el("td", "none", "none");
-    td.colSpan = columns;
-    body.appendChild(el("tr")).appendChild(td);
-  }
-  table.replaceChild(body, table.tBodies[0]);
-}
-const live = document.getElementById("live");
-async function refresh() {
-  try {
-    const answer = await fetch("state.json", {cache: "no-store"});
-    if (!answer.ok) throw new Error("HTTP " + answer.status);
-    const view = await answer.json();
-    document.getElementById("summary").textContent = view.summary;
-    for (const [key, rows] of Object.entries(view.tables)) {
-      const table = document.getElementById(key);
-      if (table) fill(table, rows);
-    }
-    live.textContent = "live";
-  } catch (err) {
-    live.textContent = "disconnected: " + err.message;
-  } finally {
-    setTimeout(refresh, 1000);
-  }
-}
-live.textContent = "live";
-setTimeout(refresh, 1000);
-"""

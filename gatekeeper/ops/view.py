@@ -1,0 +1,127 @@
+"""The loaded configuration as the operator may see it: ``/config``'s document and secret masking.
+
+Shared by the admin endpoints and the dashboard, so both show the same thing and hide the same thing: a JWT
+middleware is summarised by the *kind* of its key source, header middlewares by header names, credentials in
+URLs are masked, and the values of secret-bearing options are masked in every text shown (an error message
+could quote one).
+
+Usage::
+
+    doc = config_document(loader)                    # loader: gatekeeper.config.reload.ConfigLoader
+    body = mask(json.dumps(doc))
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Dict, List, Mapping, Optional
+
+from gatekeeper.options import pick_case_insensitive
+
+# JWT options shown as they are; everything else (secrets, keys, key URLs, client config) is left out.
+JWT_SHOWN = ("tokenKey", "tokenSource", "usernameClaim", "claims", "forwardHeaders", "clockSkewSeconds",
+             "forwardAuthorization")
+JWT_KEY_SOURCES = ("signingSecret", "publicKey", "jwksFile", "jwksUrl", "trustedIssuers")
+URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s'\"]+@")
+# options whose values are secrets (or say where one is): masked wherever a text could quote them
+SECRET_OPTIONS = ("signingsecret", "publickey", "jwksfile", "clientconfig")
+MASK = "***"
+
+
+def mask(text: str) -> str:
+    """``http://user:pass@host`` -> ``http://***@host`` anywhere in ``text``.
+
+    >>> mask("upstream http://admin:hunter2@10.0.0.5:8080/ refused")
+    'upstream http://***@10.0.0.5:8080/ refused'
+    """
+    return URL_CREDENTIALS.sub("***@", text)
+
+
+def state(error: Optional[str], stale: bool) -> str:
+    """One word for an object's condition: ``ok``, ``error``, or ``stale`` (a last good version serves)."""
+    return "stale" if stale else ("error" if error else "ok")
+
+
+def middleware_options(kind: str, options: Mapping[str, Any]) -> Dict[str, Any]:
+    """What ``/config`` may show of a middleware's options.
+
+    >>> middleware_options("plugin.jwt", {"signingSecret": "s3cr3t", "tokenKey": "token"})
+    {'tokenKey': 'token', 'keySource': 'signingSecret'}
+    """
+    if kind == "plugin.jwt":
+        shown = pick_case_insensitive(options, JWT_SHOWN)
+        sources = pick_case_insensitive(options, JWT_KEY_SOURCES)
+        shown["keySource"] = sorted(sources) if len(sources) > 1 else (next(iter(sources), None))
+        return shown
+    if kind == "headers":
+        return {name: sorted(value) if isinstance(value, Mapping) else None
+                for name, value in pick_case_insensitive(
+                    options, ("customRequestHeaders", "customResponseHeaders")).items()}
+    return dict(options)
+
+
+def config_document(loader: Any) -> Dict[str, Any]:
+    """The loaded configuration as plain JSON-ready data (``loader``: a ConfigLoader or the same shape)."""
+    config = loader.config
+    doc: Dict[str, Any] = {"pid": os.getpid(), "generation": loader.generation,
+                           "lastReloadError": getattr(loader, "last_error", None)}
+    if config is None:
+        return {**doc, "routers": [], "middlewares": {}, "services": {}, "errors": []}
+    doc["routers"] = [{
+        "name": r.name, "rule": r.definition.rule, "service": r.definition.service,
+        "middlewares": list(r.definition.middlewares), "entryPoints": list(r.definition.entry_points),
+        "priority": r.priority, "source": str(r.definition.source), "state": state(r.error, r.stale),
+        "error": r.error} for r in config.routers]
+    doc["middlewares"] = {name: {
+        "kind": b.definition.kind, "source": str(b.definition.source), "state": state(b.error, b.stale),
+        "error": b.error, "options": middleware_options(b.definition.kind, b.definition.options)}
+        for name, b in config.middlewares.items()}
+    doc["services"] = {name: {
+        "kind": b.definition.kind, "source": str(b.definition.source), "state": state(b.error, b.stale),
+        "error": b.error, "passHostHeader": b.definition.pass_host_header,
+        "servers": [{"url": s.url, "weight": s.weight} for s in b.definition.servers],
+        "children": [{"service": c, "weight": w} for c, w in b.definition.children]}
+        for name, b in config.services.items()}
+    doc["errors"] = [str(err) for err in config.errors]
+    return doc
+
+
+def secret_values(options: Any) -> List[str]:
+    """Every string under a secret-bearing option, to be masked wherever text is shown.
+
+    >>> secret_values({"signingSecret": "s3cr3t", "tokenKey": "token"})
+    ['s3cr3t']
+    """
+    found: List[str] = []
+
+    def strings(value: Any) -> None:
+        if isinstance(value, str) and len(value) >= 4:
+            found.append(value)
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                strings(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                strings(item)
+    if isinstance(options, Mapping):
+        for name, value in options.items():
+            if str(name).lower() in SECRET_OPTIONS:
+                strings(value)
+    return found
+
+
+def mask_secrets(value: Any, secrets: List[str]) -> Any:
+    """``value`` (plain JSON-like data) with every secret option value in its texts replaced.
+
+    >>> mask_secrets({"errors": ["key s3cr3t is too short"]}, ["s3cr3t"])
+    {'errors': ['key *** is too short']}
+    """
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {k: mask_secrets(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v, secrets) for v in value]
+    return value
