@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Proto
 from urllib.parse import unquote
 
 from gatekeeper.config.model import MiddlewareDef, qualify
-from gatekeeper.config.providers.fields import pick, want_bool, want_str, want_str_list, want_str_map
 from gatekeeper.errors import ConfigError
+from gatekeeper.options import pick, want_bool, want_str, want_str_list, want_str_map
 from gatekeeper.requestpath import ALL_ENCODED, ENCODED_CHARACTERS
 from gatekeeper.wsgi import (
     RAW_URI,

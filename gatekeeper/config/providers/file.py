@@ -14,8 +14,9 @@ from gatekeeper.config.model import (
     qualify,
 )
 from gatekeeper.config.providers.collector import Collector
-from gatekeeper.config.providers.fields import (
-    expand_env,
+from gatekeeper.config.providers.fields import expand_env
+from gatekeeper.errors import ConfigError
+from gatekeeper.options import (
     line_of,
     pick,
     want_bool,
@@ -24,7 +25,6 @@ from gatekeeper.config.providers.fields import (
     want_str,
     want_str_list,
 )
-from gatekeeper.errors import ConfigError
 
 PROVIDER = "file"
 ROUTER_FIELDS = ("rule", "entryPoints", "priority", "middlewares", "service", "tls", "ruleSyntax")

@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from gatekeeper.config.manifests import Document
 from gatekeeper.config.providers.collector import Collector
-from gatekeeper.config.providers.fields import (
+from gatekeeper.errors import ConfigError
+from gatekeeper.options import (
     line_of,
     type_name,
     want_bool,
@@ -24,7 +25,6 @@ from gatekeeper.config.providers.fields import (
     want_str,
     want_str_list,
 )
-from gatekeeper.errors import ConfigError
 
 TRAEFIK_API_VERSIONS = ("traefik.io/v1alpha1", "traefik.containo.us/v1alpha1")
 KINDS = {

@@ -26,16 +26,6 @@ from gatekeeper.config.manifests import Document
 from gatekeeper.config.model import FAIL_CLOSED_PRIORITY, RouterDef, ServerDef, ServiceDef, Source, qualify
 from gatekeeper.config.providers import file as file_provider
 from gatekeeper.config.providers.collector import Collector
-from gatekeeper.config.providers.fields import (
-    line_of,
-    pick,
-    type_name,
-    want_bool,
-    want_int,
-    want_list,
-    want_str,
-    want_str_list,
-)
 from gatekeeper.config.providers.k8s_objects import (
     Cluster,
     Endpoint,
@@ -47,6 +37,16 @@ from gatekeeper.config.providers.k8s_objects import (
     resolve_secrets,
 )
 from gatekeeper.errors import ConfigError
+from gatekeeper.options import (
+    line_of,
+    pick,
+    type_name,
+    want_bool,
+    want_int,
+    want_list,
+    want_str,
+    want_str_list,
+)
 
 PROVIDER = "kubernetescrd"
 INGRESS_ROUTE_FIELDS = ("entryPoints", "routes", "tls", "parentRefs")
