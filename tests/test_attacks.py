@@ -91,7 +91,8 @@ ATTACKS: List[Tuple[str, str, Callable[[Dict[str, bytes]], str], str]] = [
      "bad_signature"),
     ("es256-s-above-order", "ec-pem",
      lambda k: es256_with_signature(k, lambda si, raw: raw[:32] + b"\xff" * 32), "bad_signature"),
-    ("ps256-with-pkcs1-signature", "rsa-pem", lambda k: _ps_with_pkcs1(k), "bad_signature"),
+    ("ps256-with-pkcs1-signature", "rsa-pem", lambda k: _ps_with_pkcs1(k),  # noqa: PLW0108 - defined below
+     "bad_signature"),
     ("kid-path-traversal", "jwks", lambda k: mint({}, key_pem=k["rsa"], kid="../../../../etc/passwd"),
      "unknown_kid"),
     ("kid-sql", "jwks", lambda k: mint({}, key_pem=k["rsa"], kid="x' UNION SELECT 'secret' --"), "unknown_kid"),

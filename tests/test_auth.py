@@ -113,7 +113,7 @@ def test_short_rsa_key_is_refused():
 
 
 def test_private_key_given_as_public_key_is_refused(pems):
-    with pytest.raises(ConfigError, match="publicKey: not a PEM public key .this is a private key"):
+    with pytest.raises(ConfigError, match=r"publicKey: not a PEM public key \(this is a private key"):
         JWTAuth.from_config({"publicKey": pems["rsa"].decode()})
 
 
@@ -198,7 +198,7 @@ def test_jwk_not_for_signatures_is_ignored(pems, members):
 
 
 def test_jwk_stating_an_alg_that_does_not_fit_its_type_is_a_config_error(pems):
-    with pytest.raises(ConfigError, match="jwksFile: key 1 .kid 'k'.: alg ES256 does not fit a RSA key"):
+    with pytest.raises(ConfigError, match=r"jwksFile: key 1 \(kid 'k'\): alg ES256 does not fit a RSA key"):
         jwks_auth(public_jwk(pems["rsa"], kid="k", alg="ES256"))
 
 

@@ -15,15 +15,21 @@ import gevent
 import pytest
 import requests
 from serve_process import Gatekeeper, lb_manifest, wait_for
-from test_remote_keys import IdP, jwk, pems, serve_idp  # noqa: F401 - pems is a fixture used here
+from test_remote_keys import IdP, jwk, serve_idp
 
 from gatekeeper.jwt import remote as jwks
 from gatekeeper.jwt.fetch import ClientConfig
-from gatekeeper.jwt.mint import mint
+from gatekeeper.jwt.mint import mint, new_key_pem
 
 ROUTES = """
     a: {rule: "PathPrefix(`/a`)", service: s, middlewares: [jwt]}
 """
+
+
+@pytest.fixture(scope="module")
+def pems() -> Dict[str, bytes]:
+    """Signing keys, as test_remote_keys makes them."""
+    return {name: new_key_pem("ec256") for name in ("a", "b", "c")}
 
 
 @pytest.fixture(autouse=True)
@@ -35,10 +41,7 @@ def fresh_key_sets():
 
 def jwt_manifest(source: str, issuer: str) -> str:
     """Middleware ``jwt`` taking its keys from ``issuer``'s server by ``jwksUrl`` or by ``trustedIssuers``."""
-    if source == "jwksUrl":
-        options = f'jwksUrl: "{issuer}/keys"'
-    else:
-        options = f'trustedIssuers: [{{issuer: "{issuer}"}}]'
+    options = f'jwksUrl: "{issuer}/keys"' if source == "jwksUrl" else f'trustedIssuers: [{{issuer: "{issuer}"}}]'
     return f"""
     middlewares:
       jwt: {{plugin: {{jwt: {{{options}, clientConfig: {{timeoutSeconds: 3}}}}}}}}

@@ -53,10 +53,10 @@ def protected(request, wsgi_server):
 
 
 def http(target: str, headers: List[str], body: bytes = b"") -> bytes:
-    lines = [f"POST {target} HTTP/1.1" if body else f"GET {target} HTTP/1.1", "Host: gateway"] + headers
+    lines = [f"POST {target} HTTP/1.1" if body else f"GET {target} HTTP/1.1", "Host: gateway", *headers]
     if body:
         lines += ["Content-Type: application/x-www-form-urlencoded", f"Content-Length: {len(body)}"]
-    return ("\r\n".join(lines + ["Connection: close", "", ""])).encode("latin-1") + body
+    return "\r\n".join([*lines, "Connection: close", "", ""]).encode("latin-1") + body
 
 
 def answer(server, request: bytes) -> tuple:

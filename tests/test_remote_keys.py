@@ -33,9 +33,9 @@ from gatekeeper.jwt import fetch
 from gatekeeper.jwt import remote as jwks
 from gatekeeper.jwt.auth import JWTAuth
 from gatekeeper.jwt.jws import b64url_encode
-from gatekeeper.jwt.refusals import DESCRIPTIONS
 from gatekeeper.jwt.middleware import JWTMiddleware
 from gatekeeper.jwt.mint import mint, new_key_pem, public_jwk
+from gatekeeper.jwt.refusals import DESCRIPTIONS
 from gatekeeper.ops.echo import named_echo_app
 from gatekeeper.server.pywsgi import listen_socket, make_server
 
