@@ -16,12 +16,12 @@ import os
 import re
 from typing import Any, Dict, List, Mapping, Optional
 
+from gatekeeper.jwt.sources import KEY_SOURCES
 from gatekeeper.options import pick_case_insensitive
 
 # JWT options shown as they are; everything else (secrets, keys, key URLs, client config) is left out.
 JWT_SHOWN = ("tokenKey", "tokenSource", "usernameClaim", "claims", "forwardHeaders", "clockSkewSeconds",
              "forwardAuthorization")
-JWT_KEY_SOURCES = ("signingSecret", "publicKey", "jwksFile", "jwksUrl", "trustedIssuers")
 URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s'\"]+@")
 # options whose values are secrets (or say where one is): masked wherever a text could quote them
 SECRET_OPTIONS = ("signingsecret", "publickey", "jwksfile", "clientconfig")
@@ -50,7 +50,7 @@ def middleware_options(kind: str, options: Mapping[str, Any]) -> Dict[str, Any]:
     """
     if kind == "plugin.jwt":
         shown = pick_case_insensitive(options, JWT_SHOWN)
-        sources = pick_case_insensitive(options, JWT_KEY_SOURCES)
+        sources = pick_case_insensitive(options, KEY_SOURCES)  # shown by kind, never by value
         shown["keySource"] = sorted(sources) if len(sources) > 1 else (next(iter(sources), None))
         return shown
     if kind == "headers":
