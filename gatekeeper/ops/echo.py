@@ -77,7 +77,8 @@ def main(argv: "List[str] | None" = None) -> None:
     from gevent import monkey
     monkey.patch_all(queue=False)
 
-    from gatekeeper.server.pywsgi import listen_socket, make_server, parse_address
+    from gatekeeper.server import make_server
+    from gatekeeper.server.base import listen_socket, parse_address
 
     parser = argparse.ArgumentParser(prog="python -m gatekeeper.ops.echo")
     parser.add_argument("--listen", default="127.0.0.1:9000")
