@@ -3,4 +3,5 @@ import sys
 
 from gatekeeper.cli.main import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing it (a doctest run does) must not run the command
+    sys.exit(main())

@@ -17,11 +17,11 @@ import ssl
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, FrozenSet, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 from gatekeeper.proxy.client import ProxyLimits
-from gatekeeper.server import DEFAULT_SERVER, make_server
-from gatekeeper.server.base import ConnectionTracking, Entrypoint, Refusal, ServerLimits, listen_socket, tls_context
+from gatekeeper.server import DEFAULT_SERVER, Server, make_server
+from gatekeeper.server.base import Entrypoint, Refusal, ServerLimits, listen_socket, tls_context
 
 Address = Tuple[str, int]
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -61,7 +61,7 @@ class Settings:
     @classmethod
     def from_args(cls, args: Any) -> Settings:
         """From argparse's namespace: given values, lists frozen as tuples, absent ones the defaults."""
-        values = {}
+        values: Dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             value = getattr(args, field.name, None)
             if value is not None:
@@ -166,7 +166,7 @@ def record_refusals(*observers: Optional[Callable[[Any], None]]) -> Callable[[Re
     return refused
 
 
-def start_servers(settings: Settings, loader: Any, listeners: Listeners) -> List[ConnectionTracking]:
+def start_servers(settings: Settings, loader: Any, listeners: Listeners) -> List[Server]:
     """A server per listener, each entry point's gateway behind the one request edge (app.edge_stack)."""
     from gatekeeper.app import Gateway, edge_stack
     from gatekeeper.ops import metrics
@@ -179,7 +179,7 @@ def start_servers(settings: Settings, loader: Any, listeners: Listeners) -> List
     gateway = Gateway(loader.conf_d, loader=loader, trusted_proxies=settings.trusted_proxy,
                       request_path=path_settings_from_args(settings))
     on_refused = record_refusals(metrics.record_refused, access_log)
-    servers = []
+    servers: List[Server] = []
     for ep, sock in zip(listeners.entrypoints, listeners.sockets):
         app = edge_stack(gateway if ep.name is None else gateway.for_entrypoint(ep.name),
                          max_body_bytes=limits.max_body_bytes, access_log=access_log)
@@ -247,7 +247,7 @@ def forget_worker(pid: int) -> None:
     """Drop a dead worker's live gauges from the multiprocess directory (its counters stay in the totals)."""
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def run(settings: Settings) -> int:

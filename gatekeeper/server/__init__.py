@@ -13,12 +13,13 @@ if TYPE_CHECKING:
     from gatekeeper.server.fast import FastServer
     from gatekeeper.server.pywsgi import GatewayServer
 
+Server = Union["FastServer", "GatewayServer"]   # what make_server returns: both follow base's contract
 SERVERS = ("fast", "pywsgi")
 DEFAULT_SERVER = "fast"
 
 
 def make_server(sock: socket.socket, app: WSGIApp, *, server: str = DEFAULT_SERVER,
-                **kwargs: Any) -> Union["FastServer", "GatewayServer"]:
+                **kwargs: Any) -> Server:
     """A server on ``sock``: ``server="fast"`` (the default) or ``"pywsgi"``, with the same hooks and
     limits (``limits=ServerLimits(...)``, ``on_refused``, ``on_connection``). With ``ssl_context=`` the TLS
     handshake must finish within the idle timeout (base.HandshakeDeadline).

@@ -15,7 +15,7 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import gevent
 import gevent.event
@@ -115,7 +115,7 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n" % len(data) + data + b"\r\n"
 
 
-def send_head(send: Callable[[bytes], Any], head: bytearray, data: bytes) -> None:
+def send_head(send: Callable[[Union[bytes, bytearray]], Any], head: bytearray, data: bytes) -> None:
     """Send the response head and the first (framed) body bytes; a first chunk up to COALESCE_LIMIT goes
     in the same send: one packet, not two (wrk saw +25-30% req/s, docs/performance.md)."""
     if data and len(data) <= COALESCE_LIMIT:
@@ -254,10 +254,7 @@ def drain(servers: Sequence[ConnectionTracking], grace: float) -> bool:
     for server in servers:
         server.begin_drain()
     deadline = gevent.get_hub().loop.now() + grace
-    for server in servers:
-        if not server.drained.wait(max(0.0, deadline - gevent.get_hub().loop.now())):
-            return False
-    return True
+    return all(server.drained.wait(max(0.0, deadline - gevent.get_hub().loop.now())) for server in servers)
 
 
 def peer_of(address: Any) -> str:

@@ -29,12 +29,13 @@ from gevent.server import StreamServer
 from gatekeeper.server.base import (
     ClientConnection,
     ConnectionTracking,
+    Refusal,
     ServerLimits,
     header_deadline,
     with_handshake_deadline,
 )
 from gatekeeper.server.message import Input, Reply, Request
-from gatekeeper.wsgi import RAW_URI
+from gatekeeper.wsgi import RAW_URI, Environ, WSGIApp
 from gatekeeper.wsgi import environ_key as header_environ_key
 
 RECV_SIZE = 64 * 1024
@@ -103,12 +104,14 @@ class Connection(ClientConnection):
 
     def on_url(self, url: bytes) -> None:
         request = self.parsing
+        assert request is not None   # llhttp calls back only between message begin and complete
         request.target += url
         if len(request.target) > MAX_TARGET:
             raise Refused(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         request = self.parsing
+        assert request is not None   # llhttp calls back only between message begin and complete
         request.size += len(name) + len(value) + 4
         if request.size > self.limits.max_header_bytes:
             raise Refused(431)
@@ -124,9 +127,10 @@ class Connection(ClientConnection):
 
     def on_headers_complete(self) -> None:
         request = self.parsing
+        assert request is not None   # llhttp calls back only between message begin and complete
         parser = self.parser
         version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
+        if version not in ("1.1", "1.0"):
             raise Refused(400)
         environ = request.environ
         method = parser.get_method().decode("ascii")
@@ -148,10 +152,12 @@ class Connection(ClientConnection):
 
     def on_body(self, body: bytes) -> None:
         request = self.parsing
+        assert request is not None   # llhttp calls back only between message begin and complete
         if not request.discard:
             request.body.append(body)
 
     def on_message_complete(self) -> None:
+        assert self.parsing is not None
         self.parsing.complete = True
         self.parsing = None
 
@@ -248,7 +254,7 @@ class Connection(ClientConnection):
 
     # --- writing ------------------------------------------------------------------------------
 
-    def send(self, data) -> None:
+    def send(self, data: bytes | bytearray) -> None:
         sent = self.sock.send(data)
         if sent < len(data):
             self.sock.sendall(memoryview(data)[sent:])
@@ -262,7 +268,7 @@ class Connection(ClientConnection):
             if not Reply(self, request).run():
                 return
 
-class FastServer(ConnectionTracking, StreamServer):
+class FastServer(ConnectionTracking, StreamServer):  # type: ignore[misc]
     """A WSGI server on StreamServer + httptools with :class:`ServerLimits`, connection tracking and drain.
 
     The same hooks as the pywsgi layer: ``on_refused(Refusal)`` sees requests refused before the app
@@ -274,10 +280,10 @@ class FastServer(ConnectionTracking, StreamServer):
         server.serve_forever()
     """
 
-    def __init__(self, listener, application: Callable, *, limits: Optional[ServerLimits] = None,
-                 on_refused: Optional[Callable] = None, on_connection: Optional[Callable[[int], None]] = None,
-                 log: Optional[object] = None, error_log: Optional[object] = None,
-                 environ: Optional[dict] = None, **kwargs) -> None:
+    def __init__(self, listener: socket.socket, application: WSGIApp, *, limits: Optional[ServerLimits] = None,
+                 on_refused: Optional[Callable[[Refusal], None]] = None,
+                 on_connection: Optional[Callable[[int], None]] = None, log: Optional[object] = None,
+                 error_log: Optional[object] = None, environ: Optional[Environ] = None, **kwargs: Any) -> None:
         # ssl_context=: the handshake runs before handle_connection, so it gets its own deadline
         kwargs = with_handshake_deadline(kwargs, limits)
         super().__init__(listener, self.handle_connection, **kwargs)
@@ -285,11 +291,11 @@ class FastServer(ConnectionTracking, StreamServer):
         self.init_tracking(limits, on_refused, on_connection)
         self.environ = self.base_environ(error_log, environ or {})
 
-    def base_environ(self, error_log, extra: dict) -> dict:
+    def base_environ(self, error_log: Optional[object], extra: Environ) -> Environ:
         """The environ keys that are the same for every request, built once."""
         address = self.address
         host, port = (address[0], str(address[1])) if isinstance(address, tuple) else ("", "")
-        environ = {
+        environ: Environ = {
             "GATEWAY_INTERFACE": "CGI/1.1",
             "SERVER_SOFTWARE": "gatekeeper-fast gevent/%d.%d Python/%d.%d"
                                % (gevent.version_info[:2] + sys.version_info[:2]),
@@ -302,7 +308,7 @@ class FastServer(ConnectionTracking, StreamServer):
         environ.update(extra)
         return environ
 
-    def handle_connection(self, sock, address) -> None:
+    def handle_connection(self, sock: socket.socket, address: Any) -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = Connection(self, sock, address)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Callable, Deque, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Iterable, Iterator, List, Optional, Tuple
 
 from gatekeeper.server.base import body_refused, chunk, failure_response, log_request_error, send_head
+from gatekeeper.wsgi import Environ, Headers
 
 if TYPE_CHECKING:
     from gatekeeper.server.fast import Connection
@@ -50,7 +51,7 @@ class Request:
         "target",
     )
 
-    def __init__(self, environ: dict) -> None:
+    def __init__(self, environ: Environ) -> None:
         self.environ = environ
         self.target = b""
         self.body: Deque[bytes] = deque()
@@ -116,7 +117,7 @@ class Input:
     def readlines(self, hint: Optional[int] = None) -> List[bytes]:
         return list(self)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         while True:
             line = self.readline()
             if not line:
@@ -131,7 +132,6 @@ class Reply:
         "bodyless",
         "chunked",
         "close",
-        "code",
         "conn",
         "head",
         "headers",
@@ -143,13 +143,13 @@ class Reply:
     def __init__(self, conn: Connection, request: Request) -> None:
         self.conn, self.request = conn, request
         self.status: Optional[str] = None
-        self.headers: List[Tuple[str, str]] = []
+        self.headers: Headers = []
         self.head: Optional[bytearray] = None   # built, not yet sent
         self.chunked = self.bodyless = False
         self.remaining: Optional[int] = None   # Content-Length bytes still to send
         self.close = not request.keep_alive
 
-    def start_response(self, status: str, headers: List[Tuple[str, str]], exc_info=None) -> Callable:
+    def start_response(self, status: str, headers: Headers, exc_info: Any = None) -> Callable[[bytes], None]:
         if exc_info:
             try:
                 if self.conn.head_sent:
@@ -164,13 +164,30 @@ class Reply:
         self.status, self.headers = status, headers
         return self.write
 
-    def build_head(self, result) -> bytearray:
+    def build_head(self, result: Optional[Iterable[bytes]]) -> bytearray:
         """Status line and headers, with the framing this response needs."""
-        code = self.code = int(self.status[:3])
+        status = self.status or ""
+        code = int(status[:3])
         environ = self.request.environ
         head = bytearray(b"HTTP/1.1 ")
-        head += self.status.encode("latin-1")
+        head += status.encode("latin-1")
         head += b"\r\n"
+        length, date, connection = self.copy_headers(head)
+        if date is None:
+            head += b"Date: " + _Date.now() + b"\r\n"
+        self.bodyless = code in NO_BODY_STATUS or code < 200 or environ["REQUEST_METHOD"] == "HEAD"
+        self.frame(head, result, length)
+        if (connection is not None and "close" in connection) or self.conn.server.draining:
+            self.close = True
+        if self.close and connection is None:
+            head += b"Connection: close\r\n"
+        elif not self.close and environ["SERVER_PROTOCOL"] == "HTTP/1.0" and connection is None:
+            head += b"Connection: keep-alive\r\n"
+        head += b"\r\n"
+        return head
+
+    def copy_headers(self, head: bytearray) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+        """The app's headers into ``head``; (Content-Length, Date, Connection in lower case) as it set them."""
         length = date = connection = None
         for name, value in self.headers:
             lower = name.lower()
@@ -181,36 +198,32 @@ class Reply:
             elif lower == "connection":
                 connection = value.lower()
             head += name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
-        if date is None:
-            head += b"Date: " + _Date.now() + b"\r\n"
-        bodyless = code in NO_BODY_STATUS or code < 200 or environ["REQUEST_METHOD"] == "HEAD"
+        return length, date, connection
+
+    def frame(self, head: bytearray, result: Optional[Iterable[bytes]], length: Optional[str]) -> None:
+        """How the body is delimited: the app's Content-Length, one computed for a list, chunked (1.1),
+        or the connection's end (1.0); nothing for a bodyless response."""
         if length is not None:
             self.remaining = int(length) if length.isdigit() else None
             if self.remaining is None:
                 self.close = True
-        elif not bodyless:
-            if isinstance(result, (list, tuple)):
-                total = sum(len(chunk) for chunk in result)
-                head += b"Content-Length: %d\r\n" % total
-                self.remaining = total
-            elif environ["SERVER_PROTOCOL"] == "HTTP/1.1":
-                self.chunked = True
-                head += b"Transfer-Encoding: chunked\r\n"
-            else:
-                self.close = True   # HTTP/1.0 without a length: the body ends when the connection does
-        self.bodyless = bodyless
-        if bodyless:
+        elif not self.bodyless:
+            self.frame_unsized(head, result)
+        if self.bodyless:
             self.remaining, self.chunked = 0, False
-        if connection is not None and "close" in connection:
-            self.close = True
-        if self.conn.server.draining:
-            self.close = True
-        if self.close and connection is None:
-            head += b"Connection: close\r\n"
-        elif not self.close and environ["SERVER_PROTOCOL"] == "HTTP/1.0" and connection is None:
-            head += b"Connection: keep-alive\r\n"
-        head += b"\r\n"
-        return head
+
+    def frame_unsized(self, head: bytearray, result: Optional[Iterable[bytes]]) -> None:
+        """A body without the app's Content-Length: one computed for a list, else chunked (1.1) or until
+        the connection's end (1.0)."""
+        if isinstance(result, (list, tuple)):
+            total = sum(len(chunk) for chunk in result)
+            head += b"Content-Length: %d\r\n" % total
+            self.remaining = total
+        elif self.request.environ["SERVER_PROTOCOL"] == "HTTP/1.1":
+            self.chunked = True
+            head += b"Transfer-Encoding: chunked\r\n"
+        else:
+            self.close = True   # HTTP/1.0 without a length: the body ends when the connection does
 
     def write(self, data: bytes) -> None:
         if self.status is None:
@@ -240,40 +253,16 @@ class Reply:
         conn = self.conn
         conn.head_sent = False
         environ = self.request.environ
-        result = None
+        result: Optional[Iterable[bytes]] = None
         try:
             result = conn.server.application(environ, self.start_response)
-            for data in result:
-                if data:
-                    if self.status is None:
-                        raise AssertionError("body before start_response()")
-                    if not conn.head_sent and self.head is None:
-                        self.head = self.build_head(result)
-                    self.write(data)
-            if not conn.head_sent:
-                if self.status is None:
-                    raise AssertionError("the application never called start_response()")
-                if self.head is None:
-                    self.head = self.build_head(result)
-                self.write(b"")
-            if self.chunked:
-                conn.send(b"0\r\n\r\n")
-            if self.remaining:
-                self.close = True   # the app sent less than its Content-Length: the client must see EOF
+            self.send_result(result)
         except OSError:
             if conn.refused is not None and not conn.head_sent:
                 conn.refuse(conn.refused)   # a malformed body (llhttp refused it): 400, as pywsgi answers
             return False   # else the client went away (or stalled past the idle timeout)
         except Exception as exc:
-            # One line of our own (the hub's handle_error would print the environ: tokens, cookies,
-            # claims); 500 (502 for an upstream) if nothing went out yet, else the connection is cut:
-            # no byte after what was sent, no chunked terminator, so the client sees the truncation.
-            log_request_error(environ, exc)
-            if not conn.head_sent:
-                try:
-                    conn.send(failure_response(exc))
-                except OSError:
-                    pass
+            self.fail(exc)
             return False
         finally:
             close = getattr(result, "close", None)
@@ -284,13 +273,43 @@ class Reply:
                     log_request_error(environ, exc)
         return not self.close and self.finish_body()
 
+    def send_result(self, result: Iterable[bytes]) -> None:
+        """What the app returned, framed; the head goes with the first non-empty chunk (or alone)."""
+        conn = self.conn
+        for data in result:
+            if data:
+                if self.status is None:
+                    raise AssertionError("body before start_response()")
+                if not conn.head_sent and self.head is None:
+                    self.head = self.build_head(result)
+                self.write(data)
+        if not conn.head_sent:
+            if self.status is None:
+                raise AssertionError("the application never called start_response()")
+            if self.head is None:
+                self.head = self.build_head(result)
+            self.write(b"")
+        if self.chunked:
+            conn.send(b"0\r\n\r\n")
+        if self.remaining:
+            self.close = True   # the app sent less than its Content-Length: the client must see EOF
+
+    def fail(self, exc: Exception) -> None:
+        """One line of our own (the hub's handle_error would print the environ: tokens, cookies, claims);
+        500 (502 for an upstream) if nothing went out yet, else the connection is cut: no byte after what
+        was sent, no chunked terminator, so the client sees the truncation."""
+        log_request_error(self.request.environ, exc)
+        if not self.conn.head_sent:
+            try:
+                self.conn.send(failure_response(exc))
+            except OSError:
+                pass
+
     def finish_body(self) -> bool:
         """Read and drop what the app left of the request body, so the next request parses; False when
         the connection should close instead (refused body, too much left, client gone)."""
         request = self.request
-        if request.complete:
-            return True
-        if body_refused(request.environ):
+        if not request.complete and body_refused(request.environ):
             return False
         request.discard, dropped = True, sum(len(chunk) for chunk in request.body)
         request.body.clear()

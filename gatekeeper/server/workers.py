@@ -39,7 +39,7 @@ class Supervisor:
         self.count, self.work, self.grace, self.listeners = count, work, grace, listeners
         self.on_exit_hook = on_exit
         self.workers: Dict[int, float] = {}          # pid -> start time
-        self.exited: List[int] = []
+        self.exited: List[float] = []        # start times of workers that exited, to replace
         self.changed = gevent.event.Event()
         self.stopping = False
         self.handlers: List[Any] = []
@@ -82,9 +82,14 @@ class Supervisor:
             started = self.exited.pop()
             if time.monotonic() - started < QUICK_DEATH:
                 gevent.sleep(QUICK_DEATH)  # a worker failing at once must not become a fork loop
-                if self.stopping:
+                if self.stopped_meanwhile():
                     return
             self.spawn()
+
+    def stopped_meanwhile(self) -> bool:
+        """Whether a stop arrived while this greenlet slept (a method, so a type checker does not take
+        the loop's test for the value after the sleep)."""
+        return self.stopping
 
     def fan_out(self, signum: int) -> None:
         for pid in list(self.workers):
