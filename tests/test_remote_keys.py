@@ -37,7 +37,8 @@ from gatekeeper.jwt.middleware import JWTMiddleware
 from gatekeeper.jwt.mint import mint, new_key_pem, public_jwk
 from gatekeeper.jwt.refusals import DESCRIPTIONS
 from gatekeeper.ops.echo import named_echo_app
-from gatekeeper.server.pywsgi import listen_socket, make_server
+from gatekeeper.server import make_server
+from gatekeeper.server.base import listen_socket
 
 DISCOVERY = "/.well-known/openid-configuration"
 SEED = Path(__file__).resolve().parent / "data" / "seed"  # verbatim copy of shared/seed's YAML
