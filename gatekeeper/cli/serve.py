@@ -250,6 +250,18 @@ def forget_worker(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
+def start_line(settings: Settings, listeners: Listeners, config: Any) -> str:
+    """``gatekeeper listening on http://...`` with the conf.d counts: what scripts and tests wait for."""
+    extra = ""
+    if listeners.admin is not None:
+        host, port = listeners.admin.getsockname()[:2]
+        extra += f", admin on http://{host}:{port}"
+    if settings.workers > 1:
+        extra += f", {settings.workers} workers"
+    return (f"gatekeeper listening on {listeners.describe()} (conf.d {settings.conf_d}: "
+            f"{len(config.routers)} routers, {len(config.errors)} errors){extra}")
+
+
 def run(settings: Settings) -> int:
     """``gatekeeper serve``: patch, load conf.d, bind every listener, then serve here or in N workers.
 
@@ -273,14 +285,7 @@ def run(settings: Settings) -> int:
         return 1
 
     def announce() -> None:
-        extra = ""
-        if listeners.admin is not None:
-            host, port = listeners.admin.getsockname()[:2]
-            extra += f", admin on http://{host}:{port}"
-        if settings.workers > 1:
-            extra += f", {settings.workers} workers"
-        print(f"gatekeeper listening on {listeners.describe()} (conf.d {settings.conf_d}: "
-              f"{len(config.routers)} routers, {len(config.errors)} errors){extra}", flush=True)
+        print(start_line(settings, listeners, config), flush=True)
 
     if settings.workers > 1:
         from gatekeeper.server.workers import supervise
