@@ -168,7 +168,8 @@ def test_live_edit_of_a_server_url_keeps_the_last_good_service(conf_d, wsgi_serv
     assert status(server.url + "/api/x", auth=True) == 200
     before = gateway.loader.generation
     no_scheme = echo_upstream.url.replace("http://", "")
-    write(conf_d.root, file_manifests(echo_upstream.url, api_service=f"{{loadBalancer: {{servers: [{{url: '{no_scheme}'}}]}}}}"))
+    api_service = f"{{loadBalancer: {{servers: [{{url: '{no_scheme}'}}]}}}}"
+    write(conf_d.root, file_manifests(echo_upstream.url, api_service=api_service))
     gateway.loader.reload("test")
     assert gateway.loader.wait_for_generation(before + 1, 5)
     built = gateway.config.services["api@file"]

@@ -12,7 +12,7 @@ from gatekeeper.errors import ConfigError
     ("api.yaml", True), ("api.yml", True), ("api.json", True), ("api.txt", False),
     (".hidden.yaml", False), ("api.yaml~", False), ("#api.yaml#", False), (".api.yaml.swp", False),
     ("api.yaml.swp", False), ("4913", False),
-], ids=lambda v: str(v))
+], ids=str)
 def test_which_names_are_manifests(name, read):
     assert is_manifest_name(name) is read
 

@@ -44,7 +44,7 @@ def documented_metrics() -> list:
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "2-workers"])
-def test_metrics_after_real_traffic(conf_d, echo_upstream, wsgi_server, free_port, pems, tmp_path, workers):
+def test_metrics_after_real_traffic(conf_d, echo_upstream, wsgi_server, free_port, pems, tmp_path, workers):  # noqa: F811
     idp = IdP(jwk(pems["a"], "a"))
     serve_idp(wsgi_server, idp)
     dead = f"http://127.0.0.1:{free_port}"

@@ -18,8 +18,8 @@ import requests
 from conftest import wait_until
 
 from gatekeeper.app import Gateway
-from gatekeeper.config.table import Config
 from gatekeeper.config.reload import ConfigLoader
+from gatekeeper.config.table import Config
 from gatekeeper.config.watch import Watcher, is_editor_leftover
 from gatekeeper.ops.echo import named_echo_app
 
@@ -225,7 +225,7 @@ def test_kubernetes_configmap_data_swap(tmp_path):
             before = loader.generation
             publish_configmap(root, files, f"{number:02d}")
             wait_for_swap(loader, before)
-            assert wait_until(lambda: served(loader.config) == expected, TIMEOUT), served(loader.config)
+            assert wait_until(lambda want=expected: served(loader.config) == want, TIMEOUT), served(loader.config)
             assert not loader.config.errors
     finally:
         loader.stop()
