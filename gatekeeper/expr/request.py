@@ -9,9 +9,9 @@ import ipaddress
 import re
 from functools import lru_cache
 from typing import Callable, Dict, Generic, List, Optional, Tuple, TypeVar, Union
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs
 
-from gatekeeper.wsgi import RAW_URI, Environ, environ_key
+from gatekeeper.wsgi import RAW_URI, Environ, environ_key, quote_path
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -34,9 +34,6 @@ def _escape_table() -> Dict[str, str]:
 
 
 _ESCAPE_TABLE = _escape_table()
-
-# Characters a path may carry unescaped (RFC 3986 pchar minus unreserved): used to re-escape PATH_INFO.
-_PATH_SAFE = "/!$&'()*+,;=:@"
 
 
 def _normalize_escape(match: "re.Match[str]") -> str:
@@ -135,7 +132,7 @@ class RequestView:
         raw = environ.get(RAW_URI)
         if raw is None:
             decoded = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-            raw = quote(decoded.encode("latin-1", "replace"), safe=_PATH_SAFE) or "/"
+            raw = quote_path(decoded)
         return routing_path(target_path(raw))
 
     @lazy
