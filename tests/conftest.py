@@ -8,17 +8,24 @@ from gevent import monkey
 
 monkey.patch_all(queue=False)
 
+import datetime
+import ipaddress
 import socket
 import textwrap
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import gevent
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from gatekeeper.ops.echo import named_echo_app
-from gatekeeper.server.pywsgi import listen_socket, make_server
+from gatekeeper.server import make_server
+from gatekeeper.server.base import listen_socket
 
 
 class RunningServer:
@@ -117,3 +124,48 @@ def status_of(answer: bytes) -> int:
     version, code, *_ = [*line.split(b" ", 2), b""]
     assert version in (b"HTTP/1.0", b"HTTP/1.1") and code.isdigit() and len(code) == 3, answer[:200]
     return int(code)
+
+
+# --- a test PKI ------------------------------------------------------------------------------------------
+
+def certificate(subject: str, key: Any, issuer: Optional[Tuple[x509.Certificate, Any]], *,
+                san_ip: Optional[str] = None) -> x509.Certificate:
+    """A certificate for ``subject`` signed by ``issuer`` (cert, key), or a self-signed CA when None."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (x509.CertificateBuilder().subject_name(name)
+               .issuer_name(issuer[0].subject if issuer else name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True))
+    if san_ip is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(san_ip))]),
+                                        critical=False)
+    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Dict[str, str]:
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate, as PEM file paths:
+    ``ca``, ``server``, ``server.key``, ``client``, ``client.key``."""
+    root = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    made = {"ca": certificate("gatekeeper test CA", ca_key, None)}
+    paths = {}
+    for role, san_ip in (("server", "127.0.0.1"), ("client", None)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        made[role] = certificate(f"gatekeeper test {role}", key, (made["ca"], ca_key), san_ip=san_ip)
+        (root / f"{role}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                             serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
+        paths[f"{role}.key"] = str(root / f"{role}.key")
+    for role, cert in made.items():
+        (root / f"{role}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths[role] = str(root / f"{role}.pem")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tls_files(pki) -> Tuple[Path, Path, Path]:
+    """(ca.pem, cert.pem, key.pem) of a server certificate for 127.0.0.1 signed by the test CA."""
+    return Path(pki["ca"]), Path(pki["server"]), Path(pki["server.key"])

@@ -48,7 +48,7 @@ class Gatekeeper:
     def __init__(self, conf_d: Path, log_path: Path, *args: str) -> None:
         listen = [] if any(a == "--entrypoint" for a in args) else ["--listen", "127.0.0.1:0"]
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - the server writes to it until stop() closes it
         self.proc = subprocess.Popen([sys.executable, "-m", "gatekeeper", "serve", "--conf-d", str(conf_d),
                                       *listen, *args], stdout=subprocess.PIPE, stderr=self._log, text=True,
                                      cwd=ROOT)

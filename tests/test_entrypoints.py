@@ -1,13 +1,7 @@
 """Entry points: routers filtered per listener, TLS with a test CA, X-Forwarded-Proto https."""
-import datetime
-import ipaddress
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from serve_process import Gatekeeper, lb_manifest
 
 from gatekeeper.cli.main import main
@@ -17,35 +11,6 @@ ROUTES = """
     only-secure: {rule: "PathPrefix(`/secure`)", service: s, entryPoints: [secure]}
     everywhere: {rule: "PathPrefix(`/any`)", service: s}
 """
-
-
-def certificate(subject: str, key, issuer_cert=None, issuer_key=None, ca=False) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (x509.CertificateBuilder().subject_name(name)
-               .issuer_name(issuer_cert.subject if issuer_cert else name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-    return builder.sign(issuer_key or key, hashes.SHA256())
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory):
-    """A test CA, and a server certificate for 127.0.0.1 it signed: (ca.pem, cert.pem, key.pem)."""
-    root = tmp_path_factory.mktemp("tls")
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = certificate("gatekeeper test CA", ca_key, ca=True)
-    cert = certificate("127.0.0.1", key, ca, ca_key)
-    (root / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (root / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (root / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()))
-    return root / "ca.pem", root / "cert.pem", root / "key.pem"
 
 
 @pytest.fixture
@@ -61,7 +26,7 @@ def gateway(conf_d, echo_upstream, tmp_path, tls_files):
 @pytest.mark.parametrize("entrypoint, path, status", [
     ("web", "/web", 200), ("web", "/secure", 404), ("web", "/any", 200),
     ("secure", "/secure", 200), ("secure", "/web", 404), ("secure", "/any", 200),
-], ids=lambda v: str(v))
+], ids=str)
 def test_routers_served_per_entry_point(gateway, tls_files, entrypoint, path, status):
     ca, _, _ = tls_files
     assert requests.get(gateway.urls[entrypoint] + path, verify=str(ca), timeout=5).status_code == status

@@ -19,7 +19,6 @@ from gatekeeper.ops.echo import named_echo_app
 from tests.conftest import RunningServer, exchange, status_of, wait_until
 from tests.test_drain import refused
 from tests.test_drain import start as start_slow_gatekeeper
-from tests.test_entrypoints import tls_files  # noqa: F401 - a fixture
 
 SERVERS = ["pywsgi", "fast"]
 
@@ -124,7 +123,8 @@ def test_large_body_streams_through_requests(serve):
 def test_pipelined_requests_with_bodies_answered_in_order(serve):
     server = serve(chunks_app)
     answer = read_all(server.port, b"POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\none"
-                                   b"POST /2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\ntwo\r\n0\r\n\r\n"
+                                   b"POST /2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                   b"3\r\ntwo\r\n0\r\n\r\n"
                                    b"GET /3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     bodies = [part.split(b"\r\n\r\n", 1)[1] for part in answer.split(b"HTTP/1.1 200")[1:]]
     assert bodies == [b"4\r\ngot:\r\n3\r\none\r\n4\r\n:end\r\n0\r\n\r\n",

@@ -2,8 +2,6 @@
 status, delay and Cache-Control the test controls, and whose hits it counts."""
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import logging
 import shutil
@@ -19,10 +17,6 @@ import gevent.pool
 import pytest
 import requests
 from conftest import RunningServer, wait_until
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gatekeeper.app import Gateway
 from gatekeeper.cli.main import main as cli_main
@@ -407,42 +401,6 @@ def test_issuer_key_set_location(wsgi_server, pems, entry, expected):
 
 
 # --- TLS towards the key server -----------------------------------------------------------------------------
-
-def _certificate(subject: str, key: Any, issuer: Optional[Tuple[x509.Certificate, Any]], **extensions: Any
-                 ) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (x509.CertificateBuilder().subject_name(name)
-               .issuer_name(issuer[0].subject if issuer else name).public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(hours=1))
-               .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True))
-    if "san" in extensions:
-        builder = builder.add_extension(x509.SubjectAlternativeName(extensions["san"]), critical=False)
-    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Dict[str, str]:
-    """A test CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
-    root = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("gatekeeper test CA", ca_key, None)
-    files = {"ca": ca}
-    for role, extensions in (("server", {"san": [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]}),
-                             ("client", {})):
-        key = ec.generate_private_key(ec.SECP256R1())
-        files[role] = _certificate(f"gatekeeper test {role}", key, (ca, ca_key), **extensions)
-        (root / f"{role}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                             serialization.PrivateFormat.PKCS8,
-                                                             serialization.NoEncryption()))
-    paths = {}
-    for role, cert in files.items():
-        (root / f"{role}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        paths[role] = str(root / f"{role}.pem")
-        paths[f"{role}.key"] = str(root / f"{role}.key")
-    return paths
-
 
 @pytest.mark.parametrize("tls, client_cert_required, expected", [
     ({"ca": "ca"}, False, "ok"),

@@ -12,14 +12,13 @@ import gevent
 import pytest
 import requests
 from serve_process import Gatekeeper, lb_manifest
-from test_entrypoints import tls_files  # noqa: F401 - the module-scoped test CA and server certificate
 
 IDLE = 1.0          # --idle-timeout of the gateway under test
 MARGIN = 3.0        # scheduling slack on a loaded 2-core machine
 
 
 @pytest.fixture(params=["fast", "pywsgi"])
-def gateway(request, conf_d, echo_upstream, tmp_path, tls_files):  # noqa: F811
+def gateway(request, conf_d, echo_upstream, tmp_path, tls_files):
     _, cert, key = tls_files
     conf_d("api.yaml", lb_manifest('any: {rule: "PathPrefix(`/`)", service: s}', echo_upstream.url))
     gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--entrypoint", f"secure=127.0.0.1:0,tls={cert}:{key}",
@@ -92,7 +91,7 @@ def test_unfinished_handshake_closed_after_idle_timeout(gateway, client):
     assert "Traceback" not in gateway.log()      # an abandoned handshake is not an error worth a traceback
 
 
-def test_many_silent_connections_do_not_stop_a_real_client(gateway, tls_files):  # noqa: F811
+def test_many_silent_connections_do_not_stop_a_real_client(gateway, tls_files):
     ca, _, _ = tls_files
     idle = [socket.create_connection(address(gateway), timeout=5) for _ in range(50)]
     try:

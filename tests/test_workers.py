@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -71,14 +72,15 @@ def test_stop_ends_every_worker(workers):
     pids = [int(p) for p in live_pids(workers)]
     assert workers.stop() == 0
     for pid in pids:
-        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text().lower()
 
 
 @pytest.mark.skipif(shutil.which("gunicorn", path=os.path.dirname(sys.executable)) is None,
                     reason="gunicorn not installed (pip install -e .[test])")
 def test_gunicorn_gevent_worker_serves_and_reloads(conf_d, echo_upstream, tmp_path):
     conf_d("api.yaml", lb_manifest(ROUTES, echo_upstream.url))
-    log = open(tmp_path / "gunicorn.log", "wb")
+    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 - gunicorn writes to it until the test ends
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-k", "gevent",
                              "-b", "127.0.0.1:0", f'gatekeeper.app:create_app("{conf_d.root}")'],
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

@@ -133,9 +133,4 @@ class GatewayServer(ConnectionTracking, WSGIServer):  # type: ignore[misc]
         self.init_tracking(limits, on_refused, on_connection)
 
 
-# Old home of these names, until ops/echo.py and scripts/bench_proxy import them from gatekeeper.server and
-# gatekeeper.server.base (issue 15 report): remove these two lines then.
-from gatekeeper.server import make_server  # noqa: E402
-from gatekeeper.server.base import listen_socket, parse_address  # noqa: E402
-
-__all__ = ["GatewayHandler", "GatewayServer", "listen_socket", "make_server", "parse_address"]
+__all__ = ["GatewayHandler", "GatewayServer"]
