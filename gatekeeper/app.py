@@ -17,7 +17,8 @@ from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Sequence, TextIO, cast
 
-from gatekeeper.config.compile import CompileOptions, Config
+from gatekeeper.config.compile import CompileOptions
+from gatekeeper.config.table import Config
 from gatekeeper.requestpath import (
     PathPolicy,
     PathSettings,

@@ -86,3 +86,9 @@ class BadGateway(GatekeeperError):
 
 class GatewayTimeout(GatekeeperError):
     """The upstream did not answer in time: 504."""
+
+
+class UpstreamAborted(BadGateway):
+    """The upstream failed after the response had started going to the client: the only honest answer
+    left is to cut the client connection (no 500 page after a 200 head). Servers recognise it and close
+    the connection with one log line and no traceback."""

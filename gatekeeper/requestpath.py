@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Set, Tuple
 from urllib.parse import unquote
 
-from gatekeeper.wsgi import RAW_URI, Environ, environ_key, raw_target
+from gatekeeper.wsgi import CANONICAL_ESCAPES, RAW_URI, Environ, environ_key, raw_target
 
 # name on the command line -> (Traefik's option name, the escape it allows, upper-case)
 ENCODED_CHARACTERS: Dict[str, Tuple[str, str]] = {
@@ -42,7 +42,6 @@ ENCODED_CHARACTERS: Dict[str, Tuple[str, str]] = {
     "hash": ("allowEncodedHash", "%23"),
 }
 ALL_ENCODED = frozenset(escape for _, escape in ENCODED_CHARACTERS.values())
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 # Client headers about earlier hops: Traefik's forwardedHeaders list, plus Forwarded (RFC 7239) and
 # X-Forwarded-Ssl, which frameworks also believe. Kept only from a --trusted-proxy peer.
@@ -54,19 +53,6 @@ FORWARDING_KEYS = tuple(environ_key(h) for h in FORWARDING_HEADERS)
 _FORWARDING_SET = frozenset(FORWARDING_KEYS)
 
 
-def _escape_table() -> Dict[str, str]:
-    """Every spelling of a hex pair -> its canonical form: ``2f`` -> ``%2F``, ``7e``/``7E`` -> ``~``."""
-    table = {}
-    for byte in range(256):
-        char = chr(byte)
-        canonical = char if char in _UNRESERVED else f"%{byte:02X}"
-        high, low = f"{byte:02X}"[0], f"{byte:02X}"[1]  # (not unpacked: mypy refuses unpacking a str)
-        for spelling in {high + low, high.lower() + low, high + low.lower(), high.lower() + low.lower()}:
-            table[spelling] = canonical
-    return table
-
-
-_ESCAPES = _escape_table()
 
 
 @dataclass(frozen=True)
@@ -148,7 +134,7 @@ def normalize_escapes(path: str, denied: FrozenSet[str]) -> str:
     parts = path.split("%")
     out = [parts[0]]
     for part in parts[1:]:
-        canonical = _ESCAPES.get(part[:2])
+        canonical = CANONICAL_ESCAPES.get(part[:2])
         if canonical is None:
             raise Refused("a % in the path must start an escape %XX")
         if canonical in denied:

@@ -29,6 +29,27 @@ _BODY_HEADERS = ("CONTENT_TYPE", "CONTENT_LENGTH")
 PATH_SAFE = "/!$&'()*+,;=:@"
 
 
+UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")  # RFC 3986 2.3
+
+
+def _canonical_escapes() -> Dict[str, str]:
+    """Every spelling of a hex pair -> its canonical form (RFC 3986 6.2.2): ``41``/``7e`` -> ``A``/``~``
+    (unreserved, decoded), ``2f``/``2F`` -> ``%2F`` (reserved, kept, upper-cased)."""
+    table = {}
+    for byte in range(256):
+        char = chr(byte)
+        canonical = char if char in UNRESERVED else f"%{byte:02X}"
+        pair = f"{byte:02X}"
+        high, low = pair[0], pair[1]
+        for spelling in (high + low, high.lower() + low, high + low.lower(), high.lower() + low.lower()):
+            table[spelling] = canonical
+    return table
+
+
+# "2f" -> "%2F", "7E" -> "~": the one table the entry (requestpath) and routing (expr.request) normalise with.
+CANONICAL_ESCAPES = _canonical_escapes()
+
+
 def environ_key(header: str) -> str:
     """The environ key of a header name, as WSGI servers set it.
 

@@ -12,8 +12,8 @@ import requests
 from serve_process import Gatekeeper, metric_value, wait_for
 from test_remote_keys import IdP, jwk, pems, serve_idp  # noqa: F401 - pems is a fixture used here
 
+from gatekeeper.jwt.fetch import safe_url
 from gatekeeper.jwt.mint import mint
-from gatekeeper.jwt.remote import safe_url
 from gatekeeper.ops.metrics import NO_UPSTREAM
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"

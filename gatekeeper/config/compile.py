@@ -29,7 +29,7 @@ from gatekeeper.expr import RequestView, compile_rule
 from gatekeeper.proxy.balancer import ProxyLimits, ServerSpec, make_load_balancer, make_weighted
 from gatekeeper.wsgi import WSGIApp, error_response
 
-__all__ = ["CompileOptions", "Config", "compile_config"]  # Config's home is table.py; kept for app.py
+__all__ = ["CompileOptions", "compile_config"]
 
 
 @dataclass(frozen=True)

@@ -11,33 +11,17 @@ from functools import lru_cache
 from typing import Callable, Dict, Generic, List, Optional, Tuple, TypeVar, Union
 from urllib.parse import parse_qs
 
-from gatekeeper.wsgi import RAW_URI, Environ, environ_key, quote_path
+from gatekeeper.wsgi import CANONICAL_ESCAPES, RAW_URI, Environ, environ_key, quote_path
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 
 
-def _escape_table() -> Dict[str, str]:
-    """Every spelling of a hex pair -> its routing form: ``2f``/``2F`` -> ``%2F`` (reserved, kept, upper-cased),
-    ``41``/``7e`` -> ``A``/``~`` (unreserved, decoded)."""
-    table = {}
-    for byte in range(256):
-        char = chr(byte)
-        replacement = char if char in _UNRESERVED else f"%{byte:02X}"
-        pair = f"{byte:02X}"
-        high, low = pair[0], pair[1]
-        for spelling in (high + low, high.lower() + low, high + low.lower(), high.lower() + low.lower()):
-            table[spelling] = replacement
-    return table
-
-
-_ESCAPE_TABLE = _escape_table()
 
 
 def _normalize_escape(match: "re.Match[str]") -> str:
-    return _ESCAPE_TABLE[match.group(1)]
+    return CANONICAL_ESCAPES[match.group(1)]
 
 
 def routing_path(raw_path: str) -> str:

@@ -30,7 +30,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from gatekeeper.errors import ConfigError
-from gatekeeper.jwt.fetch import DISCOVERY_PATH, ClientConfig, FetchError, discover_jwks_uri, get_json, safe_url
+from gatekeeper.jwt.fetch import DISCOVERY_PATH, ClientConfig, FetchError, discover_jwks_uri, get_json
 from gatekeeper.jwt.jws import Verifier
 from gatekeeper.jwt.keys import KeyIndex, read_jwk_set
 from gatekeeper.jwt.refusals import unauthorized
@@ -38,8 +38,7 @@ from gatekeeper.jwt.refusals import unauthorized
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["FETCH_OBSERVERS", "RemoteKeySet", "enable_prefetch", "forget_all", "key_set", "key_sets",
-           "safe_url"]  # safe_url lives in fetch; re-exported while ops/metrics reads it from here
+__all__ = ["FETCH_OBSERVERS", "RemoteKeySet", "enable_prefetch", "forget_all", "key_set", "key_sets"]
 
 log = logging.getLogger("gatekeeper.jwks")
 

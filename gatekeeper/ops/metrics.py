@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 
 from gatekeeper.jwt import remote as jwks
+from gatekeeper.jwt.fetch import safe_url
 from gatekeeper.ops.accesslog import Exchange, fan_out, observe
 from gatekeeper.wsgi import WSGIApp
 
@@ -76,12 +77,12 @@ def _children(router: str, method: str, status: int, upstream: Optional[str]) ->
 
     ``upstream`` is the server URL the proxy used (``environ["gatekeeper.upstream"]``): one value per
     configured server, so the cardinality stays that of the configuration. Shown without userinfo or
-    query (jwks.safe_url), which could hold a credential.
+    query (safe_url), which could hold a credential.
     """
     key = (router, method, status, upstream)
     found = _request_children.get(key)
     if found is None:
-        shown = NO_UPSTREAM if upstream is None else jwks.safe_url(upstream)
+        shown = NO_UPSTREAM if upstream is None else safe_url(upstream)
         found = (REQUESTS.labels(router, method, str(status), shown), LATENCY.labels(router),
                  RESPONSE_BYTES.labels(router))
         _request_children[key] = found
@@ -124,7 +125,7 @@ def record_key_fetch(keyset: "jwks.RemoteKeySet", ok: bool) -> None:
     Counted as they happen rather than read from ``RemoteKeySet.status()`` at scrape time: with workers,
     a scrape is answered by one worker, and only counters in the multiprocess directory add up all of them.
     """
-    url = jwks.safe_url(keyset.name)
+    url = safe_url(keyset.name)
     _labelled(KEYSET_FETCHES, url).inc()
     failures = _labelled(KEYSET_FAILURES, url)   # shown from the first fetch on, at 0 until one fails
     if not ok:

@@ -21,7 +21,7 @@ from http import HTTPStatus
 from typing import Callable, Dict, Generic, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple, TypeVar
 from urllib.parse import urlsplit
 
-from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout
+from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout, UpstreamAborted
 from gatekeeper.proxy.client import (
     DEFAULT_LIMITS,
     ClientBodyError,
@@ -30,7 +30,6 @@ from gatekeeper.proxy.client import (
     Request,
     Response,
     ResponseBody,
-    UpstreamAborted,
 )
 from gatekeeper.proxy.rewrite import body_reader, forwarded_headers, response_headers, upstream_target
 from gatekeeper.wsgi import ROUTER, UPSTREAM, UPSTREAM_ERROR, Environ, StartResponse, WSGIApp, error_response, log_path

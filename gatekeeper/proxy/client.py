@@ -30,16 +30,15 @@ from gatekeeper.proxy.response import (
     CHUNK,
     Response,
     ResponseBody,
-    UpstreamAborted,
     UpstreamClosed,
     read_response,
 )
 from gatekeeper.wsgi import Headers
 
-# Response, ResponseBody and UpstreamAborted are part of what a pool's user handles (balancer.py,
-# scripts/bench_proxy, the servers), so they are importable from here too.
+# Response and ResponseBody are part of what a pool's user handles (balancer.py, scripts/bench_proxy), so
+# they are importable from here too.
 __all__ = ["ClientBodyError", "Connection", "ConnectionPool", "Headers", "ProxyLimits", "Request", "Response",
-           "ResponseBody", "UpstreamAborted", "UpstreamClosed"]
+           "ResponseBody", "UpstreamClosed"]
 
 # What a reused keep-alive connection may do if the upstream closed it while idle: these before any
 # response byte mean "stale connection", and a request without a body is sent again on a fresh one.

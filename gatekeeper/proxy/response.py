@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Protocol, Tuple
 
-from gatekeeper.errors import BadGateway, GatewayTimeout
+from gatekeeper.errors import BadGateway, GatewayTimeout, UpstreamAborted
 from gatekeeper.wsgi import Headers
 
 CHUNK = 64 * 1024
@@ -151,12 +151,6 @@ def read_head(reader: io.BufferedReader, limit: int) -> Tuple[str, int, str, Hea
         headers.append((name.decode("latin-1"), value.decode("latin-1")))
     reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
     return parts[0].decode("latin-1"), int(parts[1]), reason, headers
-
-
-class UpstreamAborted(BadGateway):
-    """The upstream failed after the response had started going to the client: the only honest answer
-    left is to cut the client connection (no 500 page after a 200 head). Servers recognise it and close
-    the connection with one log line and no traceback."""
 
 
 class ResponseBody:

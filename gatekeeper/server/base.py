@@ -21,7 +21,7 @@ import gevent
 import gevent.event
 from gevent.pywsgi import _InvalidClientRequest
 
-from gatekeeper.proxy.client import UpstreamAborted
+from gatekeeper.errors import UpstreamAborted
 from gatekeeper.wsgi import BODY_REFUSED, ROUTER, UPSTREAM, Environ, log_path
 
 SKIP_AFTER_431 = 1024 * 1024   # header bytes read past the limit before answering 431, so the client sees it
