@@ -8,13 +8,35 @@ from __future__ import annotations
 import time
 from collections import deque
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, Callable, Deque, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Protocol, Tuple
 
 from gatekeeper.server.base import body_refused, chunk, failure_response, log_request_error, send_head
-from gatekeeper.wsgi import Environ, Headers
+from gatekeeper.wsgi import Environ, Headers, WSGIApp
 
-if TYPE_CHECKING:
-    from gatekeeper.server.fast import Connection
+
+class Server(Protocol):
+    @property
+    def application(self) -> WSGIApp: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+
+class Connection(Protocol):
+    """What an exchange needs of its connection (fast.py's Connection): this module never imports fast.py,
+    which imports it."""
+
+    head_sent: bool
+    refused: Optional[int]
+
+    @property
+    def server(self) -> Server: ...
+
+    def send(self, data: bytes | bytearray) -> None: ...
+
+    def fill_body(self) -> int: ...
+
+    def refuse(self, status: int) -> None: ...
 
 MAX_DISCARD = 4 * 1024 * 1024  # unread request body read and dropped after a response before closing instead
 NO_BODY_STATUS = frozenset({204, 304})
