@@ -28,6 +28,7 @@ from gatekeeper.requestpath import (
     parse_allowed,
     strip_connection_headers,
 )
+from gatekeeper.server.base import ServerLimits
 from gatekeeper.wsgi import BODY_REFUSED, ROUTER, Environ, StartResponse, WSGIApp, error_response
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ class CappedInput:
 # --- gunicorn's entry -----------------------------------------------------------------------------
 
 def create_app(conf_d: str = "conf.d", watch: bool = True, trusted_proxies: Sequence[str] = (), *,
-               max_body_bytes: Optional[int] = None, log_format: Optional[str] = "text",
+               max_body_bytes: Optional[int] = ServerLimits.max_body_bytes, log_format: Optional[str] = "text",
                log_stream: Optional[TextIO] = None, allow_encoded: str = "", sanitize_path: bool = True,
                metrics_path: Optional[str] = None) -> WSGIApp:
     """Factory for WSGI servers such as gunicorn: a Gateway over conf_d behind the same edge as
