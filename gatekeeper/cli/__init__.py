@@ -1,0 +1,1 @@
+"""The command line: ``main`` (serve, check, token, --version) and ``serve`` (Settings, the serving process)."""

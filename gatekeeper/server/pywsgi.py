@@ -7,7 +7,8 @@ left unread, one log line per failure (never pywsgi's, which prints the environ)
 ``environ["RAW_URI"]`` (the name gunicorn uses).
 
 Kept as the fallback and the independent parser the differential tests compare the fast server with;
-it costs about 4x the fast server's CPU a request (measured in issue 15's report), so it is not the default.
+it costs about 4x the fast server's CPU a request (hello world, server CPU from /proc: 95-125 µs against
+22-27 µs at one connection), so it is not the default.
 """
 from __future__ import annotations
 

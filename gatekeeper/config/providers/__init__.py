@@ -1,4 +1,4 @@
-"""Documents of both shapes -> :class:`~gatekeeper.model.Definitions`, collecting every error.
+"""Documents of both shapes -> :class:`~gatekeeper.config.model.Definitions`, collecting every error.
 
 ``collect(snapshot)`` hands each document to the provider that understands its shape (Traefik's file provider:
 a top-level ``http``; Kubernetes: ``apiVersion`` + ``kind``) and merges what they define. Names are global;
