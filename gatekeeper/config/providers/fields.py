@@ -1,5 +1,5 @@
-"""Reading manifest objects: ``{{ env "NAME" }}`` here; names, types and positions from ``gatekeeper.options``
-(re-exported, so the providers read every field helper from one place)."""
+"""``{{ env "NAME" }}`` in manifest values (Traefik's file-provider templating); the field helpers themselves
+(names, types, positions) are :mod:`gatekeeper.options`."""
 from __future__ import annotations
 
 import os
@@ -8,20 +8,8 @@ from typing import Any
 
 from gatekeeper.config.manifests import Mapping
 from gatekeeper.errors import ConfigError
-from gatekeeper.options import (
-    line_of,
-    pick,
-    type_name,
-    want_bool,
-    want_int,
-    want_list,
-    want_str,
-    want_str_list,
-    want_str_map,
-)
 
-__all__ = ["expand_env", "line_of", "pick", "type_name", "want_bool", "want_int", "want_list", "want_str",
-           "want_str_list", "want_str_map"]
+__all__ = ["expand_env"]
 
 _ENV = re.compile(r"""\{\{\s*env\s+"([^"]*)"\s*\}\}""")
 
