@@ -27,6 +27,7 @@ from gatekeeper.config.table import (
 from gatekeeper.errors import ConfigError, ExpressionError
 from gatekeeper.expr import RequestView, compile_rule
 from gatekeeper.proxy.balancer import ProxyLimits, ServerSpec, make_load_balancer, make_weighted
+from gatekeeper.proxy.mirror import make_mirroring
 from gatekeeper.wsgi import WSGIApp, error_response
 
 __all__ = ["CompileOptions", "compile_config"]
@@ -178,7 +179,8 @@ class Builder:
         if definition is None:
             return None
         old = self.previous.services.get(name) if self.previous else None
-        if old is not None and old.definition == definition and old.error is None and definition.kind != "weighted":
+        if old is not None and old.definition == definition and old.error is None \
+                and definition.kind not in ("weighted", "mirroring"):
             built = old
         else:
             try:
@@ -196,6 +198,8 @@ class Builder:
         return built
 
     def build_service(self, definition: ServiceDef, trail: Tuple[str, ...]) -> WSGIApp:
+        if definition.kind == "mirroring":
+            return self.build_mirroring(definition, trail)
         if definition.kind == "loadBalancer":
             if not definition.servers:
                 raise ConfigError(definition.empty_reason or "loadBalancer.servers: no server")
@@ -217,6 +221,23 @@ class Builder:
         if not children:
             raise ConfigError("weighted: no member service has servers")
         return make_weighted(children)
+
+    def build_mirroring(self, definition: ServiceDef, trail: Tuple[str, ...]) -> WSGIApp:
+        """The main service answers; mirrors get copies. A mirror in error puts the service in error: a
+        copy silently going nowhere would be a mirror accepted and ignored."""
+        apps = []
+        for role, (child_name, percent) in zip(("service", *("mirror",) * len(definition.mirrors)),
+                                               (*definition.children, *definition.mirrors)):
+            if child_name in trail:
+                raise ConfigError(f'mirroring: {role} "{child_name}" refers back to itself')
+            child = self.service(child_name, trail)
+            if child is None:
+                raise ConfigError(f'mirroring: {role} "{child_name}" {self.missing("service", child_name)}')
+            if child.app is None:
+                raise ConfigError(f'mirroring: {role} "{child_name}" is in error: {child.error}')
+            apps.append((child.app, percent))
+        return make_mirroring(apps[0][0], apps[1:], mirror_body=definition.mirror_body,
+                              max_body_size=definition.max_body_size)
 
     # -- middlewares ------------------------------------------------------------------------------
     def middleware(self, name: str, trail: Tuple[str, ...] = ()) -> Optional[BuiltMiddleware]:

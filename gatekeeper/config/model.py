@@ -77,13 +77,16 @@ class ServerDef:
 @dataclass(frozen=True)
 class ServiceDef:
     name: str
-    kind: str                                   # "loadBalancer" or "weighted"
+    kind: str                                   # "loadBalancer", "weighted" or "mirroring"
     source: Source
     servers: Tuple[ServerDef, ...] = ()
     pass_host_header: bool = True
     children: Tuple[Tuple[str, int], ...] = ()  # weighted: (qualified service name, weight)
     empty_reason: Optional[str] = None          # why a resolved service has no servers (Kubernetes)
     key: str = ""                               # as RouterDef.key: a route's own service shares its key
+    mirrors: Tuple[Tuple[str, int], ...] = ()   # mirroring: (qualified service name, percent); main in children
+    mirror_body: bool = True                    # mirroring: copy the body too
+    max_body_size: int = -1                     # mirroring: a larger body is not mirrored (-1: no own limit)
 
     @property
     def identity(self) -> str:

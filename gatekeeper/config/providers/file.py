@@ -29,8 +29,8 @@ from gatekeeper.options import (
 PROVIDER = "file"
 ROUTER_FIELDS = ("rule", "entryPoints", "priority", "middlewares", "service", "tls", "ruleSyntax")
 MIDDLEWARE_KINDS = ("plugin", "stripPrefix", "addPrefix", "headers", "chain", "encodedCharacters")
-SERVICE_KINDS = ("loadBalancer", "weighted")
-UNSUPPORTED_SERVICE_KINDS = ("mirroring", "failover")
+SERVICE_KINDS = ("loadBalancer", "weighted", "mirroring")
+UNSUPPORTED_SERVICE_KINDS = ("failover",)
 
 
 def read_document(doc: Document, out: Collector) -> None:
@@ -142,6 +142,8 @@ def read_service(name: str, body: Any, source: Source) -> ServiceDef:
         raise ConfigError(f"{kind}: not supported by gatekeeper")
     if kind == "weighted":
         return read_weighted(name, spec, source)
+    if kind == "mirroring":
+        return read_mirroring(name, spec, source)
     return read_load_balancer(name, spec, source)
 
 
@@ -173,3 +175,28 @@ def read_weighted(name: str, spec: Any, source: Source) -> ServiceDef:
     if not children:
         raise ConfigError("weighted.services: at least one service is required")
     return ServiceDef(name=name, kind="weighted", source=source, children=tuple(children))
+
+
+def read_mirroring(name: str, spec: Any, source: Source) -> ServiceDef:
+    """``mirroring``: ``service`` answers; each of ``mirrors`` (``name``, ``percent`` 0-100) gets copies."""
+    fields = pick(spec, ("service", "mirrors", "mirrorBody", "maxBodySize", "healthCheck"), "mirroring")
+    if "healthCheck" in fields:
+        raise ConfigError("mirroring.healthCheck: not supported (health is not propagated through mirroring)")
+    if "service" not in fields:
+        raise ConfigError("mirroring.service: required")
+    mirrors = []
+    for i, mirror in enumerate(want_list(fields.get("mirrors") or [], "mirroring.mirrors")):
+        where = f"mirroring.mirrors[{i}]"
+        entry = pick(mirror, ("name", "percent"), where)
+        if "name" not in entry:
+            raise ConfigError(f"{where}.name: required")
+        percent = want_int(entry.get("percent", 0), f"{where}.percent", minimum=0)
+        if percent > 100:
+            raise ConfigError(f"{where}.percent: must be from 0 to 100, not {percent}")
+        mirrors.append((qualify(want_str(entry["name"], f"{where}.name"), PROVIDER), percent))
+    max_body_size = want_int(fields.get("maxBodySize", -1), "mirroring.maxBodySize", minimum=-1)
+    return ServiceDef(name=name, kind="mirroring", source=source,
+                      children=((qualify(want_str(fields["service"], "mirroring.service"), PROVIDER), 1),),
+                      mirrors=tuple(mirrors), mirror_body=want_bool(fields.get("mirrorBody", True),
+                                                                    "mirroring.mirrorBody"),
+                      max_body_size=max_body_size)
