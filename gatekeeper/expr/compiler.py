@@ -62,7 +62,12 @@ class Language(Generic[S]):
 
 def compile_expression(text: str, language: Language[S]) -> Predicate[S]:
     """Parse and compile ``text`` against ``language``; raises :class:`ExpressionError`."""
-    return _Compiler(text, language).compile(parse(text), 0)
+    return compile_tree(text, parse(text), language)
+
+
+def compile_tree(text: str, tree: Node, language: Language[S]) -> Predicate[S]:
+    """Compile the tree :func:`~gatekeeper.expr.parser.parse` made of ``text`` (kept for messages)."""
+    return _Compiler(text, language).compile(tree, 0)
 
 
 class _Compiler(Generic[S]):

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+from gatekeeper.expr import hosts
 from gatekeeper.expr.claims import FUNCTIONS, Payload
-from gatekeeper.expr.compiler import Language, compile_expression
+from gatekeeper.expr.compiler import Language, compile_expression, compile_tree
 from gatekeeper.expr.matchers import MATCHERS
+from gatekeeper.expr.parser import parse
 from gatekeeper.expr.request import RequestView
 
 CLAIMS: Language[Payload] = Language("function", FUNCTIONS, {
@@ -33,6 +35,10 @@ def compile_rule(text: str) -> Callable[[RequestView], bool]:
         >>> matches(RequestView({"HTTP_HOST": "api.example.com", "RAW_URI": "/v1/users"}))
         True
 
-    Raises :class:`~gatekeeper.errors.ExpressionError` (message, expression, column).
+    Raises :class:`~gatekeeper.errors.ExpressionError` (message, expression, column). The hosts the rule
+    pins are remembered on the way (:func:`~gatekeeper.expr.hosts.rule_hosts`), for the routing index.
     """
-    return compile_expression(text, RULES)
+    tree = parse(text)
+    matches = compile_tree(text, tree, RULES)
+    hosts.remember(text, tree)
+    return matches

@@ -35,17 +35,29 @@ def _header_key(name: str) -> str:
     return environ_key(name)
 
 
-def _normalized_host(host: str) -> str:
+def normalized_host(host: str) -> str:
+    """A host as ``Host`` compares it (lower-case, brackets and trailing dot gone); the request side is
+    :attr:`RequestView.host`. One home, shared by the matcher and the routing index (``expr.hosts``)."""
     host = host.strip().lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host.rstrip(".")
 
 
-def _host(args: Sequence[str]) -> Rule:
-    host = _normalized_host(args[0])
+def host_argument(text: str) -> str:
+    """``Host``'s argument checked and normalized: ``api.example.com``, ``*.example.com`` or ``*``.
+
+    >>> host_argument("API.Example.com.")
+    'api.example.com'
+    """
+    host = normalized_host(text)
     if not host or "*" in host.lstrip("*") or (host.startswith("*") and host != "*" and not host.startswith("*.")):
-        raise ArgumentError(f"not a host name: {args[0]!r} (a wildcard is only allowed as `*` or `*.domain`)", 0)
+        raise ArgumentError(f"not a host name: {text!r} (a wildcard is only allowed as `*` or `*.domain`)", 0)
+    return host
+
+
+def _host(args: Sequence[str]) -> Rule:
+    host = host_argument(args[0])
     if host == "*":
         return lambda view: True
     if host.startswith("*."):
