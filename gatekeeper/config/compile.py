@@ -26,7 +26,7 @@ from gatekeeper.config.table import (
 )
 from gatekeeper.errors import ConfigError, ExpressionError
 from gatekeeper.expr import RequestView, compile_rule
-from gatekeeper.proxy.balancer import ProxyLimits, ServerSpec, make_load_balancer, make_weighted
+from gatekeeper.proxy.balancer import ProxyLimits, ServerSpec, make_failover, make_load_balancer, make_weighted
 from gatekeeper.proxy.mirror import make_mirroring
 from gatekeeper.wsgi import WSGIApp, error_response
 
@@ -180,7 +180,7 @@ class Builder:
             return None
         old = self.previous.services.get(name) if self.previous else None
         if old is not None and old.definition == definition and old.error is None \
-                and definition.kind not in ("weighted", "mirroring"):
+                and definition.kind not in ("weighted", "mirroring", "failover"):
             built = old
         else:
             try:
@@ -205,8 +205,12 @@ class Builder:
                 raise ConfigError(definition.empty_reason or "loadBalancer.servers: no server")
             specs = [ServerSpec(s.url, s.weight) for s in definition.servers]
             return make_load_balancer(specs, pass_host_header=definition.pass_host_header,
-                                      limits=self.options.limits)
-        children = []
+                                      limits=self.options.limits, name=definition.name,
+                                      health_check=definition.health_check, passive=definition.passive_health,
+                                      sticky=definition.sticky)
+        if definition.kind == "failover":
+            return self.build_failover(definition, trail)
+        children, names = [], []
         for child_name, weight in definition.children:
             if child_name in trail:
                 raise ConfigError(f"weighted: service \"{child_name}\" refers back to itself")
@@ -217,10 +221,33 @@ class Builder:
                 continue  # no endpoints right now: the other members serve, as Traefik does
             if child.app is None:
                 raise ConfigError(f"weighted: service \"{child_name}\" is in error")
+            if definition.reports_health and not reports_health(child.definition):
+                raise ConfigError(f"weighted.healthCheck: service \"{child_name}\" has no healthCheck, so whether "
+                                  f"it is up cannot be known")
             children.append((child.app, weight))
+            names.append(child_name)
         if not children:
             raise ConfigError("weighted: no member service has servers")
-        return make_weighted(children)
+        return make_weighted(children, name=definition.name, sticky=definition.sticky,
+                             skip_down=definition.reports_health, identities=names)
+
+    def build_failover(self, definition: ServiceDef, trail: Tuple[str, ...]) -> WSGIApp:
+        """``service`` while it is up, else ``fallback``: the main service must report its health (as in
+        Traefik), and with ``failover.healthCheck`` the fallback too."""
+        apps = []
+        for role, (child_name, _) in zip(("service", "fallback"), definition.children):
+            if child_name in trail:
+                raise ConfigError(f'failover: {role} "{child_name}" refers back to itself')
+            child = self.service(child_name, trail)
+            if child is None:
+                raise ConfigError(f'failover: {role} "{child_name}" {self.missing("service", child_name)}')
+            if child.app is None:
+                raise ConfigError(f'failover: {role} "{child_name}" is in error: {child.error}')
+            if (role == "service" or definition.reports_health) and not reports_health(child.definition):
+                raise ConfigError(f'failover: {role} "{child_name}" has no healthCheck, so whether it is up '
+                                  f'cannot be known')
+            apps.append(child.app)
+        return make_failover(apps[0], apps[1])
 
     def build_mirroring(self, definition: ServiceDef, trail: Tuple[str, ...]) -> WSGIApp:
         """The main service answers; mirrors get copies. A mirror in error puts the service in error: a
@@ -319,6 +346,14 @@ class Builder:
 
     def report(self, err: ConfigError, source: Source, obj: str) -> None:
         self.errors.append(err.located(file=source.file, line=source.line or None, obj=obj))
+
+
+def reports_health(definition: ServiceDef) -> bool:
+    """Whether a service can tell a parent it is down: a loadBalancer with a healthCheck (or a
+    passiveHealthCheck), a weighted or failover service with ``healthCheck: {}``."""
+    if definition.kind == "loadBalancer":
+        return definition.health_check is not None or definition.passive_health is not None
+    return definition.reports_health
 
 
 def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,

@@ -8,6 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
+from gatekeeper.proxy.health import HealthCheckDef, PassiveHealthDef
+from gatekeeper.proxy.sticky import StickyDef
+
+__all__ = ["Definitions", "HealthCheckDef", "MiddlewareDef", "PassiveHealthDef", "RouterDef", "ServerDef",
+           "ServiceDef", "Source", "StickyDef", "qualify"]
+
 
 @dataclass(frozen=True)
 class Source:
@@ -77,13 +83,18 @@ class ServerDef:
 @dataclass(frozen=True)
 class ServiceDef:
     name: str
-    kind: str                                   # "loadBalancer", "weighted" or "mirroring"
+    kind: str                                   # "loadBalancer", "weighted", "failover" or "mirroring"
     source: Source
     servers: Tuple[ServerDef, ...] = ()
     pass_host_header: bool = True
-    children: Tuple[Tuple[str, int], ...] = ()  # weighted: (qualified service name, weight)
+    children: Tuple[Tuple[str, int], ...] = ()  # weighted: (qualified service name, weight);
+                                                # failover: ((service, 1), (fallback, 1))
     empty_reason: Optional[str] = None          # why a resolved service has no servers (Kubernetes)
     key: str = ""                               # as RouterDef.key: a route's own service shares its key
+    health_check: Optional[HealthCheckDef] = None       # loadBalancer: active checks
+    passive_health: Optional[PassiveHealthDef] = None   # loadBalancer: passiveHealthCheck
+    sticky: Optional[StickyDef] = None                  # loadBalancer, weighted
+    reports_health: bool = False                # weighted, failover: ``healthCheck: {}`` (skip members down)
     mirrors: Tuple[Tuple[str, int], ...] = ()   # mirroring: (qualified service name, percent); main in children
     mirror_body: bool = True                    # mirroring: copy the body too
     max_body_size: int = -1                     # mirroring: a larger body is not mirrored (-1: no own limit)

@@ -115,7 +115,9 @@ def middleware_rows(doc: Mapping[str, Any], now: float) -> List[List[Cell]]:
 def service_rows(doc: Mapping[str, Any]) -> List[List[Cell]]:
     rows = []
     for name, s in doc.get("services", {}).items():
-        members = [f"{srv['url']} (weight {srv['weight']})" for srv in s.get("servers", [])]
+        down = {url for url, status in s.get("serverStatus", {}).items() if status != "UP"}
+        members = [f"{srv['url']} (weight {srv['weight']}{', DOWN' if srv['url'] in down else ''})"
+                   for srv in s.get("servers", [])]
         members += [f"{short_name(c['service'])} (weight {c['weight']})" for c in s.get("children", [])]
         health = s.get("health") or ("serving" if s["state"] != "error" else "not serving")
         rows.append([text(short_name(name), "name"), text(s["kind"]), text("; ".join(members), "code"),

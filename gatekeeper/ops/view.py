@@ -80,10 +80,27 @@ def config_document(loader: Any) -> Dict[str, Any]:
         "kind": b.definition.kind, "source": str(b.definition.source), "state": state(b.error, b.stale),
         "error": b.error, "passHostHeader": b.definition.pass_host_header,
         "servers": [{"url": s.url, "weight": s.weight} for s in b.definition.servers],
-        "children": [{"service": c, "weight": w} for c, w in b.definition.children]}
+        "children": [{"service": c, "weight": w} for c, w in b.definition.children], **health_of(b)}
         for name, b in config.services.items()}
     doc["errors"] = [str(err) for err in config.errors]
     return doc
+
+
+def health_of(built: Any) -> Dict[str, Any]:
+    """A service's health for ``/config`` and the dashboard: ``serverStatus`` (``{url: "UP" | "DOWN"}``, as
+    Traefik's API shows it) when its servers are checked, and a one-line ``health``."""
+    app, definition = built.app, built.definition
+    if app is None:
+        return {}
+    status = app.server_status() if hasattr(app, "server_status") and (
+        definition.health_check is not None or definition.passive_health is not None) else None
+    if status is not None:
+        up = sum(1 for s in status.values() if s == "UP")
+        return {"serverStatus": status, "health": f"{up}/{len(status)} servers up"}
+    if definition.kind == "failover" and hasattr(app, "main"):
+        main = app.main.healthy() if hasattr(app.main, "healthy") else True
+        return {"health": "serving the main service" if main else "serving the fallback (main is down)"}
+    return {}
 
 
 def secret_values(options: Any) -> List[str]:

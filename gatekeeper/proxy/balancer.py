@@ -13,12 +13,11 @@ Usage::
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Callable, Dict, Generic, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout, UpstreamAborted
@@ -31,14 +30,15 @@ from gatekeeper.proxy.client import (
     Response,
     ResponseBody,
 )
+from gatekeeper.proxy.composite import NO_SERVER, Balancer, Failover, Weighted, is_healthy
+from gatekeeper.proxy.health import ActiveChecker, HealthCheckDef, PassiveHealthDef, PassiveMarks, Target, register
 from gatekeeper.proxy.rewrite import body_reader, forwarded_headers, response_headers, upstream_target
+from gatekeeper.proxy.sticky import StickyCookie, StickyDef
 from gatekeeper.wsgi import ROUTER, UPSTREAM, UPSTREAM_ERROR, Environ, StartResponse, WSGIApp, error_response, log_path
 
 log = logging.getLogger("gatekeeper.proxy")
 
-__all__ = ["ProxyLimits", "ServerSpec", "make_load_balancer", "make_weighted"]
-
-T = TypeVar("T")
+__all__ = ["ProxyLimits", "ServerSpec", "is_healthy", "make_failover", "make_load_balancer", "make_weighted"]
 
 
 class UpstreamPool(Protocol):
@@ -51,8 +51,6 @@ class UpstreamPool(Protocol):
 
 
 PoolFactory = Callable[[str, str, int, ProxyLimits], UpstreamPool]
-
-WRR_PRECOMPUTE_LIMIT = 10_000
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,6 @@ def parse_server_url(url: str) -> Tuple[str, str, int, str, str]:
 
 BAD_GATEWAY = error_response(502)
 GATEWAY_TIMEOUT = error_response(504)
-NO_SERVER = error_response(503, "no server available")
 BAD_REQUEST_BODY = error_response(400, "incomplete request body")
 
 
@@ -237,76 +234,124 @@ def phrase(code: int) -> str:
         return "Unknown"
 
 
-def smooth_weighted_order(weights: Sequence[int]) -> Iterator[int]:
-    """Indexes in nginx's smooth weighted round-robin order (3:1 gives a, a, b, a, ...).
-
-    One period (sum of weights) is precomputed and cycled; a very long period is generated lazily.
-    """
-    def generate() -> Iterator[int]:
-        current = [0] * len(weights)
-        total = sum(weights)
-        while True:
-            for i, weight in enumerate(weights):
-                current[i] += weight
-            best = max(range(len(weights)), key=current.__getitem__)
-            current[best] -= total
-            yield best
-    total = sum(weights)
-    if total <= WRR_PRECOMPUTE_LIMIT:
-        return itertools.cycle(list(itertools.islice(generate(), total)))
-    return generate()
-
-
-class Balancer(Generic[T]):
-    """Picks among weighted items in smooth WRR order; zero-weight items never get picked."""
-
-    def __init__(self, items: Sequence[Tuple[T, int]]) -> None:
-        live = [(item, weight) for item, weight in items if weight > 0]
-        self.items: List[T] = [item for item, _ in live]
-        self.order = smooth_weighted_order([w for _, w in live]) if live else None
-
-    def pick(self) -> Optional[T]:
-        # next() on itertools.cycle holds the GIL: safe with threads too; gevent never switches here.
-        return self.items[next(self.order)] if self.order is not None else None
-
-
 class LoadBalancer:
-    """WSGI app for a ``loadBalancer`` service; ``close()`` drops idle upstream connections."""
+    """WSGI app for a ``loadBalancer`` service; ``close()`` stops its health checks and drops idle upstream
+    connections.
+
+    Servers a health check found down, or that passive health took out, leave the rotation (the WRR order
+    is rebuilt over the others); with none left the service answers 503. ``healthy()`` tells a parent
+    (weighted, failover) whether any server is up.
+    """
 
     def __init__(self, servers: Sequence[ServerSpec], pass_host_header: bool, limits: ProxyLimits,
-                 pool_factory: PoolFactory) -> None:
+                 pool_factory: PoolFactory, *, name: str = "", health_check: Optional[HealthCheckDef] = None,
+                 passive: Optional[PassiveHealthDef] = None, sticky: Optional[StickyDef] = None) -> None:
+        self.name = name
         self.servers = [Server(spec, limits, pool_factory) for spec in servers]
-        self.balancer = Balancer([(s, s.spec.weight) for s in self.servers])
         self.pass_host_header = pass_host_header
+        self.up = [True] * len(self.servers)            # active health: servers start up, as in Traefik
+        self.out_until = [0.0] * len(self.servers)      # passive health: out of the rotation until then
+        self.passive = PassiveMarks(len(self.servers), passive) if passive is not None else None
+        self.sticky = StickyCookie(sticky, name, [s.spec.url for s in self.servers]) if sticky else None
+        self.checks_active = health_check is not None
+        self.rebuild()
+        self.checker: Optional[ActiveChecker] = None
+        if health_check is not None:
+            targets = [Target(s.spec.scheme, s.spec.host, s.spec.port, s.spec.authority) for s in self.servers]
+            self.checker = ActiveChecker(targets, health_check, self.report, pool_factory)
+            register(self.checker)
+
+    def usable(self, index: int, now: float) -> bool:
+        return self.up[index] and self.out_until[index] <= now
+
+    def rebuild(self) -> None:
+        """The WRR order over the usable servers; when the next passive mark ends, rebuild again."""
+        now = time.monotonic()
+        usable = [i for i in range(len(self.servers)) if self.usable(i, now)]
+        self.balancer = Balancer([(i, self.servers[i].spec.weight) for i in usable])
+        self.any_up = bool(usable)
+        later = [t for t in self.out_until if t > now]
+        self.rebuild_at = min(later) if later else float("inf")
+
+    def report(self, index: int, up: bool, why: str) -> None:
+        """An active check's result (from the checker's loop)."""
+        if self.up[index] == up:
+            return
+        self.up[index] = up
+        origin = self.servers[index].spec.origin
+        if up:
+            log.info("service %s: server %s is healthy again", self.name or "-", origin)
+        else:
+            log.warning("service %s: server %s is unhealthy (%s): out of the rotation", self.name or "-", origin,
+                        why)
+        self.rebuild()
+
+    def healthy(self) -> bool:
+        if time.monotonic() >= self.rebuild_at:
+            self.rebuild()
+        return self.any_up
+
+    def server_status(self) -> Dict[str, str]:
+        """``{url: "UP" | "DOWN"}`` as Traefik's API shows it (for /config, the dashboard and metrics)."""
+        now = time.monotonic()
+        return {s.spec.url: "UP" if self.usable(i, now) else "DOWN" for i, s in enumerate(self.servers)}
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        server = self.balancer.pick()
-        if server is None:
-            return NO_SERVER(environ, start_response)
-        return server.forward(environ, start_response, self.pass_host_header)
+        if self.checker is not None and not self.checker.threads:
+            # a request is served in the serving process, after any fork: checks start here at the latest
+            self.checker.start()
+        now = time.monotonic()
+        if now >= self.rebuild_at:
+            self.rebuild()
+        index = self.sticky.chosen(environ) if self.sticky is not None else None
+        if index is None or not self.usable(index, now):
+            index = self.balancer.pick()
+            if index is None:
+                return NO_SERVER(environ, start_response)
+            if self.sticky is not None:
+                start_response = self.sticky.setting(start_response, index)
+        result = self.servers[index].forward(environ, start_response, self.pass_host_header)
+        if self.passive is not None and environ.get(UPSTREAM_ERROR) in ("bad_gateway", "timeout"):
+            out_until = self.passive.failed(index, now)
+            if out_until is not None:
+                log.warning("service %s: server %s failed: out of the rotation for %gs (passive health)",
+                            self.name or "-", self.servers[index].spec.origin, out_until - now)
+                self.out_until[index] = out_until
+                self.rebuild()
+        return result
 
     def close(self) -> None:
+        if self.checker is not None:
+            self.checker.stop()
         for server in self.servers:
             server.pool.close()
 
 
 def make_load_balancer(servers: Sequence[ServerSpec], *, pass_host_header: bool = True,
-                       limits: ProxyLimits = DEFAULT_LIMITS, pool_factory: PoolFactory = ConnectionPool
+                       limits: ProxyLimits = DEFAULT_LIMITS, pool_factory: PoolFactory = ConnectionPool,
+                       name: str = "", health_check: Optional[HealthCheckDef] = None,
+                       passive: Optional[PassiveHealthDef] = None, sticky: Optional[StickyDef] = None
                        ) -> LoadBalancer:
-    """A WSGI app proxying to ``servers`` in smooth weighted round robin; no servers: 503.
+    """A WSGI app proxying to ``servers`` in smooth weighted round robin; no servers (or none up): 503.
 
     ``pool_factory(scheme, host, port, limits)`` exists for scripts/bench_proxy's client comparison.
+    ``health_check`` checkers start with :func:`gatekeeper.proxy.health.enable_checks`.
     """
-    return LoadBalancer(servers, pass_host_header, limits, pool_factory)
+    return LoadBalancer(servers, pass_host_header, limits, pool_factory, name=name, health_check=health_check,
+                        passive=passive, sticky=sticky)
 
 
-def make_weighted(children: Sequence[Tuple[WSGIApp, int]]) -> WSGIApp:
-    """A WSGI app handing each request to one of ``children`` (app, weight) in smooth WRR order."""
-    balancer = Balancer(children)
+def make_weighted(children: Sequence[Tuple[WSGIApp, int]], *, name: str = "", sticky: Optional[StickyDef] = None,
+                  skip_down: bool = False, identities: Sequence[str] = ()) -> Weighted:
+    """A WSGI app handing each request to one of ``children`` (app, weight) in smooth WRR order.
 
-    def weighted(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        child = balancer.pick()
-        if child is None:
-            return NO_SERVER(environ, start_response)
-        return child(environ, start_response)
-    return weighted
+    ``skip_down`` (Traefik's ``weighted.healthCheck``): members whose ``healthy()`` is false are left out.
+    ``identities`` name the members for a sticky cookie (default: their positions).
+    """
+    return Weighted(children, name=name, sticky=sticky, skip_down=skip_down,
+                    identities=identities or [str(i) for i in range(len(children))])
+
+
+def make_failover(main: WSGIApp, fallback: WSGIApp) -> Failover:
+    """``main`` while it has a server up (it must have ``healthy()``), else ``fallback``."""
+    return Failover(main, fallback)

@@ -1,7 +1,7 @@
 """Traefik's file-provider dynamic configuration (``http: routers / middlewares / services``)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from gatekeeper.config.manifests import Document
 from gatekeeper.config.model import (
@@ -15,6 +15,12 @@ from gatekeeper.config.model import (
 )
 from gatekeeper.config.providers.collector import Collector
 from gatekeeper.config.providers.fields import expand_env
+from gatekeeper.config.providers.service_options import (
+    read_health_check,
+    read_health_propagation,
+    read_passive_health,
+    read_sticky,
+)
 from gatekeeper.errors import ConfigError
 from gatekeeper.options import (
     line_of,
@@ -29,8 +35,8 @@ from gatekeeper.options import (
 PROVIDER = "file"
 ROUTER_FIELDS = ("rule", "entryPoints", "priority", "middlewares", "service", "tls", "ruleSyntax")
 MIDDLEWARE_KINDS = ("plugin", "stripPrefix", "addPrefix", "headers", "chain", "encodedCharacters")
-SERVICE_KINDS = ("loadBalancer", "weighted", "mirroring")
-UNSUPPORTED_SERVICE_KINDS = ("failover",)
+SERVICE_KINDS = ("loadBalancer", "weighted", "failover", "mirroring")
+UNSUPPORTED_SERVICE_KINDS: Tuple[str, ...] = ()
 
 
 def read_document(doc: Document, out: Collector) -> None:
@@ -142,14 +148,16 @@ def read_service(name: str, body: Any, source: Source) -> ServiceDef:
         raise ConfigError(f"{kind}: not supported by gatekeeper")
     if kind == "weighted":
         return read_weighted(name, spec, source)
+    if kind == "failover":
+        return read_failover(name, spec, source)
     if kind == "mirroring":
         return read_mirroring(name, spec, source)
     return read_load_balancer(name, spec, source)
 
 
 def read_load_balancer(name: str, spec: Any, source: Source) -> ServiceDef:
-    fields = pick(spec, ("servers", "passHostHeader", "healthCheck", "sticky", "responseForwarding",
-                         "serversTransport"), "loadBalancer")
+    fields = pick(spec, ("servers", "passHostHeader", "healthCheck", "passiveHealthCheck", "sticky",
+                         "responseForwarding", "serversTransport"), "loadBalancer")
     servers = []
     for i, server in enumerate(want_list(fields.get("servers", []), "loadBalancer.servers")):
         where = f"loadBalancer.servers[{i}]"
@@ -159,7 +167,13 @@ def read_load_balancer(name: str, spec: Any, source: Source) -> ServiceDef:
         weight = want_int(entry.get("weight", 1), f"{where}.weight", minimum=0)
         servers.append(ServerDef(want_str(entry["url"], f"{where}.url"), weight))
     return ServiceDef(name=name, kind="loadBalancer", source=source, servers=tuple(servers),
-                      pass_host_header=want_bool(fields.get("passHostHeader", True), "loadBalancer.passHostHeader"))
+                      pass_host_header=want_bool(fields.get("passHostHeader", True), "loadBalancer.passHostHeader"),
+                      health_check=read_health_check(fields["healthCheck"], "loadBalancer.healthCheck")
+                      if "healthCheck" in fields else None,
+                      passive_health=read_passive_health(fields["passiveHealthCheck"],
+                                                         "loadBalancer.passiveHealthCheck")
+                      if "passiveHealthCheck" in fields else None,
+                      sticky=read_sticky(fields["sticky"], "loadBalancer.sticky") if "sticky" in fields else None)
 
 
 def read_weighted(name: str, spec: Any, source: Source) -> ServiceDef:
@@ -174,7 +188,23 @@ def read_weighted(name: str, spec: Any, source: Source) -> ServiceDef:
                          want_int(entry.get("weight", 1), f"{where}.weight", minimum=0)))
     if not children:
         raise ConfigError("weighted.services: at least one service is required")
-    return ServiceDef(name=name, kind="weighted", source=source, children=tuple(children))
+    return ServiceDef(name=name, kind="weighted", source=source, children=tuple(children),
+                      sticky=read_sticky(fields["sticky"], "weighted.sticky") if "sticky" in fields else None,
+                      reports_health="healthCheck" in fields
+                      and read_health_propagation(fields["healthCheck"], "weighted.healthCheck"))
+
+
+def read_failover(name: str, spec: Any, source: Source) -> ServiceDef:
+    """``failover``: ``service`` while it is up (it needs a health check), else ``fallback``."""
+    fields = pick(spec, ("service", "fallback", "healthCheck"), "failover")
+    for required in ("service", "fallback"):
+        if required not in fields:
+            raise ConfigError(f"failover.{required}: required")
+    main = qualify(want_str(fields["service"], "failover.service"), PROVIDER)
+    fallback = qualify(want_str(fields["fallback"], "failover.fallback"), PROVIDER)
+    return ServiceDef(name=name, kind="failover", source=source, children=((main, 1), (fallback, 1)),
+                      reports_health="healthCheck" in fields
+                      and read_health_propagation(fields["healthCheck"], "failover.healthCheck"))
 
 
 def read_mirroring(name: str, spec: Any, source: Source) -> ServiceDef:

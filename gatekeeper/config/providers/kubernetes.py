@@ -36,6 +36,7 @@ from gatekeeper.config.providers.k8s_objects import (
     index_objects,
     resolve_secrets,
 )
+from gatekeeper.config.providers.service_options import read_health_check, read_sticky
 from gatekeeper.errors import ConfigError
 from gatekeeper.options import (
     line_of,
@@ -51,10 +52,10 @@ from gatekeeper.options import (
 PROVIDER = "kubernetescrd"
 INGRESS_ROUTE_FIELDS = ("entryPoints", "routes", "tls", "parentRefs")
 ROUTE_FIELDS = ("match", "kind", "priority", "middlewares", "services", "syntax", "observability")
-# fields Traefik knows on a route's service; those after "weight" are accepted and ignored, like the file provider
-ROUTE_SERVICE_FIELDS = ("name", "namespace", "kind", "port", "scheme", "passHostHeader", "weight",
-                        "strategy", "sticky", "healthCheck", "responseForwarding", "serversTransport",
-                        "nativeLB", "nodePortLB")
+# fields Traefik knows on a route's service; sticky and healthCheck are read (service_options.py), those after
+# them are accepted and ignored
+ROUTE_SERVICE_FIELDS = ("name", "namespace", "kind", "port", "scheme", "passHostHeader", "weight", "sticky",
+                        "healthCheck", "strategy", "responseForwarding", "serversTransport", "nativeLB", "nodePortLB")
 
 
 def read_documents(docs: List[Document], out: Collector) -> None:
@@ -234,6 +235,9 @@ def read_backend(entry: Any, namespace: str, cluster: Cluster, where: str, *, ro
     if kind == "TraefikService":
         if "@" not in name:
             raise ConfigError(f"{where}: TraefikService objects are not supported; name@provider references are")
+        for option in ("sticky", "healthCheck"):
+            if option in fields:
+                raise ConfigError(f"{where}.{option}: applies to a Service; set it on the service {name} itself")
         return Backend(name, weight, None)
     if kind != "Service":
         raise ConfigError(f'{where}.kind: expected Service or TraefikService, got {kind!r}')
@@ -246,7 +250,10 @@ def read_backend(entry: Any, namespace: str, cluster: Cluster, where: str, *, ro
     own_name = qualify(object_id(ns, name, str(port)), PROVIDER) if several else route_name
     definition = ServiceDef(own_name, "loadBalancer", source, servers,
                             want_bool(fields.get("passHostHeader", True), f"{where}.passHostHeader"),
-                            empty_reason=empty_reason)
+                            empty_reason=empty_reason,
+                            health_check=read_health_check(fields["healthCheck"], f"{where}.healthCheck")
+                            if "healthCheck" in fields else None,
+                            sticky=read_sticky(fields["sticky"], f"{where}.sticky") if "sticky" in fields else None)
     return Backend(own_name, weight, definition)
 
 
