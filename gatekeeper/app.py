@@ -189,12 +189,14 @@ def create_app(conf_d: str = "conf.d", watch: bool = True, trusted_proxies: Sequ
     from gatekeeper.jwt import remote
     from gatekeeper.ops import metrics
     from gatekeeper.ops.accesslog import AccessLog
+    from gatekeeper.proxy import health
 
     policy = PathPolicy(allowed=parse_allowed(allow_encoded), sanitize=sanitize_path)
     gateway = Gateway(conf_d, trusted_proxies=trusted_proxies, request_path=PathSettings(policy))
     gateway.loader.on_reload.append(metrics.record_reload)
     metrics.record_reload(gateway.loader, True)
     remote.enable_prefetch()  # fetch the loaded key sets now, and each new one as a reload builds it
+    health.enable_checks()  # active health checks, in this (serving) process
     if watch:
         gateway.loader.watch()
     access_log = AccessLog(log_format, log_stream) if log_format else None

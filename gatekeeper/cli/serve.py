@@ -206,16 +206,18 @@ def serve_process(settings: Settings, loader: Any, listeners: Listeners,
 
     from gatekeeper.jwt import remote as jwks
     from gatekeeper.ops import metrics
+    from gatekeeper.proxy import health
     from gatekeeper.server.base import drain
 
     servers = start_servers(settings, loader, listeners)
     # Background work starts here, in the serving process (with --workers: in each worker, after the
     # fork). A thread (a greenlet under gevent) started before fork() does not exist in the child: a key
-    # set whose fetcher the parent had started answered every token 401 in every worker. The dashboard's
-    # sampler starts on its first view, which a worker serves.
+    # set whose fetcher the parent had started answered every token 401 in every worker. Health checkers
+    # start here too; the dashboard's sampler starts on its first view, which a worker serves.
     if not settings.no_watch:
         loader.watch()
     jwks.enable_prefetch()  # fetch the loaded key sets now, and each new one as a reload builds it
+    health.enable_checks()  # active health checks of every load balancer, in this process, after the fork
 
     stopping = gevent.event.Event()
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(loader.reload, "signal"))
