@@ -9,13 +9,15 @@ the build through :class:`BuildContext`. Path middlewares keep ``RAW_URI`` (forw
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Union
 from urllib.parse import unquote
 
 from gatekeeper.config.model import MiddlewareDef, qualify
 from gatekeeper.errors import ConfigError
-from gatekeeper.options import pick, want_bool, want_str, want_str_list, want_str_map
+from gatekeeper.options import pick, type_name, want_bool, want_int, want_str, want_str_list, want_str_map
+from gatekeeper.proxy.retry import retry as retry_wrapper
 from gatekeeper.requestpath import ALL_ENCODED, ENCODED_CHARACTERS
 from gatekeeper.wsgi import (
     RAW_URI,
@@ -216,6 +218,41 @@ def with_jwks_file_resolved(definition: MiddlewareDef, root: str) -> Dict[str, A
     return options
 
 
+RETRY_OPTIONS = ("attempts", "initialInterval")
+# Traefik's newer retry options: refused by name, never accepted and ignored
+RETRY_REFUSED = ("timeout", "status", "maxRequestBodyBytes", "disableRetryOnNetworkError", "retryNonIdempotentMethod")
+GO_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+")
+
+
+def go_duration(value: Any, where: str) -> float:
+    """Seconds from a Go duration (``"100ms"``, ``"1m30s"``) or a number of seconds, >= 0.
+
+    >>> go_duration("1m30s", "d"), go_duration("250ms", "d"), go_duration(2, "d")
+    (90.0, 0.25, 2.0)
+    """
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    text = str(value).strip() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+    if text is not None and re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    if text is None or not GO_DURATION.fullmatch(text):
+        raise ConfigError(f'{where}: expected a duration such as "100ms" or "2s", got {type_name(value)} {value!r}')
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", text))
+
+
+def retry(options: Mapping[str, Any]) -> Wrapper:
+    """Traefik's retry: ``attempts`` (required, >= 1) and ``initialInterval`` (gatekeeper.proxy.retry)."""
+    fields = pick(options, RETRY_OPTIONS + RETRY_REFUSED, "retry")
+    for name in RETRY_REFUSED:
+        if name in fields:
+            raise ConfigError(f"retry.{name}: not supported (gatekeeper retries only requests that never reached "
+                              "an upstream)")
+    if "attempts" not in fields:
+        raise ConfigError("retry.attempts: required")
+    attempts = want_int(fields["attempts"], "retry.attempts", minimum=1)
+    interval = go_duration(fields.get("initialInterval", 0), "retry.initialInterval")
+    return retry_wrapper(attempts, interval)
+
+
 def from_options(factory: Callable[[Mapping[str, Any]], Wrapper]) -> Factory:
     """A factory that needs only the definition's options."""
     return lambda definition, context: factory(definition.options)
@@ -228,6 +265,7 @@ FACTORIES: Dict[str, Factory] = {
     "addPrefix": from_options(add_prefix),
     "headers": from_options(headers),
     "encodedCharacters": from_options(encoded_characters),
+    "retry": from_options(retry),
 }
 
 

@@ -22,6 +22,7 @@ import select
 import socket
 import ssl
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple, cast
 
@@ -37,12 +38,18 @@ from gatekeeper.wsgi import Headers
 
 # Response and ResponseBody are part of what a pool's user handles (balancer.py, scripts/bench_proxy), so
 # they are importable from here too.
-__all__ = ["ClientBodyError", "Connection", "ConnectionPool", "Headers", "ProxyLimits", "Request", "Response",
-           "ResponseBody", "UpstreamClosed"]
+__all__ = ["REQUEST_WRITTEN", "ClientBodyError", "Connection", "ConnectionPool", "Headers", "ProxyLimits",
+           "Request", "Response", "ResponseBody", "UpstreamClosed"]
 
 # What a reused keep-alive connection may do if the upstream closed it while idle: these before any
 # response byte mean "stale connection", and a request without a body is sent again on a fresh one.
 STALE_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+# Set by the retry middleware around one attempt: a list that gets an entry as soon as a byte of the request
+# is about to go to an upstream. Empty after a failure means the request never reached one (connection
+# refused, connect timeout, TLS handshake failure), so sending it again cannot repeat it. A context variable
+# (per greenlet under gevent) rather than an environ key, because the client never sees the environ.
+REQUEST_WRITTEN: ContextVar[Optional[List[bool]]] = ContextVar("gatekeeper_request_written", default=None)
 
 
 @dataclass(frozen=True)
@@ -261,6 +268,9 @@ def exchange(pool: ConnectionPool, conn: Connection, request: Request) -> Respon
     if text.count("\n") != len(head) or text.count("\r") != len(head):
         # a CR or LF inside a value (say, a claim copied into a header) would forge headers upstream
         raise ValueError("refusing to send a header value containing CR or LF")
+    written = REQUEST_WRITTEN.get()
+    if written is not None:
+        written.append(True)
     send_small(conn.sock, text.encode("latin-1"))
     if request.body is not None:
         send_body(conn.sock, request.body, request.length)

@@ -34,7 +34,7 @@ from gatekeeper.options import (
 
 PROVIDER = "file"
 ROUTER_FIELDS = ("rule", "entryPoints", "priority", "middlewares", "service", "tls", "ruleSyntax")
-MIDDLEWARE_KINDS = ("plugin", "stripPrefix", "addPrefix", "headers", "chain", "encodedCharacters")
+MIDDLEWARE_KINDS = ("plugin", "stripPrefix", "addPrefix", "headers", "chain", "encodedCharacters", "retry")
 SERVICE_KINDS = ("loadBalancer", "weighted", "failover", "mirroring")
 UNSUPPORTED_SERVICE_KINDS: Tuple[str, ...] = ()
 
