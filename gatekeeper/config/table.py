@@ -76,15 +76,19 @@ class RouteIndex:
         exact: Dict[str, List[Tuple[int, CompiledRouter]]] = {}
         wildcard: Dict[str, List[Tuple[int, CompiledRouter]]] = {}
         anywhere: List[Tuple[int, CompiledRouter]] = []
-        for rank, router in enumerate(routers):
-            pins = rule_hosts(router.definition.rule)
+        for entry in enumerate(routers):
+            pins = rule_hosts(entry[1].definition.rule)
             if pins is None:
-                anywhere.append((rank, router))
+                anywhere.append(entry)
                 continue
             for host in pins.exact:
-                exact.setdefault(host, []).append((rank, router))
+                found = exact.get(host)
+                if found is None:
+                    exact[host] = [entry]
+                else:
+                    found.append(entry)
             for suffix in pins.suffixes:
-                wildcard.setdefault(suffix, []).append((rank, router))
+                wildcard.setdefault(suffix, []).append(entry)
         for host, found in exact.items():
             dot = host.find(".")
             extra = wildcard.get(host[dot:]) if dot > 0 else None
@@ -192,4 +196,9 @@ def index_by_entrypoint(routers: Tuple[CompiledRouter, ...]) -> Mapping[str, Tup
 
 def sorted_routers(routers: "list[CompiledRouter]") -> Tuple[CompiledRouter, ...]:
     """Highest priority first; equal priorities by name, so the order never depends on file order."""
-    return tuple(sorted(routers, key=lambda r: (-r.priority, r.name)))
+    return tuple(sorted(routers, key=_order))
+
+
+def _order(router: CompiledRouter) -> Tuple[int, str]:
+    definition = router.definition  # effective_priority and name, without two property calls each
+    return (-(definition.priority or len(definition.rule)), definition.name)
