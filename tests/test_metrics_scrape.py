@@ -117,3 +117,46 @@ def test_metrics_after_real_traffic(conf_d, echo_upstream, wsgi_server, free_por
 ], ids=["plain", "userinfo-query-fragment-dropped", "server-url"])
 def test_urls_in_labels_carry_no_credential(url, shown):
     assert safe_url(url) == shown
+
+
+# --- one process: plain counts exposed at scrape time, as prometheus_client's own objects would show them ---
+
+EXCHANGES = {
+    "one-ok": [("api@file", "GET", 200, "http://10.0.0.1:80", 0.0004, 17, "accepted")],
+    "bucket-bounds": [("api@file", "GET", 200, "none", d, 0, None) for d in (0.0, .001, .0010001, .0025, 1, 60, 61)],
+    "mixed": [("a@file", "GET", 200, "http://u:1", 0.02, 100, "accepted"),
+              ("a@file", "POST", 401, "none", 0.0001, 0, "missing_token"),
+              ("none", "OTHER", 404, "none", 0.00002, 19, None),
+              ("a@file", "GET", 200, "http://u:1", 0.3, 5, "accepted"),
+              ("b@file", "GET", 502, "http://dead:9", 5.5, 0, "accepted")],
+}
+
+
+@pytest.mark.parametrize("exchanges", list(EXCHANGES.values()), ids=list(EXCHANGES))
+def test_request_counts_expose_what_prometheus_client_objects_would(exchanges):
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from gatekeeper.ops.metrics import BYTES_HELP, JWT_HELP, LATENCY_BUCKETS, LATENCY_HELP, REQUESTS_HELP, RequestCounts
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    counts = RequestCounts()
+    ours.register(counts)
+    requests_ = Counter("gatekeeper_requests", REQUESTS_HELP, ["router", "method", "status", "upstream"],
+                        registry=theirs)
+    latency = Histogram("gatekeeper_request_duration_seconds", LATENCY_HELP, ["router"], buckets=LATENCY_BUCKETS,
+                        registry=theirs)
+    sent = Counter("gatekeeper_response_bytes", BYTES_HELP, ["router"], registry=theirs)
+    outcomes = Counter("gatekeeper_jwt_outcomes", JWT_HELP, ["router", "outcome"], registry=theirs)
+    for router, method, status, upstream, duration, size, outcome in exchanges:
+        counts.request((router, method, status, upstream), duration, size, outcome)
+        requests_.labels(router, method, str(status), upstream).inc()
+        latency.labels(router).observe(duration)
+        if size:
+            sent.labels(router).inc(size)
+        if outcome is not None:
+            outcomes.labels(router, outcome).inc()
+
+    def shown(registry) -> list:
+        return sorted(line for line in generate_latest(registry).decode().splitlines()
+                      if "_created" not in line)
+    assert shown(ours) == shown(theirs)

@@ -6,6 +6,11 @@ writes its values to memory-mapped files there, and a scrape in any worker reads
 how to combine per-process values (``livesum`` for in-flight and connections, ``liveall`` for the
 configuration generation, which each worker reloads on its own).
 
+In one process, the per-request metrics (requests, latency, response bytes, JWT outcomes, in flight) are
+plain integers in dicts, turned into metric families when scraped (:class:`RequestCounts`): a request
+costs a few increments instead of several ``prometheus_client`` calls, each taking a lock. With workers
+the ``prometheus_client`` objects count, since only their memory-mapped files add up across processes.
+
 Usage::
 
     app = instrument(gateway, access_log=AccessLog("text"))
@@ -13,8 +18,10 @@ Usage::
 """
 from __future__ import annotations
 
+import bisect
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,6 +33,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from gatekeeper.jwt import remote as jwks
 from gatekeeper.jwt.fetch import safe_url
@@ -38,19 +48,22 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS",
 NO_ROUTER = "none"
 NO_UPSTREAM = "none"   # the request was answered without contacting an upstream (404, 401, a redirect ...)
 LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
+# Decided at import: with --workers the parent sets the directory before any worker imports this module.
+MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
+_PER_REQUEST = REGISTRY if MULTIPROCESS else None   # in one process, RequestCounts exposes these instead
 
-REQUESTS = Counter("gatekeeper_requests",
-                   "Requests answered, by router, method, status code and upstream server (none: not proxied)",
-                   ["router", "method", "status", "upstream"])
-LATENCY = Histogram("gatekeeper_request_duration_seconds",
-                    "Time from the request reaching the gateway to the last response byte sent, by router",
-                    ["router"], buckets=LATENCY_BUCKETS)
-RESPONSE_BYTES = Counter("gatekeeper_response_bytes", "Response body bytes sent, by router", ["router"])
+REQUESTS_HELP = "Requests answered, by router, method, status code and upstream server (none: not proxied)"
+LATENCY_HELP = "Time from the request reaching the gateway to the last response byte sent, by router"
+BYTES_HELP = "Response body bytes sent, by router"
+JWT_HELP = "JWT middleware decisions, by router and outcome (accepted, or the refusal reason)"
+REQUESTS = Counter("gatekeeper_requests", REQUESTS_HELP, ["router", "method", "status", "upstream"],
+                   registry=_PER_REQUEST)
+LATENCY = Histogram("gatekeeper_request_duration_seconds", LATENCY_HELP, ["router"], buckets=LATENCY_BUCKETS,
+                    registry=_PER_REQUEST)
+RESPONSE_BYTES = Counter("gatekeeper_response_bytes", BYTES_HELP, ["router"], registry=_PER_REQUEST)
 IN_FLIGHT = Gauge("gatekeeper_requests_in_flight", "Requests being answered now", multiprocess_mode="livesum")
 CONNECTIONS = Gauge("gatekeeper_open_connections", "Client connections open now", multiprocess_mode="livesum")
-JWT_OUTCOMES = Counter("gatekeeper_jwt_outcomes",
-                       "JWT middleware decisions, by router and outcome (accepted, or the refusal reason)",
-                       ["router", "outcome"])
+JWT_OUTCOMES = Counter("gatekeeper_jwt_outcomes", JWT_HELP, ["router", "outcome"], registry=_PER_REQUEST)
 UPSTREAM_ERRORS = Counter("gatekeeper_upstream_errors",
                           "Requests the proxy could not complete upstream, by router and kind", ["router", "kind"])
 RELOADS = Counter("gatekeeper_config_reloads", "Configurations swapped in (the first load included)")
@@ -101,8 +114,118 @@ def _labelled(metric: Any, *labels: str) -> Any:
     return child
 
 
+# the le labels as Histogram writes them
+BUCKET_LABELS = (*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf")  # type: ignore[no-untyped-call]
+
+
+class RequestCounts(Collector):
+    """The per-request metrics of one process as plain numbers, exposed as metric families when scraped.
+
+    ``requests[(router, method, status, upstream shown)] = [count, created]``;
+    ``routers[router] = [count, duration sum, bytes, created, count per bucket (not cumulative) ...]``;
+    ``outcomes[(router, outcome)] = [count, created]``; ``in_flight[0]``.
+
+    >>> counts = RequestCounts()
+    >>> counts.request(("api@file", "GET", 200, "none"), 0.002, 17, "accepted")
+    >>> samples = [s for family in counts.collect() for s in family.samples if not s.name.endswith("_created")]
+    >>> [(s.name, s.value) for s in samples if s.labels.get("le") in (None, "0.001", "0.0025")]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [('gatekeeper_requests_total', 1), ('gatekeeper_request_duration_seconds_bucket', 0.0),
+     ('gatekeeper_request_duration_seconds_bucket', 1.0), ('gatekeeper_request_duration_seconds_count', 1.0),
+     ('gatekeeper_request_duration_seconds_sum', 0.002), ('gatekeeper_response_bytes_total', 17),
+     ('gatekeeper_jwt_outcomes_total', 1)]
+    """
+
+    def __init__(self) -> None:
+        self.requests: Dict[Tuple[str, str, int, str], List[float]] = {}
+        self.routers: Dict[str, List[float]] = {}
+        self.outcomes: Dict[Tuple[str, str], List[float]] = {}
+        self.in_flight = [0]
+
+    def request(self, key: Tuple[str, str, int, str], duration: float, sent: int, outcome: Optional[str]) -> None:
+        """Count one finished request, ``key`` = (router, method, status, upstream shown): a few dict look-ups
+        and increments."""
+        counts = self.requests.get(key)
+        if counts is None:
+            counts = self.requests[key] = [0, time.time()]
+        counts[0] += 1
+        router = key[0]
+        per_router = self.routers.get(router)
+        if per_router is None:
+            per_router = self.routers[router] = [0, 0.0, 0, time.time()] + [0] * (len(LATENCY_BUCKETS) + 1)
+        per_router[0] += 1
+        per_router[1] += duration
+        per_router[2] += sent
+        per_router[4 + bisect.bisect_left(LATENCY_BUCKETS, duration)] += 1   # le: the first bound >= duration
+        if outcome is not None:
+            seen = self.outcomes.get((router, outcome))
+            if seen is None:
+                seen = self.outcomes[(router, outcome)] = [0, time.time()]
+            seen[0] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("gatekeeper_requests", REQUESTS_HELP,
+                                       labels=["router", "method", "status", "upstream"])
+        for (router, method, status, upstream), (count, created) in list(self.requests.items()):
+            requests.add_metric([router, method, str(status), upstream], count, created=created)
+        yield requests
+        latency = HistogramMetricFamily("gatekeeper_request_duration_seconds", LATENCY_HELP, labels=["router"])
+        sent = CounterMetricFamily("gatekeeper_response_bytes", BYTES_HELP, labels=["router"])
+        for router, row in list(self.routers.items()):
+            cumulative = 0.0
+            buckets = []
+            for bound, count in zip(BUCKET_LABELS, row[4:]):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            latency.add_metric([router], buckets, row[1])
+            latency.add_sample("gatekeeper_request_duration_seconds_created", {"router": router}, row[3])
+            if row[2]:
+                sent.add_metric([router], row[2], created=row[3])
+        yield latency
+        yield sent
+        outcomes = CounterMetricFamily("gatekeeper_jwt_outcomes", JWT_HELP, labels=["router", "outcome"])
+        for (router, outcome), (count, created) in list(self.outcomes.items()):
+            outcomes.add_metric([router, outcome], count, created=created)
+        yield outcomes
+
+
+COUNTS = RequestCounts()
+if not MULTIPROCESS:
+    REGISTRY.register(COUNTS)
+    IN_FLIGHT.set_function(lambda: COUNTS.in_flight[0])
+
+
+def start_request() -> None:
+    """A request begins (the in-flight gauge)."""
+    if MULTIPROCESS:
+        IN_FLIGHT.inc()
+    else:
+        COUNTS.in_flight[0] += 1
+
+
+_shown_upstreams: Dict[Optional[str], str] = {None: NO_UPSTREAM}
+
+
+def shown_upstream(upstream: Optional[str]) -> str:
+    """The upstream label: the server URL without userinfo or query (safe_url), computed once per URL."""
+    shown = _shown_upstreams.get(upstream)
+    if shown is None:
+        shown = _shown_upstreams[upstream] = safe_url(upstream or "")
+    return shown
+
+
 def record(exchange: Exchange) -> None:
     """Count one finished request (the observer :func:`instrument` installs)."""
+    if not MULTIPROCESS:
+        COUNTS.in_flight[0] -= 1
+        router = exchange.router or NO_ROUTER
+        outcome = exchange.jwt_reason if exchange.jwt_reason is not None else "accepted" if exchange.jwt_ok else None
+        method = exchange.method if exchange.method in METHODS else "OTHER"
+        COUNTS.request((router, method, exchange.status, shown_upstream(exchange.upstream)), exchange.duration,
+                       exchange.bytes, outcome)
+        if exchange.upstream_error is not None:
+            _labelled(UPSTREAM_ERRORS, router, exchange.upstream_error).inc()
+        return
     IN_FLIGHT.dec()
     router = exchange.router or NO_ROUTER
     method = exchange.method if exchange.method in METHODS else "OTHER"
@@ -138,12 +261,12 @@ jwks.FETCH_OBSERVERS.append(record_key_fetch)
 
 def instrument(app: WSGIApp, access_log: Optional[Callable[[Exchange], None]] = None) -> WSGIApp:
     """``app`` measured (and access-logged when ``access_log`` is given)."""
-    return observe(app, fan_out(record, access_log), start=IN_FLIGHT.inc)
+    return observe(app, fan_out(record, access_log), start=start_request)
 
 
 def record_refused(exchange: Exchange) -> None:
     """Count a request the server refused before it reached the app (431 headers too large)."""
-    IN_FLIGHT.inc()
+    start_request()
     record(exchange)
 
 
