@@ -16,6 +16,7 @@ from gatekeeper.config.manifests import FileResult, Snapshot
 from gatekeeper.config.middlewares import Wrapper, compose
 from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef, Source
 from gatekeeper.config.providers import collect
+from gatekeeper.config.providers.transports import read_transports, transport_limits, with_transports
 from gatekeeper.config.table import (
     BuiltMiddleware,
     BuiltService,
@@ -205,7 +206,7 @@ class Builder:
                 raise ConfigError(definition.empty_reason or "loadBalancer.servers: no server")
             specs = [ServerSpec(s.url, s.weight) for s in definition.servers]
             return make_load_balancer(specs, pass_host_header=definition.pass_host_header,
-                                      limits=self.options.limits, name=definition.name,
+                                      limits=transport_limits(definition, self.options.limits), name=definition.name,
                                       health_check=definition.health_check, passive=definition.passive_health,
                                       sticky=definition.sticky)
         if definition.kind == "failover":
@@ -367,9 +368,10 @@ def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
         collected = collect(snapshot)
     rules = Rules(previous)
     kept = keep_last_good(collected.definitions(), collected.failed_keys, rules, previous)
-    defs = kept.definitions()
+    transports, transport_errors, failed_transports = read_transports(snapshot)
+    defs = with_transports(kept.definitions(), transports, failed_transports)
     builder = Builder(defs, previous, options, kept.stale, root=snapshot.root, failed=collected.failed)
-    builder.errors.extend(kept.errors)
+    builder.errors.extend([*kept.errors, *transport_errors])
     routers = [r for r in (builder.router(d, rules) for d in defs.routers.values()) if r is not None]
     for name in defs.services:
         builder.service(name)

@@ -12,7 +12,7 @@ from gatekeeper.proxy.health import HealthCheckDef, PassiveHealthDef
 from gatekeeper.proxy.sticky import StickyDef
 
 __all__ = ["Definitions", "HealthCheckDef", "MiddlewareDef", "PassiveHealthDef", "RouterDef", "ServerDef",
-           "ServiceDef", "Source", "StickyDef", "qualify"]
+           "ServiceDef", "Source", "StickyDef", "TransportDef", "qualify"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,23 @@ class ServerDef:
 
 
 @dataclass(frozen=True)
+class TransportDef:
+    """An ``http.serversTransports`` entry: TLS towards HTTPS servers, idle pool size and timeouts (seconds;
+    0 keeps the gateway's own setting)."""
+
+    name: str
+    source: Source
+    server_name: str = ""
+    insecure_skip_verify: bool = False
+    root_cas: Tuple[str, ...] = ()
+    certificates: Tuple[Tuple[str, str], ...] = ()
+    max_idle_conns_per_host: int = 0
+    dial_timeout: float = 0.0
+    response_header_timeout: float = 0.0
+    idle_conn_timeout: float = 0.0
+
+
+@dataclass(frozen=True)
 class ServiceDef:
     name: str
     kind: str                                   # "loadBalancer", "weighted", "failover" or "mirroring"
@@ -98,6 +115,9 @@ class ServiceDef:
     mirrors: Tuple[Tuple[str, int], ...] = ()   # mirroring: (qualified service name, percent); main in children
     mirror_body: bool = True                    # mirroring: copy the body too
     max_body_size: int = -1                     # mirroring: a larger body is not mirrored (-1: no own limit)
+    servers_transport: str = ""                 # loadBalancer: a serversTransport's qualified name
+    transport: Optional["TransportDef"] = None  # ... resolved by compile (so a changed transport rebuilds)
+    transport_error: str = ""                   # ... or why it could not be (missing, in error)
 
     @property
     def identity(self) -> str:

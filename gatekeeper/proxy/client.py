@@ -34,6 +34,7 @@ from gatekeeper.proxy.response import (
     UpstreamClosed,
     read_response,
 )
+from gatekeeper.proxy.upstream_tls import UpstreamTLS, client_context
 from gatekeeper.wsgi import Headers
 
 # Response and ResponseBody are part of what a pool's user handles (balancer.py, scripts/bench_proxy), so
@@ -65,6 +66,7 @@ class ProxyLimits:
     max_idle_per_server: int = 64
     idle_timeout: float = 30.0
     max_header_bytes: int = 64 * 1024
+    tls: Optional[UpstreamTLS] = None  # HTTPS servers: a serversTransport's TLS (None: verify, system roots)
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "response_timeout", "idle_timeout"):
@@ -175,7 +177,8 @@ class ConnectionPool:
 
     def __init__(self, scheme: str, host: str, port: int, limits: ProxyLimits = DEFAULT_LIMITS) -> None:
         self.host, self.port, self.limits = host, port, limits
-        self.tls = ssl.create_default_context() if scheme == "https" else None
+        self.tls = client_context(limits.tls) if scheme == "https" else None
+        self.server_name = (limits.tls.server_name if limits.tls is not None else "") or host
         self.idle: List[Connection] = []
         self.closed = False
 
@@ -185,7 +188,7 @@ class ConnectionPool:
             sock = socket.create_connection((self.host, self.port), timeout=self.limits.connect_timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls is not None:
-                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+                sock = self.tls.wrap_socket(sock, server_hostname=self.server_name)
         except socket.timeout as exc:
             raise GatewayTimeout(f"connect to {self.host}:{self.port} timed out") from exc
         except OSError as exc:  # refused, unreachable, TLS failure

@@ -173,7 +173,9 @@ def read_load_balancer(name: str, spec: Any, source: Source) -> ServiceDef:
                       passive_health=read_passive_health(fields["passiveHealthCheck"],
                                                          "loadBalancer.passiveHealthCheck")
                       if "passiveHealthCheck" in fields else None,
-                      sticky=read_sticky(fields["sticky"], "loadBalancer.sticky") if "sticky" in fields else None)
+                      sticky=read_sticky(fields["sticky"], "loadBalancer.sticky") if "sticky" in fields else None,
+                      servers_transport=qualify(want_str(fields["serversTransport"], "loadBalancer.serversTransport"),
+                                                PROVIDER) if "serversTransport" in fields else "")
 
 
 def read_weighted(name: str, spec: Any, source: Source) -> ServiceDef:
