@@ -197,3 +197,26 @@ http:
     assert any(error in str(err) for err in gw.config.errors), [str(e) for e in gw.config.errors]
     url = servers(gw).url
     assert requests.get(url + "/x", timeout=5).status_code == 503
+
+
+def test_mirrors_work_in_every_worker_process(conf_d, tmp_path, servers):
+    """Copies are greenlets each serving process starts per request (after the fork): under ``--workers 2``
+    every worker mirrors."""
+    import re
+
+    from tests.serve_process import Gatekeeper, wait_for
+
+    main, shadow = Recorder("main"), Recorder("shadow")
+    conf_d("routes.yaml", config(servers(main).url, "{name: shadow, percent: 100}")
+           + mirror_service("shadow", servers(shadow).url))
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--workers", "2")
+    try:
+        for i in range(20):
+            with requests.Session() as session:  # a new connection each: both workers get some
+                assert session.post(f"{gk.url}/w/{i}", data=b"x", timeout=5).text == "main"
+        assert wait_for(lambda: len(shadow.seen) == 20, timeout=10), len(shadow.seen)
+        assert sorted(s["target"] for s in shadow.seen) == sorted(s["target"] for s in main.seen)
+        assert wait_for(lambda: len(gk.access_lines()) >= 20)
+        assert len(set(re.findall(r"pid=(\d+)", "\n".join(gk.access_lines())))) == 2
+    finally:
+        assert gk.stop() == 0
