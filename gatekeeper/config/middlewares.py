@@ -9,14 +9,14 @@ the build through :class:`BuildContext`. Path middlewares keep ``RAW_URI`` (forw
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Union
 from urllib.parse import unquote
 
 from gatekeeper.config.model import MiddlewareDef, qualify
+from gatekeeper.config.providers.service_options import read_duration
 from gatekeeper.errors import ConfigError
-from gatekeeper.options import pick, type_name, want_bool, want_int, want_str, want_str_list, want_str_map
+from gatekeeper.options import pick, want_bool, want_int, want_str, want_str_list, want_str_map
 from gatekeeper.proxy.retry import retry as retry_wrapper
 from gatekeeper.requestpath import ALL_ENCODED, ENCODED_CHARACTERS
 from gatekeeper.wsgi import (
@@ -221,24 +221,6 @@ def with_jwks_file_resolved(definition: MiddlewareDef, root: str) -> Dict[str, A
 RETRY_OPTIONS = ("attempts", "initialInterval")
 # Traefik's newer retry options: refused by name, never accepted and ignored
 RETRY_REFUSED = ("timeout", "status", "maxRequestBodyBytes", "disableRetryOnNetworkError", "retryNonIdempotentMethod")
-GO_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+")
-
-
-def go_duration(value: Any, where: str) -> float:
-    """Seconds from a Go duration (``"100ms"``, ``"1m30s"``) or a number of seconds, >= 0.
-
-    >>> go_duration("1m30s", "d"), go_duration("250ms", "d"), go_duration(2, "d")
-    (90.0, 0.25, 2.0)
-    """
-    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-    text = str(value).strip() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
-    if text is not None and re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return float(text)
-    if text is None or not GO_DURATION.fullmatch(text):
-        raise ConfigError(f'{where}: expected a duration such as "100ms" or "2s", got {type_name(value)} {value!r}')
-    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", text))
-
-
 def retry(options: Mapping[str, Any]) -> Wrapper:
     """Traefik's retry: ``attempts`` (required, >= 1) and ``initialInterval`` (gatekeeper.proxy.retry)."""
     fields = pick(options, RETRY_OPTIONS + RETRY_REFUSED, "retry")
@@ -249,7 +231,9 @@ def retry(options: Mapping[str, Any]) -> Wrapper:
     if "attempts" not in fields:
         raise ConfigError("retry.attempts: required")
     attempts = want_int(fields["attempts"], "retry.attempts", minimum=1)
-    interval = go_duration(fields.get("initialInterval", 0), "retry.initialInterval")
+    interval = read_duration(fields.get("initialInterval", 0), "retry.initialInterval", positive=False)
+    if interval < 0:
+        raise ConfigError("retry.initialInterval: must not be negative")
     return retry_wrapper(attempts, interval)
 
 
