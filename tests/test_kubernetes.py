@@ -444,12 +444,28 @@ spec:
      "all.yaml:1: Secret: metadata.name: expected a string"),
     (WEB_SERVICE + "---" + WEB_SERVICE,
      "all.yaml:11: Service apps/web: defined again (first definition in all.yaml wins)"),
+    (ingress_route("[{name: web, port: 80, serversTransport: mytransport}]"),
+     "spec.routes[0].services[0].serversTransport: ServersTransport objects are not supported"),
+    (ingress_route("[{name: web, port: 80, nativeLB: true}]"),
+     "spec.routes[0].services[0].nativeLB: not supported"),
+    (ingress_route("[{name: web, port: 80, nodePortLB: true}]"),
+     "spec.routes[0].services[0].nodePortLB: not supported"),
+    (ingress_route("[{name: web, port: 80, strategy: p2c}]"),
+     "spec.routes[0].services[0].strategy: only wrr (weighted round robin) is supported, got 'p2c'"),
 ], ids=["route-without-match", "route-kind", "port-type", "port-missing", "scheme", "traefik-service",
         "no-services", "unknown-route-field", "middleware-ref-not-a-mapping", "unsupported-middleware",
-        "service-port", "slice-without-label", "no-name", "duplicate"])
+        "service-port", "slice-without-label", "no-name", "duplicate", "servers-transport", "native-lb",
+        "node-port-lb", "strategy"])
 def test_errors_name_file_line_object_and_reason(conf_d, doc, expected):
     _, errors = read_definitions(conf_d, doc)
     assert any(expected in m for m in errors), errors
+
+
+@pytest.mark.parametrize("options", ["nativeLB: false", "nodePortLB: false", "strategy: wrr", "strategy: RoundRobin",
+                                     "responseForwarding: {flushInterval: 100ms}"])
+def test_route_service_options_that_change_nothing_are_accepted(conf_d, options):
+    _, errors = read_definitions(conf_d, ingress_route(f"[{{name: web, port: 80, {options}}}]"), WEB_SERVICE)
+    assert not any("services[0]" in m for m in errors), errors
 
 
 def test_other_kinds_are_skipped_silently(conf_d):

@@ -52,8 +52,8 @@ from gatekeeper.options import (
 PROVIDER = "kubernetescrd"
 INGRESS_ROUTE_FIELDS = ("entryPoints", "routes", "tls", "parentRefs")
 ROUTE_FIELDS = ("match", "kind", "priority", "middlewares", "services", "syntax", "observability")
-# fields Traefik knows on a route's service; sticky and healthCheck are read (service_options.py), those after
-# them are accepted and ignored
+# fields Traefik knows on a route's service; sticky and healthCheck are read (service_options.py), the rest
+# are checked by refuse_unsupported: none is accepted and ignored
 ROUTE_SERVICE_FIELDS = ("name", "namespace", "kind", "port", "scheme", "passHostHeader", "weight", "sticky",
                         "healthCheck", "strategy", "responseForwarding", "serversTransport", "nativeLB", "nodePortLB")
 
@@ -241,6 +241,7 @@ def read_backend(entry: Any, namespace: str, cluster: Cluster, where: str, *, ro
         return Backend(name, weight, None)
     if kind != "Service":
         raise ConfigError(f'{where}.kind: expected Service or TraefikService, got {kind!r}')
+    refuse_unsupported(fields, where)
     port = route_port(fields, where)
     ns = want_str(fields["namespace"], f"{where}.namespace") if fields.get("namespace") else namespace
     scheme = want_str(fields["scheme"], f"{where}.scheme") if fields.get("scheme") else None
@@ -255,6 +256,23 @@ def read_backend(entry: Any, namespace: str, cluster: Cluster, where: str, *, ro
                             if "healthCheck" in fields else None,
                             sticky=read_sticky(fields["sticky"], f"{where}.sticky") if "sticky" in fields else None)
     return Backend(own_name, weight, definition)
+
+
+def refuse_unsupported(fields: Dict[str, Any], where: str) -> None:
+    """A route service's options gatekeeper cannot honour are errors, never accepted and ignored.
+
+    ``strategy`` may name the one strategy there is (weighted round robin); ``responseForwarding`` is how
+    answers always travel (streamed as they arrive), so it is read by being true already.
+    """
+    if "serversTransport" in fields:
+        raise ConfigError(f"{where}.serversTransport: ServersTransport objects are not supported; "
+                          "give the service a file-provider serversTransport instead (docs/configuration.md)")
+    for option in ("nativeLB", "nodePortLB"):
+        if want_bool(fields.get(option, False), f"{where}.{option}"):
+            raise ConfigError(f"{where}.{option}: not supported: gatekeeper balances over the Service's endpoints")
+    strategy = fields.get("strategy")
+    if strategy is not None and str(strategy).lower() not in ("wrr", "roundrobin"):
+        raise ConfigError(f"{where}.strategy: only wrr (weighted round robin) is supported, got {strategy!r}")
 
 
 def route_port(fields: Dict[str, Any], where: str) -> Union[int, str]:
