@@ -93,6 +93,7 @@ class Connection(ClientConnection):
         self.refused: Optional[int] = None   # a parse error: answer it once pending requests are served
         self.refused_in = b""                # the bytes that held it (a 431 skips to the header block's end)
         self.upgrade = False
+        self.upgrade_tail = b""   # bytes after an upgrade request's head
         self.eof = False
         self.head_sent = False
         self.peer = (str(address[0]), str(address[1])) if isinstance(address, tuple) else ("", "")
@@ -178,9 +179,12 @@ class Connection(ClientConnection):
             self.backlog = b""
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.upgrade = True   # served as a plain request, then closed: nothing after it is parsed
-            self.backlog = b""
+        except httptools.HttpParserUpgrade as exc:
+            # Served as a plain request, then closed: nothing after it is parsed. What follows its head is
+            # the new protocol's, kept for a switch (server/upgrade.py).
+            self.upgrade = True
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self.upgrade_tail, self.backlog = data[offset:] + self.backlog, b""
         except httptools.HttpParserError as exc:
             self.refused = exc.__context__.status if isinstance(exc.__context__, Refused) else 400
             self.backlog, self.refused_in = b"", data
@@ -242,6 +246,11 @@ class Connection(ClientConnection):
 
     def client_socket(self) -> socket.socket:
         return self.sock
+
+    def switchable(self) -> bool:
+        """Whether the request being served is the one llhttp paused at for an upgrade (nothing after it
+        was parsed), so its connection may be handed over."""
+        return self.upgrade and not self.pending
 
     def refused_request(self) -> Tuple[str, str, str]:
         request = self.parsing

@@ -5,12 +5,14 @@ Split from fast.py, which reads and parses the connection; both follow gatekeepe
 """
 from __future__ import annotations
 
+import socket
 import time
 from collections import deque
 from email.utils import formatdate
 from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Protocol, Tuple
 
 from gatekeeper.server.base import body_refused, chunk, failure_response, log_request_error, send_head
+from gatekeeper.server.upgrade import UPGRADE, Offer, offered, switching_head
 from gatekeeper.wsgi import Environ, Headers, WSGIApp
 
 
@@ -28,6 +30,8 @@ class Connection(Protocol):
 
     head_sent: bool
     refused: Optional[int]
+    sock: socket.socket
+    upgrade_tail: bytes
 
     @property
     def server(self) -> Server: ...
@@ -37,6 +41,8 @@ class Connection(Protocol):
     def fill_body(self) -> int: ...
 
     def refuse(self, status: int) -> None: ...
+
+    def switchable(self) -> bool: ...
 
 MAX_DISCARD = 4 * 1024 * 1024  # unread request body read and dropped after a response before closing instead
 NO_BODY_STATUS = frozenset({204, 304})
@@ -276,6 +282,8 @@ class Reply:
         conn.head_sent = False
         environ = self.request.environ
         result: Optional[Iterable[bytes]] = None
+        if conn.switchable() and offered(environ):
+            environ[UPGRADE] = Offer(environ["HTTP_UPGRADE"], self.detach)
         try:
             result = conn.server.application(environ, self.start_response)
             self.send_result(result)
@@ -294,6 +302,17 @@ class Reply:
                 except Exception as exc:
                     log_request_error(environ, exc)
         return not self.close and self.finish_body()
+
+    def detach(self) -> Tuple[socket.socket, bytes]:
+        """server/upgrade.py's hand-off: the 101 head the app set goes out, the connection leaves HTTP."""
+        conn = self.conn
+        if conn.head_sent or self.status is None:
+            raise ValueError("switch protocols: start_response('101 ...') first, and nothing sent before")
+        conn.send(switching_head(self.status, self.headers))
+        conn.head_sent = self.close = self.bodyless = True
+        self.remaining, self.chunked = 0, False
+        tail, conn.upgrade_tail = conn.upgrade_tail, b""
+        return conn.sock, tail
 
     def send_result(self, result: Iterable[bytes]) -> None:
         """What the app returned, framed; the head goes with the first non-empty chunk (or alone)."""

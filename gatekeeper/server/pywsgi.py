@@ -4,7 +4,8 @@ pywsgi parses the request itself; this layer plugs the shared contract into its 
 read under base's budget and deadline, base's 431 path, head + first chunk in one send, refused bodies
 left unread, one log line per failure (never pywsgi's, which prints the environ). pywsgi decodes
 ``PATH_INFO``; a gateway must forward the path exactly as received, so the raw request target goes in
-``environ["RAW_URI"]`` (the name gunicorn uses).
+``environ["RAW_URI"]`` (the name gunicorn uses). A request offering an upgrade gets base's hand-off of the
+socket (server/upgrade.py), with the bytes pywsgi's reader already holds.
 
 Kept as the fallback and the independent parser the differential tests compare the fast server with;
 it costs about 4x the fast server's CPU a request (hello world, server CPU from /proc: 95-125 µs against
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import email.message
 import socket
+import ssl
 from typing import Any, Callable, Optional, Tuple
 
 import gevent
@@ -36,11 +38,14 @@ from gatekeeper.server.base import (
     send_head,
     server_log,
 )
+from gatekeeper.server.upgrade import UPGRADE, Offer, offered, switching_head
 from gatekeeper.wsgi import RAW_URI, Environ, WSGIApp
 
 
 class GatewayHandler(ClientConnection, WSGIHandler):  # type: ignore[misc]
     """pywsgi's handler following base's contract (limits, tracking, drain, failures)."""
+
+    headers_sent: bool   # pywsgi's, unannotated there
 
     def client_socket(self) -> socket.socket:
         sock: socket.socket = self.socket
@@ -53,7 +58,31 @@ class GatewayHandler(ClientConnection, WSGIHandler):  # type: ignore[misc]
     def get_environ(self) -> Environ:
         env: Environ = super().get_environ()
         env[RAW_URI] = self.path
+        if offered(env):
+            env[UPGRADE] = Offer(env["HTTP_UPGRADE"], self.detach)
         return env
+
+    def detach(self) -> Tuple[socket.socket, bytes]:
+        """server/upgrade.py's hand-off: the 101 head the app set goes out, the connection leaves HTTP."""
+        if self.headers_sent or self.status is None:
+            raise ValueError("the response already started: too late to switch protocols")
+        status = bytes(self.status).decode("latin-1")
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.response_headers]
+        self._sendall(switching_head(status, headers))
+        self.headers_sent = self.close_connection = True
+        self.response_use_chunked = False
+        return self.socket, self.buffered()
+
+    def buffered(self) -> bytes:
+        """What pywsgi's reader holds past the request head, without waiting for more."""
+        sock, timeout = self.socket, self.socket.gettimeout()
+        sock.settimeout(0)
+        try:
+            return self.rfile.read1(64 * 1024) or b""
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return b""
+        finally:
+            sock.settimeout(timeout)
 
     def _write_with_headers(self, data: bytes) -> None:
         """pywsgi's, with base's one send for the head and a small first chunk."""
