@@ -145,14 +145,15 @@ def restore_router(out: LastGood, current: Optional[RouterDef], old_routers: Map
 
 
 def restore_services(out: LastGood, name: str, previous: Config) -> None:
-    """A restored router's service (and a weighted one's members) when gone from the new definitions: a
-    Kubernetes route's own service is named after its match, so it goes away with the match."""
+    """A restored router's service (and the services it is made of: members, failover, mirrors) when gone
+    from the new definitions: a Kubernetes route's own service is named after its match, so it goes away with
+    the match."""
     built = previous.services.get(name)
     if name in out.services or built is None:
         return
     out.services[name] = built.definition
     out.stale.add(("service", name))
-    for child, _ in built.definition.children:
+    for child, _ in (*built.definition.children, *built.definition.mirrors):
         restore_services(out, child, previous)
 
 
