@@ -21,6 +21,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Protocol,
 from urllib.parse import urlsplit
 
 from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout, UpstreamAborted
+from gatekeeper.proxy import tunnel
 from gatekeeper.proxy.client import (
     DEFAULT_LIMITS,
     ClientBodyError,
@@ -137,6 +138,12 @@ class Server:
         list, its connection already back in the pool.
         """
         environ[UPSTREAM] = self.spec.origin  # for the access log and metrics
+        offer = environ.get(tunnel.UPGRADE)
+        if offer is not None and isinstance(self.pool, ConnectionPool):
+            # WebSocket or another Upgrade the server can hand over: the 101, then bytes both ways
+            return tunnel.forward(environ, start_response, offer, self.pool,
+                                  target=upstream_target(environ, self.spec.base_path),
+                                  headers=forwarded_headers(environ, self.host_header(environ, pass_host_header)))
         read, length = body_reader(environ)
         request = Request(environ["REQUEST_METHOD"], upstream_target(environ, self.spec.base_path),
                           forwarded_headers(environ, self.host_header(environ, pass_host_header)),

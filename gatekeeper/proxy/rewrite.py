@@ -85,3 +85,13 @@ def response_headers(headers: Headers) -> Headers:
         if name.lower() == "connection":
             named.update(t.strip().lower() for t in value.split(","))
     return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+
+
+def upgrade_headers(protocol: str, headers: Headers) -> Headers:
+    """``headers`` (forwarded or response headers, hop-by-hop ones gone) plus the two a protocol switch
+    needs on the next hop: ``Connection: Upgrade`` and the ``Upgrade`` value (proxy/tunnel.py).
+
+    >>> upgrade_headers("websocket", [("Host", "a")])
+    [('Host', 'a'), ('Connection', 'Upgrade'), ('Upgrade', 'websocket')]
+    """
+    return [*headers, ("Connection", "Upgrade"), ("Upgrade", protocol)]

@@ -19,7 +19,10 @@ plain one, without its ``Upgrade``.
 ...          "HTTP_UPGRADE": "websocket"})
 True
 >>> offered({"SERVER_PROTOCOL": "HTTP/1.1", "REQUEST_METHOD": "POST", "HTTP_CONNECTION": "upgrade",
-...          "HTTP_UPGRADE": "h2c", "CONTENT_LENGTH": "5"})
+...          "HTTP_UPGRADE": "echo", "CONTENT_LENGTH": "5"})
+False
+>>> offered({"SERVER_PROTOCOL": "HTTP/1.1", "REQUEST_METHOD": "GET", "HTTP_CONNECTION": "Upgrade",
+...          "HTTP_UPGRADE": "h2c"})
 False
 """
 from __future__ import annotations
@@ -49,6 +52,11 @@ def offered(environ: Environ) -> bool:
     if environ.get("REQUEST_METHOD") == "CONNECT" or environ.get("HTTP_TRANSFER_ENCODING"):
         return False
     if environ.get("CONTENT_LENGTH") not in (None, "", "0"):
+        return False
+    protocols = {t.strip().lower() for t in environ["HTTP_UPGRADE"].split(",")}
+    if protocols <= {"h2c", ""}:
+        # HTTP/2 over cleartext is the entry point's business (Traefik's answers it itself); the gateway
+        # has no HTTP/2, so it ignores the offer and answers in HTTP/1.1, as RFC 9113 3.1 lets a server do
         return False
     tokens = {t.strip().lower() for t in environ.get("HTTP_CONNECTION", "").split(",")}
     return "upgrade" in tokens
