@@ -1,0 +1,52 @@
+"""scripts/bench's verdicts: each goal of issue 16 judged as met, or its measured distance, from a summary."""
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench"
+
+
+def load_bench():
+    loader = importlib.machinery.SourceFileLoader("bench_script", str(BENCH))
+    spec = importlib.util.spec_from_loader("bench_script", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def summary(vs_caddy: float, added: float, caddy_added: float, p50: float, p99: float) -> list:
+    def row(conns: int, **extra) -> dict:
+        return {"target": "gatekeeper", "connections": conns,
+                "gateway": {"rps": 5000.0, "p50_us": p50, "p99_us": p99, "cpu_us_per_req": 150.0},
+                "caddy": {"rps": 5000.0 / vs_caddy, "cpu_us_per_req": 75.0}, **extra}
+    return [row(1, added_p50_us=added, caddy_added_p50_us=caddy_added),
+            row(64, vs_caddy=vs_caddy, added_p50_us=0.0, caddy_added_p50_us=0.0)]
+
+
+@pytest.mark.parametrize("numbers, growth, verdicts", [
+    ((1.1, 80.0, 90.0, 1000.0, 2500.0), 11.0, ["met", "met", "met", "met"]),
+    ((0.36, 150.0, 91.0, 14000.0, 245000.0), 10.5, ["-0.64x from it", "+59 us from it", "+203,000 us from it",
+                                                    "met"]),
+    ((1.0, 91.0, 91.0, 1000.0, 3000.0), 12.0, ["met", "met", "met", "met"]),
+    ((0.99, 92.0, 91.0, 1000.0, 3001.0), 12.1, ["-0.01x from it", "+1 us from it", "+1 us from it",
+                                                "+0.1 MiB from it"]),
+], ids=["all-met", "issue-16-run", "exactly-at-the-goals", "just-past-each-goal"])
+def test_each_goal_is_met_or_its_distance(numbers, growth, verdicts):
+    bench = load_bench()
+    memory = {"connections": 1000, "rss_idle_mib": 60.0, "growth_mib": growth}
+    lines = [line for line in bench.goal_lines(summary(*numbers), memory) if "(goal" in line]
+    assert [line.rsplit(": ", 1)[1] for line in lines] == verdicts, lines
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "req/s vs Caddy, one core, 64 connections (median of per-round ratios)",
+        "added p50 at 1 connection vs Caddy's", "p99 at 64 connections vs 3x its p50",
+        "RSS growth with 1000 idle connections"]
+
+
+def test_the_caddyfile_proxies_to_the_upstream_with_admin_and_logs_off():
+    text = load_bench().CADDYFILE.format(tmp="/t", port=8080, upstream=9090)
+    assert "admin off" in text and "output discard" in text and "auto_https off" in text
+    assert "http://:8080 {" in text and "bind 127.0.0.1" in text and "reverse_proxy 127.0.0.1:9090" in text
