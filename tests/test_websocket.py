@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Deque, Iterator, List, Optional
 import gevent
 import pytest
 from gevent.server import StreamServer
-from serve_process import Gatekeeper, jwt_middleware, metric_value, wait_for
+from serve_process import Gatekeeper, metric_value, wait_for
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
@@ -36,9 +37,13 @@ BIG = bytes(range(256)) * 16384   # 4 MiB: many TCP segments, one WebSocket fram
 class WSClient:
     """A WebSocket client: websockets' protocol state machine, our socket."""
 
-    def __init__(self, port: int, path: str, *, host: str = "public.test", token: Optional[str] = None) -> None:
+    def __init__(self, port: int, path: str, *, host: str = "public.test", token: Optional[str] = None,
+                 tls: Optional[ssl.SSLContext] = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.proto = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}{path}"), max_size=None)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
+        scheme = "wss" if tls is not None else "ws"
+        self.proto = ClientProtocol(parse_uri(f"{scheme}://127.0.0.1:{port}{path}"), max_size=None)
         request = self.proto.connect()
         del request.headers["Host"]
         request.headers["Host"] = host
@@ -166,12 +171,15 @@ http:
     public: {{rule: "Host(`public.test`)", service: ws}}
     secure: {{rule: "Host(`secure.test`)", service: ws, middlewares: [jwt]}}
     raw: {{rule: "Host(`raw.test`)", service: raw}}
+    retried: {{rule: "Host(`retried.test`)", service: ws, middlewares: [retry, jwt]}}
     down: {{rule: "Host(`down.test`)", service: down}}
   services:
     ws: {{loadBalancer: {{servers: [{{url: "{ws_url}"}}]}}}}
     raw: {{loadBalancer: {{servers: [{{url: "{raw_url}"}}]}}}}
     down: {{loadBalancer: {{servers: [{{url: "http://127.0.0.1:9"}}]}}}}
-{jwt_middleware(SECRET).replace(chr(10) + "    ", chr(10) + "  ")}
+  middlewares:
+    jwt: {{plugin: {{jwt: {{signingSecret: "{SECRET}", usernameClaim: sub}}}}}}
+    retry: {{retry: {{attempts: 2}}}}
 """
 
 
@@ -192,9 +200,10 @@ GOOD = mint({"sub": "alice"}, secret=SECRET)
 
 
 @pytest.mark.parametrize("message", ["hello, socket", BIG, "é" * 70000], ids=["text", "binary-4MiB", "text-140KB"])
-def test_messages_go_both_ways(gateway, message):
+@pytest.mark.parametrize("host", ["secure.test", "retried.test"])
+def test_messages_go_both_ways(gateway, message, host):
     server = gateway()
-    client = WSClient(server.port, "/echo", host="secure.test", token=GOOD)
+    client = WSClient(server.port, "/echo", host=host, token=GOOD)
     try:
         assert client.status == 101
         for _ in range(2):
@@ -347,6 +356,31 @@ def test_upstream_that_ignores_the_upgrade_answers_as_usual(wsgi_server, conf_d,
         assert headers["upgrade"] == protocol and headers["connection"] == "Upgrade"
     else:
         assert "upgrade" not in headers and "connection" not in headers
+
+
+@pytest.mark.parametrize("server_kind", ["fast", "pywsgi"])
+def test_over_tls_entry_point(wsgi_server, conf_d, ws_upstream, tls_files, server_kind):
+    """A TLS client socket has no half-close: an upstream that goes away ends both sides at once."""
+    ca, cert, key = tls_files
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    conf_d("ws.yaml", manifest(ws_upstream["url"]))
+    server = wsgi_server(Gateway(conf_d.root), server=server_kind, ssl_context=context)
+    client_tls = ssl.create_default_context(cafile=str(ca))
+    client = WSClient(server.port, "/echo", host="secure.test", token=GOOD, tls=client_tls)
+    try:
+        for message in ("over tls", BIG):
+            client.send(message)
+            assert client.recv().data == (message.encode() if isinstance(message, str) else message)
+    finally:
+        client.close()
+    vanishing = WSClient(server.port, "/vanish", tls=client_tls)
+    try:
+        vanishing.send("go")
+        vanishing.wait_eof()
+    finally:
+        vanishing.close()
+    assert wait_until(lambda: not server.server.connections, timeout=5)
 
 
 def test_workers_log_and_count_each_socket_when_it_closes(conf_d, ws_upstream, tmp_path):
