@@ -28,6 +28,7 @@ setup(
             "hypothesis>=6.100",
             "flask>=3.0,<4",
             "gunicorn>=22",
+            "websockets>=13,<18",  # a real WebSocket client and upstream for tests/test_websocket.py
             "ruff>=0.17,<0.18",  # rule sets change between minor versions: CI and laptops see the same findings
             "mypy>=2.4,<3",
             "types-PyYAML>=6.0.12,<7",
