@@ -22,6 +22,9 @@ JWT_REASON = "gatekeeper.jwt.reason"           # why a token was refused: a reas
 UPSTREAM = "gatekeeper.upstream"               # scheme://host:port of the server the request went to
 UPSTREAM_ERROR = "gatekeeper.upstream.error"   # timeout, bad_gateway or aborted
 BODY_REFUSED = "gatekeeper.body_refused"       # the server refused the body (too large, bad framing)
+UPGRADE = "gatekeeper.upgrade"                 # the server's Offer for an upgradable request (server/upgrade.py)
+TUNNEL_BYTES_IN = "gatekeeper.tunnel.bytes_in"     # an upgraded connection: client -> upstream, after the 101
+TUNNEL_BYTES_OUT = "gatekeeper.tunnel.bytes_out"   # ... upstream -> client
 
 _BODY_HEADERS = ("CONTENT_TYPE", "CONTENT_LENGTH")
 # What a path segment may hold unescaped besides the unreserved characters quote() always keeps

@@ -35,7 +35,17 @@ from gatekeeper.proxy.composite import NO_SERVER, Balancer, Failover, Weighted, 
 from gatekeeper.proxy.health import ActiveChecker, HealthCheckDef, PassiveHealthDef, PassiveMarks, Target, register
 from gatekeeper.proxy.rewrite import body_reader, forwarded_headers, response_headers, upstream_target
 from gatekeeper.proxy.sticky import StickyCookie, StickyDef
-from gatekeeper.wsgi import ROUTER, UPSTREAM, UPSTREAM_ERROR, Environ, StartResponse, WSGIApp, error_response, log_path
+from gatekeeper.wsgi import (
+    ROUTER,
+    UPGRADE,
+    UPSTREAM,
+    UPSTREAM_ERROR,
+    Environ,
+    StartResponse,
+    WSGIApp,
+    error_response,
+    log_path,
+)
 
 log = logging.getLogger("gatekeeper.proxy")
 
@@ -138,7 +148,7 @@ class Server:
         list, its connection already back in the pool.
         """
         environ[UPSTREAM] = self.spec.origin  # for the access log and metrics
-        offer = environ.get(tunnel.UPGRADE)
+        offer = environ.get(UPGRADE)
         if offer is not None and isinstance(self.pool, ConnectionPool):
             # WebSocket or another Upgrade the server can hand over: the 101, then bytes both ways
             return tunnel.forward(environ, start_response, offer, self.pool,

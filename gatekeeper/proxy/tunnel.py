@@ -31,11 +31,19 @@ from gatekeeper.errors import BadGateway, GatewayTimeout, UpstreamAborted
 from gatekeeper.proxy.client import Connection, ConnectionPool, translated
 from gatekeeper.proxy.response import CHUNK, ResponseBody, framing, one_content_length, read_head
 from gatekeeper.proxy.rewrite import response_headers, upgrade_headers
-from gatekeeper.wsgi import ROUTER, UPSTREAM, UPSTREAM_ERROR, Environ, Headers, StartResponse, error_response, log_path
+from gatekeeper.wsgi import (
+    ROUTER,
+    TUNNEL_BYTES_IN,
+    TUNNEL_BYTES_OUT,
+    UPSTREAM,
+    UPSTREAM_ERROR,
+    Environ,
+    Headers,
+    StartResponse,
+    error_response,
+    log_path,
+)
 
-UPGRADE = "gatekeeper.upgrade"              # set by the server: server/upgrade.py's Offer
-BYTES_IN = "gatekeeper.tunnel.bytes_in"     # client -> upstream, after the 101
-BYTES_OUT = "gatekeeper.tunnel.bytes_out"   # upstream -> client, after the 101
 DEFAULT_IDLE = 60.0                         # when the client socket has no timeout (ServerLimits' default)
 
 log = logging.getLogger("gatekeeper.proxy")
@@ -144,7 +152,7 @@ class Tunnel:
         self.environ, self.offer, self.conn = environ, offer, conn
         self.pumps: List[gevent.Greenlet] = []
         self.last = time.monotonic()
-        environ[BYTES_IN] = environ[BYTES_OUT] = 0
+        environ[TUNNEL_BYTES_IN] = environ[TUNNEL_BYTES_OUT] = 0
 
     def __iter__(self) -> Iterator[bytes]:
         client, tail = self.offer.detach()
@@ -153,8 +161,8 @@ class Tunnel:
         upstream.settimeout(idle)
         early = buffered(self.conn)
         self.last = time.monotonic()
-        self.pumps = [gevent.spawn(self.pump, client.recv, upstream, tail, BYTES_IN, idle),
-                      gevent.spawn(self.pump, upstream.recv, client, early, BYTES_OUT, idle)]
+        self.pumps = [gevent.spawn(self.pump, client.recv, upstream, tail, TUNNEL_BYTES_IN, idle),
+                      gevent.spawn(self.pump, upstream.recv, client, early, TUNNEL_BYTES_OUT, idle)]
         try:
             first = gevent.wait(self.pumps, count=1)
             if first and first[0].value:   # a clean close, passed on: let the other direction finish

@@ -12,8 +12,8 @@ from email.utils import formatdate
 from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Protocol, Tuple
 
 from gatekeeper.server.base import body_refused, chunk, failure_response, log_request_error, send_head
-from gatekeeper.server.upgrade import UPGRADE, Offer, offered, switching_head
-from gatekeeper.wsgi import Environ, Headers, WSGIApp
+from gatekeeper.server.upgrade import Offer, offered, switching_head
+from gatekeeper.wsgi import UPGRADE, Environ, Headers, WSGIApp
 
 
 class Server(Protocol):

@@ -38,8 +38,8 @@ from gatekeeper.server.base import (
     send_head,
     server_log,
 )
-from gatekeeper.server.upgrade import UPGRADE, Offer, offered, switching_head
-from gatekeeper.wsgi import RAW_URI, Environ, WSGIApp
+from gatekeeper.server.upgrade import Offer, offered, switching_head
+from gatekeeper.wsgi import RAW_URI, UPGRADE, Environ, WSGIApp
 
 
 class GatewayHandler(ClientConnection, WSGIHandler):  # type: ignore[misc]

@@ -32,7 +32,6 @@ from typing import Callable, Tuple
 
 from gatekeeper.wsgi import Environ
 
-UPGRADE = "gatekeeper.upgrade"   # the same string as gatekeeper.proxy.tunnel.UPGRADE (no import sideways)
 Detach = Callable[[], Tuple[socket.socket, bytes]]
 
 
