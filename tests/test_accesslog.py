@@ -169,23 +169,31 @@ def test_a_line_outside_the_event_loop_is_written_at_once(tmp_path):
 
 
 @pytest.mark.parametrize("workers", ["1", "2"], ids=["one-process", "2-workers"])
-def test_no_line_lost_when_sigterm_drains_in_flight_requests(workers, conf_d, wsgi_server, tmp_path):
+def test_no_line_lost_when_sigterm_drains_in_flight_requests(workers, conf_d, wsgi_server, echo_upstream,
+                                                              tmp_path):
     """Requests still running when SIGTERM arrives finish during the drain, and each has its line."""
-    arrived = gevent.event.Event()
+    arrived = []
 
     def slow(environ, start_response):
-        arrived.set()
-        gevent.sleep(0.5)
+        arrived.append(environ["PATH_INFO"])
+        gevent.sleep(1.0)
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
         return [b"ok\n"]
-    upstream = wsgi_server(slow)
-    conf_d("api.yaml", lb_manifest('slow: {rule: "PathPrefix(`/`)", service: s}', upstream.url))
+    slow_upstream = wsgi_server(slow)
+    conf_d("api.yaml", f"""
+    http:
+      routers:
+        done: {{rule: "PathPrefix(`/done`)", service: echo}}
+        slow: {{rule: "PathPrefix(`/slow`)", service: slow}}
+      services:
+        echo: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
+        slow: {{loadBalancer: {{servers: [{{url: "{slow_upstream.url}"}}]}}}}
+    """)
     gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--workers", workers)
     try:
         fast = [requests.get(gk.url + f"/done/{n}", timeout=5).status_code for n in range(20)]
         pending = [gevent.spawn(requests.get, gk.url + f"/slow/{n}", timeout=10) for n in range(8)]
-        assert arrived.wait(10)
-        gevent.sleep(0.1)   # let every slow request reach the gateway
+        assert wait_for(lambda: len(arrived) == 8, timeout=10), arrived   # all 8 in flight through the gateway
         gk.signal(signal.SIGTERM)
         assert [g.get(timeout=10).status_code for g in pending] == [200] * 8
         assert fast == [200] * 20 and gk.proc.wait(timeout=10) == 0
