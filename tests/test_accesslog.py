@@ -87,10 +87,11 @@ def test_text_values_stay_on_one_parseable_line(value, shown):
 
 def test_text_line_has_every_field_in_order():
     fields = {"time": "t", "pid": 1, "client": "c", "method": "GET", "path": "/p q", "router": None,
-              "status": 404, "upstream": None, "duration_ms": 1.5, "bytes": 10, "user": None, "jwt_reason": None,
-              "aborted": "upstream"}
+              "status": 404, "upstream": None, "duration_ms": 1.5, "bytes": 10, "bytes_in": 0, "user": None,
+              "jwt_reason": None, "aborted": "upstream"}
     assert format_text(fields) == ('time=t pid=1 client=c method=GET path="/p q" router=- status=404 '
-                                   'upstream=- duration_ms=1.5 bytes=10 user=- jwt_reason=- aborted=upstream')
+                                   'upstream=- duration_ms=1.5 bytes=10 bytes_in=0 user=- jwt_reason=- '
+                                   'aborted=upstream')
 
 
 # --- batching: a loop iteration's lines in whole-line writes, nothing lost at a drain ---------------------

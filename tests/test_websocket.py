@@ -402,6 +402,9 @@ def test_workers_log_and_count_each_socket_when_it_closes(conf_d, ws_upstream, t
         lines = [line for line in gk.access_lines() if "status=101" in line]
         assert all("router=secure@file" in line and "user=alice" in line for line in lines)
         assert all(float(line.split("duration_ms=")[1].split()[0]) >= 300 for line in lines)
+        # the frames both ways ("hi" and the close handshake: masked from the client, plain back)
+        assert all(int(line.split(" bytes=")[1].split()[0]) >= 4 for line in lines)
+        assert all(int(line.split(" bytes_in=")[1].split()[0]) >= 8 for line in lines)
         assert metric_value(gk.metrics(), "gatekeeper_requests_total", status="101") == 4
     finally:
         assert gk.stop() == 0

@@ -34,6 +34,8 @@ from gatekeeper.wsgi import (
     JWT_REASON,
     RAW_URI,
     ROUTER,
+    TUNNEL_BYTES_IN,
+    TUNNEL_BYTES_OUT,
     UPSTREAM,
     UPSTREAM_ERROR,
     USER,
@@ -44,7 +46,7 @@ from gatekeeper.wsgi import (
 )
 
 FIELDS = ("time", "pid", "client", "method", "path", "router", "status", "upstream", "duration_ms", "bytes",
-          "user", "jwt_reason", "aborted")
+          "bytes_in", "user", "jwt_reason", "aborted")
 
 
 class Exchange:
@@ -53,6 +55,7 @@ class Exchange:
     __slots__ = (
         "aborted",
         "bytes",
+        "bytes_in",
         "client",
         "clock",
         "duration",
@@ -77,7 +80,8 @@ class Exchange:
         self.upstream: Optional[str] = None
         self.upstream_error: Optional[str] = None
         self.duration = 0.0
-        self.bytes = 0
+        self.bytes = 0                      # to the client (after a 101: what the upstream sent through)
+        self.bytes_in = 0                   # from the client after a 101 (an upgraded connection), else 0
         self.user: Optional[str] = None
         self.jwt_reason: Optional[str] = None
         self.jwt_ok = False
@@ -98,12 +102,15 @@ class Exchange:
         self.user = environ.get(USER)
         self.jwt_reason = environ.get(JWT_REASON)
         self.jwt_ok = CLAIMS in environ
+        if TUNNEL_BYTES_OUT in environ:     # an upgraded connection: the bytes relayed both ways
+            self.bytes = environ[TUNNEL_BYTES_OUT]
+            self.bytes_in = environ.get(TUNNEL_BYTES_IN, 0)
 
     def fields(self) -> Dict[str, Any]:
         return {"time": format_time(self.started), "pid": os.getpid(), "client": self.client,
                 "method": self.method, "path": self.path, "router": self.router, "status": self.status,
                 "upstream": self.upstream, "duration_ms": round(self.duration * 1000, 3), "bytes": self.bytes,
-                "user": self.user, "jwt_reason": self.jwt_reason, "aborted": self.aborted}
+                "bytes_in": self.bytes_in, "user": self.user, "jwt_reason": self.jwt_reason, "aborted": self.aborted}
 
 
 _second_cache: List[object] = [-1, ""]
@@ -196,7 +203,7 @@ def text_line(e: Exchange) -> str:
     return (f"time={format_time(e.started)} pid={os.getpid()} client={text_value(e.client)} "
             f"method={text_value(e.method)} path={text_value(e.path)} router={text_value(e.router)} "
             f"status={e.status} upstream={text_value(e.upstream)} duration_ms={round(e.duration * 1000, 3)} "
-            f"bytes={e.bytes} user={text_value(e.user)} jwt_reason={text_value(e.jwt_reason)} "
+            f"bytes={e.bytes} bytes_in={e.bytes_in} user={text_value(e.user)} jwt_reason={text_value(e.jwt_reason)} "
             f"aborted={text_value(e.aborted)}")
 
 
