@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 import requests
-from serve_process import Gatekeeper
+from serve_process import Gatekeeper, metric_value
 
 from gatekeeper.config.model import Source
 from gatekeeper.config.providers.file import read_service
@@ -284,5 +284,9 @@ def test_checks_run_in_every_worker(upstreams, conf_d, tmp_path):
         assert wait_until(both_workers_checked, timeout=15), checked_by
         answers = {requests.get(gk.url + "/", timeout=5, headers={"Connection": "close"}).text for _ in range(20)}
         assert answers == {"a"}
+        # gatekeeper_server_up: one sample per worker and server (liveall), summed over the workers here
+        scrape = gk.metrics()
+        assert metric_value(scrape, "gatekeeper_server_up", service="s@file", server=sb.url) == 0
+        assert metric_value(scrape, "gatekeeper_server_up", service="s@file", server=sa.url) == 2
     finally:
         assert gk.stop() == 0

@@ -28,7 +28,7 @@ http:
     b: {{rule: "PathPrefix(`/b`)", service: s, middlewares: [unreachable-keys]}}
     down: {{rule: "PathPrefix(`/down`)", service: d}}
   services:
-    s: {{loadBalancer: {{servers: [{{url: "{upstream}"}}]}}}}
+    s: {{loadBalancer: {{servers: [{{url: "{upstream}"}}], healthCheck: {{path: /, interval: 1s}}}}}}
     d: {{loadBalancer: {{servers: [{{url: "{dead}"}}]}}}}
   middlewares:
     jwt: {{plugin: {{jwt: {{jwksUrl: "{idp}/keys?key={SECRET}"}}}}}}
@@ -95,6 +95,7 @@ def test_metrics_after_real_traffic(conf_d, echo_upstream, wsgi_server, free_por
         ("gatekeeper_keyset_fetches_total", (("url", keys_url),)): workers,   # one prefetch per worker
         ("gatekeeper_keyset_fetch_failures_total", (("url", keys_url),)): 0,
         ("gatekeeper_keyset_keys", (("url", keys_url),)): workers,           # 1 key, in each worker
+        ("gatekeeper_server_up", (("service", "s@file"), ("server", echo_upstream.url))): workers,  # checked: up
         ("gatekeeper_config_reloads_total", ()): 2 * workers,  # each worker's first load and the SIGHUP one
         ("gatekeeper_config_reload_errors_total", ()): workers,
         ("gatekeeper_config_errors", ()): workers,            # one problem, in each worker

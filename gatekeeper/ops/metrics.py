@@ -40,6 +40,7 @@ from prometheus_client.utils import floatToGoString
 from gatekeeper.jwt import remote as jwks
 from gatekeeper.jwt.fetch import safe_url
 from gatekeeper.ops.accesslog import Exchange, fan_out, observe
+from gatekeeper.proxy import health
 from gatekeeper.wsgi import WSGIApp
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -81,6 +82,8 @@ KEYSET_FAILURES = Counter("gatekeeper_keyset_fetch_failures",
                           ["url"])
 KEYSET_KEYS = Gauge("gatekeeper_keyset_keys", "Keys held by each remote key set, per worker",
                     ["url"], multiprocess_mode="liveall")
+SERVER_UP = Gauge("gatekeeper_server_up", "1 while a load balancer's active health check finds the server up, "
+                  "else 0 (per worker: each runs its own checks)", ["service", "server"], multiprocess_mode="liveall")
 
 _request_children: Dict[Tuple[str, str, int, Optional[str]], Tuple[Counter, Histogram, Counter]] = {}
 
@@ -257,6 +260,14 @@ def record_key_fetch(keyset: "jwks.RemoteKeySet", ok: bool) -> None:
 
 
 jwks.FETCH_OBSERVERS.append(record_key_fetch)
+
+
+def record_server_state(service: str, server: str, up: bool) -> None:
+    """A health check's first result for a server, or a change (a proxy.health.STATE_OBSERVERS hook)."""
+    SERVER_UP.labels(service, safe_url(server)).set(1 if up else 0)
+
+
+health.STATE_OBSERVERS.append(record_server_state)
 
 
 def instrument(app: WSGIApp, access_log: Optional[Callable[[Exchange], None]] = None) -> WSGIApp:

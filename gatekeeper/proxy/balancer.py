@@ -32,7 +32,15 @@ from gatekeeper.proxy.client import (
     ResponseBody,
 )
 from gatekeeper.proxy.composite import NO_SERVER, Balancer, Failover, Weighted, is_healthy
-from gatekeeper.proxy.health import ActiveChecker, HealthCheckDef, PassiveHealthDef, PassiveMarks, Target, register
+from gatekeeper.proxy.health import (
+    STATE_OBSERVERS,
+    ActiveChecker,
+    HealthCheckDef,
+    PassiveHealthDef,
+    PassiveMarks,
+    Target,
+    register,
+)
 from gatekeeper.proxy.rewrite import body_reader, forwarded_headers, response_headers, upstream_target
 from gatekeeper.proxy.sticky import StickyCookie, StickyDef
 from gatekeeper.wsgi import (
@@ -271,6 +279,7 @@ class LoadBalancer:
         self.passive = PassiveMarks(len(self.servers), passive) if passive is not None else None
         self.sticky = StickyCookie(sticky, name, [s.spec.url for s in self.servers]) if sticky else None
         self.checks_active = health_check is not None
+        self.announced = [False] * len(self.servers)    # whose first check result observers have seen
         self.rebuild()
         self.checker: Optional[ActiveChecker] = None
         if health_check is not None:
@@ -292,10 +301,16 @@ class LoadBalancer:
 
     def report(self, index: int, up: bool, why: str) -> None:
         """An active check's result (from the checker's loop)."""
+        origin = self.servers[index].spec.origin
+        if self.up[index] == up and self.announced[index]:
+            return
+        if not self.announced[index] or self.up[index] != up:
+            self.announced[index] = True
+            for observe in STATE_OBSERVERS:
+                observe(self.name, origin, up)
         if self.up[index] == up:
             return
         self.up[index] = up
-        origin = self.servers[index].spec.origin
         if up:
             log.info("service %s: server %s is healthy again", self.name or "-", origin)
         else:

@@ -28,8 +28,8 @@ from gatekeeper.proxy.client import ConnectionPool, ProxyLimits, Request, Respon
 
 log = logging.getLogger("gatekeeper.health")
 
-__all__ = ["ActiveChecker", "HealthCheckDef", "PassiveHealthDef", "PassiveMarks", "Target", "enable_checks",
-           "register"]
+__all__ = ["STATE_OBSERVERS", "ActiveChecker", "HealthCheckDef", "PassiveHealthDef", "PassiveMarks", "Target",
+           "enable_checks", "register"]
 
 MAX_REDIRECTS = 10  # as Go's http.Client, which Traefik's checks use
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -46,6 +46,9 @@ class ProbePool(Protocol):
 
 PoolMaker = Callable[[str, str, int, ProxyLimits], ProbePool]
 Report = Callable[[int, bool, str], None]
+# (service, server origin, up): called on each server's first check result and on every change, in the
+# process running the checks (ops/metrics keeps the gatekeeper_server_up gauge from it)
+STATE_OBSERVERS: List[Callable[[str, str, bool], None]] = []
 
 
 @dataclass(frozen=True)
