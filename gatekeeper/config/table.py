@@ -89,7 +89,7 @@ class RouteIndex:
                     found.append(entry)
             for suffix in pins.suffixes:
                 wildcard.setdefault(suffix, []).append(entry)
-        for host, found in exact.items():
+        for host, found in exact.items() if wildcard else ():
             dot = host.find(".")
             extra = wildcard.get(host[dot:]) if dot > 0 else None
             if extra:  # the wildcard routers that also match this exact host, in rank order
