@@ -17,10 +17,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
 from urllib.parse import urlsplit
 
-from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout, UpstreamAborted
+from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout
 from gatekeeper.proxy import tunnel
 from gatekeeper.proxy.client import (
     DEFAULT_LIMITS,
@@ -41,6 +41,7 @@ from gatekeeper.proxy.health import (
     Target,
     register,
 )
+from gatekeeper.proxy.response import Relay
 from gatekeeper.proxy.rewrite import body_reader, forwarded_headers, response_headers, upstream_target
 from gatekeeper.proxy.sticky import StickyCookie, StickyDef
 from gatekeeper.wsgi import (
@@ -229,27 +230,6 @@ class FailureLogThrottle:
 
 
 FAILURE_LOG = FailureLogThrottle()
-
-
-class Relay:
-    """The WSGI iterable of a streamed upstream body: notes an upstream failure mid-body for the access
-    log and metrics (``gatekeeper.upstream.error = "aborted"``) and lets :class:`UpstreamAborted` reach
-    the server, which cuts the client connection and logs one line."""
-
-    __slots__ = ("body", "environ")
-
-    def __init__(self, body: ResponseBody, environ: Environ) -> None:
-        self.body, self.environ = body, environ
-
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            yield from self.body
-        except UpstreamAborted:
-            self.environ[UPSTREAM_ERROR] = "aborted"
-            raise
-
-    def close(self) -> None:
-        self.body.close()
 
 
 def phrase(code: int) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Protocol, Tuple
 
 from gatekeeper.errors import BadGateway, GatewayTimeout, UpstreamAborted
-from gatekeeper.wsgi import Headers
+from gatekeeper.wsgi import UPSTREAM_ERROR, Environ, Headers
 
 CHUNK = 64 * 1024
 MAX_LINE = 64 * 1024
@@ -261,3 +261,24 @@ class ResponseBody:
             self.pool.release(conn)
         else:
             conn.close()
+
+
+class Relay:
+    """The WSGI iterable of a streamed upstream body: notes an upstream failure mid-body for the access
+    log and metrics (``gatekeeper.upstream.error = "aborted"``) and lets :class:`UpstreamAborted` reach
+    the server, which cuts the client connection and logs one line."""
+
+    __slots__ = ("body", "environ")
+
+    def __init__(self, body: ResponseBody, environ: Environ) -> None:
+        self.body, self.environ = body, environ
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self.body
+        except UpstreamAborted:
+            self.environ[UPSTREAM_ERROR] = "aborted"
+            raise
+
+    def close(self) -> None:
+        self.body.close()

@@ -27,9 +27,9 @@ from typing import Callable, Iterable, Iterator, List, Optional, Protocol, Tuple
 
 import gevent
 
-from gatekeeper.errors import BadGateway, GatewayTimeout, UpstreamAborted
+from gatekeeper.errors import BadGateway, GatewayTimeout
 from gatekeeper.proxy.client import Connection, ConnectionPool, translated
-from gatekeeper.proxy.response import CHUNK, ResponseBody, framing, one_content_length, read_head
+from gatekeeper.proxy.response import CHUNK, Relay, ResponseBody, framing, one_content_length, read_head
 from gatekeeper.proxy.rewrite import response_headers, upgrade_headers
 from gatekeeper.wsgi import (
     ROUTER,
@@ -85,7 +85,7 @@ def forward(environ: Environ, start_response: StartResponse, offer: Offer, pool:
     except BaseException:
         body.close()
         raise
-    return Answer(body, environ)
+    return Relay(body, environ)
 
 
 def send_request(conn: Connection, method: str, target: str, headers: Headers) -> None:
@@ -118,23 +118,6 @@ def upstream_failed(environ: Environ, start_response: StartResponse, exc: BaseEx
                 environ.get(ROUTER, "-"), environ.get("REQUEST_METHOD", "-"), log_path(environ), exc)
     environ[UPSTREAM_ERROR] = "timeout" if timeout else "bad_gateway"
     return (GATEWAY_TIMEOUT if timeout else BAD_GATEWAY)(environ, start_response)
-
-
-class Answer:
-    """A non-101 answer's body, streamed; a failure after its start cuts the client connection."""
-
-    def __init__(self, body: ResponseBody, environ: Environ) -> None:
-        self.body, self.environ = body, environ
-
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            yield from self.body
-        except UpstreamAborted:
-            self.environ[UPSTREAM_ERROR] = "aborted"
-            raise
-
-    def close(self) -> None:
-        self.body.close()
 
 
 class Tunnel:
