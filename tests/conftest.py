@@ -169,3 +169,42 @@ def pki(tmp_path_factory) -> Dict[str, str]:
 def tls_files(pki) -> Tuple[Path, Path, Path]:
     """(ca.pem, cert.pem, key.pem) of a server certificate for 127.0.0.1 signed by the test CA."""
     return Path(pki["ca"]), Path(pki["server"]), Path(pki["server.key"])
+
+
+# --- named upstreams with a health endpoint (health checks, failover, sticky) -------------------------
+
+class Upstream:
+    """A named upstream whose health endpoint answers ``self.status``; records what the checks sent."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.status, self.seen = name, 200, []  # type: List[Dict[str, Any]]
+
+    def __call__(self, environ: Dict[str, Any], start_response: Callable) -> List[bytes]:
+        path = environ["PATH_INFO"]
+        if path.startswith("/health") or path.startswith("/moved"):
+            self.seen.append({"method": environ["REQUEST_METHOD"], "path": path,
+                              "query": environ.get("QUERY_STRING", ""), "host": environ.get("HTTP_HOST"),
+                              "probe": environ.get("HTTP_X_PROBE"), "port": environ["SERVER_PORT"]})
+            if path == "/health/redirect":
+                start_response("302 Found", [("Location", "/health/target"), ("Content-Length", "0")])
+                return []
+            if path == "/health/target":
+                start_response("500 Internal Server Error", [("Content-Length", "0")])
+                return []
+            start_response(f"{self.status} X", [("Content-Length", "0")])
+            return []
+        body = self.name.encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+
+@pytest.fixture
+def upstreams(wsgi_server):
+    """Factory: ``upstreams("a", "b")`` -> [(Upstream, RunningServer)...]."""
+    def start(*names: str):
+        out = []
+        for name in names:
+            app = Upstream(name)
+            out.append((app, wsgi_server(app)))
+        return out
+    return start

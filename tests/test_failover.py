@@ -15,28 +15,6 @@ from gatekeeper.proxy.sticky import StickyDef, cookie_value, default_name
 from tests.conftest import wait_until
 
 
-class Upstream:
-    """Answers its name; ``/health`` answers ``self.status``."""
-
-    def __init__(self, name: str) -> None:
-        self.name, self.status = name, 200
-
-    def __call__(self, environ: Dict[str, Any], start_response: Callable) -> List[bytes]:
-        if environ["PATH_INFO"] == "/health":
-            start_response(f"{self.status} X", [("Content-Length", "0")])
-            return []
-        body = self.name.encode()
-        start_response("200 OK", [("Content-Length", str(len(body)))])
-        return [body]
-
-
-@pytest.fixture
-def upstreams(wsgi_server):
-    def start(*names: str) -> List[Tuple[Upstream, Any]]:
-        return [(app, wsgi_server(app)) for app in (Upstream(n) for n in names)]
-    return start
-
-
 @pytest.fixture
 def compiled(conf_d) -> Iterator[Callable[[str], Config]]:
     """Compile a manifest; every service is closed (its checker stopped) at the end."""

@@ -26,43 +26,6 @@ from gatekeeper.proxy.health import HealthCheckDef, PassiveHealthDef, Target, pr
 from tests.conftest import wait_until
 
 
-class Upstream:
-    """A named upstream whose health endpoint answers ``self.status``; records what the checks sent."""
-
-    def __init__(self, name: str) -> None:
-        self.name, self.status, self.seen = name, 200, []  # type: List[Dict[str, Any]]
-
-    def __call__(self, environ: Dict[str, Any], start_response: Callable) -> List[bytes]:
-        path = environ["PATH_INFO"]
-        if path.startswith("/health") or path.startswith("/moved"):
-            self.seen.append({"method": environ["REQUEST_METHOD"], "path": path,
-                              "query": environ.get("QUERY_STRING", ""), "host": environ.get("HTTP_HOST"),
-                              "probe": environ.get("HTTP_X_PROBE"), "port": environ["SERVER_PORT"]})
-            if path == "/health/redirect":
-                start_response("302 Found", [("Location", "/health/target"), ("Content-Length", "0")])
-                return []
-            if path == "/health/target":
-                start_response("500 Internal Server Error", [("Content-Length", "0")])
-                return []
-            start_response(f"{self.status} X", [("Content-Length", "0")])
-            return []
-        body = self.name.encode()
-        start_response("200 OK", [("Content-Length", str(len(body)))])
-        return [body]
-
-
-@pytest.fixture
-def upstreams(wsgi_server):
-    """Factory: ``upstreams("a", "b")`` -> [(Upstream, RunningServer)...]."""
-    def start(*names: str):
-        out = []
-        for name in names:
-            app = Upstream(name)
-            out.append((app, wsgi_server(app)))
-        return out
-    return start
-
-
 @pytest.fixture
 def checks_enabled() -> Iterator[None]:
     health.enable_checks()
