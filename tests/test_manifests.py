@@ -1,10 +1,12 @@
 """conf.d discovery and parsing: which files are read, in what order, and errors with lines."""
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 
-from gatekeeper.config.manifests import MAX_FILE_BYTES, is_manifest_name, parse_text, read_dir
+from gatekeeper.config.manifests import LOADERS, MAX_FILE_BYTES, is_manifest_name, parse_text, read_dir
 from gatekeeper.errors import ConfigError
 
 
@@ -132,3 +134,48 @@ def test_symlinked_folders_are_walked_once(tmp_path, links, problems):
     assert [f.file for f in snap.files] == ["a.yaml", "shared/b.yaml"]
     assert [p.file for p in snap.problems] == problems
     assert all("not followed" in p.reason for p in snap.problems)
+
+
+# --- libyaml's events feeding the bounded composer, and the pure-Python fallback ----------------------------
+
+def outcome(text, loader_class):
+    """What a file gives with one loader: documents with their lines and key lines, or the error's line."""
+    try:
+        return [(d.line, d.data, d.data.key_lines) for d in parse_text(text, "x.yaml", loader_class)]
+    except ConfigError as err:
+        return ("error", err.file, err.line, err.reason.split(":")[0])
+
+
+@pytest.mark.parametrize("text", [
+    "http:\n  routers:\n    r:\n      rule: Host(`a`)\n      service: s\n",
+    '{"http": {"routers": {"r": {"rule": "Path(`/`)", "priority": 3}}}}',
+    "a: on\nb: yes\nc: TRUE\nd: 0x1F\ne: 012\nf: ~\n",
+    "x: &a [1]\ny: *a\n<<: {m: 1}\n",
+    "a: 1\n---\nb:\n  c: 2\n...\n---\nd: 3\n",
+    "a: |\n  x\n  y\nb: >-\n  z\n",
+    "a: [1\n", "a: {b: 1\n", "a:\n  b: 1\n   c: 2\n", "- a\nb: 1\n", "a: 1\na: 2\n", "a: *nope\n",
+    "\ta: 1\n", "? [1]\n: 2\n", "a: !!python/object:os.system x\n", alias_bomb(6), "http: &a\n  r: [*a]\n",
+    "[" * 150 + "]" * 150, "[" * 1200,
+], ids=["yaml", "json", "yaml-1.2-scalars", "aliases-merge", "multi-document", "block-scalars",
+        "unclosed-list", "unclosed-map", "bad-indent", "sequence-then-map", "duplicate-key", "undefined-alias",
+        "tab", "unhashable-key", "python-tag", "billion-laughs", "recursive-alias", "deep-150", "deep-past-libyaml"])
+def test_libyaml_and_pure_python_loaders_agree(text):
+    """Both loaders give the same documents, lines and error lines (libyaml words some syntax errors apart)."""
+    assert len(LOADERS) == 2, "PyYAML here was built without libyaml: the fast path is not tested"
+    fast, pure = LOADERS
+    assert outcome(text, fast) == outcome(text, pure)
+
+
+def test_without_libyaml_the_pure_python_loader_reads(tmp_path):
+    """PyYAML built without libyaml (``yaml._yaml`` missing): the module imports and reads with Python alone."""
+    (tmp_path / "a.yaml").write_text("http:\n  routers:\n    r: {rule: Host(`a`)}\nx: [1\n")
+    (tmp_path / "b.yaml").write_text("b: on\n---\nc:\n  d: 2\n")
+    script = (
+        "import sys; sys.modules['yaml._yaml'] = None\n"
+        "from gatekeeper.config.manifests import LOADERS, read_dir\n"
+        "files = read_dir(sys.argv[1]).files\n"
+        "print([l.__name__ for l in LOADERS], files[0].error.line, [d.data for d in files[1].documents],\n"
+        "      files[1].documents[1].data['c'].line_of('d'))\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "['_LineLoader'] 5 [{'b': 'on'}, {'c': {'d': 2}}] 4"
