@@ -179,3 +179,23 @@ def test_without_libyaml_the_pure_python_loader_reads(tmp_path):
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "['_LineLoader'] 5 [{'b': 'on'}, {'c': {'d': 2}}] 4"
+
+
+@pytest.mark.parametrize("text, expanded", [
+    ('a: {b: \'{{ env "GK_P16C_VALUE" }}\'}\n', "secret-value"),
+    ('a: {b: "\\x7b\\x7b env \\"GK_P16C_VALUE\\" }}"}\n', "secret-value"),
+    ('a: {b: "\\u007B{ env \\"GK_P16C_VALUE\\" }}"}\n', "secret-value"),
+    ('a: {b: "{\\\n  { env \\"GK_P16C_VALUE\\" }}"}\n', "secret-value"),
+    ("a: {b: '{ { env \"GK_P16C_VALUE\" }}'}\n", '{ { env "GK_P16C_VALUE" }}'),
+    ("a: {b: plain}\n", "plain"),
+], ids=["template", "hex-escapes", "unicode-escape", "escaped-line-break", "not-a-template", "no-template"])
+def test_templates_are_expanded_however_spelled(monkeypatch, text, expanded):
+    """A file whose text has no ``{{`` is not walked by expand_env, unless escapes could spell one."""
+    from gatekeeper.config.providers.fields import expand_env
+    monkeypatch.setenv("GK_P16C_VALUE", "secret-value")
+    for loader_class in LOADERS:
+        data = parse_text(text, "x.yaml", loader_class)[0].data
+        out = expand_env(data)
+        assert out["a"]["b"] == expanded
+        assert (out is data) is (expanded != "secret-value")
+        assert out["a"].line_of("b") == 1

@@ -33,6 +33,9 @@ class Mapping(Dict[Any, Any]):
 
     line: int = 0
     key_lines: Dict[Any, int]
+    # False when read from a file whose text cannot spell ``{{`` (no ``{{``, no backslash escape): expand_env
+    # then skips the walk. True (walk it) for a mapping built any other way.
+    templated: bool = True
 
     def line_of(self, key: Any) -> int:
         """The line of ``key``, else the mapping's own line."""
@@ -56,7 +59,9 @@ class _Bounded:
 
     anchors: Dict[Any, yaml.Node]
 
-    def _start_bounds(self) -> None:
+    def _start_bounds(self, stream: str) -> None:
+        # A string value can hold "{{" only if the text does, or spells it with escapes ("\x7b", "\\" + newline)
+        self._plain = "{{" not in stream and "\\" not in stream
         self._open_anchors: Set[str] = set()       # anchors whose node is still being composed
         self._sizes: Dict[int, int] = {}       # id(node) -> its size with aliases expanded
         self._alias_nodes = 0
@@ -99,6 +104,8 @@ class _Bounded:
         result = Mapping()
         result.line = node.start_mark.line + 1
         result.key_lines = {}
+        if self._plain:
+            result.templated = False
         for key_node, value_node in node.value:
             key = constructor.construct_object(key_node, deep=True)
             try:
@@ -144,7 +151,7 @@ class _LineLoader(_Bounded, yaml.SafeLoader):
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
-        self._start_bounds()
+        self._start_bounds(stream)
 
 
 try:  # libyaml's C parser, when PyYAML was built with it
@@ -166,7 +173,7 @@ else:
             yaml.composer.Composer.__init__(self)
             yaml.constructor.SafeConstructor.__init__(self)
             yaml.resolver.Resolver.__init__(self)
-            self._start_bounds()
+            self._start_bounds(stream)
 
     LOADERS = (_CLineLoader, _LineLoader)
 # YAML 1.2 booleans only: Traefik (Go yaml v3) reads `on`, `yes`, `no` as strings.

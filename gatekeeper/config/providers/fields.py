@@ -28,6 +28,7 @@ def expand_env(value: Any, path: str = "") -> Any:
 
     What has no template is returned as it is (the same object): a cold load walks every router's and
     service's body, and building a copy of each (with its dotted path per field) cost more than the walk.
+    A mapping read from a file whose text has no ``{{`` (``Mapping.templated`` False) is not walked at all.
 
     >>> body = Mapping(rule="Host(`a`)", servers=[{"url": "http://b"}])
     >>> expand_env(body) is body
@@ -52,6 +53,8 @@ def _substitute(match: "re.Match[str]") -> str:
 
 
 def _expand(value: Any) -> Any:
+    if isinstance(value, Mapping) and not value.templated:
+        return value
     if isinstance(value, str):
         return _ENV.sub(_substitute, value) if "{{" in value else value
     if isinstance(value, dict):
