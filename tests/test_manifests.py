@@ -155,10 +155,11 @@ def outcome(text, loader_class):
     "a: |\n  x\n  y\nb: >-\n  z\n",
     "a: [1\n", "a: {b: 1\n", "a:\n  b: 1\n   c: 2\n", "- a\nb: 1\n", "a: 1\na: 2\n", "a: *nope\n",
     "\ta: 1\n", "? [1]\n: 2\n", "a: !!python/object:os.system x\n", alias_bomb(6), "http: &a\n  r: [*a]\n",
-    "[" * 150 + "]" * 150, "[" * 1200,
+    "[" * 150 + "]" * 150, "[" * 1200, "a: &a [" + ",".join(["x"] * 1000) + "]\nb: [" + ",".join(["*a"] * 200) + "]\n",
 ], ids=["yaml", "json", "yaml-1.2-scalars", "aliases-merge", "multi-document", "block-scalars",
         "unclosed-list", "unclosed-map", "bad-indent", "sequence-then-map", "duplicate-key", "undefined-alias",
-        "tab", "unhashable-key", "python-tag", "billion-laughs", "recursive-alias", "deep-150", "deep-past-libyaml"])
+        "tab", "unhashable-key", "python-tag", "billion-laughs", "recursive-alias", "deep-150", "deep-past-libyaml",
+        "many-aliases"])
 def test_libyaml_and_pure_python_loaders_agree(text):
     """Both loaders give the same documents, lines and error lines (libyaml words some syntax errors apart)."""
     assert len(LOADERS) == 2, "PyYAML here was built without libyaml: the fast path is not tested"
