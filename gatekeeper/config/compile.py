@@ -8,25 +8,35 @@ previous configuration, so a reload costs what changed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Set, Tuple, Union
 
 from gatekeeper.config import middlewares
-from gatekeeper.config.manifests import FileResult, Snapshot
+from gatekeeper.config.lastgood import Rules, keep_last_good, with_last_good_files
+from gatekeeper.config.manifests import Snapshot
 from gatekeeper.config.middlewares import Wrapper, compose
 from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef, Source
 from gatekeeper.config.providers import collect
 from gatekeeper.config.providers.transports import read_transports, transport_limits, with_transports
+from gatekeeper.config.reuse import (
+    COMPOSITE_MIDDLEWARES,
+    COMPOSITE_SERVICES,
+    missing,
+    reusable_routers,
+    serving_definitions,
+    unchanged_built,
+    unseen,
+)
 from gatekeeper.config.table import (
     BuiltMiddleware,
     BuiltService,
     CompiledRouter,
     Config,
     index_by_entrypoint,
+    merged_routers,
     sorted_routers,
 )
 from gatekeeper.errors import ConfigError, ExpressionError
-from gatekeeper.expr import RequestView, compile_rule
 from gatekeeper.proxy.balancer import ProxyLimits, ServerSpec, make_failover, make_load_balancer, make_weighted
 from gatekeeper.proxy.mirror import make_mirroring
 from gatekeeper.wsgi import WSGIApp, error_response
@@ -37,124 +47,6 @@ __all__ = ["CompileOptions", "compile_config"]
 @dataclass(frozen=True)
 class CompileOptions:
     limits: ProxyLimits = field(default_factory=ProxyLimits)
-
-
-def with_last_good_files(snapshot: Snapshot, previous: Optional[Config],
-                         broken: Mapping[str, ConfigError] = {}) -> Snapshot:
-    """Files that fail to read or parse, or hold a document of a broken shape (``broken``, by file), keep
-    the documents they had in the previous configuration."""
-    if previous is None:
-        return snapshot
-    before: Dict[str, FileResult] = {f.file: f for f in previous.snapshot.files}
-    merged = []
-    for result in snapshot.files:
-        old = before.get(result.file)
-        error = broken.get(result.file) if broken else result.error
-        if error is not None and old is not None and old.documents:
-            err = error.located(file=result.file)
-            err = ConfigError(err.reason + " (serving the last good version of this file)",
-                              file=err.file, line=err.line, obj=err.obj)
-            merged.append(replace(old, error=err))
-        else:
-            merged.append(result)
-    return replace(snapshot, files=tuple(merged))
-
-
-class Rules:
-    """Rule text -> compiled matcher, reusing the previous configuration's closures (a reload costs what
-    changed); a rule that does not compile gives its ExpressionError."""
-
-    def __init__(self, previous: Optional[Config]) -> None:
-        self.known: Dict[str, "Callable[[RequestView], bool] | ExpressionError"] = (
-            {r.definition.rule: r.matches for r in previous.routers} if previous else {})
-
-    def get(self, rule: str) -> "Callable[[RequestView], bool] | ExpressionError":
-        found = self.known.get(rule)
-        if found is None:
-            try:
-                found = compile_rule(rule)
-            except ExpressionError as err:
-                found = err
-            self.known[rule] = found
-        return found
-
-
-@dataclass
-class LastGood:
-    """Definitions after putting back the last good version of every object that failed this time.
-
-    Objects are known by identity (``definition.identity``): the name, or for a Kubernetes route its
-    IngressRoute and position, since its name changes with its match. A router in error, or whose rule no
-    longer compiles, or that failed to read at all, serves its previous version (with the services it
-    reaches that are gone from the new definitions); with no previous version a router in error whose rule
-    compiles answers 503, and one without a usable rule is left out (it could match nothing).
-    """
-
-    routers: Dict[str, RouterDef]
-    middlewares: Dict[str, MiddlewareDef]
-    services: Dict[str, ServiceDef]
-    stale: Set[Tuple[str, str]] = field(default_factory=set)
-    errors: List[ConfigError] = field(default_factory=list)
-
-    def definitions(self) -> Definitions:
-        return Definitions(self.routers, self.middlewares, self.services)
-
-
-def keep_last_good(defs: Definitions, failed: Mapping[Tuple[str, str], ConfigError], rules: Rules,
-                   previous: Optional[Config]) -> LastGood:
-    """Put back the last good version of each object that failed validation (see :class:`LastGood`)."""
-    out = LastGood(dict(defs.routers), dict(defs.middlewares), dict(defs.services))
-    old_routers = {r.definition.identity: r.definition for r in previous.routers
-                   if r.definition.error is None} if previous else {}
-    for kind, table in (("middleware", out.middlewares), ("service", out.services)):
-        old = {b.definition.identity: b.definition for b in getattr(previous, kind + "s").values()} \
-            if previous else {}
-        for (failed_kind, identity), _ in failed.items():
-            if failed_kind == kind and identity in old and old[identity].name not in table:
-                table[old[identity].name] = old[identity]
-                out.stale.add((kind, old[identity].name))
-    present = {d.identity for d in out.routers.values()}
-    for definition in list(out.routers.values()):
-        problem = rules.get(definition.rule)
-        if isinstance(problem, ExpressionError):
-            out.errors.append(ConfigError(f"rule: {problem.render()}").located(
-                file=definition.source.file, line=definition.source.line or None,
-                obj=f'router "{definition.name}"'))
-        if definition.error is not None or isinstance(problem, ExpressionError):
-            restore_router(out, definition, old_routers, previous,
-                           drop=isinstance(problem, ExpressionError))
-    for (kind, identity), _ in failed.items():
-        if kind == "router" and identity not in present and identity in old_routers:
-            restore_router(out, None, old_routers, previous, drop=False, identity=identity)
-    return out
-
-
-def restore_router(out: LastGood, current: Optional[RouterDef], old_routers: Mapping[str, RouterDef],
-                   previous: Optional[Config], *, drop: bool, identity: str = "") -> None:
-    """Replace a failed router by its last good version, or drop it when it has none and cannot serve 503."""
-    identity = current.identity if current is not None else identity
-    old = old_routers.get(identity)
-    if current is not None and (old is not None or drop):
-        del out.routers[current.name]
-    if old is None or old.name in out.routers:
-        return
-    out.routers[old.name] = old
-    out.stale.add(("router", old.name))
-    assert previous is not None
-    restore_services(out, old.service, previous)
-
-
-def restore_services(out: LastGood, name: str, previous: Config) -> None:
-    """A restored router's service (and the services it is made of: members, failover, mirrors) when gone
-    from the new definitions: a Kubernetes route's own service is named after its match, so it goes away with
-    the match."""
-    built = previous.services.get(name)
-    if name in out.services or built is None:
-        return
-    out.services[name] = built.definition
-    out.stale.add(("service", name))
-    for child, _ in (*built.definition.children, *built.definition.mirrors):
-        restore_services(out, child, previous)
 
 
 class Builder:
@@ -181,8 +73,8 @@ class Builder:
         if definition is None:
             return None
         old = self.previous.services.get(name) if self.previous else None
-        if old is not None and old.definition == definition and old.error is None \
-                and definition.kind not in ("weighted", "mirroring", "failover"):
+        if old is not None and (old.definition is definition or old.definition == definition) \
+                and old.error is None and definition.kind not in ("weighted", "mirroring", "failover"):
             built = old
         else:
             try:
@@ -276,7 +168,8 @@ class Builder:
         if definition is None:
             return None
         old = self.previous.middlewares.get(name) if self.previous else None
-        if old is not None and old.definition == definition and old.error is None and definition.kind != "chain":
+        if old is not None and (old.definition is definition or old.definition == definition) \
+                and old.error is None and definition.kind != "chain":
             built = old
         else:
             try:
@@ -317,7 +210,8 @@ class Builder:
             return CompiledRouter(definition, matches, error_response(503, "Service Unavailable"),
                                   error=definition.error, stale=stale)
         problem, handler = self.router_handler(definition)
-        return CompiledRouter(definition, matches, handler, error=problem, stale=stale)
+        uses = (self.services.get(definition.service), *map(self.middlewares.get, definition.middlewares))
+        return CompiledRouter(definition, matches, handler, error=problem, stale=stale, uses=uses)
 
     def router_handler(self, definition: RouterDef) -> Tuple[Optional[str], WSGIApp]:
         service = self.service(definition.service)
@@ -359,8 +253,12 @@ def reports_health(definition: ServiceDef) -> bool:
 
 
 def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
-                   options: Optional[CompileOptions] = None) -> Config:
-    """Build a new configuration from a snapshot of conf.d, keeping last good versions from ``previous``."""
+                   options: Optional[CompileOptions] = None, *, reuse: bool = True) -> Config:
+    """Build a new configuration from a snapshot of conf.d, keeping last good versions from ``previous``.
+
+    With ``previous``, routers whose definition, service and middlewares are unchanged are taken from it
+    as they are (``config/reuse.py``) and its routing indexes are updated rather than rebuilt.
+    ``reuse=False`` builds every router again (the reference the tests compare a reload with)."""
     options = options or CompileOptions()
     snapshot = with_last_good_files(snapshot, previous)
     collected = collect(snapshot)
@@ -368,20 +266,32 @@ def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
         snapshot = with_last_good_files(snapshot, previous, collected.broken_files)
         collected = collect(snapshot)
     rules = Rules(previous)
-    kept = keep_last_good(collected.definitions(), collected.failed_keys, rules, previous)
+    serving = serving_definitions(previous.routers) if previous is not None and reuse else set()
+    kept = keep_last_good(collected.definitions(), collected.failed_keys, rules, previous, serving)
     transports, transport_errors, failed_transports = read_transports(snapshot)
     defs = with_transports(kept.definitions(), transports, failed_transports)
     builder = Builder(defs, previous, options, kept.stale, root=snapshot.root, failed=collected.failed)
     builder.errors.extend([*kept.errors, *transport_errors])
-    routers = [r for r in (builder.router(d, rules) for d in defs.routers.values()) if r is not None]
-    for name in defs.services:
+    reused: Set[int] = set()
+    if previous is not None and reuse:  # what the previous configuration built and would be built again the same
+        builder.services.update(unchanged_built(defs.services, previous.services, COMPOSITE_SERVICES))
+        builder.middlewares.update(unchanged_built(defs.middlewares, previous.middlewares, COMPOSITE_MIDDLEWARES))
+        reused = reusable_routers(defs.routers, serving, builder.services, builder.middlewares,
+                                  stale={name for kind, name in kept.stale if kind == "router"}, previous=previous)
+    added = [r for r in (builder.router(d, rules) for d in unseen(defs.routers.values(), reused)) if r is not None]
+    for name in missing(defs.services, builder.services):
         builder.service(name)
-    for name in defs.middlewares:
+    for name in missing(defs.middlewares, builder.middlewares):
         builder.middleware(name)
-    ordered = sorted_routers(routers)
+    if previous is None or not reuse:
+        ordered, changes = sorted_routers(added), None
+    else:
+        ordered, removed = merged_routers(previous.routers, reused, added)
+        changes = (added, removed)
     return Config(ordered, builder.middlewares, builder.services,
                   tuple(collected.errors) + tuple(builder.errors), snapshot,
-                  (previous.generation + 1) if previous else 1, index_by_entrypoint(ordered))
+                  (previous.generation + 1) if previous else 1, index_by_entrypoint(ordered), rules.known,
+                  previous, changes)
 
 
 @dataclass(frozen=True)

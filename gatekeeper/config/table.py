@@ -6,15 +6,19 @@ Nothing here is mutated after it is built.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from bisect import insort
+from dataclasses import InitVar, dataclass, field
+from functools import cached_property
+from itertools import chain, compress
+from operator import attrgetter, not_
+from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from gatekeeper.config.manifests import Snapshot
 from gatekeeper.config.middlewares import Wrapper
 from gatekeeper.config.model import MiddlewareDef, RouterDef, ServiceDef
-from gatekeeper.errors import ConfigError
+from gatekeeper.errors import ConfigError, ExpressionError
 from gatekeeper.expr import RequestView
-from gatekeeper.expr.hosts import rule_hosts
+from gatekeeper.expr.hosts import HostPins, rule_hosts
 from gatekeeper.wsgi import Environ, WSGIApp
 
 
@@ -47,6 +51,9 @@ class CompiledRouter:
     handler: WSGIApp
     error: Optional[str] = None         # why it answers 503, when it does
     stale: bool = False
+    # the built service and middlewares its handler wraps, in order: a reload reuses the router only while
+    # they are the very objects the new configuration has (see config/reuse.py)
+    uses: Tuple[object, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -55,6 +62,16 @@ class CompiledRouter:
     @property
     def priority(self) -> int:
         return self.definition.effective_priority
+
+    @cached_property
+    def rank(self) -> Tuple[int, str]:
+        """Its place in the priority order (highest priority first, then by name): unique in a Config, and
+        the same in the next one while the router is reused, so an index can be updated in place."""
+        definition = self.definition
+        return (-(definition.priority or len(definition.rule)), definition.name)
+
+
+Entry = Tuple[Tuple[int, str], CompiledRouter]   # (rank, router)
 
 
 class RouteIndex:
@@ -65,7 +82,8 @@ class RouteIndex:
     host-agnostic. A request tries its host's candidates (exact ones merged with its suffix's at build time)
     and the host-agnostic routers, merged by their rank in the priority order, so the first that matches is
     the one the linear scan over all routers would find: a router left out of the candidates has a rule that
-    cannot match this host.
+    cannot match this host. :meth:`updated` derives the next index from this one when a reload changed a
+    few routers, redoing only their hosts.
 
         >>> RouteIndex(()).match(RequestView({"HTTP_HOST": "a.example.com"})) is None
         True
@@ -73,11 +91,12 @@ class RouteIndex:
 
     def __init__(self, routers: Tuple[CompiledRouter, ...]) -> None:
         self.routers = routers
-        exact: Dict[str, List[Tuple[int, CompiledRouter]]] = {}
-        wildcard: Dict[str, List[Tuple[int, CompiledRouter]]] = {}
-        anywhere: List[Tuple[int, CompiledRouter]] = []
-        for entry in enumerate(routers):
-            pins = rule_hosts(entry[1].definition.rule)
+        exact: Dict[str, List[Entry]] = {}
+        wildcard: Dict[str, List[Entry]] = {}
+        anywhere: List[Entry] = []
+        for router in routers:
+            entry = (router.rank, router)
+            pins = rule_hosts(router.definition.rule)
             if pins is None:
                 anywhere.append(entry)
                 continue
@@ -99,7 +118,42 @@ class RouteIndex:
         self.wildcard = {suffix: tuple(found) for suffix, found in wildcard.items()}
         self.anywhere = tuple(anywhere)
 
-    def candidates(self, host: str) -> Tuple[Tuple[int, CompiledRouter], ...]:
+    def updated(self, routers: Tuple[CompiledRouter, ...], added: Sequence[CompiledRouter],
+                removed: Sequence[CompiledRouter]) -> "RouteIndex":
+        """The index of ``routers`` (this index's routers less ``removed``, plus ``added``): the same lookups
+        as ``RouteIndex(routers)``, redoing only the hosts those routers pin (a reused router keeps its
+        rank). A wildcard router among them rebuilds it all."""
+        changed = [(router, rule_hosts(router.definition.rule)) for router in (*added, *removed)]
+        if any(pins is not None and pins.suffixes for _, pins in changed):
+            return RouteIndex(routers)
+        gone = {id(router) for router in removed}
+        fresh: Dict[str, List[Entry]] = {}
+        fresh_anywhere: List[Entry] = []
+        anywhere_touched = False
+        for number, (router, pins) in enumerate(changed):
+            new = number < len(added)
+            if pins is None:
+                anywhere_touched = True
+                if new:
+                    fresh_anywhere.append((router.rank, router))
+                continue
+            for host in pins.exact:
+                found = fresh.setdefault(host, [])
+                if new:
+                    found.append((router.rank, router))
+        out = RouteIndex.__new__(RouteIndex)
+        out.routers, out.wildcard = routers, self.wildcard
+        out.anywhere = _merged(self.anywhere, gone, fresh_anywhere) if anywhere_touched else self.anywhere
+        exact = out.exact = dict(self.exact)
+        for host, extra in fresh.items():
+            merged = _merged(self.candidates(host), gone, extra)
+            if any(_pins_exactly(router, host) for _, router in merged):
+                exact[host] = merged
+            else:  # only wildcard routers left (or none): the suffix answers for this host, as in a full build
+                exact.pop(host, None)
+        return out
+
+    def candidates(self, host: str) -> Tuple[Entry, ...]:
         """The host-pinning routers that may match ``host`` (as :attr:`RequestView.host` gives it)."""
         found = self.exact.get(host)
         if found is not None:
@@ -128,8 +182,21 @@ class RouteIndex:
         return None
 
 
-def _rank(entry: Tuple[int, CompiledRouter]) -> int:
+def _rank(entry: Entry) -> Tuple[int, str]:
     return entry[0]
+
+
+def _merged(entries: Iterable[Entry], gone: "set[int]", extra: List[Entry]) -> Tuple[Entry, ...]:
+    """``entries`` without the routers whose id is in ``gone``, plus ``extra``, in rank order."""
+    kept = [entry for entry in entries if id(entry[1]) not in gone]
+    kept.extend(extra)
+    kept.sort(key=_rank)
+    return tuple(kept)
+
+
+def _pins_exactly(router: CompiledRouter, host: str) -> bool:
+    pins: Optional[HostPins] = rule_hosts(router.definition.rule)
+    return pins is not None and host in pins.exact
 
 
 @dataclass(frozen=True)
@@ -137,7 +204,8 @@ class Config:
     """One loaded configuration. Never mutated: a reload builds a new one and swaps the reference.
 
     ``routers`` are in priority order; ``by_entrypoint`` holds, per entry point some router names, the
-    routers its listeners serve. The routing indexes (:class:`RouteIndex`) are built with the Config.
+    routers its listeners serve. The routing indexes (:class:`RouteIndex`) are built with the Config; given
+    the ``previous`` Config (not kept), they are derived from its indexes when few routers changed.
 
     >>> Config().match({"PATH_INFO": "/", "HTTP_HOST": "example.com"}) is None
     True
@@ -150,18 +218,44 @@ class Config:
     snapshot: Snapshot = field(default_factory=lambda: Snapshot(""))
     generation: int = 0
     by_entrypoint: Mapping[str, Tuple[CompiledRouter, ...]] = field(default_factory=dict)
+    rules: Mapping[str, Union[Callable[[RequestView], bool], ExpressionError]] = field(
+        default_factory=dict, repr=False, compare=False)  # rule text -> what compiling it gave (reused)
     indexes: Mapping[Optional[str], RouteIndex] = field(init=False, repr=False, compare=False)
+    previous: InitVar[Optional["Config"]] = None
+    changes: InitVar[Optional[Tuple[Sequence[CompiledRouter], Sequence[CompiledRouter]]]] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, previous: Optional["Config"],
+                      changes: Optional[Tuple[Sequence[CompiledRouter], Sequence[CompiledRouter]]]) -> None:
         # None: every router (a listener with no entry point); "": those naming no entry point (a listener
-        # whose entry point no router names); then one per entry point some router names
-        indexes: Dict[Optional[str], RouteIndex] = {None: RouteIndex(self.routers)}
-        if self.by_entrypoint or any(r.definition.entry_points for r in self.routers):
-            indexes[""] = RouteIndex(tuple(r for r in self.routers if not r.definition.entry_points))
-            indexes.update((name, RouteIndex(found)) for name, found in self.by_entrypoint.items())
+        # whose entry point no router names); then one per entry point some router names. ``changes``:
+        # (added, removed) routers since ``previous``, found by identity when not given
+        if previous is not None and changes is None:
+            changes = _router_changes(previous.routers, self.routers)
+        if changes is not None and len(changes[0]) + len(changes[1]) > 64 + len(self.routers) // 8:
+            changes = None  # building afresh costs less than updating
+        old = previous.indexes if previous is not None else {}
+
+        def index(key: Optional[str], routers: Tuple[CompiledRouter, ...]) -> RouteIndex:
+            if changes is None or key not in old:
+                return RouteIndex(routers)
+            added, removed = changes
+            if key is not None:
+                added = [r for r in added if _serves(r, key)]
+                removed = [r for r in removed if _serves(r, key)]
+            return old[key].updated(routers, added, removed)
+
+        indexes: Dict[Optional[str], RouteIndex] = {None: index(None, self.routers)}
+        if self.by_entrypoint or any(map(_ENTRY_POINTS, self.routers)):
+            indexes[""] = index("", tuple(r for r in self.routers if not r.definition.entry_points))
+            indexes.update((name, index(name, found)) for name, found in self.by_entrypoint.items())
         else:
             indexes[""] = indexes[None]
         object.__setattr__(self, "indexes", indexes)
+
+    @cached_property
+    def router_named(self) -> Mapping[str, CompiledRouter]:
+        """Routers by name (a reload looks up the previous version of an edited router here)."""
+        return dict(zip(map(_NAME, self.routers), self.routers))
 
     def routers_for(self, entrypoint: Optional[str]) -> Tuple[CompiledRouter, ...]:
         """Routers a listener serves: all of them, or those naming its entry point or none."""
@@ -186,12 +280,41 @@ class Config:
         return None
 
 
+def _router_changes(before: Tuple[CompiledRouter, ...], after: Tuple[CompiledRouter, ...]
+                    ) -> Tuple[List[CompiledRouter], List[CompiledRouter]]:
+    """(added, removed) routers, by identity, between two Configs."""
+    old_ids, new_ids = set(map(id, before)), set(map(id, after))
+    added_ids, removed_ids = new_ids - old_ids, old_ids - new_ids
+    return (list(compress(after, map(added_ids.__contains__, map(id, after)))),
+            list(compress(before, map(removed_ids.__contains__, map(id, before)))))
+
+
+def _serves(router: CompiledRouter, key: str) -> bool:
+    """Whether the index of entry point ``key`` ("": a listener whose entry point no router names) has it."""
+    entry_points = router.definition.entry_points
+    return not entry_points or key in entry_points
+
+
 def index_by_entrypoint(routers: Tuple[CompiledRouter, ...]) -> Mapping[str, Tuple[CompiledRouter, ...]]:
     """Per entry point named by some router: the routers it serves (those naming it, and those naming none),
     in priority order, so a request does not filter the list."""
-    entrypoints = {ep for r in routers for ep in r.definition.entry_points}
+    entrypoints = set(chain.from_iterable(map(_ENTRY_POINTS, routers)))
     return {ep: tuple(r for r in routers if not r.definition.entry_points or ep in r.definition.entry_points)
             for ep in entrypoints}
+
+
+def merged_routers(previous: Tuple[CompiledRouter, ...], kept: AbstractSet[int], added: List[CompiledRouter]
+                   ) -> Tuple[Tuple[CompiledRouter, ...], List[CompiledRouter]]:
+    """(the routers in priority order, the removed ones): ``previous`` routers whose definition's id is in
+    ``kept``, with ``added`` put in their places, and the other previous routers."""
+    flags = list(map(kept.__contains__, map(id, map(_DEFINITION, previous))))
+    routers = list(compress(previous, flags))
+    removed = list(compress(previous, map(not_, flags)))
+    if len(added) > 64 + len(routers) // 8:
+        return sorted_routers(routers + added), removed
+    for router in added:
+        insort(routers, router, key=_order)
+    return tuple(routers), removed
 
 
 def sorted_routers(routers: "list[CompiledRouter]") -> Tuple[CompiledRouter, ...]:
@@ -199,6 +322,7 @@ def sorted_routers(routers: "list[CompiledRouter]") -> Tuple[CompiledRouter, ...
     return tuple(sorted(routers, key=_order))
 
 
-def _order(router: CompiledRouter) -> Tuple[int, str]:
-    definition = router.definition  # effective_priority and name, without two property calls each
-    return (-(definition.priority or len(definition.rule)), definition.name)
+_order = attrgetter("rank")
+_DEFINITION = attrgetter("definition")
+_ENTRY_POINTS = attrgetter("definition.entry_points")
+_NAME = attrgetter("definition.name")  # computed once per router, and kept while the router is reused
