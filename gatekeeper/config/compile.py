@@ -8,7 +8,7 @@ previous configuration, so a reload costs what changed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Set, Tuple, Union
 
 from gatekeeper.config import middlewares
@@ -19,11 +19,10 @@ from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, Servi
 from gatekeeper.config.providers import collect
 from gatekeeper.config.providers.transports import read_transports, transport_limits, with_transports
 from gatekeeper.config.reuse import (
-    COMPOSITE_MIDDLEWARES,
-    COMPOSITE_SERVICES,
+    memo_of,
     missing,
+    next_memo,
     reusable_routers,
-    serving_definitions,
     unchanged_built,
     unseen,
 )
@@ -266,33 +265,41 @@ def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
         snapshot = with_last_good_files(snapshot, previous, collected.broken_files)
         collected = collect(snapshot)
     rules = Rules(previous)
-    serving = serving_definitions(previous.routers) if previous is not None and reuse else set()
-    kept = keep_last_good(collected.definitions(), collected.failed_keys, rules, previous, serving)
+    memo = (previous.memo or memo_of(previous)) if previous is not None and reuse else None
+    kept = keep_last_good(collected.definitions(), collected.failed_keys, rules, previous,
+                          memo.serving if memo is not None else frozenset())
     transports, transport_errors, failed_transports = read_transports(snapshot)
     defs = with_transports(kept.definitions(), transports, failed_transports)
     builder = Builder(defs, previous, options, kept.stale, root=snapshot.root, failed=collected.failed)
     builder.errors.extend([*kept.errors, *transport_errors])
     reused: Set[int] = set()
-    if previous is not None and reuse:  # what the previous configuration built and would be built again the same
-        builder.services.update(unchanged_built(defs.services, previous.services, COMPOSITE_SERVICES))
-        builder.middlewares.update(unchanged_built(defs.middlewares, previous.middlewares, COMPOSITE_MIDDLEWARES))
-        reused = reusable_routers(defs.routers, serving, builder.services, builder.middlewares,
-                                  stale={name for kind, name in kept.stale if kind == "router"}, previous=previous)
+    if previous is not None and memo is not None:  # what the previous configuration built, unchanged
+        found_services = unchanged_built(defs.services, previous.services, memo.services)
+        found_middlewares = unchanged_built(defs.middlewares, previous.middlewares, memo.middlewares)
+        builder.services.update(found_services)
+        builder.middlewares.update(found_middlewares)
+        all_kept = (len(found_services) == len(previous.services)
+                    and len(found_middlewares) == len(previous.middlewares))
+        reused = reusable_routers(defs.routers, memo, (all_kept, found_services, found_middlewares),
+                                  stale={name for kind, name in kept.stale if kind == "router"})
     added = [r for r in (builder.router(d, rules) for d in unseen(defs.routers.values(), reused)) if r is not None]
     for name in missing(defs.services, builder.services):
         builder.service(name)
     for name in missing(defs.middlewares, builder.middlewares):
         builder.middleware(name)
-    if previous is None or not reuse:
-        ordered, changes = sorted_routers(added), None
-    else:
-        ordered, removed = merged_routers(previous.routers, reused, added)
+    changes = None
+    if previous is not None and memo is not None:
+        ordered, removed, by_definition = merged_routers(previous.routers, memo.by_definition, reused, added)
         changes = (added, removed)
-    return Config(ordered, builder.middlewares, builder.services,
-                  tuple(collected.errors) + tuple(builder.errors), snapshot,
-                  (previous.generation + 1) if previous else 1, index_by_entrypoint(ordered), rules.known,
-                  previous, changes)
-
+        memo = next_memo(memo, by_definition, added, removed, services=(found_services, builder.services),
+                         middlewares=(found_middlewares, builder.middlewares))
+    else:
+        ordered = sorted_routers(added)
+    config = Config(ordered, builder.middlewares, builder.services,
+                    tuple(collected.errors) + tuple(builder.errors), snapshot,
+                    (previous.generation + 1) if previous else 1, index_by_entrypoint(ordered), rules.known,
+                    memo, previous, changes)
+    return config if config.memo is not None else replace(config, memo=memo_of(config))
 
 @dataclass(frozen=True)
 class _Context:

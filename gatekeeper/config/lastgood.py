@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from gatekeeper.config.manifests import FileResult, Snapshot
 from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef
@@ -86,7 +86,7 @@ class LastGood:
 
 
 def keep_last_good(defs: Definitions, failed: Mapping[Tuple[str, str], ConfigError], rules: Rules,
-                   previous: Optional[Config], serving: "Set[int] | frozenset[int]" = frozenset()) -> LastGood:
+                   previous: Optional[Config], serving: AbstractSet[int] = frozenset()) -> LastGood:
     """Put back the last good version of each object that failed validation (see :class:`LastGood`).
 
     ``serving``: ids of router definitions the previous configuration served without error; such a router

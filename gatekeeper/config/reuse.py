@@ -12,15 +12,16 @@ is a new object.
 """
 from __future__ import annotations
 
-from itertools import compress, repeat
+from itertools import compress, islice, repeat
 from operator import attrgetter, is_, not_
-from typing import AbstractSet, Any, Dict, Iterable, Iterator, List, Mapping, TypeVar
+from typing import AbstractSet, Any, Dict, Iterable, Iterator, Mapping, Sequence, Tuple, TypeVar
 
-__all__ = ["COMPOSITE_MIDDLEWARES", "COMPOSITE_SERVICES", "missing", "reusable_routers", "serving_definitions",
-           "unchanged_built", "unseen"]
+from gatekeeper.config.table import CompiledRouter, Config, ReuseMemo
+
+__all__ = ["COMPOSITE_MIDDLEWARES", "COMPOSITE_SERVICES", "memo_of", "missing", "next_memo", "reusable_routers",
+           "serving_definitions", "sound_definitions", "unchanged_built", "unseen"]
 
 T = TypeVar("T")
-B = TypeVar("B")
 
 # Kinds built from other built objects: rebuilt on every reload (their members may have been rebuilt), so a
 # router using one is rebuilt too.
@@ -33,6 +34,7 @@ _KIND = attrgetter("kind")
 _STALE = attrgetter("stale")
 _SERVICE = attrgetter("service")
 _MIDDLEWARES = attrgetter("middlewares")
+_NAME = attrgetter("definition.name")
 
 
 class _Missing:
@@ -53,58 +55,100 @@ def unseen(items: Iterable[T], ids: AbstractSet[int]) -> Iterator[T]:
 
 def serving_definitions(routers: Iterable[Any]) -> "set[int]":
     """ids of the definitions of the routers that serve without error and are not a last good version
-    standing in (the previous configuration's)."""
+    standing in."""
     routers = list(routers)
     flags = zip(map(is_, map(_ERROR, routers), repeat(None)), map(not_, map(_STALE, routers)))
     return set(map(id, map(_DEFINITION, compress(routers, map(all, flags)))))
 
 
-def unchanged_built(definitions: Mapping[str, Any], built: Mapping[str, B], composite: AbstractSet[str]
-                    ) -> Dict[str, B]:
+def sound_definitions(built: Iterable[Any], composite: AbstractSet[str]) -> "set[int]":
+    """ids of the definitions of built services or middlewares a reload may take back as they are: not in
+    error (so not stale either), not of a composite kind."""
+    built = list(built)
+    flags = zip(map(is_, map(_ERROR, built), repeat(None)),
+                map(not_, map(composite.__contains__, map(_KIND, map(_DEFINITION, built)))))
+    return set(map(id, map(_DEFINITION, compress(built, map(all, flags)))))
+
+
+def memo_of(config: Config) -> ReuseMemo:
+    """The :class:`ReuseMemo` of a configuration, worked out from all of it (a cold compile's)."""
+    routers = config.routers
+    return ReuseMemo(dict(zip(map(id, map(_DEFINITION, routers)), routers)),
+                     dict(zip(map(_NAME, routers), routers)), serving_definitions(routers),
+                     sound_definitions(config.services.values(), COMPOSITE_SERVICES),
+                     sound_definitions(config.middlewares.values(), COMPOSITE_MIDDLEWARES))
+
+
+def next_memo(memo: ReuseMemo, by_definition: Dict[int, CompiledRouter], added: Sequence[CompiledRouter],
+              removed: Sequence[CompiledRouter], *, services: Tuple[Mapping[str, Any], Mapping[str, Any]],
+              middlewares: Tuple[Mapping[str, Any], Mapping[str, Any]]) -> ReuseMemo:
+    """The memo of the configuration a reload built from one with ``memo``: ``by_definition`` already
+    updated, ``added`` and ``removed`` routers, ``services`` and ``middlewares`` as (the ones taken back
+    as they were, all the new configuration has; those taken back come first)."""
+    by_name = dict(memo.by_name)
+    for router in removed:
+        by_name.pop(router.definition.name, None)
+    by_name.update(zip(map(_NAME, added), added))
+    serving = set(memo.serving)
+    serving.difference_update(map(id, map(_DEFINITION, removed)))
+    serving.update(serving_definitions(added))
+    return ReuseMemo(by_definition, by_name, serving, _next_sound(memo.services, *services, COMPOSITE_SERVICES),
+                     _next_sound(memo.middlewares, *middlewares, COMPOSITE_MIDDLEWARES))
+
+
+def _next_sound(before: AbstractSet[int], found: Mapping[str, Any], built: Mapping[str, Any],
+                composite: AbstractSet[str]) -> "set[int]":
+    # when every object that could be taken back was, the set is the same
+    sound = set(before) if len(found) == len(before) else set(map(id, map(_DEFINITION, found.values())))
+    sound.update(sound_definitions(islice(built.values(), len(found), None), composite))
+    return sound
+
+
+def unchanged_built(definitions: Mapping[str, Any], built: Mapping[str, Any], sound: AbstractSet[int]
+                    ) -> Dict[str, Any]:
     """The previous built objects (services or middlewares) that building ``definitions`` would give back
     unchanged, by name: the rule ``Builder.service`` and ``Builder.middleware`` apply one by one (an equal
-    definition, not in error, not a composite kind), asked first by identity in C, then by equality for
-    the few definitions that are new objects (those of an edited file)."""
+    definition, not in error, not a composite kind: ``sound``, see :func:`sound_definitions`), asked first
+    by identity in C, then by equality for the few definitions that are new objects (an edited file's)."""
     names = list(definitions)
-    values = list(definitions.values())
-    olds: List[Any] = list(map(built.get, names, repeat(_MISSING)))
-    sound = map(is_, map(_ERROR, olds), repeat(None))
-    simple = map(not_, map(composite.__contains__, map(_KIND, values)))
-    candidates = list(map(all, zip(sound, simple)))
-    same = list(map(is_, values, map(_DEFINITION, olds)))
-    found = dict(compress(zip(names, olds), map(all, zip(same, candidates))))
-    for name, value, old in compress(zip(names, values, olds), map(all, zip(map(not_, same), candidates))):
-        if old.definition == value:
+    same = list(map(sound.__contains__, map(id, definitions.values())))
+    kept = list(compress(names, same))
+    found = dict(zip(kept, map(built.__getitem__, kept)))
+    for name, value in compress(definitions.items(), map(not_, same)):
+        old = built.get(name)
+        if old is not None and id(old.definition) in sound and old.definition == value:
             found[name] = old
     return found
 
 
-def reusable_routers(definitions: Mapping[str, Any], serving: AbstractSet[int], services: Mapping[str, Any],
-                     middlewares: Mapping[str, Any], *, stale: AbstractSet[str], previous: Any) -> "set[int]":
+def reusable_routers(definitions: Mapping[str, Any], memo: ReuseMemo, pieces: Tuple[bool, Any, Any], *,
+                     stale: AbstractSet[str]) -> "set[int]":
     """ids of the router definitions whose previous router can serve as is, and of that router's
-    definition: it served without error from this very definition (``serving``) or an equal one, and its
-    service and every middleware are reused unchanged (``services``, ``middlewares``: see
-    :func:`unchanged_built`), so it wraps the very objects a rebuild would wrap. A middleware rebuilt
-    because its options changed (a JWT secret rotated) is not among them, so every router using it is
-    rebuilt. ``stale``: names of routers put back as last good versions, rebuilt so they are marked stale.
-    ``previous``: the previous Config, whose ``router_named`` finds the router of an equal definition."""
+    definition: it served without error from this very definition (``memo.serving``) or an equal one, and
+    its service and every middleware are taken back unchanged (``pieces``: whether all of the previous
+    ones were, then the services and the middlewares taken back, see :func:`unchanged_built`), so it wraps
+    the very objects a rebuild would wrap. A middleware rebuilt because its options changed (a JWT secret
+    rotated) is not taken back, so every router using it is rebuilt. ``stale``: names of routers put back
+    as last good versions, rebuilt so they are marked stale."""
     values = list(definitions.values())
-    kept = set(middlewares)
-    pieces = list(map(all, zip(map(services.__contains__, map(_SERVICE, values)),
-                               map(kept.issuperset, map(_MIDDLEWARES, values)))))
-    same = list(map(serving.__contains__, map(id, values)))
-    reusable = list(compress(values, map(all, zip(same, pieces))))
-    others = list(compress(values, map(all, zip(map(not_, same), pieces))))
-    ids = set(map(id, reusable))
-    if others:
-        named = previous.router_named
-        for definition in others:
-            old = named.get(definition.name)
-            if old is not None and old.error is None and not old.stale and old.definition == definition:
-                ids.update((id(definition), id(old.definition)))
+    same = list(map(memo.serving.__contains__, map(id, values)))
+    all_kept, services, middlewares = pieces
+    if all_kept:  # each router that served had its pieces in the previous configuration: all taken back
+        ids = set(map(id, compress(values, same)))
+        others = list(compress(values, map(not_, same)))
+    else:
+        kept = set(middlewares)
+        usable = list(map(all, zip(map(services.__contains__, map(_SERVICE, values)),
+                                   map(kept.issuperset, map(_MIDDLEWARES, values)))))
+        ids = set(map(id, compress(values, map(all, zip(same, usable)))))
+        others = list(compress(values, map(all, zip(map(not_, same), usable))))
+    for definition in others:
+        old = memo.by_name.get(definition.name)
+        if old is not None and old.error is None and not old.stale and old.definition == definition:
+            ids.update((id(definition), id(old.definition)))
     for name in stale:
         ids.discard(id(definitions.get(name)))
-        ids.discard(id(previous.router_named.get(name, _MISSING).definition))
+        ids.discard(id(memo.by_name.get(name, _MISSING).definition))
     return ids
 
 

@@ -6,11 +6,11 @@ Nothing here is mutated after it is built.
 """
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_left, insort
 from dataclasses import InitVar, dataclass, field
 from functools import cached_property
 from itertools import chain, compress
-from operator import attrgetter, not_
+from operator import attrgetter
 from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from gatekeeper.config.manifests import Snapshot
@@ -220,6 +220,7 @@ class Config:
     by_entrypoint: Mapping[str, Tuple[CompiledRouter, ...]] = field(default_factory=dict)
     rules: Mapping[str, Union[Callable[[RequestView], bool], ExpressionError]] = field(
         default_factory=dict, repr=False, compare=False)  # rule text -> what compiling it gave (reused)
+    memo: Optional["ReuseMemo"] = field(default=None, repr=False, compare=False)
     indexes: Mapping[Optional[str], RouteIndex] = field(init=False, repr=False, compare=False)
     previous: InitVar[Optional["Config"]] = None
     changes: InitVar[Optional[Tuple[Sequence[CompiledRouter], Sequence[CompiledRouter]]]] = None
@@ -303,18 +304,38 @@ def index_by_entrypoint(routers: Tuple[CompiledRouter, ...]) -> Mapping[str, Tup
             for ep in entrypoints}
 
 
-def merged_routers(previous: Tuple[CompiledRouter, ...], kept: AbstractSet[int], added: List[CompiledRouter]
-                   ) -> Tuple[Tuple[CompiledRouter, ...], List[CompiledRouter]]:
-    """(the routers in priority order, the removed ones): ``previous`` routers whose definition's id is in
-    ``kept``, with ``added`` put in their places, and the other previous routers."""
-    flags = list(map(kept.__contains__, map(id, map(_DEFINITION, previous))))
-    routers = list(compress(previous, flags))
-    removed = list(compress(previous, map(not_, flags)))
-    if len(added) > 64 + len(routers) // 8:
-        return sorted_routers(routers + added), removed
+@dataclass(frozen=True)
+class ReuseMemo:
+    """What the next reload asks of a configuration, carried from one to the next so that a reload costs
+    what changed (``config/reuse.py``). Ids are of definitions this configuration holds, so they stay
+    valid while it lives."""
+
+    by_definition: Mapping[int, CompiledRouter]  # id(router.definition) -> router, every router
+    by_name: Mapping[str, CompiledRouter]
+    serving: AbstractSet[int]       # definitions of the routers serving without error, not stale
+    services: AbstractSet[int]      # definitions of the built services a reload may take back as they are
+    middlewares: AbstractSet[int]   # ... and middlewares
+
+
+def merged_routers(previous: Tuple[CompiledRouter, ...], by_definition: Mapping[int, CompiledRouter],
+                   kept: AbstractSet[int], added: List[CompiledRouter]
+                   ) -> Tuple[Tuple[CompiledRouter, ...], List[CompiledRouter], Dict[int, CompiledRouter]]:
+    """(the routers in priority order, the removed ones, the new ``by_definition``): the ``previous``
+    routers (``by_definition``: the same, by id of definition) whose definition's id is in ``kept``, with
+    ``added`` put in their places; only the routers that come and go are looked at."""
+    table = dict(by_definition)
+    removed = [table.pop(gone) for gone in by_definition.keys() - kept]
+    routers = list(previous)
+    if len(added) + len(removed) > 64 + len(routers) // 8:
+        routers = [*table.values(), *added]
+        table.update(zip(map(id, map(_DEFINITION, added)), added))
+        return sorted_routers(routers), removed, table
+    for router in removed:
+        del routers[bisect_left(routers, router.rank, key=_order)]
     for router in added:
         insort(routers, router, key=_order)
-    return tuple(routers), removed
+        table[id(router.definition)] = router
+    return tuple(routers), removed, table
 
 
 def sorted_routers(routers: "list[CompiledRouter]") -> Tuple[CompiledRouter, ...]:
