@@ -297,7 +297,8 @@ def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
         ordered = sorted_routers(added)
     config = Config(ordered, builder.middlewares, builder.services,
                     tuple(collected.errors) + tuple(builder.errors), snapshot,
-                    (previous.generation + 1) if previous else 1, index_by_entrypoint(ordered), rules.known,
+                    (previous.generation + 1) if previous else 1,
+                    index_by_entrypoint(ordered, previous, changes[0] if changes else None), rules.known,
                     memo, previous, changes)
     return config if config.memo is not None else replace(config, memo=memo_of(config))
 

@@ -246,7 +246,7 @@ class Config:
             return old[key].updated(routers, added, removed)
 
         indexes: Dict[Optional[str], RouteIndex] = {None: index(None, self.routers)}
-        if self.by_entrypoint or any(map(_ENTRY_POINTS, self.routers)):
+        if self.by_entrypoint or names_entry_points(self.routers, previous, changes[0] if changes else None):
             indexes[""] = index("", tuple(r for r in self.routers if not r.definition.entry_points))
             indexes.update((name, index(name, found)) for name, found in self.by_entrypoint.items())
         else:
@@ -296,9 +296,22 @@ def _serves(router: CompiledRouter, key: str) -> bool:
     return not entry_points or key in entry_points
 
 
-def index_by_entrypoint(routers: Tuple[CompiledRouter, ...]) -> Mapping[str, Tuple[CompiledRouter, ...]]:
+def names_entry_points(routers: Sequence[CompiledRouter], previous: Optional[Config] = None,
+                       added: Optional[Sequence[CompiledRouter]] = None) -> bool:
+    """Whether some router names an entry point; when ``routers`` are those of ``previous`` plus ``added``
+    (less some), asked of ``added`` only if no router of ``previous`` named one."""
+    if previous is not None and added is not None and previous.indexes[""] is previous.indexes[None]:
+        return any(map(_ENTRY_POINTS, added))
+    return any(map(_ENTRY_POINTS, routers))
+
+
+def index_by_entrypoint(routers: Tuple[CompiledRouter, ...], previous: Optional[Config] = None,
+                        added: Optional[Sequence[CompiledRouter]] = None) -> Mapping[str, Tuple[CompiledRouter, ...]]:
     """Per entry point named by some router: the routers it serves (those naming it, and those naming none),
-    in priority order, so a request does not filter the list."""
+    in priority order, so a request does not filter the list. ``previous``, ``added``: see
+    :func:`names_entry_points`."""
+    if not names_entry_points(routers, previous, added):
+        return {}
     entrypoints = set(chain.from_iterable(map(_ENTRY_POINTS, routers)))
     return {ep: tuple(r for r in routers if not r.definition.entry_points or ep in r.definition.entry_points)
             for ep in entrypoints}
