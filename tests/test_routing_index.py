@@ -196,3 +196,22 @@ def test_index_equals_linear_scan(table: List[Tuple[str, int, Tuple[str, ...]]],
         for entrypoint in (None, "web", "admin", "unnamed"):
             env = environ(host, path, method)
             assert config.match(env, entrypoint) is config.match_linear(env, entrypoint), (host, path, entrypoint)
+
+
+# -- a reload updates the indexes in place (RouteIndex.updated): the same answers as indexes built afresh ---
+@settings(max_examples=300, deadline=None)
+@given(tables, st.lists(st.booleans(), max_size=12), tables, requests)
+def test_updated_index_equals_a_fresh_one(table: List[Tuple[str, int, Tuple[str, ...]]], keep: List[bool],
+                                          more: List[Tuple[str, int, Tuple[str, ...]]],
+                                          reqs: List[Tuple[Optional[str], str, str]]) -> None:
+    before = config_of([router(f"r{i}", rule, priority, eps) for i, (rule, priority, eps) in enumerate(table)])
+    kept = [r for r, stays in zip(before.routers, keep + [True] * len(table)) if stays]
+    added = [router(f"n{i}", rule, priority, eps) for i, (rule, priority, eps) in enumerate(more[:3])]
+    ordered = sorted_routers(kept + added)
+    updated = Config(ordered, by_entrypoint=index_by_entrypoint(ordered, before, added), previous=before)
+    fresh = config_of(kept + added)
+    assert updated.routers == fresh.routers
+    for host, path, method in reqs:
+        for entrypoint in (None, "web", "admin", "unnamed"):
+            env = environ(host, path, method)
+            assert updated.match(env, entrypoint) is fresh.match(env, entrypoint), (host, path, entrypoint)
