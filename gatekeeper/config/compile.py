@@ -8,7 +8,7 @@ previous configuration, so a reload costs what changed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Set, Tuple, Union
 
 from gatekeeper.config import middlewares
@@ -265,7 +265,9 @@ def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
         snapshot = with_last_good_files(snapshot, previous, collected.broken_files)
         collected = collect(snapshot)
     rules = Rules(previous)
-    memo = (previous.memo or memo_of(previous)) if previous is not None and reuse else None
+    memo = None
+    if previous is not None and reuse:
+        memo = previous.memo or memo_of(previous.routers, previous.services, previous.middlewares)
     kept = keep_last_good(collected.definitions(), collected.failed_keys, rules, previous,
                           memo.serving if memo is not None else frozenset())
     transports, transport_errors, failed_transports = read_transports(snapshot)
@@ -295,12 +297,13 @@ def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
                          middlewares=(found_middlewares, builder.middlewares))
     else:
         ordered = sorted_routers(added)
-    config = Config(ordered, builder.middlewares, builder.services,
-                    tuple(collected.errors) + tuple(builder.errors), snapshot,
-                    (previous.generation + 1) if previous else 1,
-                    index_by_entrypoint(ordered, previous, changes[0] if changes else None), rules.known,
-                    memo, previous, changes)
-    return config if config.memo is not None else replace(config, memo=memo_of(config))
+        memo = memo_of(ordered, builder.services, builder.middlewares)
+    return Config(ordered, builder.middlewares, builder.services,
+                  tuple(collected.errors) + tuple(builder.errors), snapshot,
+                  (previous.generation + 1) if previous else 1,
+                  index_by_entrypoint(ordered, previous, changes[0] if changes else None), rules.known,
+                  memo, previous, changes)
+
 
 @dataclass(frozen=True)
 class _Context:

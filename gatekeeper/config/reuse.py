@@ -16,7 +16,7 @@ from itertools import compress, islice, repeat
 from operator import attrgetter, is_, not_
 from typing import AbstractSet, Any, Dict, Iterable, Iterator, Mapping, Sequence, Tuple, TypeVar
 
-from gatekeeper.config.table import CompiledRouter, Config, ReuseMemo
+from gatekeeper.config.table import CompiledRouter, ReuseMemo
 
 __all__ = ["COMPOSITE_MIDDLEWARES", "COMPOSITE_SERVICES", "memo_of", "missing", "next_memo", "reusable_routers",
            "serving_definitions", "sound_definitions", "unchanged_built", "unseen"]
@@ -70,13 +70,13 @@ def sound_definitions(built: Iterable[Any], composite: AbstractSet[str]) -> "set
     return set(map(id, map(_DEFINITION, compress(built, map(all, flags)))))
 
 
-def memo_of(config: Config) -> ReuseMemo:
+def memo_of(routers: Sequence[CompiledRouter], services: Mapping[str, Any], middlewares: Mapping[str, Any]
+            ) -> ReuseMemo:
     """The :class:`ReuseMemo` of a configuration, worked out from all of it (a cold compile's)."""
-    routers = config.routers
     return ReuseMemo(dict(zip(map(id, map(_DEFINITION, routers)), routers)),
                      dict(zip(map(_NAME, routers), routers)), serving_definitions(routers),
-                     sound_definitions(config.services.values(), COMPOSITE_SERVICES),
-                     sound_definitions(config.middlewares.values(), COMPOSITE_MIDDLEWARES))
+                     sound_definitions(services.values(), COMPOSITE_SERVICES),
+                     sound_definitions(middlewares.values(), COMPOSITE_MIDDLEWARES))
 
 
 def next_memo(memo: ReuseMemo, by_definition: Dict[int, CompiledRouter], added: Sequence[CompiledRouter],
