@@ -110,12 +110,11 @@ def unchanged_built(definitions: Mapping[str, Any], built: Mapping[str, Any], so
     unchanged, by name: the rule ``Builder.service`` and ``Builder.middleware`` apply one by one (an equal
     definition, not in error, not a composite kind: ``sound``, see :func:`sound_definitions`), asked first
     by identity in C, then by equality for the few definitions that are new objects (an edited file's)."""
-    names = list(definitions)
-    same = list(map(sound.__contains__, map(id, definitions.values())))
-    kept = list(compress(names, same))
-    found = dict(zip(kept, map(built.__getitem__, kept)))
-    for name, value in compress(definitions.items(), map(not_, same)):
-        old = built.get(name)
+    found = dict(built)
+    for name in built.keys() - definitions.keys():
+        del found[name]
+    for name, value in compress(definitions.items(), map(not_, map(sound.__contains__, map(id, definitions.values())))):
+        old = found.pop(name, None)
         if old is not None and id(old.definition) in sound and old.definition == value:
             found[name] = old
     return found
