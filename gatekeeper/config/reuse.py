@@ -4,8 +4,9 @@ A reload of one file among 100 (10,000 routers) must cost what changed, not a lo
 loop over 10,000 objects alone costs milliseconds. So the questions "which definitions are the very objects
 the previous configuration built from?" are answered with ``map``/``compress`` chains that run in C.
 Definitions of files whose bytes did not change are the same objects as before (the providers replay them
-from a cache keyed by the file's digest), so identity (``is``) is the test, never equality: an edited object
-is a new object.
+from a cache keyed by the file's digest), so identity (``is``) answers for them; only the new objects (those
+of an edited file) are compared for equality, one by one. What the next reload asks is carried from one
+configuration to the next (:class:`~gatekeeper.config.table.ReuseMemo`).
 
     >>> list(unseen(["a", "b"], set()))
     ['a', 'b']
