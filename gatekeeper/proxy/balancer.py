@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Optional, Protocol, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout
@@ -29,9 +29,9 @@ from gatekeeper.proxy.client import (
     ProxyLimits,
     Request,
     Response,
-    ResponseBody,
 )
 from gatekeeper.proxy.composite import NO_SERVER, Balancer, Failover, Weighted, is_healthy
+from gatekeeper.proxy.failures import upstream_failed
 from gatekeeper.proxy.health import (
     STATE_OBSERVERS,
     ActiveChecker,
@@ -45,7 +45,6 @@ from gatekeeper.proxy.response import Relay
 from gatekeeper.proxy.rewrite import body_reader, forwarded_headers, response_headers, upstream_target
 from gatekeeper.proxy.sticky import StickyCookie, StickyDef
 from gatekeeper.wsgi import (
-    ROUTER,
     UPGRADE,
     UPSTREAM,
     UPSTREAM_ERROR,
@@ -53,7 +52,6 @@ from gatekeeper.wsgi import (
     StartResponse,
     WSGIApp,
     error_response,
-    log_path,
 )
 
 log = logging.getLogger("gatekeeper.proxy")
@@ -128,8 +126,6 @@ def parse_server_url(url: str) -> Tuple[str, str, int, str, str]:
 
 # --- canned answers -------------------------------------------------------------------------------
 
-BAD_GATEWAY = error_response(502)
-GATEWAY_TIMEOUT = error_response(504)
 BAD_REQUEST_BODY = error_response(400, "incomplete request body")
 
 
@@ -157,25 +153,21 @@ class Server:
         list, its connection already back in the pool.
         """
         environ[UPSTREAM] = self.spec.origin  # for the access log and metrics
+        target = upstream_target(environ, self.spec.base_path)
+        headers = forwarded_headers(environ, self.host_header(environ, pass_host_header))
         offer = environ.get(UPGRADE)
         if offer is not None and isinstance(self.pool, ConnectionPool):
             # WebSocket or another Upgrade the server can hand over: the 101, then bytes both ways
-            return tunnel.forward(environ, start_response, offer, self.pool,
-                                  target=upstream_target(environ, self.spec.base_path),
-                                  headers=forwarded_headers(environ, self.host_header(environ, pass_host_header)))
+            return tunnel.forward(environ, start_response, offer, self.pool, target=target, headers=headers)
         read, length = body_reader(environ)
-        request = Request(environ["REQUEST_METHOD"], upstream_target(environ, self.spec.base_path),
-                          forwarded_headers(environ, self.host_header(environ, pass_host_header)),
-                          read, length)
+        request = Request(environ["REQUEST_METHOD"], target, headers, read, length)
         body = None
         try:
             response = self.pool.send(request)
             body = response.body
             first = body.read_first()
-        except GatewayTimeout as exc:
-            return upstream_failed(environ, start_response, body, exc, kind="timeout", answer=GATEWAY_TIMEOUT)
-        except BadGateway as exc:
-            return upstream_failed(environ, start_response, body, exc, kind="bad_gateway", answer=BAD_GATEWAY)
+        except (GatewayTimeout, BadGateway) as exc:
+            return upstream_failed(environ, start_response, exc, body=body)
         except ClientBodyError as exc:
             log.info("client body: %s", exc)
             return BAD_REQUEST_BODY(environ, start_response)
@@ -189,47 +181,6 @@ class Server:
             body.close()  # read to its end: the connection goes back to the pool now
             return [first] if first else []
         return Relay(body, environ)
-
-
-def upstream_failed(environ: Environ, start_response: StartResponse, body: Optional[ResponseBody],
-                    exc: Exception, *, kind: str, answer: WSGIApp) -> Iterable[bytes]:
-    """Nothing was sent to the client yet: close the upstream connection, log the cause, answer."""
-    if body is not None:
-        body.close()
-    origin = environ[UPSTREAM]
-    hidden = FAILURE_LOG.admit(origin)
-    if hidden is not None:
-        more = f" ({hidden} more failure(s) of this upstream in the last second not logged)" if hidden else ""
-        log.warning("upstream %s failed (router %s, %s %s): %s%s", origin,
-                    environ.get(ROUTER, "-"), environ.get("REQUEST_METHOD", "-"),
-                    log_path(environ), exc, more)
-    environ[UPSTREAM_ERROR] = kind
-    return answer(environ, start_response)
-
-
-class FailureLogThrottle:
-    """At most one failure line per upstream per ``interval``: a dead upstream under load must not write
-    a log line per request (the chaos run saw 1,400 lines in 0.2 s). Metrics still count every failure.
-
-    Keyed by the server's origin, so it holds one entry per configured server."""
-
-    def __init__(self, interval: float = 1.0) -> None:
-        self.interval = interval
-        self._last: Dict[str, List[float]] = {}   # origin -> [time of the last line, failures not logged since]
-
-    def admit(self, origin: str) -> Optional[int]:
-        """None: do not log; else how many failures were left unlogged since the last line."""
-        now = time.monotonic()
-        entry = self._last.get(origin)
-        if entry is not None and now - entry[0] < self.interval:
-            entry[1] += 1
-            return None
-        hidden = int(entry[1]) if entry is not None else 0
-        self._last[origin] = [now, 0]
-        return hidden
-
-
-FAILURE_LOG = FailureLogThrottle()
 
 
 def phrase(code: int) -> str:

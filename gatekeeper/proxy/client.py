@@ -258,23 +258,33 @@ def translated(conn: Connection, exc: BaseException) -> BaseException:
     return new
 
 
-def exchange(pool: ConnectionPool, conn: Connection, request: Request) -> Response:
-    """Write the request on ``conn`` and read the response head."""
-    head = [f"{request.method} {request.target} HTTP/1.1\r\n"]
-    head.extend(f"{name}: {value}\r\n" for name, value in request.headers)
-    if request.length is None:
-        head.append("Transfer-Encoding: chunked\r\n")
-    elif request.length or request.body is not None:
-        head.append(f"Content-Length: {request.length}\r\n")
-    head.append("\r\n")
+def request_head(method: str, target: str, headers: Headers, framing: Tuple[str, ...] = ()) -> bytes:
+    """The request head as bytes; ValueError when a value holds CR or LF (say, a claim copied into a
+    header), which would forge headers upstream.
+
+    >>> request_head("GET", "/a", [("Host", "h")])
+    b'GET /a HTTP/1.1\\r\\nHost: h\\r\\n\\r\\n'
+    """
+    head = [f"{method} {target} HTTP/1.1\r\n", *(f"{name}: {value}\r\n" for name, value in headers), *framing, "\r\n"]
     text = "".join(head)
     if text.count("\n") != len(head) or text.count("\r") != len(head):
-        # a CR or LF inside a value (say, a claim copied into a header) would forge headers upstream
         raise ValueError("refusing to send a header value containing CR or LF")
+    return text.encode("latin-1")
+
+
+def exchange(pool: ConnectionPool, conn: Connection, request: Request) -> Response:
+    """Write the request on ``conn`` and read the response head."""
+    if request.length is None:
+        framing: Tuple[str, ...] = ("Transfer-Encoding: chunked\r\n",)
+    elif request.length or request.body is not None:
+        framing = (f"Content-Length: {request.length}\r\n",)
+    else:
+        framing = ()
+    head = request_head(request.method, request.target, request.headers, framing)
     written = REQUEST_WRITTEN.get()
     if written is not None:
         written.append(True)
-    send_small(conn.sock, text.encode("latin-1"))
+    send_small(conn.sock, head)
     if request.body is not None:
         send_body(conn.sock, request.body, request.length)
     return read_response(pool, conn, request.method, pool.limits.max_header_bytes)

@@ -56,6 +56,14 @@ def read_response(pool: ConnectionOwner, conn: UpstreamConnection, method: str, 
             break
         if status == 101:
             raise BadGateway("upstream switched protocols, which was not asked for")
+    headers, body = frame_body(pool, conn, method=method, status=status, version=version, headers=headers)
+    return Response(status, reason, headers, body)
+
+
+def frame_body(pool: ConnectionOwner, conn: UpstreamConnection, *, method: str, status: int, version: str,
+               headers: Headers) -> Tuple[Headers, "ResponseBody"]:
+    """How the body of a final answer is delimited (RFC 9112 6.3), and whether its connection may be
+    reused; the headers with one ``Content-Length``."""
     length, chunked, keep_alive = framing(headers, keep_alive=version == "HTTP/1.1")
     if length is not None:
         headers = one_content_length(headers, length)
@@ -71,7 +79,7 @@ def read_response(pool: ConnectionOwner, conn: UpstreamConnection, method: str, 
         mode = "length"
     else:
         mode, keep_alive = "close", False
-    return Response(status, reason, headers, ResponseBody(pool, conn, mode, length or 0, keep_alive))
+    return headers, ResponseBody(pool, conn, mode, length or 0, keep_alive)
 
 
 def framing(headers: Headers, keep_alive: bool) -> Tuple[Optional[int], bool, bool]:

@@ -28,27 +28,21 @@ from typing import Callable, Iterable, Iterator, List, Optional, Protocol, Tuple
 import gevent
 
 from gatekeeper.errors import BadGateway, GatewayTimeout
-from gatekeeper.proxy.client import Connection, ConnectionPool, translated
-from gatekeeper.proxy.response import CHUNK, Relay, ResponseBody, framing, one_content_length, read_head
+from gatekeeper.proxy.client import Connection, ConnectionPool, request_head, translated
+from gatekeeper.proxy.failures import upstream_failed
+from gatekeeper.proxy.response import CHUNK, Relay, frame_body, read_head
 from gatekeeper.proxy.rewrite import response_headers, upgrade_headers
 from gatekeeper.wsgi import (
-    ROUTER,
     TUNNEL_BYTES_IN,
     TUNNEL_BYTES_OUT,
-    UPSTREAM,
-    UPSTREAM_ERROR,
     Environ,
     Headers,
     StartResponse,
-    error_response,
-    log_path,
 )
 
 DEFAULT_IDLE = 60.0                         # when the client socket has no timeout (ServerLimits' default)
 
 log = logging.getLogger("gatekeeper.proxy")
-BAD_GATEWAY = error_response(502)
-GATEWAY_TIMEOUT = error_response(504)
 
 
 class Offer(Protocol):
@@ -65,17 +59,23 @@ def forward(environ: Environ, start_response: StartResponse, offer: Offer, pool:
     conn: Optional[Connection] = None
     try:
         conn = pool.connect()   # a fresh connection: a switched one never goes back to the pool
-        send_request(conn, environ["REQUEST_METHOD"], target, upgrade_headers(offer.protocol, headers))
+        try:  # an upgrade request has no body
+            head = request_head(environ["REQUEST_METHOD"], target, upgrade_headers(offer.protocol, headers))
+        except ValueError as exc:
+            raise BadGateway(str(exc)) from None
+        conn.sock.sendall(head)
         while True:
-            _, status, reason, answer = read_head(conn.reader, pool.limits.max_header_bytes)
+            version, status, reason, answer = read_head(conn.reader, pool.limits.max_header_bytes)
             if status == 101 or status >= 200:
                 break   # 100 Continue, 103 Early Hints: interim, skipped
-        body = None if status == 101 else answer_body(pool, conn, environ["REQUEST_METHOD"], status, answer)
-        if body is not None:
+        body = None
+        if status != 101:
+            answer, body = frame_body(pool, conn, method=environ["REQUEST_METHOD"], status=status, version=version,
+                                      headers=answer)
             body.read_first()   # a failure before the first byte is still a 502/504
     except (BadGateway, GatewayTimeout, OSError) as exc:
         failure = exc if conn is None else translated(conn, exc)
-        return upstream_failed(environ, start_response, failure)
+        return upstream_failed(environ, start_response, failure, doing=" an upgrade")
     if body is None:
         protocol = next((v for n, v in answer if n.lower() == "upgrade"), offer.protocol)
         start_response(f"101 {reason or 'Switching Protocols'}", upgrade_headers(protocol, response_headers(answer)))
@@ -86,38 +86,6 @@ def forward(environ: Environ, start_response: StartResponse, offer: Offer, pool:
         body.close()
         raise
     return Relay(body, environ)
-
-
-def send_request(conn: Connection, method: str, target: str, headers: Headers) -> None:
-    """The request head (an upgrade request has no body); a CR or LF in a value is refused."""
-    lines = [f"{method} {target} HTTP/1.1\r\n", *(f"{name}: {value}\r\n" for name, value in headers), "\r\n"]
-    text = "".join(lines)
-    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
-        raise BadGateway("refusing to send a header value containing CR or LF")
-    conn.sock.sendall(text.encode("latin-1"))
-
-
-def answer_body(pool: ConnectionPool, conn: Connection, method: str, status: int, headers: Headers) -> ResponseBody:
-    """The body of an answer that did not switch, framed as response.read_response frames any answer."""
-    length, chunked, keep_alive = framing(headers, keep_alive=True)
-    if length is not None:
-        headers[:] = one_content_length(headers, length)
-    if method == "HEAD" or status in (204, 304):
-        return ResponseBody(pool, conn, "none", 0, keep_alive=False)
-    if chunked:
-        return ResponseBody(pool, conn, "chunked", 0, keep_alive)
-    if length is not None:
-        return ResponseBody(pool, conn, "length", length, keep_alive)
-    return ResponseBody(pool, conn, "close", 0, keep_alive=False)
-
-
-def upstream_failed(environ: Environ, start_response: StartResponse, exc: BaseException) -> Iterable[bytes]:
-    """Nothing went to the client yet: one log line (no header, no query), then 504 or 502."""
-    timeout = isinstance(exc, GatewayTimeout)
-    log.warning("upstream %s failed an upgrade (router %s, %s %s): %s", environ.get(UPSTREAM, "-"),
-                environ.get(ROUTER, "-"), environ.get("REQUEST_METHOD", "-"), log_path(environ), exc)
-    environ[UPSTREAM_ERROR] = "timeout" if timeout else "bad_gateway"
-    return (GATEWAY_TIMEOUT if timeout else BAD_GATEWAY)(environ, start_response)
 
 
 class Tunnel:
