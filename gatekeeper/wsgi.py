@@ -23,6 +23,7 @@ UPSTREAM = "gatekeeper.upstream"               # scheme://host:port of the serve
 UPSTREAM_ERROR = "gatekeeper.upstream.error"   # timeout, bad_gateway or aborted
 BODY_REFUSED = "gatekeeper.body_refused"       # the server refused the body (too large, bad framing)
 UPGRADE = "gatekeeper.upgrade"                 # the server's Offer for an upgradable request (server/upgrade.py)
+MIDDLEWARE_OUTCOME = "gatekeeper.middleware"   # (middleware, outcome): a middleware answered, not the service
 TUNNEL_BYTES_IN = "gatekeeper.tunnel.bytes_in"     # an upgraded connection: client -> upstream, after the 101
 TUNNEL_BYTES_OUT = "gatekeeper.tunnel.bytes_out"   # ... upstream -> client
 

@@ -433,9 +433,9 @@ spec:
      'all.yaml:8: IngressRoute apps/my-app: spec.routes[0]: unknown field "servces"'),
     (ingress_route("[{name: web, port: 80}]", extra="\n    middlewares: [auth]"),
      "spec.routes[0].middlewares[0]: expected a mapping, got a string"),
-    (jwt_middleware("signingSecret: x").replace("plugin:\n    jwt:", "basicAuth:\n    users:"),
+    (jwt_middleware("signingSecret: x").replace("plugin:\n    jwt:", "rateLimiter:\n    users:"),
      'all.yaml:6: Middleware apps/test-jwt (middleware "apps-test-jwt@kubernetescrd"): '
-     'spec: unknown field "basicAuth"'),
+     'spec: unknown field "rateLimiter"'),
     ("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: apps}\nspec: {ports: [{port: http}]}",
      "all.yaml:4: Service apps/web: spec.ports[0].port: expected a whole number, got a string"),
     (web_slice("- addresses: [10.0.0.1]").replace("labels: {kubernetes.io/service-name: web}", "labels: {}"),

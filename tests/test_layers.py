@@ -19,7 +19,7 @@ FLOORS: List[Set[str]] = [
     {"cli"},
     {"app"},
     {"config"},
-    {"jwt", "ops"},
+    {"jwt", "ops", "middlewares"},
     {"expr", "proxy", "server"},
     {"options", "requestpath"},
     {"jsontext", "errors", "wsgi"},

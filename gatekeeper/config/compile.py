@@ -14,8 +14,8 @@ from typing import Dict, List, Mapping, Optional, Set, Tuple, Union
 from gatekeeper.config import middlewares
 from gatekeeper.config.lastgood import Rules, keep_last_good, with_last_good_files
 from gatekeeper.config.manifests import Snapshot
-from gatekeeper.config.middlewares import Wrapper, compose
-from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef, Source
+from gatekeeper.config.middlewares import compose
+from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef, Source, qualify
 from gatekeeper.config.providers import collect
 from gatekeeper.config.providers.transports import read_transports, transport_limits, with_transports
 from gatekeeper.config.reuse import (
@@ -36,6 +36,7 @@ from gatekeeper.config.table import (
     sorted_routers,
 )
 from gatekeeper.errors import ConfigError, ExpressionError
+from gatekeeper.middlewares.base import Wrapper
 from gatekeeper.proxy.balancer import ProxyLimits, ServerSpec, make_failover, make_load_balancer, make_weighted
 from gatekeeper.proxy.mirror import make_mirroring
 from gatekeeper.wsgi import WSGIApp, error_response
@@ -46,6 +47,10 @@ __all__ = ["CompileOptions", "compile_config"]
 @dataclass(frozen=True)
 class CompileOptions:
     limits: ProxyLimits = field(default_factory=ProxyLimits)
+
+
+# Middlewares built from other objects (a chain's members, an errors page's service): rebuilt on every load
+REBUILT_MIDDLEWARES = ("chain", "errors")
 
 
 class Builder:
@@ -168,7 +173,7 @@ class Builder:
             return None
         old = self.previous.middlewares.get(name) if self.previous else None
         if old is not None and (old.definition is definition or old.definition == definition) \
-                and old.error is None and definition.kind != "chain":
+                and old.error is None and definition.kind not in REBUILT_MIDDLEWARES:
             built = old
         else:
             try:
@@ -184,7 +189,7 @@ class Builder:
         return built
 
     def build_middleware(self, definition: MiddlewareDef, trail: Tuple[str, ...]) -> Wrapper:
-        return middlewares.build(definition, _Context(self, trail))
+        return middlewares.build(definition, _Context(self, trail, definition))
 
     def member(self, name: str, trail: Tuple[str, ...]) -> Union[Wrapper, str]:
         """A chain member's wrapper, built first if need be, or why there is none."""
@@ -312,9 +317,26 @@ class _Context:
     builder: Builder
     trail: Tuple[str, ...]
 
+    definition: MiddlewareDef
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
     @property
     def root(self) -> str:
         return self.builder.root
 
+    @property
+    def manifest(self) -> str:
+        return self.definition.source.file
+
     def member(self, name: str) -> Union[Wrapper, str]:
         return self.builder.member(name, self.trail)
+
+    def service(self, name: str) -> Union[WSGIApp, str]:
+        qualified = qualify(name, self.definition.source.provider)
+        built = self.builder.service(qualified)
+        if built is None:
+            return self.builder.missing("service", qualified)
+        return "is in error" if built.app is None else built.app

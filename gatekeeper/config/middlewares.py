@@ -11,34 +11,33 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Union
-from urllib.parse import unquote
 
 from gatekeeper.config.model import MiddlewareDef, qualify
 from gatekeeper.config.providers.service_options import read_duration
 from gatekeeper.errors import ConfigError
-from gatekeeper.options import pick, want_bool, want_int, want_str, want_str_list, want_str_map
+from gatekeeper.middlewares import (
+    basicauth,
+    buffering,
+    compress,
+    errorpages,
+    forwardauth,
+    headers,
+    inflight,
+    ipallow,
+    paths,
+    ratelimit,
+    redirect,
+)
+from gatekeeper.middlewares.base import Context, ContextFactory, Wrapper, set_path, split_target
+from gatekeeper.options import pick, want_bool, want_int, want_str, want_str_list
 from gatekeeper.proxy.retry import retry as retry_wrapper
 from gatekeeper.requestpath import ALL_ENCODED, ENCODED_CHARACTERS
-from gatekeeper.wsgi import (
-    RAW_URI,
-    Environ,
-    Headers,
-    StartResponse,
-    WSGIApp,
-    environ_key,
-    error_response,
-    raw_target,
-)
-
-Wrapper = Callable[[WSGIApp], WSGIApp]
+from gatekeeper.wsgi import Environ, StartResponse, WSGIApp, error_response
 
 
-class BuildContext(Protocol):
-    """What a factory may ask of the configuration being built (``compile.Builder`` answers)."""
-
-    @property
-    def root(self) -> str:
-        """The conf.d directory, or empty when the manifests do not come from one."""
+class BuildContext(Context, Protocol):
+    """What a factory may ask of the configuration being built (``compile.Builder`` answers): the wing's
+    :class:`~gatekeeper.middlewares.base.Context`, and a chain's members."""
 
     def member(self, name: str) -> Union[Wrapper, str]:
         """The wrapper of another middleware (qualified ``name``), or why there is none (``"is in error"``,
@@ -46,22 +45,6 @@ class BuildContext(Protocol):
 
 
 Factory = Callable[[MiddlewareDef, BuildContext], Wrapper]
-
-
-def split_target(environ: Environ) -> "tuple[str, str]":
-    """The raw path and the ``?query`` part (with its ``?``, or empty) of the request target.
-
-    >>> split_target({"RAW_URI": "/a%2Fb?x=1"})
-    ('/a%2Fb', '?x=1')
-    """
-    path, sep, query = raw_target(environ).partition("?")
-    return path, sep + query
-
-
-def set_path(environ: Environ, raw_path: str, query: str) -> None:
-    """Change the forwarded target and the routed path together, so they never disagree."""
-    environ[RAW_URI] = raw_path + query
-    environ["PATH_INFO"] = unquote(raw_path, "latin-1")
 
 
 def strip_prefix(options: Mapping[str, Any]) -> Wrapper:
@@ -100,36 +83,6 @@ def add_prefix(options: Mapping[str, Any]) -> Wrapper:
             set_path(environ, prefix + path, query)
             return app(environ, start_response)
         return prefixed
-    return wrap
-
-
-def headers(options: Mapping[str, Any]) -> Wrapper:
-    """Traefik's headers middleware, custom request and response headers; an empty value removes the header."""
-    fields = pick(options, ("customRequestHeaders", "customResponseHeaders"), "headers")
-    request = want_str_map(fields.get("customRequestHeaders"), "headers.customRequestHeaders")
-    response = want_str_map(fields.get("customResponseHeaders"), "headers.customResponseHeaders")
-    for name, value in {**request, **response}.items():
-        if not name or any(c in name for c in " :\r\n\0") or any(c in value for c in "\r\n\0"):
-            raise ConfigError(f"headers: invalid header {name!r}")
-    request_ops = [(environ_key(k), v) for k, v in request.items()]
-    drop_response = {k.lower() for k in response}
-    add_response = [(k, v) for k, v in response.items() if v]
-
-    def wrap(app: WSGIApp) -> WSGIApp:
-        def with_headers(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-            for key, value in request_ops:
-                if value:
-                    environ[key] = value
-                else:
-                    environ.pop(key, None)
-            if not drop_response:
-                return app(environ, start_response)
-
-            def start(status: str, headers: Headers, exc_info: Optional[Any] = None) -> Callable[[bytes], Any]:
-                kept = [(k, v) for k, v in headers if k.lower() not in drop_response]
-                return start_response(status, kept + add_response, exc_info)
-            return app(environ, start)
-        return with_headers
     return wrap
 
 
@@ -242,20 +195,51 @@ def from_options(factory: Callable[[Mapping[str, Any]], Wrapper]) -> Factory:
     return lambda definition, context: factory(definition.options)
 
 
+def with_context(factory: ContextFactory) -> Factory:
+    """A factory of the middlewares wing: the definition's options and the build's context."""
+    return lambda definition, context: factory(definition.options, context)
+
+
 FACTORIES: Dict[str, Factory] = {
     "plugin.jwt": jwt,
     "chain": chain,
     "stripPrefix": from_options(strip_prefix),
     "addPrefix": from_options(add_prefix),
-    "headers": from_options(headers),
+    "headers": with_context(headers.headers),
     "encodedCharacters": from_options(encoded_characters),
     "retry": from_options(retry),
+    "rateLimit": with_context(ratelimit.rate_limit),
+    "plugin.distributedRateLimit": with_context(ratelimit.distributed_rate_limit),
+    "inFlightReq": with_context(inflight.in_flight_req),
+    "ipAllowList": with_context(ipallow.ip_allow_list),
+    "redirectScheme": with_context(redirect.redirect_scheme),
+    "redirectRegex": with_context(redirect.redirect_regex),
+    "replacePath": with_context(paths.replace_path),
+    "replacePathRegex": with_context(paths.replace_path_regex),
+    "stripPrefixRegex": with_context(paths.strip_prefix_regex),
+    "compress": with_context(compress.compress),
+    "basicAuth": with_context(basicauth.basic_auth),
+    "forwardAuth": with_context(forwardauth.forward_auth),
+    "buffering": with_context(buffering.buffering),
+    "errors": with_context(errorpages.error_pages),
 }
+# Traefik v3 HTTP middlewares gatekeeper does not build: named, so a manifest using one is refused with why
+REFUSED: Dict[str, str] = {
+    "circuitBreaker": "not supported by gatekeeper (use a service's passiveHealthCheck)",
+    "contentType": "not supported by gatekeeper (answers keep the upstream's Content-Type; none is guessed)",
+    "digestAuth": "not supported by gatekeeper (use basicAuth over TLS, forwardAuth or plugin.jwt)",
+    "grpcWeb": "not supported by gatekeeper",
+    "passTLSClientCert": "not supported by gatekeeper",
+    "ipWhiteList": "removed in Traefik v3: use ipAllowList",
+}
+
 
 
 def build(definition: MiddlewareDef, context: BuildContext) -> Wrapper:
     """The wrapper of one middleware definition; ConfigError when its options are wrong."""
     factory = FACTORIES.get(definition.kind)
+    if definition.kind in REFUSED:
+        raise ConfigError(f"{definition.kind}: {REFUSED[definition.kind]}")
     if factory is None:
         raise ConfigError(f"{definition.kind}: not a middleware kind gatekeeper knows")
     return factory(definition, context)

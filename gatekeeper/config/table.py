@@ -14,11 +14,11 @@ from operator import attrgetter
 from typing import AbstractSet, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from gatekeeper.config.manifests import Snapshot
-from gatekeeper.config.middlewares import Wrapper
 from gatekeeper.config.model import MiddlewareDef, RouterDef, ServiceDef
 from gatekeeper.errors import ConfigError, ExpressionError
 from gatekeeper.expr import RequestView
 from gatekeeper.expr.hosts import HostPins, rule_hosts
+from gatekeeper.middlewares.base import Wrapper
 from gatekeeper.wsgi import Environ, WSGIApp
 
 

@@ -25,13 +25,14 @@ import re
 import sys
 import time
 from select import PIPE_BUF
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, TextIO
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, TextIO, Tuple
 
 from gevent import Greenlet, get_hub, getcurrent
 
 from gatekeeper.wsgi import (
     CLAIMS,
     JWT_REASON,
+    MIDDLEWARE_OUTCOME,
     RAW_URI,
     ROUTER,
     TUNNEL_BYTES_IN,
@@ -62,6 +63,7 @@ class Exchange:
         "jwt_ok",
         "jwt_reason",
         "method",
+        "middleware",
         "path",
         "router",
         "started",
@@ -85,6 +87,7 @@ class Exchange:
         self.user: Optional[str] = None
         self.jwt_reason: Optional[str] = None
         self.jwt_ok = False
+        self.middleware: Optional[Tuple[str, str]] = None  # (name, outcome): a middleware answered instead
         self.aborted: Optional[str] = None  # the response was cut: "upstream", "error" or "client"
 
     @classmethod
@@ -102,6 +105,7 @@ class Exchange:
         self.user = environ.get(USER)
         self.jwt_reason = environ.get(JWT_REASON)
         self.jwt_ok = CLAIMS in environ
+        self.middleware = environ.get(MIDDLEWARE_OUTCOME)
         if TUNNEL_BYTES_OUT in environ:     # an upgraded connection: the bytes relayed both ways
             self.bytes = environ[TUNNEL_BYTES_OUT]
             self.bytes_in = environ.get(TUNNEL_BYTES_IN, 0)
@@ -110,7 +114,9 @@ class Exchange:
         return {"time": format_time(self.started), "pid": os.getpid(), "client": self.client,
                 "method": self.method, "path": self.path, "router": self.router, "status": self.status,
                 "upstream": self.upstream, "duration_ms": round(self.duration * 1000, 3), "bytes": self.bytes,
-                "bytes_in": self.bytes_in, "user": self.user, "jwt_reason": self.jwt_reason, "aborted": self.aborted}
+                "bytes_in": self.bytes_in, "user": self.user, "jwt_reason": self.jwt_reason, "aborted": self.aborted,
+                "middleware": self.middleware[0] if self.middleware else None,
+                "middleware_outcome": self.middleware[1] if self.middleware else None}
 
 
 _second_cache: List[object] = [-1, ""]

@@ -67,6 +67,10 @@ CONNECTIONS = Gauge("gatekeeper_open_connections", "Client connections open now"
 JWT_OUTCOMES = Counter("gatekeeper_jwt_outcomes", JWT_HELP, ["router", "outcome"], registry=_PER_REQUEST)
 UPSTREAM_ERRORS = Counter("gatekeeper_upstream_errors",
                           "Requests the proxy could not complete upstream, by router and kind", ["router", "kind"])
+MIDDLEWARE_OUTCOMES = Counter("gatekeeper_middleware_outcomes",
+                              "Requests a middleware answered instead of the service (rate_limited, "
+                              "ip_denied, unauthorized, redirected...), by router, middleware and outcome",
+                              ["router", "middleware", "outcome"])
 RELOADS = Counter("gatekeeper_config_reloads", "Configurations swapped in (the first load included)")
 RELOAD_ERRORS = Counter("gatekeeper_config_reload_errors",
                         "Reloads that could not read conf.d, or whose new configuration reports errors")
@@ -228,6 +232,8 @@ def record(exchange: Exchange) -> None:
                        exchange.bytes, outcome)
         if exchange.upstream_error is not None:
             _labelled(UPSTREAM_ERRORS, router, exchange.upstream_error).inc()
+        if exchange.middleware is not None:
+            _labelled(MIDDLEWARE_OUTCOMES, router, *exchange.middleware).inc()
         return
     IN_FLIGHT.dec()
     router = exchange.router or NO_ROUTER
@@ -243,6 +249,8 @@ def record(exchange: Exchange) -> None:
         _labelled(JWT_OUTCOMES, router, "accepted").inc()
     if exchange.upstream_error is not None:
         _labelled(UPSTREAM_ERRORS, router, exchange.upstream_error).inc()
+    if exchange.middleware is not None:
+        _labelled(MIDDLEWARE_OUTCOMES, router, *exchange.middleware).inc()
 
 
 def record_key_fetch(keyset: "jwks.RemoteKeySet", ok: bool) -> None:

@@ -34,7 +34,12 @@ from gatekeeper.options import (
 
 PROVIDER = "file"
 ROUTER_FIELDS = ("rule", "entryPoints", "priority", "middlewares", "service", "tls", "ruleSyntax")
-MIDDLEWARE_KINDS = ("plugin", "stripPrefix", "addPrefix", "headers", "chain", "encodedCharacters", "retry")
+# Every Traefik v3 HTTP middleware (config/middlewares.py builds or refuses each by name), and plugins
+MIDDLEWARE_KINDS = ("plugin", "addPrefix", "basicAuth", "buffering", "chain", "circuitBreaker", "compress",
+                    "contentType", "digestAuth", "encodedCharacters", "errors", "forwardAuth", "grpcWeb", "headers",
+                    "inFlightReq", "ipAllowList", "ipWhiteList", "passTLSClientCert", "rateLimit", "redirectRegex",
+                    "redirectScheme", "replacePath", "replacePathRegex", "retry", "stripPrefix", "stripPrefixRegex")
+PLUGINS = ("jwt", "distributedRateLimit")
 SERVICE_KINDS = ("loadBalancer", "weighted", "failover", "mirroring")
 UNSUPPORTED_SERVICE_KINDS: Tuple[str, ...] = ()
 
@@ -128,10 +133,11 @@ def read_middleware(name: str, body: Any, source: Source) -> MiddlewareDef:
                           f"got {len(fields)}")
     kind, options = next(iter(fields.items()))
     if kind == "plugin":
-        plugins = pick(options, ("jwt",), "plugin")
+        plugins = pick(options, PLUGINS, "plugin")
         if len(plugins) != 1:
-            raise ConfigError("plugin: expected `jwt:`")
-        kind, options = "plugin.jwt", plugins["jwt"]
+            raise ConfigError(f"plugin: expected exactly one of {', '.join(PLUGINS)}")
+        (plugin, options), = plugins.items()
+        kind = f"plugin.{plugin}"
     if options is None:
         options = {}
     if not isinstance(options, dict):
