@@ -12,11 +12,19 @@ in both. What Traefik has and gatekeeper does not (``mode: grpc``) is refused, n
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any
 
 from gatekeeper.config.model import HealthCheckDef, PassiveHealthDef, StickyDef
 from gatekeeper.errors import ConfigError
-from gatekeeper.options import HEADER_NAME, pick, type_name, want_bool, want_int, want_str, want_str_map
+from gatekeeper.options import (  # read_duration lives in options (middlewares read durations too)
+    HEADER_NAME,
+    pick,
+    read_duration,
+    want_bool,
+    want_int,
+    want_str,
+    want_str_map,
+)
 
 __all__ = ["read_duration", "read_health_check", "read_passive_health", "read_sticky"]
 
@@ -28,33 +36,6 @@ SAME_SITE = ("", "none", "lax", "strict")
 METHOD = re.compile(r"[A-Z]+\Z")
 COOKIE_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")   # an RFC 6265 cookie-name (a token)
 COOKIE_ATTR = re.compile(r"[\x21-\x3a\x3c-\x7e]*\Z")          # no control, space or ";"
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def read_duration(value: Any, where: str, *, positive: bool = True) -> float:
-    """Seconds from a Go duration string or a number (Traefik reads a bare number as seconds).
-
-    >>> read_duration("250ms", "timeout"), read_duration(3, "interval")
-    (0.25, 3.0)
-    >>> read_duration("soon", "interval")
-    Traceback (most recent call last):
-    gatekeeper.errors.ConfigError: interval: expected a duration such as "10s" or "500ms", got a string
-    """
-    seconds: Optional[float] = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"\d+(\.\d+)?", text):
-            seconds = float(text)
-        elif text and re.fullmatch(f"(?:{_PART.pattern})+", text):
-            seconds = sum(float(n) * _UNIT[u] for n, u in _PART.findall(text))
-    if seconds is None:
-        raise ConfigError(f'{where}: expected a duration such as "10s" or "500ms", got {type_name(value)}')
-    if positive and seconds <= 0:
-        raise ConfigError(f"{where}: must be more than 0")
-    return seconds
 
 
 def read_health_check(value: Any, where: str) -> HealthCheckDef:
