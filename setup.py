@@ -10,6 +10,7 @@ setup(
     python_requires=">=3.9",
     install_requires=[
         "gevent>=24.2,<27",
+        "bcrypt>=4.1,<6",  # basicAuth's bcrypt htpasswd hashes (pyca, kept; passlib is not); apr1/SHA1 are ours
         "werkzeug>=3.0,<4",
         "requests>=2.31,<3",
         "python-jose[cryptography]>=3.4,<4",
@@ -20,6 +21,9 @@ setup(
         "prometheus_client>=0.20,<1",
         "httptools>=0.6,<1",
         "google-re2>=1.1,<2",  # router regexps in linear time (RE2 = Go's regexp syntax, as Traefik)
+        # tracing (off unless OTEL_* asks): the SDK and its OTLP/HTTP exporter, imported only when on
+        "opentelemetry-sdk>=1.25,<2",
+        "opentelemetry-exporter-otlp-proto-http>=1.25,<2",
     ],
     extras_require={
         "test": [

@@ -1,12 +1,64 @@
-"""Traefik's ipAllowList: only clients from ``sourceRange``."""
+"""Traefik's ipAllowList: only clients from ``sourceRange`` reach what it wraps.
+
+Which address counts as the client's is :class:`~gatekeeper.middlewares.source.IPStrategy`'s answer: the
+connection's peer, or an ``X-Forwarded-For`` hop (the entry point has already dropped that header from a
+peer not given with ``--trusted-proxy``, so a client cannot name its own address). An address that cannot be
+read (``depth`` beyond the header's hops) is refused, never let through.
+
+    >>> from types import SimpleNamespace
+    >>> allow = ip_allow_list({"sourceRange": ["10.0.0.0/8"]}, SimpleNamespace(name="lan@file"))
+    >>> app = allow(lambda environ, start_response: [b"ok"])
+    >>> app({"REMOTE_ADDR": "10.1.2.3"}, lambda status, headers: None)
+    [b'ok']
+    >>> app({"REMOTE_ADDR": "192.0.2.1"}, lambda status, headers: None)
+    [b'403 Forbidden\\n']
+"""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from http import HTTPStatus
+from typing import Any, Iterable, Mapping
 
 from gatekeeper.errors import ConfigError
-from gatekeeper.middlewares.base import Context, Wrapper
+from gatekeeper.middlewares.base import Context, Wrapper, refusal
+from gatekeeper.middlewares.source import IPStrategy, in_ranges, parse_ranges
+from gatekeeper.options import pick, want_int
+from gatekeeper.wsgi import Environ, StartResponse, WSGIApp
+
+OPTIONS = ("sourceRange", "ipStrategy", "rejectStatusCode")
+OUTCOME = "ip_denied"
 
 
 def ip_allow_list(options: Mapping[str, Any], context: Context) -> Wrapper:
-    """Not built yet: refused, so a manifest naming it fails closed."""
-    raise ConfigError("ip_allow_list: not supported yet")
+    """Traefik's ipAllowList: ``sourceRange`` (required), ``ipStrategy``, ``rejectStatusCode`` (403)."""
+    fields = pick(options, OPTIONS, "ipAllowList")
+    if not fields.get("sourceRange"):
+        raise ConfigError("ipAllowList.sourceRange: at least one IP address or CIDR range is required")
+    networks = tuple(parse_ranges(fields["sourceRange"], "ipAllowList.sourceRange"))
+    strategy = IPStrategy.from_options(fields.get("ipStrategy"), "ipAllowList.ipStrategy")
+    status = reject_status(fields.get("rejectStatusCode", 403))
+    refuse = refusal(status, "", context.name, OUTCOME)
+    client = strategy.client
+
+    def wrap(app: WSGIApp) -> WSGIApp:
+        def allowed_only(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+            if in_ranges(client(environ), networks):
+                return app(environ, start_response)
+            return refuse(environ, start_response)
+        return allowed_only
+    return wrap
+
+
+def reject_status(value: Any) -> int:
+    """``rejectStatusCode``: an HTTP status from 200 to 599 that has a name (Traefik refuses an unknown code).
+    1xx is refused: an interim answer is not an answer.
+
+    >>> reject_status("404")
+    404
+    >>> reject_status(99)
+    Traceback (most recent call last):
+    gatekeeper.errors.ConfigError: ipAllowList.rejectStatusCode: 99 is not an HTTP status code from 200 to 599
+    """
+    code = want_int(value, "ipAllowList.rejectStatusCode")
+    if not 200 <= code <= 599 or code not in {status.value for status in HTTPStatus}:
+        raise ConfigError(f"ipAllowList.rejectStatusCode: {code} is not an HTTP status code from 200 to 599")
+    return code
