@@ -18,6 +18,7 @@ It imports nothing of the package but ``errors``, so every wing may use it.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
@@ -73,28 +74,45 @@ def _figure(number: Number) -> str:
 
 # --- names: matched case-insensitively, as Traefik does ---------------------------------------------------
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``; did you mean "X"?`` for the known name closest to a misspelt one (case-insensitive), else ``""``.
+
+    A typo is the commonest configuration mistake; naming the intended field saves a trip to the docs.
+
+    >>> did_you_mean("signingSecrt", ("signingSecret", "publicKey"))
+    '; did you mean "signingSecret"?'
+    >>> did_you_mean("colour", ("rule", "service"))
+    ''
+    """
+    by_lower = {str(k).lower(): str(k) for k in known}
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.6)
+    return f'; did you mean "{by_lower[close[0]]}"?' if close else ""
+
+
 def pick(obj: Any, allowed: Iterable[str], where: str) -> Dict[str, Any]:
     """Fields of a mapping keyed by their canonical name, matching names case-insensitively like Traefik.
 
     ``None`` is an empty mapping. Unknown names and a name given twice (in two spellings) are errors
-    naming the path: ``http.routers.api: unknown field "rul"``.
+    naming the path and, for a manifest, the field's own line: ``http.routers.api: unknown field "rul";
+    did you mean "rule"?``.
 
     >>> pick({"RULE": "x"}, ("rule",), "router")
     {'rule': 'x'}
     >>> pick({"rul": "x"}, ("rule",), "router")
     Traceback (most recent call last):
-    gatekeeper.errors.ConfigError: router: unknown field "rul"
+    gatekeeper.errors.ConfigError: router: unknown field "rul"; did you mean "rule"?
     """
     if obj is None:
         return {}
     if not isinstance(obj, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type_name(obj)}", line=line_of(obj))
+    allowed = tuple(allowed)
     canonical = {name.lower(): name for name in allowed}
     out: Dict[str, Any] = {}
     for key, value in obj.items():
         name = canonical.get(str(key).lower())
         if name is None:
-            raise ConfigError(f'{where}: unknown field "{key}"', line=line_of(obj, key))
+            raise ConfigError(f'{where}: unknown field "{key}"{did_you_mean(key, allowed)}', line=line_of(obj, key))
         if name in out:
             raise ConfigError(f'{where}: field "{key}" given twice', line=line_of(obj, key))
         out[name] = value
@@ -105,21 +123,22 @@ def canonical_options(options: Mapping[str, Any], allowed: Iterable[str],
                       old_names: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
     """A middleware's top-level options by canonical name; ``old_names`` map former names to current ones.
 
-    The messages name the option itself (the caller adds the middleware): ``unknown option "foo"``,
-    ``tokenKey: given twice (as "tokenQueryKey" too)``.
+    The messages name the option itself (the caller adds the middleware) and its line in a manifest:
+    ``unknown option "tokenKy"; did you mean "tokenKey"?``, ``tokenKey: given twice (as "tokenQueryKey" too)``.
 
     >>> canonical_options({"TokenQueryKey": "jwt"}, ("tokenKey",), {"tokenQueryKey": "tokenKey"})
     {'tokenKey': 'jwt'}
     """
+    allowed = tuple(allowed)
     known = {name.lower(): name for name in allowed}
     known.update({old.lower(): new for old, new in (old_names or {}).items()})
     result: Dict[str, Any] = {}
     for name, value in options.items():
         canonical = known.get(str(name).lower())
         if canonical is None:
-            raise ConfigError(f'unknown option "{name}"')
+            raise ConfigError(f'unknown option "{name}"{did_you_mean(name, allowed)}', line=line_of(options, name))
         if canonical in result:
-            raise ConfigError(f'{canonical}: given twice (as "{name}" too)')
+            raise ConfigError(f'{canonical}: given twice (as "{name}" too)', line=line_of(options, name))
         result[canonical] = value
     return result
 

@@ -114,7 +114,7 @@ def test_pick_matches_names_case_insensitively(obj: Any, expected: Any) -> None:
 
 
 @pytest.mark.parametrize("obj, message", [
-    ({"rul": "x"}, 'router: unknown field "rul"'),
+    ({"rul": "x"}, 'router: unknown field "rul"; did you mean "rule"?'),
     ({"rule": "x", "Rule": "y"}, 'router: field "Rule" given twice'),
     (["rule"], "router: expected a mapping, got a list"),
 ], ids=["unknown", "twice", "not-a-mapping"])

@@ -37,6 +37,7 @@ from gatekeeper.config.table import (
 )
 from gatekeeper.errors import ConfigError, ExpressionError
 from gatekeeper.middlewares.base import Wrapper
+from gatekeeper.options import did_you_mean
 from gatekeeper.proxy.balancer import ProxyLimits, ServerSpec, make_failover, make_load_balancer, make_weighted
 from gatekeeper.proxy.mirror import make_mirroring
 from gatekeeper.wsgi import WSGIApp, error_response
@@ -242,7 +243,10 @@ class Builder:
     def missing(self, kind: str, name: str) -> str:
         """Why a referenced object is absent: it failed to read (and never worked), or it is not defined."""
         err = self.failed.get((kind, name))
-        return f"is in error: {err.reason}" if err is not None else "does not exist"
+        if err is not None:
+            return f"is in error: {err.reason}"
+        defined = self.defs.services if kind == "service" else self.defs.middlewares
+        return "does not exist" + did_you_mean(name, defined)
 
     def report(self, err: ConfigError, source: Source, obj: str) -> None:
         self.errors.append(err.located(file=source.file, line=source.line or None, obj=obj))

@@ -9,6 +9,7 @@ the build through :class:`BuildContext`. Path middlewares keep ``RAW_URI`` (forw
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Union
 
@@ -162,7 +163,8 @@ def with_jwks_file_resolved(definition: MiddlewareDef, root: str) -> Dict[str, A
     >>> with_jwks_file_resolved(auth, "/etc/conf.d")
     {'jwksFile': '/etc/conf.d/team/keys.json'}
     """
-    options = dict(definition.options)
+    # a copy of the manifest's Mapping keeps each option's line for messages (copy.copy keeps its class)
+    options = copy.copy(definition.options) if isinstance(definition.options, dict) else dict(definition.options)
     for key, value in options.items():
         if str(key).lower() == "jwksfile" and isinstance(value, str) and not value.lstrip().startswith("{"):
             path = Path(value)
