@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import yaml
 
+from gatekeeper.config.yaml_errors import explain
 from gatekeeper.errors import ConfigError
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -348,8 +349,11 @@ def parse_text(text: str, file: str, loader_class: Optional[type] = None) -> Tup
         problem = getattr(exc, "problem", None) or str(exc)
         if "maximum nesting depth" in problem:  # libyaml's own limit (1,000 levels), past ours
             problem = f"nested more than {MAX_DEPTH} levels deep"
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(f"not valid YAML: {problem}", file=file, line=line) from exc
+        if mark is None:
+            raise ConfigError(f"not valid YAML: {problem}", file=file) from exc
+        context = getattr(exc, "context_mark", None)
+        explained = explain(text, problem, mark.line, mark.column, context.line if context is not None else None)
+        raise ConfigError(f"not valid YAML: {explained}", file=file, line=mark.line + 1) from exc
     return tuple(docs)
 
 
