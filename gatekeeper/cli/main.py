@@ -116,7 +116,8 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     serve.add_argument("--conf-d", default=d.conf_d, metavar="DIR", help=f"manifest directory (default {d.conf_d})")
     serve.add_argument("--listen", default=d.listen, type=address, metavar="HOST:PORT",
-                       help=f"traffic listener (default {d.listen[0]}:{d.listen[1]})")
+                       help=f"traffic listener (default {d.listen[0]}:{d.listen[1]}); :PORT listens on every "
+                            "interface (0.0.0.0), as Traefik does; [::]:PORT adds IPv6")
     serve.add_argument("--log-format", choices=("text", "json"), default=d.log_format)
     serve.add_argument("--log-level", default=d.log_level, choices=("debug", "info", "warning", "error"))
     serve.add_argument("--debounce-ms", type=int, default=d.debounce_ms, metavar="MS",

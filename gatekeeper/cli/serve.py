@@ -104,7 +104,8 @@ class Listeners:
         self.admin: Optional[socket.socket] = None
         try:
             for ep in self.entrypoints:
-                self.sockets.append(listen_socket(ep.host, ep.port))
+                listener = f"entry point {ep.name}" if ep.name else "traffic listener (--listen)"
+                self.sockets.append(listen_socket(ep.host, ep.port, listener=listener))
                 if ep.cert:
                     try:
                         tls_context(ep)  # fail now, in the parent, on a bad certificate or key
@@ -112,7 +113,7 @@ class Listeners:
                         raise OSError(f"entry point {ep.name}: cannot load tls={ep.cert}:{ep.key}: "
                                       f"{exc.strerror or exc}") from exc
             if admin is not None:
-                self.admin = listen_socket(*admin)
+                self.admin = listen_socket(*admin, listener="admin listener (--admin)")
         except BaseException:
             self.close()
             raise
@@ -265,7 +266,7 @@ def start_line(settings: Settings, listeners: Listeners, config: Any) -> str:
 
 
 def run(settings: Settings) -> int:
-    """``gatekeeper serve``: patch, load conf.d, bind every listener, then serve here or in N workers.
+    """``gatekeeper serve``: patch, bind every listener, load conf.d, then serve here or in N workers.
 
     The parent starts no background work (no watcher, no key-set fetch): each serving process starts
     its own in :func:`serve_process`; the load here only builds, never fetches (as ``check`` does)."""
@@ -275,15 +276,16 @@ def run(settings: Settings) -> int:
     monkey.patch_all(queue=False)
     configure_logging(settings.log_format, settings.log_level)
     loader = make_loader(settings)
+    try:  # bind first: a port in use is said at once, naming the listener and its address
+        listeners = Listeners(settings.entrypoints(), settings.admin)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"gatekeeper: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     try:
         config = loader.load()
     except OSError as exc:
+        listeners.close()
         print(f"gatekeeper: cannot read conf.d {settings.conf_d}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    try:
-        listeners = Listeners(settings.entrypoints(), settings.admin)
-    except (OSError, ssl.SSLError) as exc:
-        print(f"gatekeeper: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
     def announce() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import email.message
 import email.parser
+import errno
 import logging
 import socket
 import ssl
@@ -262,33 +263,51 @@ def peer_of(address: Any) -> str:
     return str(address[0]) if isinstance(address, tuple) else "-"
 
 
-
 # --- listeners: sockets, addresses, entry points, TLS -------------------------------------------------------
 
-def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+def listen_socket(host: str, port: int, backlog: int = 1024, *, listener: str = "listener") -> socket.socket:
     """A listening TCP socket with TCP_NODELAY set, so accepted sockets inherit it on Linux.
 
-    Without it pywsgi answered 22 req/s at one connection here (Nagle + delayed ACK).
+    Without it pywsgi answered 22 req/s at one connection here (Nagle + delayed ACK). ``[::]`` is dual-stack
+    (IPv4 too), as Go binds it. A bind failure is an OSError naming ``listener`` and the address:
+    ``entry point web: cannot listen on 127.0.0.1:8080: Address already in use (...)``.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if family == socket.AF_INET6 and host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        why = f"{exc.strerror or exc}{_LISTEN_HINTS.get(exc.errno or 0, '')}"
+        raise OSError(exc.errno, f"{listener}: cannot listen on {shown}: {why}") from exc
     return sock
+
+
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: " (another process is listening there: stop it, or choose another port)",
+    errno.EACCES: " (ports below 1024 need privileges: choose a port above 1023)",
+    errno.EADDRNOTAVAIL: " (no interface of this machine has that address)",
+}
 
 
 def parse_address(text: str) -> Tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); ValueError when it does not parse.
 
+    No host (``:8080``) means every IPv4 interface, as in Traefik and Go (``0.0.0.0``; ``[::]:8080`` adds IPv6).
+
     >>> parse_address("[::1]:8080"), parse_address(":9000")
-    (('::1', 8080), ('127.0.0.1', 9000))
+    (('::1', 8080), ('0.0.0.0', 9000))
     """
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"not an address HOST:PORT: {text!r}")
-    host = host.strip("[]") or "127.0.0.1"
+    host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
 
 
