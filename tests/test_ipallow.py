@@ -1,0 +1,134 @@
+"""``ipAllowList`` through a real Gateway and a real upstream: the peer's address, or an ``X-Forwarded-For``
+hop (kept only from a ``--trusted-proxy`` peer), in or out of ``sourceRange``; mistakes refused with 503."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Callable, Iterator, List, Sequence
+
+import pytest
+import requests
+
+from gatekeeper.app import Gateway
+from gatekeeper.jwt.mint import mint
+from tests.conftest import RunningServer
+
+SECRET = "ipallow-secret-0123456789abcdef0123"
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, echo_upstream) -> Iterator[Callable[..., str]]:
+    started: List[RunningServer] = []
+    count = [0]
+
+    def start(allow: str, middlewares: str = "[allow]", trusted: Sequence[str] = ()) -> str:
+        count[0] += 1
+        root = tmp_path / f"conf{count[0]}.d"
+        root.mkdir()
+        (root / "routes.yaml").write_text(textwrap.dedent(f"""
+            http:
+              routers:
+                app: {{rule: "PathPrefix(`/`)", service: app, middlewares: {middlewares}}}
+              middlewares:
+                allow: {{ipAllowList: {allow}}}
+                jwt: {{plugin: {{jwt: {{signingSecret: "{SECRET}"}}}}}}
+              services:
+                app: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
+            """))
+        gw = Gateway(root, trusted_proxies=trusted)
+        assert not gw.config.errors, [str(e) for e in gw.config.errors]
+        started.append(RunningServer(gw))
+        return started[-1].url
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.mark.parametrize("allow, status", [
+    ("{sourceRange: [127.0.0.1]}", 200),
+    ("{sourceRange: [127.0.0.0/8, 10.0.0.0/8]}", 200),
+    ("{sourceRange: [10.0.0.0/8]}", 403),
+    ("{sourceRange: ['::1']}", 403),
+    ("{sourceRange: [10.0.0.0/8], rejectStatusCode: 404}", 404),
+], ids=["single-ip", "range", "outside", "ipv6-only", "reject-status"])
+def test_the_peer_address_decides(gateway, allow, status):
+    url = gateway(allow)
+    response = requests.get(url + "/x", timeout=5)
+    assert response.status_code == status
+    if status == 200:
+        assert response.json()["path"] == "/x"
+    else:
+        assert "echo" not in response.text
+
+
+@pytest.mark.parametrize("forwarded, allow, status", [
+    ("2001:db8::5", "[2001:db8::/32]", 200),
+    ("2001:db9::5", "[2001:db8::/32]", 403),
+    ("10.1.2.3", "[10.0.0.0/8]", 200),
+    ("192.0.2.1, 10.1.2.3", "[10.0.0.0/8]", 200),     # depth 1: the last hop, added by the trusted proxy
+    ("10.1.2.3, 192.0.2.1", "[10.0.0.0/8]", 403),
+], ids=["ipv6-in", "ipv6-out", "ipv4-in", "last-hop-in", "last-hop-out"])
+def test_a_trusted_proxys_forwarded_for_decides_with_depth(gateway, forwarded, allow, status):
+    url = gateway(f"{{sourceRange: {allow}, ipStrategy: {{depth: 1}}}}", trusted=["127.0.0.1"])
+    assert requests.get(url + "/x", headers={"X-Forwarded-For": forwarded}, timeout=5).status_code == status
+
+
+def test_an_untrusted_clients_forwarded_for_cannot_get_it_in(gateway):
+    url = gateway("{sourceRange: [10.0.0.0/8], ipStrategy: {depth: 1}}")  # no trusted proxy: header dropped
+    assert requests.get(url + "/x", headers={"X-Forwarded-For": "10.1.2.3"}, timeout=5).status_code == 403
+    url = gateway("{sourceRange: [10.0.0.0/8]}", trusted=["127.0.0.1"])  # no ipStrategy: the peer counts
+    assert requests.get(url + "/x", headers={"X-Forwarded-For": "10.1.2.3"}, timeout=5).status_code == 403
+
+
+@pytest.mark.parametrize("strategy, forwarded, status", [
+    ("{depth: 3}", "10.1.2.3, 10.2.2.2", 403),                      # fewer hops than depth: no address
+    ("{depth: 2}", "10.1.2.3, 192.0.2.9", 200),
+    ("{excludedIPs: [192.0.2.0/24]}", "10.1.2.3, 192.0.2.9", 200),   # the first hop from the right not excluded
+    ("{excludedIPs: [192.0.2.0/24]}", "192.0.2.8, 192.0.2.9", 403),  # every hop excluded: no address
+    ("{depth: 1, ipv6Subnet: 64}", "2001:db8::1:5", 200),
+], ids=["depth-beyond", "depth-2", "excluded", "all-excluded", "ipv6-subnet"])
+def test_ip_strategy(gateway, strategy, forwarded, status):
+    url = gateway(f"{{sourceRange: [10.0.0.0/8, '2001:db8::/64'], ipStrategy: {strategy}}}", trusted=["127.0.0.1"])
+    assert requests.get(url + "/x", headers={"X-Forwarded-For": forwarded}, timeout=5).status_code == status
+
+
+def test_a_denied_address_is_refused_before_its_token_is_looked_at(gateway):
+    token = mint({"sub": "alice"}, secret=SECRET, alg="HS256")
+    denied = gateway("{sourceRange: [10.0.0.0/8]}", "[allow, jwt]")
+    assert requests.get(denied + "/x", headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 403
+    assert requests.get(denied + "/x", headers={"Authorization": "Bearer junk"}, timeout=5).status_code == 403
+    allowed = gateway("{sourceRange: [127.0.0.1]}", "[allow, jwt]")
+    assert requests.get(allowed + "/x", timeout=5).status_code == 401
+    assert requests.get(allowed + "/x", headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("allow, error", [
+    ("{}", "ipAllowList.sourceRange: at least one"),
+    ("{sourceRange: []}", "ipAllowList.sourceRange: at least one"),
+    ("{sourceRange: [10.0.0.300]}", "ipAllowList.sourceRange[0]: '10.0.0.300' is not an IP address or CIDR"),
+    ("{sourceRange: [10.0.0.0/8], rejectStatusCode: 999}", "rejectStatusCode: 999 is not an HTTP status"),
+    ("{sourceRange: [10.0.0.0/8], rejectStatusCode: 100}", "rejectStatusCode: 100 is not an HTTP status"),
+    ("{sourceRange: [10.0.0.0/8], ipStrategy: {depth: -1}}", "ipAllowList.ipStrategy.depth: must be at least 0"),
+    ("{sourceRange: [10.0.0.0/8], ipStrategy: {ipv6Subnet: 129}}", "ipv6Subnet: must be between 0 and 128"),
+    ("{sourceRange: [10.0.0.0/8], sourcerange2: x}", 'unknown field "sourcerange2"'),
+], ids=["missing", "empty", "bad-address", "bad-status", "interim-status", "negative-depth", "subnet", "typo"])
+def test_mistakes_are_refused_and_the_router_answers_503(tmp_path, allow, error):
+    root = tmp_path / "conf.d"
+    root.mkdir()
+    (root / "routes.yaml").write_text(textwrap.dedent(f"""
+        http:
+          routers:
+            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [allow]}}
+          middlewares:
+            allow: {{ipAllowList: {allow}}}
+          services:
+            app: {{loadBalancer: {{servers: [{{url: "http://127.0.0.1:9"}}]}}}}
+        """))
+    gw = Gateway(root)
+    errors = [str(e) for e in gw.config.errors]
+    assert any(error in e and "routes.yaml" in e for e in errors), errors
+    server = RunningServer(gw)
+    try:
+        assert requests.get(server.url + "/x", timeout=5).status_code == 503
+    finally:
+        server.stop()
