@@ -21,6 +21,9 @@ setup(
         "prometheus_client>=0.20,<1",
         "httptools>=0.6,<1",
         "google-re2>=1.1,<2",  # router regexps in linear time (RE2 = Go's regexp syntax, as Traefik)
+        # tracing (off unless OTEL_* asks): the SDK and its OTLP/HTTP exporter, imported only when on
+        "opentelemetry-sdk>=1.25,<2",
+        "opentelemetry-exporter-otlp-proto-http>=1.25,<2",
         "redis>=5.0,<9",  # rateLimit.redis and plugin.distributedRateLimit: token buckets shared through Redis
         "brotli>=1.1,<2",  # compress middleware's br encoding (Google's own binding, streaming flush; wheels)
         # tracing (off unless OTEL_* asks): the SDK and its OTLP/HTTP exporter, imported only when on

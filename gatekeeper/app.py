@@ -29,7 +29,7 @@ from gatekeeper.requestpath import (
     strip_connection_headers,
 )
 from gatekeeper.server.base import ServerLimits
-from gatekeeper.wsgi import BODY_REFUSED, ROUTER, Environ, StartResponse, WSGIApp, error_response
+from gatekeeper.wsgi import BODY_REFUSED, ROUTER, SERVICE, Environ, StartResponse, WSGIApp, error_response
 
 if TYPE_CHECKING:
     from gatekeeper.config.reload import ConfigLoader
@@ -102,6 +102,7 @@ class Gateway:
         if router is None:
             return NOT_FOUND(environ, start_response)
         environ[ROUTER] = router.name
+        environ[SERVICE] = router.definition.service
         # the router's handler. Before any middleware sets headers, so that `Connection: X-User` cannot
         # drop a header the gateway set (routing saw the client's headers as they came).
         strip_connection_headers(environ)
@@ -113,16 +114,19 @@ class Gateway:
 def edge_stack(app: WSGIApp, *, max_body_bytes: Optional[int] = None,
                access_log: Optional[Callable[..., None]] = None) -> WSGIApp:
     """``app`` behind the request edge: metrics and the access log outermost (a 413 is counted and logged
-    too), then the body limit.
+    too), then the request's trace span when tracing is on, then the body limit.
 
     ``access_log`` is an ``ops.accesslog.AccessLog`` (or any callable taking an ``Exchange``); None: none.
     """
     # imported here: prometheus_client must see PROMETHEUS_MULTIPROC_DIR, which the workers' parent sets
     # before forking and never imports metrics itself (server/workers.py)
-    from gatekeeper.ops import metrics
+    from gatekeeper.ops import metrics, tracing
 
     if max_body_bytes is not None:
         app = limit_body(app, max_body_bytes)
+    tracer = tracing.tracer()  # None unless OTEL_* asks for traces (ops/tracing.py)
+    if tracer is not None:
+        app = tracing.traced(app, tracer)
     return metrics.instrument(app, access_log)
 
 

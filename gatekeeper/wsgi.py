@@ -16,6 +16,7 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 # --- environ keys the gateway sets (read by middlewares, the proxy, metrics and the access log) --------
 RAW_URI = "RAW_URI"                            # the request target as forwarded (gunicorn's name)
 ROUTER = "gatekeeper.router"                   # name of the router that matched
+SERVICE = "gatekeeper.service"                 # name of that router's service
 CLAIMS = "gatekeeper.claims"                   # verified JWT claims (a deep copy, the app's to change)
 USER = "gatekeeper.user"                       # the usernameClaim's value, for the access log
 JWT_REASON = "gatekeeper.jwt.reason"           # why a token was refused: a reason word, never the token

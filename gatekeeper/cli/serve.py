@@ -206,7 +206,7 @@ def serve_process(settings: Settings, loader: Any, listeners: Listeners,
     import gevent.event
 
     from gatekeeper.jwt import remote as jwks
-    from gatekeeper.ops import metrics
+    from gatekeeper.ops import metrics, tracing
     from gatekeeper.proxy import health
     from gatekeeper.server.base import drain
 
@@ -230,6 +230,7 @@ def serve_process(settings: Settings, loader: Any, listeners: Listeners,
     stopping.wait()
     loader.stop()
     drain(servers, settings.grace)
+    tracing.flush()  # the spans of the last requests, before the process ends
     return 0
 
 
@@ -275,6 +276,12 @@ def run(settings: Settings) -> int:
     # queue=False: a fully patched queue stops watchdog delivering events (STYLE.md, measured trap).
     monkey.patch_all(queue=False)
     configure_logging(settings.log_format, settings.log_level)
+    from gatekeeper.ops.tracing import check_environment
+
+    tracing_problem = check_environment(os.environ)
+    if tracing_problem is not None:
+        print(f"gatekeeper: {tracing_problem}", file=sys.stderr)
+        return 2
     loader = make_loader(settings)
     try:  # bind first: a port in use is said at once, naming the listener and its address
         listeners = Listeners(settings.entrypoints(), settings.admin)
