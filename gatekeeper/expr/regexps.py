@@ -15,7 +15,7 @@ object of its extension module directly (0.7 us).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 try:
     import re2
@@ -71,6 +71,18 @@ def compile_search(pattern: str) -> Callable[[str], bool]:
         return start >= 0
 
     return search
+
+
+def compile_capturing(pattern: str) -> Any:
+    """A compiled RE2 regexp over bytes, with submatches (``search``, ``groupindex``), for middlewares that
+    rewrite with ``$1``/``${name}``; :class:`RegexpError` as :func:`compile_search`."""
+    encoded = pattern.encode("utf-8", "surrogatepass")
+    options = re2.Options()
+    options.log_errors, options.max_mem = False, _OPTIONS.max_mem
+    checked = _re2.RE2(encoded, options)
+    if not checked.ok():
+        raise RegexpError(*_describe(pattern, checked.error()))
+    return re2.compile(encoded, options)
 
 
 def _describe(pattern: str, error: bytes) -> Tuple[str, Optional[int]]:
