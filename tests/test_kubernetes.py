@@ -9,15 +9,17 @@ import requests
 import yaml
 
 from gatekeeper.app import Gateway
-from gatekeeper.config.compile import compile_config
+from gatekeeper.config.compile import CompileOptions, compile_config
 from gatekeeper.config.manifests import read_dir
 from gatekeeper.config.providers import collect
+from gatekeeper.config.providers.k8s_objects import KubeOptions
 from gatekeeper.jwt.mint import mint, new_key_pem, public_jwk
 from gatekeeper.ops.echo import named_echo_app
 
 SEED = Path(__file__).resolve().parent / "data" / "seed"  # verbatim copy of shared/seed's YAML
 SECRET = "mysuperlongsecret"
 ROUTER = "apps-my-app-ed682b1cf5@kubernetescrd"    # namespace-name-sha256(match)[:10], as Traefik names it
+CROSS = KubeOptions(allow_cross_namespace=True)    # --allow-cross-namespace (tests/test_cross_namespace.py)
 
 
 def endpoints_yaml(port: int, *, kind: str = "Endpoints", name: str = "whoami", namespace: str = "apps",
@@ -207,9 +209,9 @@ spec:
 """
 
 
-def read_definitions(conf_d, *docs):
+def read_definitions(conf_d, *docs, kube=None):
     conf_d("all.yaml", "\n---\n".join(docs))
-    collected = collect(read_dir(conf_d.root))
+    collected = collect(read_dir(conf_d.root), kube)
     return collected.definitions(), [str(e) for e in collected.errors]
 
 
@@ -234,15 +236,13 @@ def read_definitions(conf_d, *docs):
     ([EXTERNAL], "[{name: web, port: 443}]", ["https://api.example.com:443"], None),
     ([EXTERNAL], "[{name: web, port: 8443}]", ["http://api.example.com:8443"], None),
     ([WEB_SERVICE.replace("apps", "backend"), web_slice("- addresses: [10.0.3.1]", namespace="backend")],
-     "[{name: web, namespace: backend, port: 80}]", ["http://10.0.3.1:8080"], None),
-    ([WEB_SERVICE.replace("apps", "backend"), web_slice("- addresses: [10.0.3.1]", namespace="backend")],
      "[{name: web, port: 80}]", [], "Kubernetes service apps/web does not exist"),
     ([WEB_SERVICE], "[{name: web, port: 81}]", [], "Kubernetes service apps/web has no port 81"),
     ([WEB_SERVICE], "[{name: web, port: 80}]", [], "no Endpoints or EndpointSlice for it"),
 ], ids=["port-number-to-name", "port-by-name", "scheme-https", "terminating-serving-fallback",
         "terminating-not-serving", "endpoints-v1-not-ready-excluded", "endpoints-and-slice-merged",
         "slice-port-without-number", "port-name-mismatch", "ipv6", "unnamed-port", "externalname",
-        "externalname-443-https", "externalname-any-port", "cross-namespace", "namespace-defaults-to-route's",
+        "externalname-443-https", "externalname-any-port", "namespace-defaults-to-route's",
         "missing-port", "no-endpoints"])
 def test_route_service_resolves_to_servers(conf_d, docs, services, urls, reason):
     defs, errors = read_definitions(conf_d, ingress_route(services), *docs)
@@ -264,13 +264,13 @@ metadata: {{name: {name}, namespace: {namespace}}}
 spec: {{ports: [{{name: http, port: 80}}]}}
 """)
         docs.append(endpoints_yaml(upstreams[name].port, name=name, namespace=namespace, port_name="http"))
-    defs, errors = read_definitions(conf_d, *docs)
+    defs, errors = read_definitions(conf_d, *docs, kube=CROSS)
     assert errors == []
     (router,) = defs.routers.values()
     weighted = defs.services[router.service]
     assert (weighted.kind, weighted.children) == ("weighted", (("apps-a-80@kubernetescrd", 3),
                                                              ("other-b-http@kubernetescrd", 1)))
-    gateway = wsgi_server(Gateway(conf_d.root))
+    gateway = wsgi_server(Gateway(conf_d.root, options=CompileOptions(kubernetes=CROSS)))
     servers = [requests.get(gateway.url + "/app", timeout=5).json()["server"] for _ in range(8)]
     assert sorted(servers) == ["a"] * 6 + ["b"] * 2
 
@@ -401,7 +401,7 @@ spec:
         jwt_middleware('signingSecret: "urn:k8s:secret:jwt:signingSecret"', api=api),
         secret(f"stringData: {{signingSecret: {SECRET}}}"), chain, route.replace("traefik.io/v1alpha1", api),
         (SEED / "secret" / "whoami.yaml").read_text(), textwrap.dedent(endpoints_yaml(echo_upstream.port))]))
-    gateway = Gateway(conf_d.root)
+    gateway = Gateway(conf_d.root, options=CompileOptions(kubernetes=CROSS))   # edge's chain and route use apps'
     assert messages(gateway.config) == []
     assert gateway.config.middlewares["edge-secured@kubernetescrd"].definition.options == {
         "middlewares": ["apps-test-jwt@kubernetescrd", "strip@file"]}
@@ -469,6 +469,7 @@ def test_route_service_options_that_change_nothing_are_accepted(conf_d, options)
 
 
 def test_other_kinds_are_skipped_silently(conf_d):
+    """A cluster's other manifests are not gatekeeper's business (Traefik ignores them too)."""
     defs, errors = read_definitions(conf_d, (SEED / "secret" / "whoami.yaml").read_text(), """
 apiVersion: v1
 kind: ConfigMap
@@ -480,12 +481,27 @@ kind: Service
 metadata: {name: whoami, namespace: apps}
 spec: {template: {spec: {containers: [{image: traefik/whoami}]}}}
 """, """
-apiVersion: traefik.io/v1alpha1
-kind: IngressRouteTCP
-metadata: {name: tcp}
-spec: {routes: [{match: HostSNI(`*`)}]}
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: other-controller}
+spec: {rules: [{backendRefs: [{name: whoami, port: 80}]}]}
 """)
     assert (errors, dict(defs.routers), dict(defs.middlewares), dict(defs.services)) == ([], {}, {}, {})
+
+
+@pytest.mark.parametrize("doc, expected", [
+    ("apiVersion: traefik.io/v1alpha1\nkind: IngressRouteTCP\nmetadata: {name: tcp}\n"
+     "spec: {routes: [{match: HostSNI(`*`)}]}",
+     "all.yaml:1: traefik.io/v1alpha1 IngressRouteTCP: not supported by gatekeeper"),
+    ("apiVersion: traefik.containo.us/v1alpha1\nkind: TLSOption\nmetadata: {name: tls}\nspec: {minVersion: x}",
+     "all.yaml:1: traefik.containo.us/v1alpha1 TLSOption: not supported by gatekeeper"),
+    ("apiVersion: networking.k8s.io/v1beta1\nkind: Ingress\nmetadata: {name: old}\nspec: {}",
+     "all.yaml:1: networking.k8s.io/v1beta1 Ingress: not supported (removed in Kubernetes 1.22)"),
+], ids=["ingressroute-tcp", "tls-option", "ingress-v1beta1"])
+def test_routing_kinds_gatekeeper_cannot_serve_are_reported(conf_d, doc, expected):
+    """Routing intent is never dropped silently: a Traefik kind gatekeeper does not serve is an error."""
+    _, errors = read_definitions(conf_d, doc)
+    assert len(errors) == 1 and errors[0].startswith(expected), errors
 
 
 def test_namespace_defaults_to_default(conf_d):

@@ -89,10 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
     add_path_arguments(serve.add_argument_group("request path (Traefik's entryPoints.<name>.http options)"))
     add_limit_arguments(serve.add_argument_group("limits"))
+    add_kubernetes_arguments(serve.add_argument_group("kubernetes providers"))
     serve.set_defaults(func=run_serve)
 
     check = commands.add_parser("check", help="load a conf.d as serve would and print every problem")
     check.add_argument("conf_d", nargs="?", default=DEFAULTS.conf_d, metavar="DIR")
+    add_kubernetes_arguments(check)
     check.set_defaults(func=run_check)
 
     from gatekeeper.jwt import mint as token
@@ -171,6 +173,14 @@ def add_limit_arguments(limits: Any) -> None:
                         help=f"waiting for an upstream's response; past it 504 (default {d.upstream_timeout:g})")
 
 
+def add_kubernetes_arguments(group: Any) -> None:
+    """Traefik's kubernetescrd ``allowCrossNamespace`` and Ingress provider ``ingressClass`` (docs/kubernetes.md)."""
+    group.add_argument("--allow-cross-namespace", action="store_true", default=None,
+                       help="let Kubernetes objects reference Middlewares and Services of other namespaces")
+    group.add_argument("--ingress-class", metavar="NAME", default=None,
+                       help="read only Ingresses of this class (default: class traefik or none)")
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from gatekeeper.cli.serve import run
     return run(Settings.from_args(args))
@@ -186,7 +196,11 @@ def run_check(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"gatekeeper check: cannot read {args.conf_d}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    config = compile_config(snapshot)
+    from gatekeeper.config.compile import CompileOptions
+    from gatekeeper.config.providers.k8s_objects import KubeOptions
+
+    kube = KubeOptions(bool(args.allow_cross_namespace), args.ingress_class or "")
+    config = compile_config(snapshot, options=CompileOptions(kubernetes=kube))
     for err in config.errors:
         print(str(err))
     files = len(snapshot.files)

@@ -57,6 +57,8 @@ class Settings:
     idle_timeout: float = ServerLimits.idle_timeout
     upstream_connect_timeout: float = ProxyLimits.connect_timeout
     upstream_timeout: float = ProxyLimits.response_timeout
+    allow_cross_namespace: bool = False     # Traefik's kubernetescrd allowCrossNamespace
+    ingress_class: str = ""                 # Traefik's Ingress provider ingressClass
 
     @classmethod
     def from_args(cls, args: Any) -> Settings:
@@ -147,7 +149,9 @@ def make_loader(settings: Settings) -> Any:
 
     limits = ProxyLimits(connect_timeout=settings.upstream_connect_timeout,
                          response_timeout=settings.upstream_timeout)
-    loader = ConfigLoader(settings.conf_d, options=CompileOptions(limits=limits),
+    from gatekeeper.config.providers.k8s_objects import KubeOptions
+    kube = KubeOptions(settings.allow_cross_namespace, settings.ingress_class)
+    loader = ConfigLoader(settings.conf_d, options=CompileOptions(limits=limits, kubernetes=kube),
                           debounce=settings.debounce_ms / 1000.0)
     loader.on_reload.append(record_reload)
     return loader

@@ -17,6 +17,7 @@ from gatekeeper.config.manifests import Snapshot
 from gatekeeper.config.middlewares import compose
 from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef, Source, qualify
 from gatekeeper.config.providers import collect
+from gatekeeper.config.providers.k8s_objects import KubeOptions
 from gatekeeper.config.providers.transports import read_transports, transport_limits, with_transports
 from gatekeeper.config.reuse import (
     memo_of,
@@ -48,6 +49,7 @@ __all__ = ["CompileOptions", "compile_config"]
 @dataclass(frozen=True)
 class CompileOptions:
     limits: ProxyLimits = field(default_factory=ProxyLimits)
+    kubernetes: KubeOptions = field(default_factory=KubeOptions)    # --allow-cross-namespace, --ingress-class
 
 
 # Middlewares built from other objects (a chain's members, an errors page's service): rebuilt on every load
@@ -269,10 +271,10 @@ def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
     ``reuse=False`` builds every router again (the reference the tests compare a reload with)."""
     options = options or CompileOptions()
     snapshot = with_last_good_files(snapshot, previous)
-    collected = collect(snapshot)
+    collected = collect(snapshot, options.kubernetes)
     if previous is not None and collected.broken_files:
         snapshot = with_last_good_files(snapshot, previous, collected.broken_files)
-        collected = collect(snapshot)
+        collected = collect(snapshot, options.kubernetes)
     rules = Rules(previous)
     memo = None
     if previous is not None and reuse:

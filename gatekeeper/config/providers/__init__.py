@@ -10,14 +10,16 @@ from typing import Dict, List, Optional, Tuple
 
 from gatekeeper.config.manifests import Document, FileResult, Snapshot
 from gatekeeper.config.providers import file as file_provider
+from gatekeeper.config.providers import ingress as ingress_provider
 from gatekeeper.config.providers import kubernetes as kube_provider
 from gatekeeper.config.providers.collector import Collector, Operation, Recorder
+from gatekeeper.config.providers.k8s_objects import KubeOptions
 from gatekeeper.errors import ConfigError
 
 __all__ = ["Collector", "collect", "document_shape"]
 
 
-def collect(snapshot: Snapshot) -> Collector:
+def collect(snapshot: Snapshot, kube_options: Optional[KubeOptions] = None) -> Collector:
     """Read every document of a snapshot into definitions; file read/parse errors are reported too."""
     out = Collector()
     kube_docs: List[Document] = []
@@ -29,7 +31,8 @@ def collect(snapshot: Snapshot) -> Collector:
         kube_docs.extend(d for d in result.documents if document_shape(d) == "kubernetes")
         for op, args in file_operations(result):
             getattr(out, op)(*args)
-    kube_provider.read_documents(kube_docs, out)
+    cluster = kube_provider.read_documents(kube_docs, out, kube_options)
+    ingress_provider.read_ingresses(cluster, out)
     return out
 
 

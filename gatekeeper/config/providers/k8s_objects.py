@@ -34,7 +34,12 @@ KINDS = {
     ("v1", "Service"): "Service",
     ("v1", "Endpoints"): "Endpoints",
     ("discovery.k8s.io/v1", "EndpointSlice"): "EndpointSlice",
+    ("networking.k8s.io/v1", "Ingress"): "Ingress",
+    ("networking.k8s.io/v1", "IngressClass"): "IngressClass",
 }
+# kinds of Traefik's CRD group gatekeeper does not serve: routing intent, so reported rather than skipped
+UNSUPPORTED_TRAEFIK_KINDS = ("IngressRouteTCP", "IngressRouteUDP", "MiddlewareTCP", "TraefikService", "TLSOption",
+                             "TLSStore", "ServersTransport", "ServersTransportTCP")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 URN_PREFIX = "urn:k8s:secret:"
 # urn:k8s:secret:NAME:KEY with NAME a DNS subdomain and KEY a Secret data key, as Kubernetes allows them
@@ -42,6 +47,19 @@ URN = re.compile(r"urn:k8s:secret:([a-z0-9](?:[-a-z0-9.]*[a-z0-9])?):([-._a-zA-Z
 
 
 # --- the objects, indexed ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KubeOptions:
+    """The Kubernetes providers' options: Traefik's ``allowCrossNamespace`` (default false: a reference to a
+    Middleware or Service in another namespace is an error) and the Ingress provider's ``ingressClass``.
+
+    >>> KubeOptions()
+    KubeOptions(allow_cross_namespace=False, ingress_class='')
+    """
+
+    allow_cross_namespace: bool = False
+    ingress_class: str = ""
+
 
 @dataclass(frozen=True)
 class KubeObject:
@@ -111,18 +129,20 @@ class Cluster:
     secrets: Dict[Tuple[str, str], Dict[str, Union[str, ConfigError]]] = field(default_factory=dict)
     services: Dict[Tuple[str, str], KubeService] = field(default_factory=dict)
     endpoints: Dict[Tuple[str, str], List[EndpointGroup]] = field(default_factory=dict)
+    options: KubeOptions = field(default_factory=KubeOptions)
 
     def of_kind(self, kind: str) -> List[KubeObject]:
         return [obj for (k, _, _), obj in self.objects.items() if k == kind]
 
 
-def index_objects(docs: List[Document], out: Collector) -> Cluster:
-    cluster = Cluster()
+def index_objects(docs: List[Document], out: Collector, options: Optional[KubeOptions] = None) -> Cluster:
+    cluster = Cluster(options=options or KubeOptions())
     readers = {"Secret": index_secret, "Service": index_service, "Endpoints": index_endpoints,
                "EndpointSlice": index_endpoint_slice}
     for doc in docs:
         kind = KINDS.get((str(doc.data.get("apiVersion")), str(doc.data.get("kind"))))
         if kind is None:
+            refuse_unread(doc, out)
             continue
         try:
             namespace, name = metadata_names(doc.data)
@@ -140,6 +160,22 @@ def index_objects(docs: List[Document], out: Collector) -> Cluster:
             except ConfigError as err:
                 out.error(obj.located(err))
     return cluster
+
+
+def refuse_unread(doc: Document, out: Collector) -> None:
+    """A kind gatekeeper does not read: routing intent it cannot serve is an error, anything else is skipped.
+
+    A conf.d may hold a cluster's other manifests (Deployments, ConfigMaps, another controller's objects), which
+    Traefik ignores too; but a Traefik kind or an Ingress of a removed API version would route nothing here.
+    """
+    api, kind = str(doc.data.get("apiVersion")), str(doc.data.get("kind"))
+    if api in TRAEFIK_API_VERSIONS and kind in UNSUPPORTED_TRAEFIK_KINDS:
+        reason = f"{api} {kind}: not supported by gatekeeper (it reads Middleware and IngressRoute: HTTP routes only)"
+    elif kind == "Ingress" and api.startswith(("networking.k8s.io/", "extensions/")):
+        reason = f"{api} Ingress: not supported (removed in Kubernetes 1.22): write networking.k8s.io/v1"
+    else:
+        return
+    out.error(ConfigError(reason, file=doc.file, line=line_of(doc.data) or doc.line))
 
 
 def metadata_names(data: Any) -> Tuple[str, str]:

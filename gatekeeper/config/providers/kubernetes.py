@@ -13,7 +13,10 @@ Names follow Traefik's:
   ``apps-my-app-<first 10 hex digits of sha256(M)>@kubernetescrd``
 - each member of a route with several services (weighted) -> ``<namespace>-<service>-<port>@kubernetescrd``
 
-Anything other than the kinds read here (Deployment, ConfigMap, ...) is skipped silently.
+References across namespaces follow Traefik's ``allowCrossNamespace`` (default false): a route's middleware or
+Service, or a chain member, in another namespace than the object naming it is an error unless
+:class:`~gatekeeper.config.providers.k8s_objects.KubeOptions` allows it (``--allow-cross-namespace``).
+Kinds gatekeeper does not read (Deployment, ConfigMap, ...) are skipped (``k8s_objects.refuse_unread``).
 """
 from __future__ import annotations
 
@@ -23,19 +26,17 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from gatekeeper.config.manifests import Document
-from gatekeeper.config.model import FAIL_CLOSED_PRIORITY, RouterDef, ServerDef, ServiceDef, Source, qualify
+from gatekeeper.config.model import FAIL_CLOSED_PRIORITY, RouterDef, ServiceDef, Source, qualify
 from gatekeeper.config.providers import file as file_provider
 from gatekeeper.config.providers.collector import Collector
 from gatekeeper.config.providers.k8s_objects import (
     Cluster,
-    Endpoint,
-    EndpointGroup,
     KubeObject,
-    KubeService,
-    ServicePort,
+    KubeOptions,
     index_objects,
     resolve_secrets,
 )
+from gatekeeper.config.providers.k8s_servers import resolve_servers
 from gatekeeper.config.providers.service_options import read_health_check, read_sticky
 from gatekeeper.errors import ConfigError
 from gatekeeper.options import (
@@ -58,13 +59,15 @@ ROUTE_SERVICE_FIELDS = ("name", "namespace", "kind", "port", "scheme", "passHost
                         "healthCheck", "strategy", "responseForwarding", "serversTransport", "nativeLB", "nodePortLB")
 
 
-def read_documents(docs: List[Document], out: Collector) -> None:
-    """Add the definitions the Kubernetes documents make to ``out``; every problem is reported there."""
-    cluster = index_objects(docs, out)
+def read_documents(docs: List[Document], out: Collector, options: Optional[KubeOptions] = None) -> Cluster:
+    """Add the definitions the CRDs make to ``out`` (every problem is reported there); the indexed objects are
+    returned for the Ingress provider (``ingress.py``), which resolves its Services the same way."""
+    cluster = index_objects(docs, out, options)
     for obj in cluster.of_kind("Middleware"):
         read_middleware(obj, cluster, out)
     for obj in cluster.of_kind("IngressRoute"):
         read_ingress_route(obj, cluster, out)
+    return cluster
 
 
 
@@ -80,30 +83,45 @@ def read_middleware(obj: KubeObject, cluster: Cluster, out: Collector) -> None:
             spec["plugin"] = resolve_secrets(spec["plugin"], obj.namespace, cluster, "spec.plugin",
                                              line_of(obj.body.get("spec"), "plugin"))
         if "chain" in spec:
-            spec["chain"] = {"middlewares": chain_members(spec["chain"], obj.namespace)}
+            spec["chain"] = {"middlewares": chain_members(spec["chain"], obj.namespace, cluster.options)}
         out.add("middleware", file_provider.read_middleware(name, spec, source))
     except ConfigError as err:
         out.fail("middleware", name, err.located(file=obj.doc.file, line=obj.line,
                                                  obj=f'{obj.ref} (middleware "{name}")'))
 
 
-def chain_members(chain: Any, namespace: str) -> List[str]:
+def chain_members(chain: Any, namespace: str, options: KubeOptions) -> List[str]:
     """A CRD chain's ``{name, namespace}`` members as qualified names (compile.py leaves those as they are)."""
     fields = pick(chain, ("middlewares",), "spec.chain")
     members = []
     for i, entry in enumerate(want_list(fields.get("middlewares") or [], "spec.chain.middlewares")):
         ref = pick(entry, ("name", "namespace"), f"spec.chain.middlewares[{i}]")
-        members.append(middleware_ref(ref, namespace, f"spec.chain.middlewares[{i}]"))
+        members.append(middleware_ref(ref, namespace, f"spec.chain.middlewares[{i}]", options))
     return members
 
 
-def middleware_ref(ref: Dict[str, Any], namespace: str, where: str) -> str:
-    """``{name, namespace}`` -> ``<namespace>-<name>@kubernetescrd``; a name with ``@`` is taken as it is."""
+def middleware_ref(ref: Dict[str, Any], namespace: str, where: str, options: KubeOptions) -> str:
+    """``{name, namespace}`` -> ``<namespace>-<name>@kubernetescrd``; a name with ``@`` is taken as it is.
+
+    Without ``allowCrossNamespace``, Traefik refuses another namespace and any ``...@kubernetescrd`` name
+    (whose namespace it cannot check); other providers' names (``strip@file``) are always allowed.
+    """
     name = want_str(ref.get("name"), f"{where}.name")
     if "@" in name:
+        if name.endswith("@" + PROVIDER) and not options.allow_cross_namespace:
+            raise ConfigError(f'{where}.name: "{name}": a @{PROVIDER} reference may cross namespaces, so it is not '
+                              "allowed; give name and namespace, or set --allow-cross-namespace")
         return name
     ns = want_str(ref["namespace"], f"{where}.namespace") if ref.get("namespace") else namespace
+    same_namespace(ns, namespace, f"{where}: middleware {ns}/{name}", options)
     return qualify(object_id(ns, name), PROVIDER)
+
+
+def same_namespace(target: str, parent: str, what: str, options: KubeOptions) -> None:
+    """Traefik's ``isNamespaceAllowed``: a reference stays in its object's namespace unless allowed."""
+    if target != parent and not options.allow_cross_namespace:
+        raise ConfigError(f"{what}: cross-namespace reference from namespace {parent} not allowed "
+                          "(Traefik's allowCrossNamespace); set --allow-cross-namespace")
 
 
 def object_id(*parts: str) -> str:
@@ -210,7 +228,7 @@ def read_route(obj: KubeObject, fields: Dict[str, Any], *, match: str, name: str
         raise ConfigError(f'{where}.kind: only "Rule" is supported, got {kind!r}')
     middlewares = tuple(
         middleware_ref(pick(ref, ("name", "namespace"), f"{where}.middlewares[{i}]"), obj.namespace,
-                       f"{where}.middlewares[{i}]")
+                       f"{where}.middlewares[{i}]", cluster.options)
         for i, ref in enumerate(want_list(fields.get("middlewares") or [], f"{where}.middlewares")))
     entries = want_list(fields.get("services") or [], f"{where}.services")
     if not entries:
@@ -244,6 +262,7 @@ def read_backend(entry: Any, namespace: str, cluster: Cluster, where: str, *, ro
     refuse_unsupported(fields, where)
     port = route_port(fields, where)
     ns = want_str(fields["namespace"], f"{where}.namespace") if fields.get("namespace") else namespace
+    same_namespace(ns, namespace, f"{where}: service {ns}/{name}", cluster.options)
     scheme = want_str(fields["scheme"], f"{where}.scheme") if fields.get("scheme") else None
     if scheme not in (None, "http", "https"):
         raise ConfigError(f"{where}.scheme: expected http or https, got {scheme!r}")
@@ -307,71 +326,3 @@ def add_backends(backends: List[Backend], name: str, source: Source, out: Collec
 
 def same_servers(a: ServiceDef, b: ServiceDef) -> bool:
     return (a.servers, a.pass_host_header, a.empty_reason) == (b.servers, b.pass_host_header, b.empty_reason)
-
-
-# --- a route's servers --------------------------------------------------------------------------------
-
-def resolve_servers(cluster: Cluster, namespace: str, name: str, port: Union[int, str],
-                    scheme: Optional[str]) -> Tuple[Tuple[ServerDef, ...], Optional[str]]:
-    """Servers of a Service port, or none and the reason (the route then answers 503 and ``check`` says why)."""
-    service = cluster.services.get((namespace, name))
-    what = f"Kubernetes service {namespace}/{name}"
-    if service is None:
-        return (), f"{what} does not exist"
-    if service.problem is not None:
-        return (), f"{what} is in error: {service.problem}"
-    service_port = find_port(service, port)
-    if service_port is None:
-        return (), f"{what} has no port {port if isinstance(port, int) else repr(port)}"
-    scheme = scheme or default_scheme(service_port)
-    if service.external_name is not None:
-        return (ServerDef(f"{scheme}://{host_port(service.external_name, service_port.port)}"),), None
-    groups = cluster.endpoints.get((namespace, name), [])
-    candidates = [(e, p) for g in groups for e, p in group_endpoints(g, service_port)]
-    chosen = [c for c in candidates if c[0].ready] or [c for c in candidates if c[0].serving]
-    urls = dict.fromkeys(f"{scheme}://{host_port(e.address, p)}" for e, p in chosen)
-    if urls:
-        return tuple(ServerDef(url) for url in urls), None
-    return (), no_endpoints_reason(what, service_port, groups, candidates)
-
-
-def find_port(service: KubeService, port: Union[int, str]) -> Optional[ServicePort]:
-    """The Service port a route names, by number or by name; an ExternalName Service takes any number."""
-    for candidate in service.ports:
-        if (candidate.port == port) if isinstance(port, int) else (candidate.name == port):
-            return candidate
-    if service.external_name is not None and isinstance(port, int):
-        return ServicePort("", port, None)
-    return None
-
-
-def default_scheme(port: ServicePort) -> str:
-    """Traefik's default: https for port 443 or a port named ``https...``, else http."""
-    return "https" if port.port == 443 or port.name.startswith("https") else "http"
-
-
-def group_endpoints(group: EndpointGroup, service_port: ServicePort) -> List[Tuple[Endpoint, int]]:
-    """The endpoints of a group for one Service port: the group's port of the same name, as Kubernetes names
-    them (a port given without a number falls back to the Service's numeric targetPort, then its port)."""
-    fallback = service_port.target_port if isinstance(service_port.target_port, int) else service_port.port
-    for port_name, number in group.ports:
-        if port_name == service_port.name:
-            return [(e, fallback if number is None else number) for e in group.endpoints]
-    return []
-
-
-def no_endpoints_reason(what: str, port: ServicePort, groups: List[EndpointGroup],
-                        candidates: List[Tuple[Endpoint, int]]) -> str:
-    reason = f"{what} has no ready endpoints for port {port.port}"
-    if groups and not candidates:
-        names = sorted({n or "(unnamed)" for g in groups for n, _ in g.ports})
-        wanted = f'named "{port.name}"' if port.name else "without a name"
-        reason += (f" (endpoint ports are matched by the Service port's name: none {wanted} among "
-                   f"{', '.join(names) or 'no ports'})")
-    elif not groups:
-        reason += " (no Endpoints or EndpointSlice for it)"
-    return reason
-
-
-def host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
