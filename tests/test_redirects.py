@@ -1,0 +1,154 @@
+"""redirectScheme and redirectRegex through a real Gateway: Traefik's status codes, the URL as the gateway
+sees it (entry scheme, X-Forwarded-Proto from a trusted proxy only, the Host header), a Location that never
+carries CR/LF, and ``gatekeeper check`` refusing bad options of this wing's middlewares."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from typing import Callable, Sequence
+
+import pytest
+import requests
+
+from gatekeeper.app import Gateway
+from tests.conftest import exchange, status_of
+
+SECRET = "redirect-secret-0123456789abcdef0123"
+
+
+@pytest.fixture
+def serve(conf_d, wsgi_server, echo_upstream) -> Callable[..., str]:
+    """``serve(middleware_yaml, chain)``: router ``app`` (PathPrefix /) with ``chain`` before the echo upstream."""
+    def start(middlewares: str, chain: str = "[redirect]", trusted: Sequence[str] = ()) -> str:
+        conf_d("routes.yaml", f"""
+            http:
+              routers:
+                app: {{rule: "PathPrefix(`/`)", service: app, middlewares: {chain}}}
+              middlewares:
+                auth: {{plugin: {{jwt: {{signingSecret: "{SECRET}"}}}}}}
+{textwrap.indent(middlewares, " " * 16)}
+              services:
+                app: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
+            """)
+        gateway = Gateway(conf_d.root, trusted_proxies=trusted)
+        assert not gateway.config.errors, [str(e) for e in gateway.config.errors]
+        return wsgi_server(gateway).url
+    return start
+
+
+def send(url: str, method: str = "GET", path: str = "/x?q=1", **headers: str) -> requests.Response:
+    return requests.request(method, url + path, headers=headers, allow_redirects=False, timeout=5)
+
+
+@pytest.mark.parametrize("options, method, host, status, location", [
+    ("scheme: https", "GET", "foo", 302, "https://foo/x?q=1"),
+    ("scheme: https", "POST", "foo", 307, "https://foo/x?q=1"),
+    ("{scheme: https, permanent: true}", "GET", "foo", 301, "https://foo/x?q=1"),
+    ("{scheme: https, permanent: true}", "PUT", "foo", 308, "https://foo/x?q=1"),
+    ("scheme: https", "GET", "foo:8080", 302, "https://foo/x?q=1"),
+    ("{scheme: https, port: '8443'}", "GET", "foo:8080", 302, "https://foo:8443/x?q=1"),
+    ("{scheme: https, port: 443}", "GET", "[::1]:80", 302, "https://[::1]/x?q=1"),
+    ("{scheme: http, port: 8181}", "GET", "foo:8080", 302, "http://foo:8181/x?q=1"),
+    ("{scheme: http, port: 80}", "GET", "foo:80", 200, None),
+    ("scheme: http", "GET", "foo", 200, None),
+], ids=["get-302", "post-307", "permanent-get-301", "permanent-put-308", "port-dropped", "port-set", "ipv6",
+        "port-only", "already-there-port-80", "already-there"])
+def test_redirect_scheme(serve, options, method, host, status, location):
+    url = serve(f"redirect: {{redirectScheme: {{{options.strip('{}')}}}}}")
+    response = send(url, method, Host=host)
+    assert response.status_code == status
+    assert response.headers.get("Location") == location
+    if location is None:
+        assert response.json()["path"] == "/x"
+
+
+@pytest.mark.parametrize("trusted, status", [((), 302), (("127.0.0.1/32",), 200)], ids=["untrusted", "trusted"])
+def test_x_forwarded_proto_counts_only_from_a_trusted_proxy(serve, trusted, status):
+    url = serve("redirect: {redirectScheme: {scheme: https}}", trusted=trusted)
+    assert send(url, Host="foo", **{"X-Forwarded-Proto": "https"}).status_code == status
+
+
+def test_the_location_host_is_the_host_header_never_x_forwarded_host(serve):
+    url = serve("redirect: {redirectScheme: {scheme: https}}", trusted=("127.0.0.1/32",))
+    response = send(url, Host="foo", **{"X-Forwarded-Host": "evil.example"})
+    assert response.headers["Location"] == "https://foo/x?q=1"
+
+
+def test_a_malformed_host_is_400_not_a_redirect_elsewhere(serve):
+    port = int(serve("redirect: {redirectScheme: {scheme: https}}").rsplit(":", 1)[1])
+    answer = exchange(port, b"GET /x HTTP/1.1\r\nHost: evil.example/@foo\r\nConnection: close\r\n\r\n")
+    assert status_of(answer) == 400
+    assert b"Location" not in answer
+
+
+@pytest.mark.parametrize("regex, replacement, path, status, location", [
+    (r"^http://([^/]+)/old/(.*)", "https://${1}/new/$2", "/old/a?q=1", 302, "https://{host}/new/a?q=1"),
+    (r"^http://[^/]+/old/(?P<rest>.*)", "https://example.com/${rest}", "/old/b", 302, "https://example.com/b"),
+    (r"^http://[^/]+/old/(.*)", "https://example.com/$1", "/other", 200, None),
+    (r"^(http://.*)$", "$1", "/same", 200, None),
+    (r"/old/", "/new/", "/old/x/old/y", 302, "http://{host}/new/x/new/y"),
+], ids=["groups", "named-group", "no-match", "unchanged-url", "every-match"])
+def test_redirect_regex(serve, regex, replacement, path, status, location):
+    url = serve(f"redirect: {{redirectRegex: {{regex: '{regex}', replacement: '{replacement}'}}}}")
+    response = send(url, path=path)
+    assert response.status_code == status
+    host = url.split("://", 1)[1]
+    assert response.headers.get("Location") == (location.format(host=host) if location else None)
+
+
+@pytest.mark.parametrize("method, status", [("GET", 301), ("POST", 308)])
+def test_redirect_regex_permanent(serve, method, status):
+    url = serve("redirect: {redirectRegex: {regex: '^http://[^/]+/(.*)', replacement: 'https://a/$1', "
+                "permanent: true}}")
+    assert send(url, method).status_code == status
+
+
+def test_crlf_in_the_path_never_reaches_the_location_header(serve):
+    url = serve(r"redirect: {redirectRegex: {regex: '^http://[^/]+/old/(.*)', replacement: 'https://a/$1'}}")
+    port = int(url.rsplit(":", 1)[1])
+    answer = exchange(port, b"GET /old/x%0d%0aSet-Cookie:%20stolen=1 HTTP/1.1\r\nHost: h\r\n"
+                            b"Connection: close\r\n\r\n")
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert status_of(answer) == 302
+    assert b"\r\nlocation: https://a/x%0d%0aset-cookie:%20stolen=1" in head
+    assert b"\r\nset-cookie" not in head
+
+
+def test_a_redirect_before_jwt_needs_no_token_and_after_it_does(serve):
+    before = serve("redirect: {redirectScheme: {scheme: https}}", chain="[redirect, auth]")
+    assert send(before, Host="foo").status_code == 302
+    after = serve("redirect: {redirectScheme: {scheme: https}}", chain="[auth, redirect]")
+    assert send(after, Host="foo").status_code == 401
+
+
+def test_gatekeeper_check_refuses_bad_options_with_the_reason(conf_d):
+    conf_d("bad.yaml", """
+        http:
+          routers:
+            app: {rule: "PathPrefix(`/`)", service: app, middlewares: [r1, r2, r3, e1, e2, e3, b1]}
+          middlewares:
+            r1: {redirectRegex: {regex: '^(a', replacement: '/'}}
+            r2: {redirectScheme: {port: 443}}
+            r3: {redirectRegex: {regex: 'x', replacement: "a\\r\\nb"}}
+            e1: {errors: {status: ['500-4xx'], service: pages, query: '/{status}'}}
+            e2: {errors: {status: ['500'], service: nowhere, query: '/{status}'}}
+            e3: {errors: {status: ['599-500'], service: pages}}
+            b1: {buffering: {retryExpression: 'IsNetworkError() && Attempts() < 2'}}
+          services:
+            app: {loadBalancer: {servers: [{url: "http://127.0.0.1:1"}]}}
+            pages: {loadBalancer: {servers: [{url: "http://127.0.0.1:1"}]}}
+        """)
+    result = subprocess.run([sys.executable, "-m", "gatekeeper", "check", str(conf_d.root)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    for expected in [
+        'bad.yaml:6: middleware "r1@file": redirectRegex.regex: missing ): this ( is never closed',
+        'bad.yaml:7: middleware "r2@file": redirectScheme.scheme: expected a string, got nothing',
+        'bad.yaml:8: middleware "r3@file": redirectRegex.replacement: must not hold spaces or control',
+        "bad.yaml:9: middleware \"e1@file\": errors.status[0]: '500-4xx' is not a status code or a range",
+        'bad.yaml:10: middleware "e2@file": errors.service: service "nowhere" does not exist',
+        "bad.yaml:11: middleware \"e3@file\": errors.status[0]: '599-500': codes go from 100 to 599, low to high",
+        'bad.yaml:12: middleware "b1@file": buffering.retryExpression: not supported',
+    ]:
+        assert expected in result.stdout, result.stdout
