@@ -24,7 +24,7 @@ JWT_SHOWN = ("tokenKey", "tokenSource", "usernameClaim", "claims", "forwardHeade
              "forwardAuthorization")
 URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s'\"]+@")
 # options whose values are secrets (or say where one is): masked wherever a text could quote them
-SECRET_OPTIONS = ("signingsecret", "publickey", "jwksfile", "clientconfig")
+SECRET_OPTIONS = ("signingsecret", "publickey", "jwksfile", "clientconfig", "users")  # users: basicAuth's hashes
 MASK = "***"
 
 
@@ -53,11 +53,30 @@ def middleware_options(kind: str, options: Mapping[str, Any]) -> Dict[str, Any]:
         sources = pick_case_insensitive(options, KEY_SOURCES)  # shown by kind, never by value
         shown["keySource"] = sorted(sources) if len(sources) > 1 else (next(iter(sources), None))
         return shown
+    if kind == "basicAuth":  # user names only: a hash is a password to crack offline
+        shown = pick_case_insensitive(options, ("usersFile", "realm", "removeHeader", "headerField"))
+        users = options.get(next((k for k in options if str(k).lower() == "users"), ""), [])
+        lines = users.split(",") if isinstance(users, str) else users if isinstance(users, list) else []
+        return {"users": [str(line).partition(":")[0].strip() for line in lines], **shown}
     if kind == "headers":
         return {name: sorted(value) if isinstance(value, Mapping) else None
                 for name, value in pick_case_insensitive(
                     options, ("customRequestHeaders", "customResponseHeaders")).items()}
-    return dict(options)
+    return without_passwords(dict(options))
+
+
+def without_passwords(value: Any) -> Any:
+    """``value`` with every ``password`` option (any depth, any case) shown as ``***``: a Redis password in
+    ``rateLimit.redis`` or ``distributedRateLimit.store.redis``.
+
+    >>> without_passwords({"redis": {"endpoints": ["r:6379"], "Password": "s3cret"}})
+    {'redis': {'endpoints': ['r:6379'], 'Password': '***'}}
+    """
+    if isinstance(value, Mapping):
+        return {k: MASK if str(k).lower() == "password" else without_passwords(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_passwords(v) for v in value]
+    return value
 
 
 def config_document(loader: Any) -> Dict[str, Any]:
