@@ -24,7 +24,7 @@ JWT_SHOWN = ("tokenKey", "tokenSource", "usernameClaim", "claims", "forwardHeade
              "forwardAuthorization")
 URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s'\"]+@")
 # options whose values are secrets (or say where one is): masked wherever a text could quote them
-SECRET_OPTIONS = ("signingsecret", "publickey", "jwksfile", "clientconfig", "users")  # users: basicAuth's hashes
+SECRET_OPTIONS = ("signingsecret", "publickey", "jwksfile", "clientconfig")
 MASK = "***"
 
 
@@ -53,11 +53,6 @@ def middleware_options(kind: str, options: Mapping[str, Any]) -> Dict[str, Any]:
         sources = pick_case_insensitive(options, KEY_SOURCES)  # shown by kind, never by value
         shown["keySource"] = sorted(sources) if len(sources) > 1 else (next(iter(sources), None))
         return shown
-    if kind == "basicAuth":  # user names only: a hash is a password to crack offline
-        shown = pick_case_insensitive(options, ("usersFile", "realm", "removeHeader", "headerField"))
-        users = options.get(next((k for k in options if str(k).lower() == "users"), ""), [])
-        lines = users.split(",") if isinstance(users, str) else users if isinstance(users, list) else []
-        return {"users": [str(line).partition(":")[0].strip() for line in lines], **shown}
     if kind == "headers":
         return {name: sorted(value) if isinstance(value, Mapping) else None
                 for name, value in pick_case_insensitive(
