@@ -24,7 +24,7 @@ JWT_SHOWN = ("tokenKey", "tokenSource", "usernameClaim", "claims", "forwardHeade
              "forwardAuthorization")
 URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s'\"]+@")
 # options whose values are secrets (or say where one is): masked wherever a text could quote them
-SECRET_OPTIONS = ("signingsecret", "publickey", "jwksfile", "clientconfig")
+SECRET_OPTIONS = ("signingsecret", "publickey", "jwksfile", "clientconfig", "users")  # users: basicAuth's hashes
 MASK = "***"
 
 
@@ -43,35 +43,61 @@ def state(error: Optional[str], stale: bool) -> str:
 
 
 def middleware_options(kind: str, options: Mapping[str, Any]) -> Dict[str, Any]:
-    """What ``/config`` may show of a middleware's options.
+    """What ``/config`` may show of a middleware's options: a JWT middleware's harmless options and the kind
+    of its key source, a headers middleware's custom header *names*, and for every kind, at any depth, the
+    value of an option whose name looks like a secret (:func:`looks_secret`) masked; ``users`` shows names.
 
     >>> middleware_options("plugin.jwt", {"signingSecret": "s3cr3t", "tokenKey": "token"})
     {'tokenKey': 'token', 'keySource': 'signingSecret'}
+    >>> middleware_options("rateLimit", {"average": 5, "redis": {"endpoints": ["r:6379"], "password": "pw"}})
+    {'average': 5, 'redis': {'endpoints': ['r:6379'], 'password': '***'}}
+    >>> middleware_options("basicAuth", {"users": ["alice:$apr1$x$y", "bob:{SHA}z"]})
+    {'users': ['alice', 'bob']}
     """
     if kind == "plugin.jwt":
         shown = pick_case_insensitive(options, JWT_SHOWN)
         sources = pick_case_insensitive(options, KEY_SOURCES)  # shown by kind, never by value
         shown["keySource"] = sorted(sources) if len(sources) > 1 else (next(iter(sources), None))
-        return shown
-    if kind == "headers":
-        return {name: sorted(value) if isinstance(value, Mapping) else None
-                for name, value in pick_case_insensitive(
-                    options, ("customRequestHeaders", "customResponseHeaders")).items()}
-    return without_passwords(dict(options))
+        return masked(shown)
+    shown = masked(options)
+    if kind == "headers":  # a custom header's value may be a credential (an API key sent upstream)
+        for name, value in options.items():
+            if str(name).lower() in HEADER_MAPS:
+                shown[name] = sorted(value) if isinstance(value, Mapping) else None
+    return shown
 
 
-def without_passwords(value: Any) -> Any:
-    """``value`` with every ``password`` option (any depth, any case) shown as ``***``: a Redis password in
-    ``rateLimit.redis`` or ``distributedRateLimit.store.redis``.
+def looks_secret(name: Any) -> bool:
+    """Whether an option's name says its value is (or holds) a secret.
 
-    >>> without_passwords({"redis": {"endpoints": ["r:6379"], "Password": "s3cret"}})
-    {'redis': {'endpoints': ['r:6379'], 'Password': '***'}}
+    >>> [looks_secret(n) for n in ("password", "tls.key", "clientSecret", "tokenKey", "average")]
+    [True, True, True, False, False]
     """
+    lower = str(name).lower()
+    return lower not in NOT_SECRET and (lower in SECRET_OPTIONS or any(word in lower for word in SECRET_WORDS))
+
+
+def masked(value: Any) -> Any:
+    """``value`` (options as written) with secret-named values replaced by ``MASK`` at any depth, ``users``
+    lists cut to the user names, and URL credentials masked in every text."""
     if isinstance(value, Mapping):
-        return {k: MASK if str(k).lower() == "password" else without_passwords(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [without_passwords(v) for v in value]
+        out: Dict[str, Any] = {}
+        for name, item in value.items():
+            if str(name).lower() == "users" and isinstance(item, list):
+                out[name] = [user_name(entry) for entry in item]
+            else:
+                out[name] = MASK if looks_secret(name) else masked(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [masked(item) for item in value]
+    if isinstance(value, str):
+        return mask(value)
     return value
+
+
+def user_name(entry: Any) -> str:
+    """``alice:$2y$...`` -> ``alice`` (an htpasswd line shown without its hash)."""
+    return str(entry).split(":", 1)[0] if isinstance(entry, str) else MASK
 
 
 def config_document(loader: Any) -> Dict[str, Any]:
@@ -118,26 +144,41 @@ def health_of(built: Any) -> Dict[str, Any]:
 
 
 def secret_values(options: Any) -> List[str]:
-    """Every string under a secret-bearing option, to be masked wherever text is shown.
+    """Every string under a secret-bearing option (at any depth; an htpasswd line's hash too), and every
+    custom header value, to be masked wherever text is shown.
 
     >>> secret_values({"signingSecret": "s3cr3t", "tokenKey": "token"})
     ['s3cr3t']
+    >>> secret_values({"store": {"redis": {"password": "hunter2"}}, "users": ["bob:{SHA}abcd"]})
+    ['hunter2', 'bob:{SHA}abcd', '{SHA}abcd']
     """
     found: List[str] = []
 
     def strings(value: Any) -> None:
         if isinstance(value, str) and len(value) >= 4:
             found.append(value)
+            if ":" in value:
+                hashed = value.split(":", 1)[1]
+                if len(hashed) >= 4:
+                    found.append(hashed)
         elif isinstance(value, Mapping):
             for item in value.values():
                 strings(item)
         elif isinstance(value, (list, tuple)):
             for item in value:
                 strings(item)
-    if isinstance(options, Mapping):
-        for name, value in options.items():
-            if str(name).lower() in SECRET_OPTIONS:
-                strings(value)
+
+    def walk(value: Any) -> None:
+        if isinstance(value, Mapping):
+            for name, item in value.items():
+                if looks_secret(name) or str(name).lower() in HEADER_MAPS:
+                    strings(item)
+                else:
+                    walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+    walk(options)
     return found
 
 
