@@ -27,7 +27,7 @@ T = TypeVar("T")
 # Kinds built from other built objects: rebuilt on every reload (their members may have been rebuilt), so a
 # router using one is rebuilt too.
 COMPOSITE_SERVICES = frozenset({"weighted", "mirroring", "failover"})
-COMPOSITE_MIDDLEWARES = frozenset({"chain"})
+COMPOSITE_MIDDLEWARES = frozenset({"chain", "errors"})  # errors: its page service (compile.REBUILT_MIDDLEWARES)
 
 _DEFINITION = attrgetter("definition")
 _ERROR = attrgetter("error")
