@@ -25,6 +25,11 @@ JWT_SHOWN = ("tokenKey", "tokenSource", "usernameClaim", "claims", "forwardHeade
 URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s'\"]+@")
 # options whose values are secrets (or say where one is): masked wherever a text could quote them
 SECRET_OPTIONS = ("signingsecret", "publickey", "jwksfile", "clientconfig", "users")  # users: basicAuth's hashes
+# ... and any option whose name holds one of these words (redis.password, tls.key, clientSecret, users)
+SECRET_WORDS = ("password", "secret", "key", "token", "users", "credential")
+# names holding such a word that name no secret (the JWT options /config shows, what kind of key is used)
+NOT_SECRET = frozenset({"tokenkey", "tokensource", "keysource"})
+HEADER_MAPS = ("customrequestheaders", "customresponseheaders")
 MASK = "***"
 
 
@@ -58,12 +63,18 @@ def middleware_options(kind: str, options: Mapping[str, Any]) -> Dict[str, Any]:
         shown = pick_case_insensitive(options, JWT_SHOWN)
         sources = pick_case_insensitive(options, KEY_SOURCES)  # shown by kind, never by value
         shown["keySource"] = sorted(sources) if len(sources) > 1 else (next(iter(sources), None))
-        return masked(shown)
-    shown = masked(options)
+        return masked_options(shown)
+    shown = masked_options(options)
     if kind == "headers":  # a custom header's value may be a credential (an API key sent upstream)
         for name, value in options.items():
             if str(name).lower() in HEADER_MAPS:
                 shown[name] = sorted(value) if isinstance(value, Mapping) else None
+    return shown
+
+
+def masked_options(options: Mapping[str, Any]) -> Dict[str, Any]:
+    """A mapping of options, :func:`masked`."""
+    shown: Dict[str, Any] = masked(options)
     return shown
 
 
