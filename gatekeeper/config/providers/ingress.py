@@ -12,14 +12,15 @@ Which Ingresses are read (Traefik's ``shouldProcessIngress``, ``--ingress-class`
 Others belong to another controller and are skipped, as Traefik skips them. Each ``spec.rules[].http.paths[]``
 becomes a router ``<namespace>-<ingress>-<host><path>@kubernetes`` (normalized; with ``-<sha256(rule)[:10]>``
 when two paths share that name) over the service ``<namespace>-<service>-<port>@kubernetes``; an Ingress with no
-rules and a ``defaultBackend`` is ``default-router@kubernetes`` (lowest priority) over ``default-backend``.
+rules and a ``defaultBackend`` is ``default-router@kubernetes`` (lowest priority) over
+``default-backend@kubernetes``.
 An Ingress or path in error answers 503 for what its rule matches; nothing is accepted and ignored.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from gatekeeper.config.model import RouterDef, ServiceDef, Source, qualify
@@ -62,6 +63,7 @@ class IngressPath:
     backend: Any
     where: str
     priority: Optional[int] = None    # the default backend's own priority
+    error: Optional[ConfigError] = None   # the path cannot be served: its router answers 503 for ``rule``
 
 
 def read_ingresses(cluster: Cluster, out: Collector) -> None:
@@ -111,21 +113,27 @@ def annotations_of(obj: KubeObject) -> Dict[str, Any]:
 def read_ingress(obj: KubeObject, cluster: Cluster, default_taken: bool
                  ) -> Tuple[List[IngressPath], RouterConfig, Optional[ConfigError]]:
     """The Ingress's paths, its annotations, and the first problem that puts the whole Ingress in error."""
-    problem: Optional[ConfigError] = None
+    problems: List[ConfigError] = []
     config = RouterConfig()
     try:
         config = router_config(annotations_of(obj))
     except ConfigError as err:
-        problem = obj.located(err)
+        problems.append(obj.located(err))
     try:
         spec = pick(obj.body.get("spec"), INGRESS_FIELDS, "spec")
-        refuse_tls_secrets(spec.get("tls"))
         paths = rule_paths(obj, spec, config)
-        if "defaultBackend" in spec:
-            paths.extend(default_path(obj, spec, default_taken))
+    except ConfigError as err:      # no rule can be read: nothing to answer 503 for
+        return [], config, [*problems, obj.located(err)][0]
+    try:
+        refuse_tls_secrets(spec.get("tls"))
     except ConfigError as err:
-        return [], config, problem or obj.located(err)
-    return paths, config, problem
+        problems.append(obj.located(err))
+    if "defaultBackend" in spec:
+        try:
+            paths.extend(default_path(obj, spec, default_taken))
+        except ConfigError as err:
+            problems.append(obj.located(err))
+    return paths, config, problems[0] if problems else None
 
 
 def router_config(annotations: Dict[str, Any]) -> RouterConfig:
@@ -186,12 +194,27 @@ def rule_paths(obj: KubeObject, spec: Dict[str, Any], config: RouterConfig) -> L
         http = pick(fields["http"], ("paths",), f"spec.rules[{i}].http")
         for j, entry in enumerate(want_list(http.get("paths") or [], f"spec.rules[{i}].http.paths")):
             where = f"spec.rules[{i}].http.paths[{j}]"
-            path = pick(entry, ("path", "pathType", "backend"), where)
-            rule_text = path_rule(host, path, config, where)
-            name = object_id(obj.namespace, obj.name, host + str(path.get("path") or ""))
+            error: Optional[ConfigError] = None
+            try:
+                rule_text = path_rule(host, pick(entry, ("path", "pathType", "backend"), where), config, where)
+            except ConfigError as err:
+                rule_text, error = salvage_rule(host, entry, err), err
+            path = entry.get("path") if isinstance(entry.get("path"), str) else ""
+            name = object_id(obj.namespace, obj.name, host + path)
             found.append(IngressPath(f"{obj.ref} {where}", name, rule_text, line_of(entry) or obj.line,
-                                     path.get("backend"), f"{where}.backend"))
+                                     entry.get("backend"), f"{where}.backend", error=error))
     return with_unique_names(found)
+
+
+def salvage_rule(host: str, entry: Any, err: ConfigError) -> str:
+    """A path in error still answers 503 for what it would match: its host and the prefix of its path (the
+    widest it could mean). With neither to read, the Ingress has nothing to answer for: ``err`` is raised."""
+    path = entry.get("path") if isinstance(entry, dict) else None
+    parts = ([f"Host({go_quote(host)})"] if host else []) + ([f"PathPrefix({go_quote(path)})"]
+                                                             if isinstance(path, str) and path else [])
+    if not parts:
+        raise err
+    return " && ".join(parts)
 
 
 def path_rule(host: str, path: Dict[str, Any], config: RouterConfig, where: str) -> str:
@@ -222,8 +245,7 @@ def with_unique_names(paths: List[IngressPath]) -> List[IngressPath]:
     for path in paths:
         counts[path.name] = counts.get(path.name, 0) + 1
     return [path if counts[path.name] == 1 else
-            IngressPath(path.key, f"{path.name}-{hashlib.sha256(path.rule.encode()).hexdigest()[:10]}", path.rule,
-                        path.line, path.backend, path.where)
+            replace(path, name=f"{path.name}-{hashlib.sha256(path.rule.encode()).hexdigest()[:10]}")
             for path in paths]
 
 
@@ -251,8 +273,9 @@ def add_path(obj: KubeObject, path: IngressPath, config: RouterConfig, problem: 
                        priority=config.priority if path.priority is None else path.priority, source=source,
                        key=path.key)
     try:
-        if problem is not None:
-            raise problem
+        error = path.error or problem
+        if error is not None:
+            raise error
         service = backend_service(obj, path, cluster, source)
     except ConfigError as err:
         err = err.located(file=obj.doc.file, line=path.line, obj=f'{obj.ref} (router "{name}")')
@@ -283,7 +306,8 @@ def backend_service(obj: KubeObject, path: IngressPath, cluster: Cluster, source
                           "Traefik's Ingress provider refuses (allowExternalNameServices is off)")
     scheme, pass_host = service_annotations(cluster, obj.namespace, name)
     servers, empty_reason = resolve_servers(cluster, obj.namespace, name, port, scheme)
-    own = qualify(object_id(obj.namespace, name, str(port)), PROVIDER)
+    own = qualify("default-backend" if path.priority is not None else object_id(obj.namespace, name, str(port)),
+                  PROVIDER)
     return ServiceDef(own, "loadBalancer", source, servers, pass_host, empty_reason=empty_reason)
 
 
