@@ -1,0 +1,235 @@
+"""``forwardAuth`` through a real Gateway, a real upstream and a real authentication server: 2xx lets the
+request on with the chosen headers (the client's copies never), anything else is the auth server's answer,
+the X-Forwarded-* it is sent, authRequestHeaders, TLS to it, an auth server down or slow (500), and
+mistakes refused with 503."""
+from __future__ import annotations
+
+import logging
+import ssl
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List
+
+import pytest
+import requests
+
+from gatekeeper.app import Gateway
+from gatekeeper.middlewares import forwardauth
+from gatekeeper.ops.echo import named_echo_app
+from tests.conftest import RunningServer
+
+
+class AuthServer:
+    """Answers by path: ``/ok`` (200 with user headers and cookies), ``/bare`` (200, nothing), ``/deny``
+    (401 with a body), ``/redirect`` (302 to a relative path), ``/slow`` (2 s); records what it was sent."""
+
+    def __init__(self) -> None:
+        self.seen: List[Dict[str, Any]] = []
+
+    def __call__(self, environ: Dict[str, Any], start_response: Callable) -> List[bytes]:
+        self.seen.append({"method": environ["REQUEST_METHOD"], "body": environ["wsgi.input"].read(),
+                          "headers": {k[5:].replace("_", "-").lower(): v for k, v in environ.items()
+                                      if k.startswith("HTTP_")}})
+        path = environ["PATH_INFO"]
+        if path == "/ok":
+            start_response("200 OK", [("X-Auth-User", "alice"), ("X-Auth-Role", "admin"), ("X-Auth-Role", "ops"),
+                                      ("X-Other", "1"), ("Set-Cookie", "session=abc; Path=/"),
+                                      ("Set-Cookie", "other=z"), ("Content-Length", "2")])
+            return [b"ok"]
+        if path == "/deny":
+            body = b"go away, you are not on the list"
+            start_response("401 Unauthorized", [("WWW-Authenticate", 'Bearer realm="sso"'), ("X-Reason", "expired"),
+                                                ("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+            return [body]
+        if path == "/redirect":
+            start_response("302 Found", [("Location", "/login?next=x"), ("Content-Length", "0")])
+            return []
+        if path == "/slow":
+            time.sleep(2)
+        start_response("200 OK", [("Content-Length", "0")])
+        return []
+
+
+@pytest.fixture
+def auth_server(wsgi_server) -> Iterator[Any]:
+    server = AuthServer()
+    running = wsgi_server(server)
+    server.url = running.url  # type: ignore[attr-defined]
+    yield server
+
+
+@pytest.fixture
+def upstream(wsgi_server) -> Any:
+    seen: List[Dict[str, str]] = []
+    echo = named_echo_app("echo")
+
+    def app(environ: Dict[str, Any], start_response: Callable) -> Any:
+        seen.append({k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")})
+        return echo(environ, lambda s, h, *a: start_response(s, [*h, ("Set-Cookie", "session=upstream")], *a))
+    running = wsgi_server(app)
+    running.seen = seen  # type: ignore[attr-defined]
+    return running
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, upstream) -> Iterator[Callable[..., str]]:
+    started: List[RunningServer] = []
+    count = [0]
+
+    def start(fwd: str, trusted: List[str] = [], errors_ok: bool = False) -> str:  # noqa: B006
+        count[0] += 1
+        root = tmp_path / f"conf{count[0]}.d"
+        root.mkdir()
+        (root / "routes.yaml").write_text(textwrap.dedent(f"""
+            http:
+              routers:
+                app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [fwd]}}
+              middlewares:
+                fwd: {{forwardAuth: {fwd}}}
+              services:
+                app: {{loadBalancer: {{servers: [{{url: "{upstream.url}"}}]}}}}
+            """))
+        gw = Gateway(root, trusted_proxies=trusted)
+        if not errors_ok:
+            assert not gw.config.errors, [str(e) for e in gw.config.errors]
+        started.append(RunningServer(gw))
+        start.last = gw  # type: ignore[attr-defined]
+        return started[-1].url
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_a_2xx_lets_the_request_on_with_the_chosen_headers_and_never_the_clients_copies(gateway, auth_server,
+                                                                                           upstream):
+    url = gateway(f"{{address: '{auth_server.url}/ok', authResponseHeaders: [X-Auth-User, X-Auth-Role]}}")
+    response = requests.get(url + "/x", headers={"X-Auth-User": "root", "X-Other": "mine"}, timeout=5)
+    assert response.status_code == 200 and response.json()["path"] == "/x"
+    seen = upstream.seen[-1]
+    assert seen["x-auth-user"] == "alice" and seen["x-auth-role"] == "admin, ops" and seen["x-other"] == "mine"
+    assert response.headers["Set-Cookie"] == "session=upstream"  # no addAuthCookiesToResponse: none added
+
+    url = gateway(f"{{address: '{auth_server.url}/bare', authResponseHeaders: [X-Auth-User]}}")
+    assert requests.get(url + "/x", headers={"X-Auth-User": "admin"}, timeout=5).status_code == 200
+    assert "x-auth-user" not in upstream.seen[-1]
+
+
+def test_headers_matching_the_regex_are_copied_and_the_clients_removed(gateway, auth_server, upstream):
+    url = gateway(f"{{address: '{auth_server.url}/ok', authResponseHeadersRegex: '^X-Auth-'}}")
+    assert requests.get(url + "/x", headers={"X-Auth-Spoof": "1", "X-Keep": "k"}, timeout=5).status_code == 200
+    seen = upstream.seen[-1]
+    assert seen["x-auth-user"] == "alice" and seen["x-auth-role"] == "admin, ops" and seen["x-keep"] == "k"
+    assert "x-auth-spoof" not in seen and "x-other" not in seen
+
+
+def test_any_other_answer_is_the_auth_servers_and_the_service_is_never_asked(gateway, auth_server, upstream):
+    url = gateway(f"{{address: '{auth_server.url}/deny'}}")
+    response = requests.get(url + "/x", timeout=5)
+    assert response.status_code == 401 and response.text == "go away, you are not on the list"
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="sso"' and response.headers["X-Reason"] == "expired"
+    assert upstream.seen == []
+
+
+@pytest.mark.parametrize("preserve, location", [("false", "/login?next=x"), ("true", "/login?next=x")],
+                         ids=["made-absolute", "preserved"])
+def test_a_redirect_goes_to_the_client(gateway, auth_server, preserve, location):
+    url = gateway(f"{{address: '{auth_server.url}/redirect', preserveLocationHeader: {preserve}}}")
+    response = requests.get(url + "/x", allow_redirects=False, timeout=5)
+    assert response.status_code == 302
+    expected = location if preserve == "true" else auth_server.url + location
+    assert response.headers["Location"] == expected
+
+
+def test_what_the_auth_server_is_sent(gateway, auth_server):
+    url = gateway(f"{{address: '{auth_server.url}/bare'}}")
+    assert requests.post(url + "/some/path?q=1", data=b"secret body", headers={"Cookie": "s=1"},
+                         timeout=5).status_code == 200
+    sent = auth_server.seen[-1]
+    assert sent["method"] == "GET" and sent["body"] == b""
+    headers = sent["headers"]
+    assert headers["x-forwarded-method"] == "POST" and headers["x-forwarded-uri"] == "/some/path?q=1"
+    assert headers["x-forwarded-proto"] == "http" and headers["x-forwarded-for"] == "127.0.0.1"
+    assert headers["x-forwarded-host"] == url.split("//")[1] and headers["cookie"] == "s=1"
+
+    url = gateway(f"{{address: '{auth_server.url}/bare', authRequestHeaders: [X-Keep], preserveRequestMethod: true}}")
+    assert requests.post(url + "/p", data=b"body", headers={"X-Keep": "1", "X-Drop": "2", "Cookie": "s=1"},
+                         timeout=5).status_code == 200
+    sent = auth_server.seen[-1]
+    assert sent["method"] == "POST" and sent["body"] == b""
+    assert sent["headers"]["x-keep"] == "1" and "x-drop" not in sent["headers"] and "cookie" not in sent["headers"]
+    assert sent["headers"]["x-forwarded-uri"] == "/p"
+
+
+@pytest.mark.parametrize("trusted, trust, uri", [
+    ([], "true", "/real"),                 # an untrusted peer's X-Forwarded-* never arrive
+    (["127.0.0.1"], "false", "/real"),      # a trusted proxy's, but the middleware does not trust them
+    (["127.0.0.1"], "true", "/claimed"),
+], ids=["untrusted-peer", "not-trusted", "trusted"])
+def test_trust_forward_header(gateway, auth_server, trusted, trust, uri):
+    url = gateway(f"{{address: '{auth_server.url}/bare', trustForwardHeader: {trust}}}", trusted=trusted)
+    headers = {"X-Forwarded-Uri": "/claimed", "X-Forwarded-Method": "DELETE", "X-Forwarded-For": "10.9.9.9"}
+    assert requests.get(url + "/real", headers=headers, timeout=5).status_code == 200
+    sent = auth_server.seen[-1]["headers"]
+    assert sent["x-forwarded-uri"] == uri
+    assert sent["x-forwarded-method"] == ("DELETE" if uri == "/claimed" else "GET")
+    assert sent["x-forwarded-for"] == ("10.9.9.9, 127.0.0.1" if uri == "/claimed" else "127.0.0.1")
+
+
+def test_auth_cookies_are_added_to_the_answer_over_the_services(gateway, auth_server):
+    url = gateway(f"{{address: '{auth_server.url}/ok', addAuthCookiesToResponse: [session]}}")
+    response = requests.get(url + "/x", timeout=5)
+    assert response.status_code == 200
+    assert response.raw.headers.getlist("Set-Cookie") == ["session=abc; Path=/"]
+
+
+def test_an_auth_server_down_or_slow_is_a_500_and_one_log_line_without_secrets(gateway, free_port, upstream,
+                                                                                 auth_server, caplog, monkeypatch):
+    url = gateway(f"{{address: 'http://user:pw@127.0.0.1:{free_port}/check?key=s3cret'}}")
+    with caplog.at_level(logging.WARNING, logger="gatekeeper.middlewares"):
+        statuses = [requests.get(url + "/x", headers={"Authorization": "Bearer tok3n"}, timeout=5).status_code
+                    for _ in range(3)]
+    assert statuses == [500] * 3 and upstream.seen == []
+    lines = [r.getMessage() for r in caplog.records if "auth server" in r.getMessage()]
+    assert len(lines) == 1 and f"http://127.0.0.1:{free_port}/check" in lines[0]
+    assert not any(s in lines[0] for s in ("s3cret", "pw@", "tok3n"))
+
+    monkeypatch.setattr(forwardauth, "READ_TIMEOUT", 0.3)
+    url = gateway(f"{{address: '{auth_server.url}/slow'}}")
+    started = time.monotonic()
+    assert requests.get(url + "/x", timeout=5).status_code == 500
+    assert time.monotonic() - started < 1.5 and upstream.seen == []
+
+
+def test_tls_to_the_auth_server(gateway, wsgi_server, pki, upstream):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki["server"], pki["server.key"])
+    server = AuthServer()
+    running = wsgi_server(server, ssl_context=context)
+    address = f"https://127.0.0.1:{running.port}/bare"
+    assert requests.get(gateway(f"{{address: '{address}', tls: {{ca: '{pki['ca']}'}}}}") + "/x",
+                        timeout=5).status_code == 200
+    assert requests.get(gateway(f"{{address: '{address}'}}") + "/x", timeout=5).status_code == 500  # unknown CA
+    insecure = gateway(f"{{address: '{address}', tls: {{insecureSkipVerify: true}}}}")
+    assert requests.get(insecure + "/x", timeout=5).status_code == 200
+    assert len(server.seen) == 2
+
+
+@pytest.mark.parametrize("fwd, error", [
+    ("{}", "forwardAuth.address: required"),
+    ("{address: 'ftp://auth/'}", "forwardAuth.address: expected an http:// or https:// URL"),
+    ("{address: 'http://a/', authResponseHeadersRegex: '(a)\\1'}", "forwardAuth.authResponseHeadersRegex:"),
+    ("{address: 'http://a/', forwardBody: true}", "forwardAuth.forwardBody: not supported"),
+    ("{address: 'http://a/', headerField: X-User}", "forwardAuth.headerField: not supported"),
+    ("{address: 'http://a/', authResponseHeaders: ['X User']}", "forwardAuth.authResponseHeaders[0]: 'X User'"),
+    ("{address: 'http://a/', tls: {cert: /nonexistent.pem}}", "forwardAuth.tls.cert: no such file"),
+    ("{address: 'http://a/', tls: {ca: '-----BEGIN CERTIFICATE-----'}}", "forwardAuth.tls.ca: give the path"),
+    ("{address: 'http://a/', trustForwardHeader: yes}", "forwardAuth.trustForwardHeader: expected true or"),
+    ("{address: 'http://a/', adress: x}", 'unknown field "adress"'),
+], ids=["no-address", "bad-scheme", "backreference", "forward-body", "header-field", "bad-header", "missing-cert",
+        "inline-pem", "bad-bool", "typo"])
+def test_mistakes_are_refused_and_the_router_answers_503(gateway, fwd, error):
+    url = gateway(fwd, errors_ok=True)
+    errors = [str(e) for e in gateway.last.config.errors]
+    assert any(error in e and "routes.yaml" in e for e in errors), errors
+    assert requests.get(url + "/x", timeout=5).status_code == 503
