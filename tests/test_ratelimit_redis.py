@@ -163,3 +163,37 @@ def test_redis_down_deny_on_error_then_the_limit_recovers(conf_d, wsgi_server, r
     shown = requests.get(gk.admin + "/config", timeout=5).text
     assert "limits.yaml" in shown or "hub@file" in shown
     assert PASSWORD not in shown and PASSWORD not in gk.log()
+
+
+@pytest.mark.slow
+def test_a_kubernetes_secret_reference_is_the_redis_password(conf_d, wsgi_server, redis_server, gateways, tmp_path):
+    upstream = wsgi_server(named_echo_app("echo"))
+    conf_d("k8s.yaml", f"""
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {{name: shared, namespace: apps}}
+spec:
+  plugin:
+    distributedRateLimit:
+      limit: 1
+      period: 1m
+      burst: 2
+      denyOnError: true
+      store: {{redis: {{endpoints: ["127.0.0.1:{redis_server.port}"], password: "urn:k8s:secret:redis:password"}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: redis, namespace: apps}}
+stringData: {{password: {PASSWORD}}}
+""")
+    conf_d("routes.yaml", f"""
+http:
+  routers:
+    app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [apps-shared@kubernetescrd]}}
+  services:
+    app: {{loadBalancer: {{servers: [{{url: "{upstream.url}"}}]}}}}
+""")
+    gateways.append(Gatekeeper(conf_d.root, tmp_path / "gk.log"))
+    # a wrong or unresolved password would make Redis refuse, and denyOnError answer 503
+    assert [requests.get(gateways[0].url, timeout=5).status_code for _ in range(3)] == [200, 200, 429]
+    assert PASSWORD not in gateways[0].log()

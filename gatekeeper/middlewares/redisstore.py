@@ -129,6 +129,8 @@ class RedisBuckets:
     ``(allowed, wait_seconds, tokens_left)`` or raises :class:`StoreError`."""
 
     def __init__(self, settings: RedisSettings, middleware: str, rate: float, burst: int) -> None:
+        import redis  # noqa: F401 - loaded when the configuration is built: on a first request it stalls the loop ~100 ms
+
         self.settings, self.middleware, self.rate, self.burst = settings, middleware, rate, burst
         self.ttl = expiry_seconds(rate, burst)
         self._client: Any = None
