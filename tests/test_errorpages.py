@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import textwrap
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 import requests
@@ -176,3 +176,26 @@ def test_bad_options_fail_closed(conf_d, echo_upstream, wsgi_server, options, me
     errors = [str(e) for e in gw.config.errors]
     assert errors and 'middleware "errors@file": ' in errors[0] and message in errors[0], errors
     assert requests.get(wsgi_server(gw).url + "/x", timeout=5).status_code == 503
+
+
+def lazy_app(status: str) -> Callable:
+    """A WSGI app that calls start_response only when its body is first iterated (allowed by PEP 3333)."""
+    def app(environ: Dict[str, Any], start_response: Callable) -> Iterator[bytes]:
+        start_response(status, [("Content-Length", "8")])
+        yield b"original"
+    return app
+
+
+@pytest.mark.parametrize("status, body", [("500 Oops", b"page"), ("200 OK", b"original")], ids=["caught", "passed"])
+def test_an_app_starting_its_answer_lazily_is_caught_too(status, body):
+    from gatekeeper.middlewares.errorpages import ErrorPages
+
+    page_app = Pages("p")
+    wrapped = ErrorPages(((500, 599),), [], page_app, "/{status}", keeps=lambda key: True, name="e@file").wrap(
+        lazy_app(status))
+    started: List[str] = []
+    result = wrapped({"REQUEST_METHOD": "GET", "PATH_INFO": "/x", "wsgi.input": None},
+                     lambda s, h, *exc: started.append(s))
+    sent = b"".join(result)
+    assert started == [status[:3] + (" Internal Server Error" if body == b"page" else " OK")]
+    assert (b'"page": "p"' in sent) if body == b"page" else sent == b"original"
