@@ -30,6 +30,7 @@ SECRET_WORDS = ("password", "secret", "key", "token", "users", "credential")
 # names holding such a word that name no secret (the JWT options /config shows, what kind of key is used)
 NOT_SECRET = frozenset({"tokenkey", "tokensource", "keysource"})
 HEADER_MAPS = ("customrequestheaders", "customresponseheaders")
+SENT_UPSTREAM = "customrequestheaders"  # its values may be credentials; response headers go to every client
 MASK = "***"
 
 
@@ -156,7 +157,7 @@ def health_of(built: Any) -> Dict[str, Any]:
 
 def secret_values(options: Any) -> List[str]:
     """Every string under a secret-bearing option (at any depth; an htpasswd line's hash too), and every
-    custom header value, to be masked wherever text is shown.
+    custom request header value, to be masked wherever text is shown.
 
     >>> secret_values({"signingSecret": "s3cr3t", "tokenKey": "token"})
     ['s3cr3t']
@@ -182,7 +183,7 @@ def secret_values(options: Any) -> List[str]:
     def walk(value: Any) -> None:
         if isinstance(value, Mapping):
             for name, item in value.items():
-                if looks_secret(name) or str(name).lower() in HEADER_MAPS:
+                if looks_secret(name) or str(name).lower() == SENT_UPSTREAM:
                     strings(item)
                 else:
                     walk(item)
