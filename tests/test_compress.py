@@ -9,7 +9,7 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, List, Optional
 from urllib.parse import urlsplit
 
 import brotli
@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from gatekeeper.app import Gateway
+from gatekeeper.ops.exchange import Exchange, observe
 from tests.conftest import RunningServer
 
 STREAM_GO = gevent.event.Event()
@@ -73,8 +74,14 @@ def event_stream() -> Iterator[bytes]:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, wsgi_server) -> str:
-    backend = wsgi_server(upstream)
+def gateway(tmp_path: Path, wsgi_server) -> Iterator[str]:
+    gw = make_gateway(tmp_path, wsgi_server(upstream).url)
+    server = RunningServer(gw)
+    yield server.url
+    server.stop()
+
+
+def make_gateway(tmp_path: Path, backend: str) -> Gateway:
     root = tmp_path / "conf.d"
     root.mkdir()
     (root / "routes.yaml").write_text(f"""
@@ -92,13 +99,11 @@ http:
     onlyjson: {{compress: {{includedContentTypes: ["application/json"]}}}}
     gzipdefault: {{compress: {{encodings: [gzip, br], defaultEncoding: gzip}}}}
   services:
-    app: {{loadBalancer: {{servers: [{{url: "{backend.url}"}}]}}}}
+    app: {{loadBalancer: {{servers: [{{url: "{backend}"}}]}}}}
 """)
     gw = Gateway(root)
     assert not gw.config.errors, [str(e) for e in gw.config.errors]
-    server = RunningServer(gw)
-    yield server.url
-    server.stop()
+    return gw
 
 
 class Answer:
@@ -227,6 +232,19 @@ def test_a_streamed_answer_arrives_in_pieces_before_the_upstream_finishes(gatewa
         STREAM_GO.set()
         rest = decoder.decompress(b"".join(pieces)) + decoder.flush()
     assert first + rest == b"data: first event, sent before the upstream is done\n\n" * 4 + b"data: last\n\n"
+
+
+@pytest.mark.parametrize("path", ["/d/json/20000", "/d/chunked/300000", "/d/json/100"],
+                         ids=["whole", "streamed", "small"])
+def test_the_access_log_counts_the_bytes_sent(tmp_path, wsgi_server, path):
+    exchanges: List[Exchange] = []
+    server = RunningServer(observe(make_gateway(tmp_path, wsgi_server(upstream).url), finish=exchanges.append))
+    try:
+        response = get(server.url + path, "gzip")
+    finally:
+        server.stop()
+    assert decoded(response) == payload(int(path.rsplit("/", 1)[1]))
+    assert [e.bytes for e in exchanges] == [len(response.raw_bytes)]
 
 
 def test_requests_client_decodes_both_encodings(gateway):
