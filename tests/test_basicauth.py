@@ -215,3 +215,57 @@ def test_mistakes_are_refused_and_the_router_answers_503(gateway, basic, error):
     assert any(error in e and "routes.yaml" in e for e in errors), errors
     assert not any("hunter2" in e or "secret\n" in e for e in errors)
     assert requests.get(gw.url + "/x", headers=auth("alice", "hunter2"), timeout=5).status_code == 503
+
+
+def kube_gateway(tmp_path: Path, echo_upstream, secret: str) -> Gateway:
+    root = tmp_path / "kube.d"
+    root.mkdir()
+    (root / "routes.yaml").write_text(textwrap.dedent(f"""
+        http:
+          routers:
+            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [apps-auth@kubernetescrd]}}
+          services:
+            app: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
+        """))
+    (root / "kube.yaml").write_text(textwrap.dedent("""
+        apiVersion: traefik.io/v1alpha1
+        kind: Middleware
+        metadata: {name: auth, namespace: apps}
+        spec:
+          basicAuth: {secret: users, headerField: X-User}
+        ---
+        apiVersion: v1
+        kind: Secret
+        metadata: {name: users, namespace: apps}
+        """) + textwrap.dedent(secret))
+    return Gateway(root)
+
+
+@pytest.mark.parametrize("secret", [
+    "type: kubernetes.io/basic-auth\nstringData: {username: alice, password: pw1}\n",
+    f"stringData:\n  users: |\n    # staff\n    {sha_line('alice', 'pw1')}\n    {sha_line('bob', 'pw2')}\n",
+    f"data: {{auth: {base64.b64encode(sha_line('alice', 'pw1').encode()).decode()}}}\n",
+], ids=["basic-auth-type", "users-key", "only-key"])
+def test_a_kubernetes_secret_gives_the_users(tmp_path, echo_upstream, secret):
+    gw = kube_gateway(tmp_path, echo_upstream, secret)
+    assert not gw.config.errors, [str(e) for e in gw.config.errors]
+    server = RunningServer(gw)
+    try:
+        ok = requests.get(server.url + "/x", headers=auth("alice", "pw1"), timeout=5)
+        assert ok.status_code == 200 and headers_seen(ok)["x-user"] == "alice"
+        assert requests.get(server.url + "/x", headers=auth("alice", "pw2"), timeout=5).status_code == 401
+        assert "pw1" not in json.dumps(config_document(gw.loader))
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("secret, error", [
+    ("type: kubernetes.io/basic-auth\nstringData: {username: alice}\n", "needs username and password"),
+    ("stringData: {a: 'x:{SHA}abcd', b: 'y:{SHA}abcd'}\n", 'expected a "users" key or one key'),
+    ("stringData: {users: 'alice:pw1'}\n", 'user "alice": the password is not hashed'),
+], ids=["no-password", "two-keys", "plain-text"])
+def test_a_wrong_kubernetes_secret_is_refused(tmp_path, echo_upstream, secret, error):
+    gw = kube_gateway(tmp_path, echo_upstream, secret)
+    errors = [str(e) for e in gw.config.errors]
+    assert any(error in e and "kube.yaml" in e for e in errors), errors
+    assert not any("pw1" in e for e in errors)

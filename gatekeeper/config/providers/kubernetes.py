@@ -39,6 +39,7 @@ from gatekeeper.config.providers.k8s_objects import (
 from gatekeeper.config.providers.k8s_servers import resolve_servers
 from gatekeeper.config.providers.service_options import read_health_check, read_sticky
 from gatekeeper.errors import ConfigError
+from gatekeeper.middlewares.htpasswd import sha_line
 from gatekeeper.options import (
     line_of,
     pick,
@@ -84,10 +85,39 @@ def read_middleware(obj: KubeObject, cluster: Cluster, out: Collector) -> None:
                                              line_of(obj.body.get("spec"), "plugin"))
         if "chain" in spec:
             spec["chain"] = {"middlewares": chain_members(spec["chain"], obj.namespace, cluster.options)}
+        if "basicAuth" in spec:
+            spec["basicAuth"] = basic_auth_users(spec["basicAuth"], obj.namespace, cluster)
         out.add("middleware", file_provider.read_middleware(name, spec, source))
     except ConfigError as err:
         out.fail("middleware", name, err.located(file=obj.doc.file, line=obj.line,
                                                  obj=f'{obj.ref} (middleware "{name}")'))
+
+
+def basic_auth_users(options: Any, namespace: str, cluster: Cluster) -> Any:
+    """A CRD basicAuth's ``secret`` read into ``users``, as Traefik does: a ``kubernetes.io/basic-auth``
+    Secret's ``username`` and plain ``password`` (kept as a ``{SHA}`` hash), else htpasswd lines in the
+    ``users`` key or the Secret's only key. The CRD has no ``users``/``usersFile`` (Traefik's neither)."""
+    if not isinstance(options, dict):
+        return options
+    fields = pick(options, ("secret", "realm", "removeHeader", "headerField"), "spec.basicAuth")
+    name = want_str(fields.pop("secret", None) or "", "spec.basicAuth.secret")
+    secret = cluster.objects.get(("Secret", namespace, name))
+    values = cluster.secrets.get((namespace, name))
+    if secret is None or values is None:
+        raise ConfigError(f"spec.basicAuth.secret: Secret {namespace}/{name} does not exist")
+    bad = [v for v in values.values() if isinstance(v, ConfigError)]
+    if bad:
+        raise ConfigError(f"spec.basicAuth.secret: Secret {namespace}/{name}: {bad[0].reason}")
+    if secret.body.get("type") == "kubernetes.io/basic-auth":
+        if not values.get("username") or not values.get("password"):
+            raise ConfigError(f"spec.basicAuth.secret: Secret {namespace}/{name}: a kubernetes.io/basic-auth "
+                              "Secret needs username and password")
+        return {**fields, "users": [sha_line(str(values["username"]), str(values["password"]))]}
+    text = values.get("users", next(iter(values.values())) if len(values) == 1 else None)
+    if not isinstance(text, str):
+        raise ConfigError(f'spec.basicAuth.secret: Secret {namespace}/{name}: expected a "users" key or one key')
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return {**fields, "users": lines}
 
 
 def chain_members(chain: Any, namespace: str, options: KubeOptions) -> List[str]:
