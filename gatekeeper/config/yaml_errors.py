@@ -22,7 +22,7 @@ from typing import List, Optional
 _KEY_LINE = re.compile(r"(\s*(?:-\s+)?[^\s:#'\"][^:#]*?:)(\s+)(\S.*)$")
 _NO_SPACE = re.compile(r"\s*(?:-\s+)?([A-Za-z_][\w.-]*):(?![\s/]|$)")
 _SECRET_KEY = re.compile(r"secret|passw|token|key|credential|auth|cookie|private|cert|data", re.IGNORECASE)
-_OPAQUE = re.compile(r"[A-Za-z0-9+/=_-]{24,}")
+_OPAQUE = re.compile(r"[A-Za-z0-9+/=_-]{24,}|://[^/\s]*@")  # a long base64-like run; a URL with user:password@
 _SECRET_KIND = re.compile(r"^kind:\s*Secret\s*$", re.MULTILINE)
 
 
@@ -46,6 +46,8 @@ def masked(line: str, secret_file: bool) -> str:
     '      signingSecret: ***'
     >>> masked("      rule: Path(`/`)", False)
     '      rule: Path(`/`)'
+    >>> masked("  - url: http://user:pass@10.0.0.1/", False)
+    '  - url: ***'
     """
     match = _KEY_LINE.match(line)
     if match is not None:
