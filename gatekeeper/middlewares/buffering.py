@@ -15,6 +15,7 @@ Reading a slow client's body only holds that request's greenlet: reads wait on t
 """
 from __future__ import annotations
 
+import io
 import itertools
 import tempfile
 from typing import IO, Any, Callable, Iterable, Iterator, List, Mapping, Optional, Tuple
@@ -36,9 +37,10 @@ class TooLarge(Exception):
 
 
 def spool(read: Callable[[int], bytes], limit: int, memory: int) -> Tuple[IO[bytes], int]:
-    """Everything ``read`` gives, in memory up to ``memory`` bytes and on disk beyond, rewound; TooLarge past
-    ``limit`` (0: no limit)."""
-    buffer = tempfile.SpooledTemporaryFile(max_size=memory)  # noqa: SIM115 - closed by the caller
+    """Everything ``read`` gives, rewound: in memory up to ``memory`` bytes, past it in a temporary file
+    (unlinked at once: closing it frees the disk); TooLarge past ``limit`` (0: no limit)."""
+    parts: List[bytes] = []
+    spilled: Optional[IO[bytes]] = None
     size = 0
     try:
         while True:
@@ -48,12 +50,21 @@ def spool(read: Callable[[int], bytes], limit: int, memory: int) -> Tuple[IO[byt
             size += len(data)
             if limit and size > limit:
                 raise TooLarge
-            buffer.write(data)
+            if spilled is None and size > memory:
+                spilled = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the caller, or below on error
+                spilled.writelines(parts)
+            if spilled is None:
+                parts.append(data)
+            else:
+                spilled.write(data)
     except BaseException:
-        buffer.close()
+        if spilled is not None:
+            spilled.close()
         raise
-    buffer.seek(0)
-    return buffer, size
+    if spilled is None:
+        return io.BytesIO(b"".join(parts)), size
+    spilled.seek(0)
+    return spilled, size
 
 
 class FileBody:

@@ -93,8 +93,9 @@ def _reference(text: bytes) -> Optional[Tuple[str, bytes]]:
     return text[start:end].decode(), text[end + 1 if braced else end:]
 
 
-def replace_all(regexp: Any, text: bytes, template: Template) -> bytes:
-    """Go's ``ReplaceAllString``: every non-overlapping match replaced by the expanded template.
+def replace_all(regexp: Any, text: bytes, template: Template, first: Any = None) -> bytes:
+    """Go's ``ReplaceAllString``: every non-overlapping match replaced by the expanded template (``first``:
+    the match at the start of the text, when the caller already searched).
 
     >>> regexp = compile_capturing("a*")
     >>> replace_all(regexp, b"baaac", Template("-", regexp))
@@ -102,7 +103,8 @@ def replace_all(regexp: Any, text: bytes, template: Template) -> bytes:
     """
     out, last, pos = [], 0, 0
     while pos <= len(text):
-        match = regexp.search(text, pos)
+        match = first if first is not None else regexp.search(text, pos)
+        first = None
         if match is None:
             break
         start, end = match.span()
@@ -169,9 +171,10 @@ def replace_path_regex(options: Mapping[str, Any], context: Context) -> Wrapper:
         def replaced(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
             current, query = split_target(environ)
             raw = current.encode("latin-1", "replace")
-            if regexp.search(raw) is None:
+            match = regexp.search(raw)
+            if match is None:
                 return app(environ, start_response)
-            new = replace_all(regexp, raw, template).decode("latin-1")
+            new = replace_all(regexp, raw, template, match).decode("latin-1")
             environ[REPLACED_PATH] = current
             if not rewritten(environ, new, query):
                 return unclean(environ, start_response)

@@ -125,9 +125,10 @@ def redirect_regex(options: Mapping[str, Any], context: Context) -> Wrapper:
             scheme = request_scheme(environ, forwarded=False)
             host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
             old = f"{scheme}://{host}{raw_target(environ)}".encode("latin-1", "replace")
-            if regexp.search(old) is None:
+            match = regexp.search(old)
+            if match is None:
                 return app(environ, start_response)
-            new = replace_all(regexp, old, template)
+            new = replace_all(regexp, old, template, match)
             if new == old:
                 return app(environ, start_response)
             mark(environ, context.name, "redirected")
