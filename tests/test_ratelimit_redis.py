@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterator, List, Optional
 
+import gevent
 import pytest
 import redis
 import requests
@@ -113,13 +114,15 @@ http:
 def test_two_gateways_share_one_limit_through_redis(conf_d, wsgi_server, redis_server, gateways, tmp_path):
     upstream = wsgi_server(named_echo_app("echo"))
     conf_d("limits.yaml", manifest(upstream.url, redis_server.port))
-    gateways.extend(Gatekeeper(conf_d.root, tmp_path / f"gk{i}.log") for i in range(2))
+    # the second gateway forks two workers: each creates its own Redis client, after the fork
+    gateways.extend(Gatekeeper(conf_d.root, tmp_path / f"gk{i}.log", *args)
+                    for i, args in enumerate([(), ("--workers", "2")]))
     urls = [gk.url for gk in gateways]
     key = {"X-Api-Key": "sk_live_do-not-store-me"}
 
-    traefik = [requests.get(urls[i % 2] + "/traefik", headers=key, timeout=5).status_code for i in range(8)]
+    traefik = [requests.get(urls[i % 2] + "/traefik", headers=key, timeout=5).status_code for i in range(12)]
     assert traefik.count(200) == 3 and traefik[:3] == [200, 200, 200], traefik
-    hub = [requests.get(urls[i % 2] + "/hub", timeout=5) for i in range(8)]
+    hub = [requests.get(urls[i % 2] + "/hub", timeout=5) for i in range(12)]
     assert [r.status_code for r in hub].count(200) == 3, [r.status_code for r in hub]
     assert [r.headers["X-RateLimit-Remaining"] for r in hub[:4]] == ["2", "1", "0", "0"]
     assert hub[0].headers["X-RateLimit-Limit"] == "1" and int(hub[3].headers["Retry-After"]) >= 58
@@ -197,3 +200,35 @@ http:
     # a wrong or unresolved password would make Redis refuse, and denyOnError answer 503
     assert [requests.get(gateways[0].url, timeout=5).status_code for _ in range(3)] == [200, 200, 429]
     assert PASSWORD not in gateways[0].log()
+
+
+@pytest.mark.slow
+def test_a_redis_that_never_answers_costs_one_timeout_and_stalls_no_one(conf_d, wsgi_server, gateways, tmp_path):
+    upstream = wsgi_server(named_echo_app("echo"))
+    silent = socket.socket()                       # accepts connections (the kernel's backlog), never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        conf_d("routes.yaml", f"""
+http:
+  routers:
+    limited: {{rule: "PathPrefix(`/limited`)", service: app, middlewares: [hub]}}
+    free: {{rule: "PathPrefix(`/free`)", service: app}}
+  middlewares:
+    hub: {{plugin: {{distributedRateLimit: {{limit: 1, denyOnError: true,
+          store: {{redis: {{endpoints: ["127.0.0.1:{silent.getsockname()[1]}"], timeout: 300ms}}}}}}}}}}
+  services:
+    app: {{loadBalancer: {{servers: [{{url: "{upstream.url}"}}]}}}}
+""")
+        gateways.append(Gatekeeper(conf_d.root, tmp_path / "gk.log"))
+        url = gateways[0].url
+        started = time.monotonic()
+        limited = gevent.spawn(requests.get, url + "/limited", timeout=10)
+        gevent.sleep(0.05)
+        free_started = time.monotonic()
+        assert requests.get(url + "/free", timeout=5).status_code == 200
+        assert time.monotonic() - free_started < 0.2        # served while the other waits on Redis
+        assert limited.get(timeout=10).status_code == 503
+        assert 0.25 < time.monotonic() - started < 2.0      # bounded by the 300 ms timeout
+    finally:
+        silent.close()
