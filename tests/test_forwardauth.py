@@ -233,3 +233,24 @@ def test_mistakes_are_refused_and_the_router_answers_503(gateway, fwd, error):
     errors = [str(e) for e in gateway.last.config.errors]
     assert any(error in e and "routes.yaml" in e for e in errors), errors
     assert requests.get(url + "/x", timeout=5).status_code == 503
+
+
+def test_gatekeeper_check_names_each_access_mistake(conf_d):
+    """The command line an operator runs before a deploy: one line per refused middleware, file and line."""
+    import subprocess
+    import sys
+
+    conf_d("access.yaml", """
+        http:
+          middlewares:
+            allow: {ipAllowList: {sourceRange: [10.0.0.300]}}
+            basic: {basicAuth: {users: ["alice:hunter2"]}}
+            sso: {forwardAuth: {address: "ftp://auth/"}}
+        """)
+    result = subprocess.run([sys.executable, "-m", "gatekeeper", "check", str(conf_d.root)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    out = result.stdout
+    assert "access.yaml:4:" in out and "'10.0.0.300' is not an IP address or CIDR range" in out
+    assert "access.yaml:5:" in out and 'user "alice": the password is not hashed' in out and "hunter2" not in out
+    assert "access.yaml:6:" in out and "forwardAuth.address: expected an http:// or https:// URL" in out
