@@ -165,8 +165,10 @@ def test_outcome_counted_in_metrics_from_a_real_admin_listener(conf_d, wsgi_serv
      "rateLimit.redis.password: unresolved Kubernetes Secret reference"),
     ("{average: 5, redis: {tls: {cert: /nonexistent.pem, key: /nonexistent.key}}}",
      "rateLimit.redis.tls.cert: no such file"),
+    ("{average: 5, redis: {secret: redis-creds}}", "rateLimit.redis.secret: not supported"),
 ], ids=["average-text", "average-negative", "period-text", "period-negative", "burst-fraction", "two-strategies",
-        "unknown-option", "redis-cluster", "redis-min-idle", "redis-no-timeout", "redis-secret-ref", "redis-tls"])
+        "unknown-option", "redis-cluster", "redis-min-idle", "redis-no-timeout", "redis-secret-ref", "redis-tls",
+        "redis-crd-secret"])
 def test_check_refuses_bad_options_with_a_clear_error(conf_d, options, message):
     conf_d("limits.yaml", f"""
         http:

@@ -186,7 +186,7 @@ class RedisBuckets:
 # --- reading the manifest: Traefik's rateLimit.redis and Hub's store.redis -------------------------------
 
 TRAEFIK_REDIS = ("endpoints", "username", "password", "db", "tls", "poolSize", "minIdleConns", "maxActiveConns",
-                 "readTimeout", "writeTimeout", "dialTimeout")
+                 "readTimeout", "writeTimeout", "dialTimeout", "secret")
 TRAEFIK_TLS = ("ca", "cert", "key", "insecureSkipVerify")
 HUB_REDIS = ("endpoints", "username", "password", "database", "timeout", "cluster", "sentinel", "tls")
 HUB_TLS = ("caBundle", "cert", "key", "insecureSkipVerify")
@@ -264,6 +264,9 @@ def traefik_redis(value: Any, where: str) -> RedisSettings:
     connections on demand and keeps them; ``maxActiveConns`` bounds them); ``minIdleConns`` > 0 is refused
     (no connection is opened before a request needs one)."""
     fields = pick(value, TRAEFIK_REDIS, where)
+    if "secret" in fields:  # the Kubernetes CRD's spelling: a Secret holding username and password
+        raise ConfigError(f"{where}.secret: not supported (a Secret's credentials are not read for rateLimit; "
+                          "use plugin.distributedRateLimit with password: urn:k8s:secret:NAME:KEY)")
     host, port = one_endpoint(fields.get("endpoints", ["localhost:6379"]), f"{where}.endpoints")
     for name in ("poolSize", "maxActiveConns", "minIdleConns"):
         want_int(fields.get(name, 0), f"{where}.{name}", minimum=0)
