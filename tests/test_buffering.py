@@ -164,3 +164,33 @@ def test_bad_options_fail_closed(conf_d, options, message):
         """)
     errors = [str(e) for e in Gateway(conf_d.root).config.errors]
     assert errors and 'middleware "buffer@file": ' + message in errors[0], errors
+
+
+def test_an_upgrade_passes_through_unbuffered(conf_d, wsgi_server):
+    from tests.test_websocket import RawUpgrade
+
+    raw = RawUpgrade()
+    try:
+        conf_d("routes.yaml", f"""
+            http:
+              routers:
+                app: {{rule: "PathPrefix(`/`)", service: raw, middlewares: [buffer]}}
+              middlewares:
+                buffer: {{buffering: {{maxResponseBodyBytes: 10}}}}
+              services:
+                raw: {{loadBalancer: {{servers: [{{url: "{raw.url}"}}]}}}}
+            """)
+        port = wsgi_server(Gateway(conf_d.root)).port
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(4096)
+            assert status_of(head) == 101
+            sock.sendall(b"ping" * 10)
+            echoed = b""
+            while len(echoed) < 40:
+                echoed += sock.recv(4096)
+            assert echoed == b"ping" * 10
+    finally:
+        raw.server.stop(timeout=1)

@@ -199,3 +199,17 @@ def test_an_app_starting_its_answer_lazily_is_caught_too(status, body):
     sent = b"".join(result)
     assert started == [status[:3] + (" Internal Server Error" if body == b"page" else " OK")]
     assert (b'"page": "p"' in sent) if body == b"page" else sent == b"original"
+
+
+def test_the_kubernetes_service_form_is_refused_with_why(conf_d):
+    conf_d("mw.yaml", """
+        apiVersion: traefik.io/v1alpha1
+        kind: Middleware
+        metadata: {name: pages, namespace: default}
+        spec:
+          errors: {status: ["500-599"], query: "/{status}.html", service: {name: whoami, port: 80}}
+        """)
+    errors = [str(e) for e in Gateway(conf_d.root).config.errors]
+    assert errors == ['mw.yaml:2: middleware "default-pages@kubernetescrd": errors.service: a Kubernetes Service '
+                      'reference ({name, port}) is not supported; define this middleware in a file-provider '
+                      'manifest, naming a service (pages@file)'], errors

@@ -23,7 +23,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, List, Mapping, Optiona
 from gatekeeper.errors import ConfigError, GatekeeperError
 from gatekeeper.middlewares.base import Context, Wrapper, mark
 from gatekeeper.options import pick, want_int
-from gatekeeper.wsgi import BODY_REFUSED, Environ, Headers, StartResponse, WSGIApp, error_response
+from gatekeeper.wsgi import BODY_REFUSED, UPGRADE, Environ, Headers, StartResponse, WSGIApp, error_response
 
 CHUNK = 64 * 1024
 DEFAULT_MEM = 1 << 20
@@ -130,6 +130,8 @@ class Buffering:
                 if refused is not None:
                     return refused(environ, self.closing(start_response))
                 body = environ["wsgi.input"]
+            if environ.get(UPGRADE) is not None:  # a WebSocket's answer never ends: nothing to read whole
+                return app(environ, start_response)
             try:
                 return self.respond(app, environ, start_response)
             finally:

@@ -85,7 +85,7 @@ def page_service(value: Any, context: Context) -> WSGIApp:
     """The WSGI app of the ``service`` option; ConfigError when there is none."""
     if isinstance(value, Mapping):
         raise ConfigError("errors.service: a Kubernetes Service reference ({name, port}) is not supported; "
-                          "name a TraefikService or a file-provider service instead")
+                          "define this middleware in a file-provider manifest, naming a service (pages@file)")
     name = want_str(value, "errors.service")
     found = context.service(name)
     if isinstance(found, str):
