@@ -184,3 +184,33 @@ def test_check_refuses_bad_options_with_a_clear_error(conf_d, options, message):
     assert result.returncode == 1, result.stdout + result.stderr
     assert message in result.stdout, result.stdout
     assert "limits.yaml" in result.stdout and 'middleware "limit@file"' in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("options, message", [
+    ("{limit: 5}", "distributedRateLimit.store.redis: required"),
+    ("{limit: 5, store: {redis: {}}}", "distributedRateLimit.store.redis.endpoints: required"),
+    ("{limit: 5, store: {redis: {endpoints: [a:1], cluster: true}}}", "store.redis.cluster: Redis Cluster is not"),
+    ("{limit: 5, store: {redis: {endpoints: [a:1], sentinel: {masterSet: m}}}}",
+     "store.redis.sentinel: Redis Sentinel"),
+    ("{limit: 5, store: {redis: {endpoints: [a:1], timeout: 0s}}}", "store.redis.timeout: must be more than 0"),
+    ("{limit: 5, store: {redis: {endpoints: [a:1], password: 'urn:k8s:secret:redis:password'}}}",
+     "distributedRateLimit.store.redis.password: unresolved Kubernetes Secret reference"),
+    ("{limit: 5, denyOnError: maybe, store: {redis: {endpoints: [a:1]}}}",
+     "distributedRateLimit.denyOnError: expected true or false"),
+    ("{limit: 5, limt: 3, store: {redis: {endpoints: [a:1]}}}", 'distributedRateLimit: unknown field "limt"'),
+    ("{limit: lots, store: {redis: {endpoints: [a:1]}}}", "distributedRateLimit.limit: expected a number"),
+], ids=["no-store", "no-endpoints", "cluster", "sentinel", "no-timeout", "secret-ref-in-file", "deny-on-error",
+        "unknown", "limit-text"])
+def test_distributed_rate_limit_bad_options_put_it_in_error(conf_d, options, message):
+    conf_d("limits.yaml", f"""
+        http:
+          routers:
+            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [shared]}}
+          middlewares:
+            shared: {{plugin: {{distributedRateLimit: {options}}}}}
+          services:
+            app: {{loadBalancer: {{servers: [{{url: "http://127.0.0.1:9"}}]}}}}
+        """)
+    config = Gateway(conf_d.root).config
+    errors = [str(e) for e in config.errors]
+    assert any(message in e and 'middleware "shared@file"' in e for e in errors), errors
