@@ -29,7 +29,16 @@ from gatekeeper.requestpath import (
     strip_connection_headers,
 )
 from gatekeeper.server.base import ServerLimits
-from gatekeeper.wsgi import BODY_REFUSED, ROUTER, SERVICE, Environ, StartResponse, WSGIApp, error_response
+from gatekeeper.wsgi import (
+    BODY_REFUSED,
+    ROUTER,
+    ROUTER_ERROR,
+    SERVICE,
+    Environ,
+    StartResponse,
+    WSGIApp,
+    error_response,
+)
 
 if TYPE_CHECKING:
     from gatekeeper.config.reload import ConfigLoader
@@ -106,6 +115,8 @@ class Gateway:
         # the router's handler. Before any middleware sets headers, so that `Connection: X-User` cannot
         # drop a header the gateway set (routing saw the client's headers as they came).
         strip_connection_headers(environ)
+        if router.error is not None:
+            environ[ROUTER_ERROR] = router.error  # its 503's reason, for the access log (never the body)
         return router.handler(environ, start_response)
 
 

@@ -65,9 +65,9 @@ class Gatekeeper:
         return self.log_path.read_text(errors="replace")
 
     def access_lines(self) -> List[str]:
-        """Access-log lines (text: start with ``time=``; json: objects with a ``status``)."""
+        """Access-log lines (text: start with ``time=``; json: objects of ``"logger":"access"``)."""
         return [line for line in self.log().splitlines()
-                if line.startswith("time=") or (line.startswith("{") and '"status":' in line)]
+                if line.startswith("time=") or (line.startswith("{") and '"logger":"access"' in line)]
 
     def metrics(self) -> str:
         return requests.get(self.admin + "/metrics", timeout=5).text

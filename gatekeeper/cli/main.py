@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
     add_path_arguments(serve.add_argument_group("request path (Traefik's entryPoints.<name>.http options)"))
     add_limit_arguments(serve.add_argument_group("limits"))
+    add_access_log_arguments(serve.add_argument_group("access log (Traefik's accessLog options)"))
     add_kubernetes_arguments(serve.add_argument_group("kubernetes providers"))
     serve.set_defaults(func=run_serve)
 
@@ -179,6 +180,61 @@ def add_kubernetes_arguments(group: Any) -> None:
                        help="let Kubernetes objects reference Middlewares and Services of other namespaces")
     group.add_argument("--ingress-class", metavar="NAME", default=None,
                        help="read only Ingresses of this class (default: class traefik or none)")
+
+
+def add_access_log_arguments(group: Any) -> None:
+    """Where the access log goes and which lines it keeps (operations.md "Access log")."""
+    group.add_argument("--access-log", type=access_log_target, default=DEFAULTS.access_log, metavar="PATH|-|off",
+                       help="a file (opened for append, reopened when rotated), - for stderr (default) or off")
+    group.add_argument("--access-log-status", type=argument(statuses), metavar="CODES",
+                       help="keep only lines with these statuses, e.g. 400-599,304 (filters.statusCodes)")
+    group.add_argument("--access-log-min-duration", type=argument(duration), metavar="DURATION",
+                       help="keep only lines of requests that took at least this long, e.g. 10ms (filters.minDuration);"
+                            " with both filters a line passing either is kept")
+    group.add_argument("--access-log-header", action="append", default=list(DEFAULTS.access_log_header),
+                       type=argument(header_name), metavar="NAME",
+                       help="log this request header as request_NAME (repeatable; default: none, as Traefik's "
+                            "fields.headers.defaultMode drop); a credential header is refused")
+
+
+def argument(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse type from a converter raising ValueError (or ConfigError): its message is the one line."""
+    from gatekeeper.errors import ConfigError
+
+    def converted(text: str) -> Any:
+        try:
+            return convert(text)
+        except (ValueError, ConfigError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    converted.__name__ = convert.__name__
+    return converted
+
+
+def statuses(text: str) -> Tuple[Tuple[int, int], ...]:
+    from gatekeeper.ops.accesslog import parse_statuses
+    return parse_statuses(text)
+
+
+def duration(text: str) -> float:
+    from gatekeeper.options import read_duration
+    return read_duration(text, "--access-log-min-duration", positive=False)
+
+
+def header_name(text: str) -> str:
+    from gatekeeper.ops.accesslog import kept_header_names
+    return kept_header_names([text])[0]
+
+
+def access_log_target(text: str) -> str:
+    """``-``, ``off`` or a file this process can append to (created if missing), checked before serving."""
+    if text in ("-", "off"):
+        return text
+    try:
+        with open(text, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write the access log {text}: {exc.strerror or exc}") from None
+    return text
 
 
 def run_serve(args: argparse.Namespace) -> int:

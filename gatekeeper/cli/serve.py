@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -44,6 +43,10 @@ class Settings:
     admin_host: Tuple[str, ...] = ()
     log_format: str = "text"
     log_level: str = "info"
+    access_log: str = "-"                   # --access-log PATH, - (stderr) or off
+    access_log_status: Tuple[Tuple[int, int], ...] = ()   # --access-log-status 400-599,...
+    access_log_min_duration: Optional[float] = None       # --access-log-min-duration 10ms (seconds)
+    access_log_header: Tuple[str, ...] = ()               # --access-log-header NAME: kept as request_NAME
     debounce_ms: int = 100
     no_watch: bool = False
     grace: float = 10.0
@@ -80,21 +83,6 @@ class Settings:
 
 
 DEFAULTS = Settings()
-
-
-def configure_logging(fmt: str, level: str) -> None:
-    """Log lines to stderr, as text or one JSON object per line."""
-    class JSONFormatter(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            return json.dumps({"time": self.formatTime(record), "level": record.levelname.lower(),
-                               "logger": record.name, "message": record.getMessage()})
-
-    handler = logging.StreamHandler()
-    handler.setFormatter(JSONFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 class Listeners:
@@ -157,6 +145,17 @@ def make_loader(settings: Settings) -> Any:
     return loader
 
 
+def make_access_log(settings: Settings) -> Any:
+    """The access log of ``--access-log`` (None when ``off``), with its filters and kept headers."""
+    from gatekeeper.ops.accesslog import AccessLog
+
+    if settings.access_log == "off":
+        return None
+    return AccessLog(settings.log_format, path=None if settings.access_log == "-" else settings.access_log,
+                     statuses=settings.access_log_status, min_duration=settings.access_log_min_duration,
+                     headers=settings.access_log_header)
+
+
 def record_refusals(*observers: Optional[Callable[[Any], None]]) -> Callable[[Refusal], None]:
     """The servers' ``on_refused``: a request refused before the app (431) as an access-log exchange."""
     from gatekeeper.ops.accesslog import Exchange, fan_out
@@ -175,11 +174,11 @@ def start_servers(settings: Settings, loader: Any, listeners: Listeners) -> List
     """A server per listener, each entry point's gateway behind the one request edge (app.edge_stack)."""
     from gatekeeper.app import Gateway, edge_stack
     from gatekeeper.ops import metrics
-    from gatekeeper.ops.accesslog import AccessLog
     from gatekeeper.ops.admin import admin_hosts, make_admin_app
+    from gatekeeper.ops.exchange import with_entrypoint
     from gatekeeper.requestpath import path_settings_from_args
 
-    access_log = AccessLog(settings.log_format)
+    access_log = make_access_log(settings)
     limits = settings.server_limits()
     gateway = Gateway(loader.conf_d, loader=loader, trusted_proxies=settings.trusted_proxy,
                       request_path=path_settings_from_args(settings))
@@ -188,9 +187,10 @@ def start_servers(settings: Settings, loader: Any, listeners: Listeners) -> List
     for ep, sock in zip(listeners.entrypoints, listeners.sockets):
         app = edge_stack(gateway if ep.name is None else gateway.for_entrypoint(ep.name),
                          max_body_bytes=limits.max_body_bytes, access_log=access_log)
+        app = with_entrypoint(app, ep.name)  # the entry point's name for the access log and metrics
         extra = {"ssl_context": tls_context(ep)} if ep.cert else {}
         servers.append(make_server(sock, app, limits=limits, on_refused=on_refused,
-                                   on_connection=metrics.CONNECTIONS.inc, server=settings.server, **extra))
+                                   on_connection=metrics.connection_counter(ep.name), server=settings.server, **extra))
     if listeners.admin is not None:
         servers.append(make_server(listeners.admin, make_admin_app(loader, hosts=admin_hosts(settings)),
                                    limits=limits, server=settings.server))
@@ -211,8 +211,8 @@ def serve_process(settings: Settings, loader: Any, listeners: Listeners,
 
     from gatekeeper.jwt import remote as jwks
     from gatekeeper.ops import metrics, tracing
+    from gatekeeper.ops.logs import drain_logged, reload_on_signal
     from gatekeeper.proxy import health
-    from gatekeeper.server.base import drain
 
     servers = start_servers(settings, loader, listeners)
     # Background work starts here, in the serving process (with --workers: in each worker, after the
@@ -225,15 +225,20 @@ def serve_process(settings: Settings, loader: Any, listeners: Listeners,
     health.enable_checks()  # active health checks of every load balancer, in this process, after the fork
 
     stopping = gevent.event.Event()
-    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(loader.reload, "signal"))
-    gevent.signal_handler(signal.SIGTERM, stopping.set)
-    gevent.signal_handler(signal.SIGINT, stopping.set)
+    stopped_by: List[str] = []   # which signal, for the stop line
+
+    def stop(name: str) -> None:
+        stopped_by.append(name)
+        stopping.set()
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(reload_on_signal, loader))
+    gevent.signal_handler(signal.SIGTERM, stop, "SIGTERM")
+    gevent.signal_handler(signal.SIGINT, stop, "SIGINT")
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # a worker held it until now (workers.py)
     metrics.record_reload(loader, True)  # last: a worker's generation gauge also says it is fully up
     announce()
     stopping.wait()
     loader.stop()
-    drain(servers, settings.grace)
+    drain_logged(servers, settings.grace, (stopped_by or ["a signal"])[0])
     tracing.flush()  # the spans of the last requests, before the process ends
     return 0
 
@@ -279,6 +284,8 @@ def run(settings: Settings) -> int:
 
     # queue=False: a fully patched queue stops watchdog delivering events (STYLE.md, measured trap).
     monkey.patch_all(queue=False)
+    from gatekeeper.ops.logs import configure_logging
+
     configure_logging(settings.log_format, settings.log_level)
     from gatekeeper.ops.tracing import check_environment
 
@@ -305,7 +312,10 @@ def run(settings: Settings) -> int:
     if settings.workers > 1:
         from gatekeeper.server.workers import supervise
         with metrics_across_workers():
-            return supervise(settings.workers, lambda: serve_process(settings, loader, listeners),
+            code = supervise(settings.workers, lambda: serve_process(settings, loader, listeners),
                              grace=settings.grace, listeners=listeners.all(), announce=announce,
                              on_exit=forget_worker)
+        logging.getLogger("gatekeeper.serve").info("stopped: every worker exited", extra={"fields": {
+            "event": "stopped", "workers": settings.workers}})
+        return code
     return serve_process(settings, loader, listeners, announce)

@@ -1,10 +1,11 @@
-"""One access-log line per request, as text (``key=value``) or JSON, with nothing secret in it.
+"""One access-log line per request, as text (``key=value``) or JSON (Traefik's field names), nothing secret.
 
-What a line may hold is decided here, once: time, pid, client, method, *path without its query string*,
-router, status, upstream, duration, bytes, user (from ``usernameClaim``), the JWT failure reason and, for a
-response cut short, who cut it (``aborted=upstream|error|client``). The
-query is dropped because a ``tokenKey`` or ``tokenSource.query`` token travels there; headers are never
-logged, so neither is ``Authorization`` nor a token cookie.
+What a line may hold is decided here, once: the client, the request line *without its query string* (a
+``tokenKey`` or ``tokenSource.query`` token travels there), host, protocol, sizes, entry point, router,
+service and server, statuses, durations, the request id, the user (from ``usernameClaim``), why the JWT
+middleware refused, which middleware answered, why a router in error answered 503, what failed upstream
+and, for a response cut short, who cut it. Request headers are dropped, as Traefik's
+``fields.headers.defaultMode: drop`` does; ``--access-log-header NAME`` keeps one (never a credential's).
 
 Usage::
 
@@ -22,112 +23,41 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
-import time
 from select import PIPE_BUF
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, TextIO, Tuple
+from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from gevent import Greenlet, get_hub, getcurrent
 
-from gatekeeper.wsgi import (
-    CLAIMS,
-    JWT_REASON,
-    MIDDLEWARE_OUTCOME,
-    RAW_URI,
-    ROUTER,
-    TUNNEL_BYTES_IN,
-    TUNNEL_BYTES_OUT,
-    UPSTREAM,
-    UPSTREAM_ERROR,
-    USER,
-    Environ,
-    Headers,
-    StartResponse,
-    WSGIApp,
-)
+from gatekeeper.ops.exchange import ACTIVE, DEFAULT_ENTRYPOINT, Exchange, fan_out, observe
+from gatekeeper.ops.logs import LineSink, format_time, json_record
+
+__all__ = ["ACTIVE", "AccessLog", "Exchange", "fan_out", "format_text", "json_line", "observe", "parse_statuses",
+           "text_line"]
 
 FIELDS = ("time", "pid", "client", "method", "path", "router", "status", "upstream", "duration_ms", "bytes",
-          "bytes_in", "user", "jwt_reason", "aborted")
+          "bytes_in", "user", "jwt_reason", "aborted", "entrypoint", "service", "host", "proto", "size_in",
+          "request_id", "upstream_error", "router_error", "middleware", "middleware_outcome")
+# never kept by --access-log-header: they carry credentials (a token header of tokenSource is named by the
+# operator, so any name holding one of these words is refused too)
+SECRET_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "password", "key", "auth", "session", "jwt")
 
 
-class Exchange:
-    """One request and its answer, filled in as the response goes out."""
+def kept_header_names(names: Sequence[str]) -> Tuple[str, ...]:
+    """``--access-log-header`` names, checked: ValueError for one that may carry a credential.
 
-    __slots__ = (
-        "aborted",
-        "bytes",
-        "bytes_in",
-        "client",
-        "clock",
-        "duration",
-        "jwt_ok",
-        "jwt_reason",
-        "method",
-        "middleware",
-        "path",
-        "router",
-        "started",
-        "status",
-        "upstream",
-        "upstream_error",
-        "user",
-    )
-
-    def __init__(self, client: str, method: str, path: str) -> None:
-        self.started = time.time()
-        self.clock = time.perf_counter()
-        self.client, self.method, self.path = client, method, path
-        self.router: Optional[str] = None
-        self.status = 0
-        self.upstream: Optional[str] = None
-        self.upstream_error: Optional[str] = None
-        self.duration = 0.0
-        self.bytes = 0                      # to the client (after a 101: what the upstream sent through)
-        self.bytes_in = 0                   # from the client after a 101 (an upgraded connection), else 0
-        self.user: Optional[str] = None
-        self.jwt_reason: Optional[str] = None
-        self.jwt_ok = False
-        self.middleware: Optional[Tuple[str, str]] = None  # (name, outcome): a middleware answered instead
-        self.aborted: Optional[str] = None  # the response was cut: "upstream", "error" or "client"
-
-    @classmethod
-    def begin(cls, environ: Environ) -> "Exchange":
-        """Read client, method and path before any middleware rewrites the path."""
-        raw = environ.get(RAW_URI) or environ.get("PATH_INFO") or "/"
-        return cls(environ.get("REMOTE_ADDR", "-"), environ.get("REQUEST_METHOD", "-"), raw.partition("?")[0])
-
-    def end(self, environ: Environ) -> None:
-        """Collect what the router, the JWT middleware and the proxy left in ``environ``."""
-        self.duration = time.perf_counter() - self.clock
-        self.router = environ.get(ROUTER)
-        self.upstream = environ.get(UPSTREAM)
-        self.upstream_error = environ.get(UPSTREAM_ERROR)
-        self.user = environ.get(USER)
-        self.jwt_reason = environ.get(JWT_REASON)
-        self.jwt_ok = CLAIMS in environ
-        self.middleware = environ.get(MIDDLEWARE_OUTCOME)
-        if TUNNEL_BYTES_OUT in environ:     # an upgraded connection: the bytes relayed both ways
-            self.bytes = environ[TUNNEL_BYTES_OUT]
-            self.bytes_in = environ.get(TUNNEL_BYTES_IN, 0)
-
-    def fields(self) -> Dict[str, Any]:
-        return {"time": format_time(self.started), "pid": os.getpid(), "client": self.client,
-                "method": self.method, "path": self.path, "router": self.router, "status": self.status,
-                "upstream": self.upstream, "duration_ms": round(self.duration * 1000, 3), "bytes": self.bytes,
-                "bytes_in": self.bytes_in, "user": self.user, "jwt_reason": self.jwt_reason, "aborted": self.aborted,
-                "middleware": self.middleware[0] if self.middleware else None,
-                "middleware_outcome": self.middleware[1] if self.middleware else None}
-
-
-_second_cache: List[object] = [-1, ""]
-
-
-def format_time(epoch: float) -> str:
-    """RFC 3339 UTC with milliseconds: ``2024-05-01T12:00:00.123Z`` (the seconds part formatted once a second)."""
-    second = int(epoch)
-    if _second_cache[0] != second:
-        _second_cache[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
-    return f"{_second_cache[1]}.{int(epoch * 1000) % 1000:03d}Z"
+    >>> kept_header_names(["User-Agent"])
+    ('User-Agent',)
+    >>> kept_header_names(["X-Api-Key"])
+    Traceback (most recent call last):
+    ...
+    ValueError: header X-Api-Key may carry a credential: never logged
+    """
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9-]+", name):
+            raise ValueError(f"not a header name: {name!r}")
+        if any(word in name.lower() for word in SECRET_HEADER_WORDS):
+            raise ValueError(f"header {name} may carry a credential: never logged")
+    return tuple(names)
 
 
 _PLAIN = re.compile(r"[!#-<>-\[\]-~]+")  # printable ASCII but space, '"', '=' and backslash
@@ -141,13 +71,30 @@ def text_value(value: object) -> str:
     return text if _PLAIN.fullmatch(text) else json.dumps(text)
 
 
-ACTIVE = [0]        # requests between observe()'s start and their finish, in this process
+def parse_statuses(text: str) -> Tuple[Tuple[int, int], ...]:
+    """``--access-log-status 400-599,304`` -> ((400, 599), (304, 304)); ValueError when it does not parse.
+
+    >>> parse_statuses("400-599, 304")
+    ((400, 599), (304, 304))
+    """
+    ranges = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        if not low.isdigit() or not (high or low).isdigit() or not 100 <= int(low) <= int(high or low) <= 599:
+            raise ValueError(f"not a status code or range 100-599: {part.strip()!r}")
+        ranges.append((int(low), int(high or low)))
+    return tuple(ranges)
+
+
 BATCH_LINES = 256   # a batch this long goes out at once, without waiting for the loop iteration's end
 
 
 class AccessLog:
-    """Writes one line per :class:`Exchange` to ``stream``, whole lines per ``write`` so workers sharing
-    stderr never interleave within a line; under gevent, a loop iteration's lines in one ``write``.
+    """Writes one line per :class:`Exchange` to ``stream`` (or the file ``path``), whole lines per ``write`` so
+    workers sharing stderr never interleave within a line; under gevent, a loop iteration's lines in one ``write``.
+
+    Filters are Traefik's (``filters.statusCodes``, ``filters.minDuration``): with any given, a line is kept
+    when it passes one of them.
 
     >>> import tempfile
     >>> with tempfile.TemporaryFile("w+") as out:
@@ -157,14 +104,30 @@ class AccessLog:
     1
     """
 
-    def __init__(self, fmt: str = "text", stream: Optional[TextIO] = None) -> None:
+    def __init__(self, fmt: str = "text", stream: Optional[TextIO] = None, *, path: Optional[str] = None,
+                 statuses: Sequence[Tuple[int, int]] = (), min_duration: Optional[float] = None,
+                 headers: Sequence[str] = ()) -> None:
         if fmt not in ("text", "json"):
             raise ValueError(f"log format must be text or json, not {fmt!r}")
         self.line = json_line if fmt == "json" else text_line
-        self.fd = (stream or sys.stderr).fileno()
+        self.sink = LineSink(path)
+        if stream is not None and path is None:
+            self.sink.fd = stream.fileno()
+        self.statuses = tuple(statuses)
+        self.min_duration = min_duration
+        self.filtered = bool(self.statuses) or min_duration is not None
+        self.keep = kept_header_names(headers)
         self.pending: List[str] = []
 
+    def wanted(self, exchange: Exchange) -> bool:
+        """Whether a filter keeps this line (any of them, as Traefik's filters)."""
+        if self.min_duration is not None and exchange.duration >= self.min_duration:
+            return True
+        return any(low <= exchange.status <= high for low, high in self.statuses)
+
     def __call__(self, exchange: Exchange) -> None:
+        if self.filtered and not self.wanted(exchange):
+            return
         line = self.line(exchange)
         if not isinstance(getcurrent(), Greenlet):   # no event loop to flush (a threaded server)
             self.write([line])
@@ -190,121 +153,36 @@ class AccessLog:
         for line in lines:
             data = (line + "\n").encode("utf-8", "backslashreplace")
             if chunk and size + len(data) > PIPE_BUF:
-                self.write_bytes(b"".join(chunk))
+                self.sink.write(b"".join(chunk))
                 chunk, size = [], 0
             chunk.append(data)
             size += len(data)
-        self.write_bytes(b"".join(chunk))
+        self.sink.write(b"".join(chunk))
 
-    def write_bytes(self, data: bytes) -> None:
-        try:
-            while data:
-                data = data[os.write(self.fd, data):]
-        except OSError:  # a closed stderr must not fail requests
-            pass
+    def close(self) -> None:
+        self.flush()
+        self.sink.close()
 
 
 def text_line(e: Exchange) -> str:
     """:func:`format_text` of ``e.fields()``, built directly (no dict, a value check only where text can vary)."""
+    middleware = e.middleware or (None, None)
     return (f"time={format_time(e.started)} pid={os.getpid()} client={text_value(e.client)} "
             f"method={text_value(e.method)} path={text_value(e.path)} router={text_value(e.router)} "
             f"status={e.status} upstream={text_value(e.upstream)} duration_ms={round(e.duration * 1000, 3)} "
             f"bytes={e.bytes} bytes_in={e.bytes_in} user={text_value(e.user)} jwt_reason={text_value(e.jwt_reason)} "
-            f"aborted={text_value(e.aborted)}")
+            f"aborted={text_value(e.aborted)} entrypoint={text_value(e.entrypoint or DEFAULT_ENTRYPOINT)} "
+            f"service={text_value(e.service)} host={text_value(e.host)} proto={text_value(e.protocol)} "
+            f"size_in={e.size_in} request_id={text_value(e.request_id)} "
+            f"upstream_error={text_value(e.upstream_cause)} router_error={text_value(e.router_error)} "
+            f"middleware={text_value(middleware[0])} middleware_outcome={text_value(middleware[1])}")
 
 
 def json_line(e: Exchange) -> str:
-    return format_json(e.fields())
+    """The one JSON schema (ops/logs.py): ``time`` (when the line is written), ``level``, ``logger: access``,
+    ``msg`` (empty, as Traefik's), then :meth:`Exchange.traefik_fields`."""
+    return json_record(e.started + e.duration, "info", "access", "", e.traefik_fields())
 
 
 def format_text(fields: Dict[str, Any]) -> str:
     return " ".join(f"{name}={text_value(fields[name])}" for name in FIELDS)
-
-
-def format_json(fields: Dict[str, Any]) -> str:
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
-
-
-class ObservedBody:
-    """The response iterable, counting bytes; ``close()`` finishes the exchange (WSGI calls it once).
-
-    Records what the client got: when the body fails before a byte went out, the server answers 502
-    (an upstream, ``gatekeeper.upstream.error`` set by the proxy) or 500 instead of the status the app
-    chose; after that the status stands and ``aborted`` says who cut the response (``upstream``, the app:
-    ``error``, or ``client`` when the server stopped reading the body early because the client left).
-    """
-
-    __slots__ = ("environ", "exchange", "finish", "finished", "result")
-
-    def __init__(self, result: Iterable[bytes], exchange: Exchange, environ: Environ,
-                 finish: Callable[[Exchange], None]) -> None:
-        self.result, self.exchange, self.environ, self.finish = result, exchange, environ, finish
-        self.finished = False
-
-    def __iter__(self) -> Iterator[bytes]:
-        exchange = self.exchange
-        try:
-            for chunk in self.result:
-                exchange.bytes += len(chunk)
-                yield chunk
-        except Exception:
-            upstream = self.environ.get(UPSTREAM_ERROR) == "aborted"
-            if exchange.bytes:
-                exchange.aborted = "upstream" if upstream else "error"
-            else:  # nothing was sent: both servers answer this themselves (serve.failure_response)
-                exchange.status = 502 if upstream else 500
-            self.finished = True
-            raise
-        self.finished = True
-
-    def close(self) -> None:
-        exchange = self.exchange
-        if not self.finished:
-            exchange.aborted = "client"
-        try:
-            close = getattr(self.result, "close", None)
-            if close is not None:
-                close()
-        finally:
-            exchange.end(self.environ)
-            ACTIVE[0] -= 1
-            self.finish(exchange)
-
-
-def observe(app: WSGIApp, finish: Callable[[Exchange], None],
-            start: Optional[Callable[[], None]] = None) -> WSGIApp:
-    """``app`` wrapped so ``finish(exchange)`` runs once per request, after the body went out (or failed).
-
-    ``start()`` runs as a request begins (the in-flight gauge). An app that raises is recorded as 500.
-    """
-    def observed(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        exchange = Exchange.begin(environ)
-        ACTIVE[0] += 1
-        if start is not None:
-            start()
-
-        def capture(status: str, headers: Headers, exc_info: Any = None) -> Callable[[bytes], Any]:
-            exchange.status = int(status[:3])
-            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
-        try:
-            result = app(environ, capture)
-        except BaseException:
-            exchange.status = 500
-            exchange.end(environ)
-            ACTIVE[0] -= 1
-            finish(exchange)
-            raise
-        return ObservedBody(result, exchange, environ, finish)
-    return observed
-
-
-def fan_out(*observers: Optional[Callable[[Exchange], None]]) -> Callable[[Exchange], None]:
-    """One finish callback calling each of ``observers`` (None entries skipped)."""
-    live = [o for o in observers if o is not None]
-    if len(live) == 1:
-        return live[0]
-
-    def finish(exchange: Exchange) -> None:
-        for observer in live:
-            observer(exchange)
-    return finish

@@ -11,6 +11,9 @@ plain integers in dicts, turned into metric families when scraped (:class:`Reque
 costs a few increments instead of several ``prometheus_client`` calls, each taking a lock. With workers
 the ``prometheus_client`` objects count, since only their memory-mapped files add up across processes.
 
+Traefik's families (entry point, router, service; ``code``, ``method``, ``protocol``) are summed at scrape time
+from one detail row per request (families.py). No ``_created`` series: prometheus_client's are turned off.
+
 Usage::
 
     app = instrument(gateway, access_log=AccessLog("text"))
@@ -26,29 +29,32 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from gatekeeper.jwt import remote as jwks
 from gatekeeper.jwt.fetch import safe_url
-from gatekeeper.ops.accesslog import Exchange, fan_out, observe
+from gatekeeper.ops import families
+from gatekeeper.ops.exchange import DEFAULT_ENTRYPOINT, Exchange, fan_out, observe
+from gatekeeper.ops.families import BUCKET_LABELS, DETAIL_LABELS, LATENCY_BUCKETS, DetailKey, Row
 from gatekeeper.proxy import health
 from gatekeeper.wsgi import WSGIApp
+
+# a `_created` series doubled every counter; Traefik has none
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A client can send any method name; unknown ones share one label value so cardinality stays bounded.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 NO_ROUTER = "none"
 NO_UPSTREAM = "none"   # the request was answered without contacting an upstream (404, 401, a redirect ...)
-LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
 # Decided at import: with --workers the parent sets the directory before any worker imports this module.
 MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
 _PER_REQUEST = REGISTRY if MULTIPROCESS else None   # in one process, RequestCounts exposes these instead
@@ -63,15 +69,20 @@ LATENCY = Histogram("gatekeeper_request_duration_seconds", LATENCY_HELP, ["route
                     registry=_PER_REQUEST)
 RESPONSE_BYTES = Counter("gatekeeper_response_bytes", BYTES_HELP, ["router"], registry=_PER_REQUEST)
 IN_FLIGHT = Gauge("gatekeeper_requests_in_flight", "Requests being answered now", multiprocess_mode="livesum")
-CONNECTIONS = Gauge("gatekeeper_open_connections", "Client connections open now", multiprocess_mode="livesum")
+CONNECTIONS = Gauge("gatekeeper_open_connections", "Client connections open now, by entry point and protocol "
+                    "(TCP)", ["entrypoint", "protocol"], multiprocess_mode="livesum")
 JWT_OUTCOMES = Counter("gatekeeper_jwt_outcomes", JWT_HELP, ["router", "outcome"], registry=_PER_REQUEST)
 UPSTREAM_ERRORS = Counter("gatekeeper_upstream_errors",
-                          "Requests the proxy could not complete upstream, by router and kind", ["router", "kind"])
+                          "Requests the proxy could not complete upstream, by router and cause (connection_refused, "
+                          "dns, timeout, reset, tls, bad_gateway, aborted)", ["router", "kind"])
 MIDDLEWARE_OUTCOMES = Counter("gatekeeper_middleware_outcomes",
                               "Requests a middleware answered instead of the service (rate_limited, "
                               "ip_denied, unauthorized, redirected...), by router, middleware and outcome",
                               ["router", "middleware", "outcome"])
 RELOADS = Counter("gatekeeper_config_reloads", "Configurations swapped in (the first load included)")
+LAST_RELOAD_SUCCESS = Gauge("gatekeeper_config_last_reload_success", "Unix time of the last reload that swapped "
+                            "in a configuration (Traefik's traefik_config_last_reload_success)",
+                            multiprocess_mode="max")
 RELOAD_ERRORS = Counter("gatekeeper_config_reload_errors",
                         "Reloads that could not read conf.d, or whose new configuration reports errors")
 GENERATION = Gauge("gatekeeper_config_generation", "Generation number of the configuration being served",
@@ -86,8 +97,19 @@ KEYSET_FAILURES = Counter("gatekeeper_keyset_fetch_failures",
                           ["url"])
 KEYSET_KEYS = Gauge("gatekeeper_keyset_keys", "Keys held by each remote key set, per worker",
                     ["url"], multiprocess_mode="liveall")
+SERVICE_SERVER_UP = Gauge("gatekeeper_service_server_up", "1 while a load balancer's active health check finds "
+                          "the server up, else 0 (Traefik's traefik_service_server_up; per worker)", ["service", "url"],
+                          multiprocess_mode="liveall")
 SERVER_UP = Gauge("gatekeeper_server_up", "1 while a load balancer's active health check finds the server up, "
                   "else 0 (per worker: each runs its own checks)", ["service", "server"], multiprocess_mode="liveall")
+
+# --workers: one detail row per request in memory-mapped files, summed into Traefik's families when scraped
+DETAIL_LATENCY = Histogram("gatekeeper_detail_request_duration_seconds", "detail row (not shown)", DETAIL_LABELS,
+                           buckets=LATENCY_BUCKETS, registry=_PER_REQUEST)
+DETAIL_BYTES_IN = Counter("gatekeeper_detail_requests_bytes", "detail row (not shown)", DETAIL_LABELS,
+                          registry=_PER_REQUEST)
+DETAIL_BYTES_OUT = Counter("gatekeeper_detail_responses_bytes", "detail row (not shown)", DETAIL_LABELS,
+                           registry=_PER_REQUEST)
 
 _request_children: Dict[Tuple[str, str, int, Optional[str]], Tuple[Counter, Histogram, Counter]] = {}
 
@@ -121,21 +143,18 @@ def _labelled(metric: Any, *labels: str) -> Any:
     return child
 
 
-# the le labels as Histogram writes them
-BUCKET_LABELS = (*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf")  # type: ignore[no-untyped-call]
-
-
 class RequestCounts(Collector):
     """The per-request metrics of one process as plain numbers, exposed as metric families when scraped.
 
     ``requests[(router, method, status, upstream shown)] = [count, created]``;
     ``routers[router] = [count, duration sum, bytes, created, count per bucket (not cumulative) ...]``;
-    ``outcomes[(router, outcome)] = [count, created]``; ``in_flight[0]``.
+    ``outcomes[(router, outcome)] = [count, created]``; ``in_flight[0]``; ``detail[DETAIL_LABELS values]``,
+    a :class:`families.Row` summed into Traefik's entry point, router and service families.
 
     >>> counts = RequestCounts()
     >>> counts.request(("api@file", "GET", 200, "none"), 0.002, 17, "accepted")
-    >>> samples = [s for family in counts.collect() for s in family.samples if not s.name.endswith("_created")]
-    >>> [(s.name, s.value) for s in samples if s.labels.get("le") in (None, "0.001", "0.0025")]
+    >>> samples = [s for family in counts.collect() for s in family.samples]
+    >>> [(s.name, s.value) for s in samples if s.labels.get("le") in (None, "0.001", "0.0025")][:7]
     ... # doctest: +NORMALIZE_WHITESPACE
     [('gatekeeper_requests_total', 1), ('gatekeeper_request_duration_seconds_bucket', 0.0),
      ('gatekeeper_request_duration_seconds_bucket', 1.0), ('gatekeeper_request_duration_seconds_count', 1.0),
@@ -147,9 +166,11 @@ class RequestCounts(Collector):
         self.requests: Dict[Tuple[str, str, int, str], List[float]] = {}
         self.routers: Dict[str, List[float]] = {}
         self.outcomes: Dict[Tuple[str, str], List[float]] = {}
+        self.detail: Dict[DetailKey, Row] = {}
         self.in_flight = [0]
 
-    def request(self, key: Tuple[str, str, int, str], duration: float, sent: int, outcome: Optional[str]) -> None:
+    def request(self, key: Tuple[str, str, int, str], duration: float, sent: int, outcome: Optional[str], *,
+                detail: Optional[DetailKey] = None, received: int = 0) -> None:
         """Count one finished request, ``key`` = (router, method, status, upstream shown): a few dict look-ups
         and increments."""
         counts = self.requests.get(key)
@@ -163,18 +184,28 @@ class RequestCounts(Collector):
         per_router[0] += 1
         per_router[1] += duration
         per_router[2] += sent
-        per_router[4 + bisect.bisect_left(LATENCY_BUCKETS, duration)] += 1   # le: the first bound >= duration
+        bucket = bisect.bisect_left(LATENCY_BUCKETS, duration)   # le: the first bound >= duration
+        per_router[4 + bucket] += 1
         if outcome is not None:
             seen = self.outcomes.get((router, outcome))
             if seen is None:
                 seen = self.outcomes[(router, outcome)] = [0, time.time()]
             seen[0] += 1
+        if detail is not None:
+            row = self.detail.get(detail)
+            if row is None:
+                row = self.detail[detail] = Row()
+            row.count += 1
+            row.seconds += duration
+            row.bytes_in += received
+            row.bytes_out += sent
+            row.buckets[bucket] += 1
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily("gatekeeper_requests", REQUESTS_HELP,
                                        labels=["router", "method", "status", "upstream"])
-        for (router, method, status, upstream), (count, created) in list(self.requests.items()):
-            requests.add_metric([router, method, str(status), upstream], count, created=created)
+        for (router, method, status, upstream), (count, _created) in list(self.requests.items()):
+            requests.add_metric([router, method, str(status), upstream], count)
         yield requests
         latency = HistogramMetricFamily("gatekeeper_request_duration_seconds", LATENCY_HELP, labels=["router"])
         sent = CounterMetricFamily("gatekeeper_response_bytes", BYTES_HELP, labels=["router"])
@@ -185,15 +216,15 @@ class RequestCounts(Collector):
                 cumulative += count
                 buckets.append((bound, cumulative))
             latency.add_metric([router], buckets, row[1])
-            latency.add_sample("gatekeeper_request_duration_seconds_created", {"router": router}, row[3])
             if row[2]:
-                sent.add_metric([router], row[2], created=row[3])
+                sent.add_metric([router], row[2])
         yield latency
         yield sent
         outcomes = CounterMetricFamily("gatekeeper_jwt_outcomes", JWT_HELP, labels=["router", "outcome"])
-        for (router, outcome), (count, created) in list(self.outcomes.items()):
-            outcomes.add_metric([router, outcome], count, created=created)
+        for (router, outcome), (count, _created) in list(self.outcomes.items()):
+            outcomes.add_metric([router, outcome], count)
         yield outcomes
+        yield from families.traefik_families(list(self.detail.items()))
 
 
 COUNTS = RequestCounts()
@@ -221,23 +252,34 @@ def shown_upstream(upstream: Optional[str]) -> str:
     return shown
 
 
+def detail_key(exchange: Exchange, router: str, method: str) -> DetailKey:
+    """The request's detail row: entry point, router, service, whether it reached a server, method, code and
+    protocol (``websocket`` for an upgraded connection, else ``http``)."""
+    return (exchange.entrypoint or DEFAULT_ENTRYPOINT, router, exchange.service or "none",
+            "1" if exchange.upstream is not None else "0", method, str(exchange.status),
+            "websocket" if exchange.status == 101 else "http")
+
+
 def record(exchange: Exchange) -> None:
     """Count one finished request (the observer :func:`instrument` installs)."""
-    if not MULTIPROCESS:
-        COUNTS.in_flight[0] -= 1
-        router = exchange.router or NO_ROUTER
-        outcome = exchange.jwt_reason if exchange.jwt_reason is not None else "accepted" if exchange.jwt_ok else None
-        method = exchange.method if exchange.method in METHODS else "OTHER"
-        COUNTS.request((router, method, exchange.status, shown_upstream(exchange.upstream)), exchange.duration,
-                       exchange.bytes, outcome)
-        if exchange.upstream_error is not None:
-            _labelled(UPSTREAM_ERRORS, router, exchange.upstream_error).inc()
-        if exchange.middleware is not None:
-            _labelled(MIDDLEWARE_OUTCOMES, router, *exchange.middleware).inc()
-        return
-    IN_FLIGHT.dec()
     router = exchange.router or NO_ROUTER
     method = exchange.method if exchange.method in METHODS else "OTHER"
+    if not MULTIPROCESS:
+        COUNTS.in_flight[0] -= 1
+        outcome = exchange.jwt_reason if exchange.jwt_reason is not None else "accepted" if exchange.jwt_ok else None
+        COUNTS.request((router, method, exchange.status, shown_upstream(exchange.upstream)), exchange.duration,
+                       exchange.bytes, outcome, detail=detail_key(exchange, router, method), received=exchange.size_in)
+    else:
+        IN_FLIGHT.dec()
+        record_children(exchange, router, method)
+    if exchange.upstream_cause is not None:
+        _labelled(UPSTREAM_ERRORS, router, exchange.upstream_cause).inc()
+    if exchange.middleware is not None:
+        _labelled(MIDDLEWARE_OUTCOMES, router, *exchange.middleware).inc()
+
+
+def record_children(exchange: Exchange, router: str, method: str) -> None:
+    """With workers: the prometheus_client objects, whose memory-mapped files add up across processes."""
     requests, latency, sent = _children(router, method, exchange.status, exchange.upstream)
     requests.inc()
     latency.observe(exchange.duration)
@@ -247,10 +289,12 @@ def record(exchange: Exchange) -> None:
         _labelled(JWT_OUTCOMES, router, exchange.jwt_reason).inc()
     elif exchange.jwt_ok:
         _labelled(JWT_OUTCOMES, router, "accepted").inc()
-    if exchange.upstream_error is not None:
-        _labelled(UPSTREAM_ERRORS, router, exchange.upstream_error).inc()
-    if exchange.middleware is not None:
-        _labelled(MIDDLEWARE_OUTCOMES, router, *exchange.middleware).inc()
+    key = detail_key(exchange, router, method)
+    _labelled(DETAIL_LATENCY, *key).observe(exchange.duration)
+    if exchange.size_in:
+        _labelled(DETAIL_BYTES_IN, *key).inc(exchange.size_in)
+    if exchange.bytes:
+        _labelled(DETAIL_BYTES_OUT, *key).inc(exchange.bytes)
 
 
 def record_key_fetch(keyset: "jwks.RemoteKeySet", ok: bool) -> None:
@@ -273,14 +317,20 @@ jwks.FETCH_OBSERVERS.append(record_key_fetch)
 def record_server_state(service: str, server: str, up: bool) -> None:
     """A health check's first result for a server, or a change (a proxy.health.STATE_OBSERVERS hook)."""
     SERVER_UP.labels(service, safe_url(server)).set(1 if up else 0)
+    SERVICE_SERVER_UP.labels(service, safe_url(server)).set(1 if up else 0)
 
 
 health.STATE_OBSERVERS.append(record_server_state)
 
 
 def instrument(app: WSGIApp, access_log: Optional[Callable[[Exchange], None]] = None) -> WSGIApp:
-    """``app`` measured (and access-logged when ``access_log`` is given)."""
-    return observe(app, fan_out(record, access_log), start=start_request)
+    """``app`` measured (and access-logged when ``access_log`` is given, with the headers it keeps)."""
+    return observe(app, fan_out(record, access_log), start=start_request, keep=getattr(access_log, "keep", ()))
+
+
+def connection_counter(entrypoint: Optional[str]) -> Callable[[int], None]:
+    """The servers' ``on_connection(+1/-1)`` for one entry point's listener: ``gatekeeper_open_connections``."""
+    return _labelled(CONNECTIONS, entrypoint or DEFAULT_ENTRYPOINT, "TCP").inc  # type: ignore[no-any-return]
 
 
 def record_refused(exchange: Exchange) -> None:
@@ -297,6 +347,7 @@ def record_reload(loader: Any, swapped: bool) -> None:
     """
     if swapped:
         RELOADS.inc()
+        LAST_RELOAD_SUCCESS.set(time.time())
     last = getattr(loader, "last_reload", None)
     if last is not None and last.errors:
         RELOAD_ERRORS.inc()
@@ -307,10 +358,14 @@ def record_reload(loader: Any, swapped: bool) -> None:
 
 
 def exposition() -> Tuple[bytes, str]:
-    """(body, content type) of the Prometheus text format, all workers aggregated in multiprocess mode."""
-    if os.environ.get(MULTIPROC_ENV):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    """(body, content type) of the Prometheus text format, all workers aggregated in multiprocess mode:
+    Traefik's families summed from the detail rows, and ``process_*`` of every worker and the parent."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        collector = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+        shown, rows = families.from_multiprocess(collector.collect())  # type: ignore[no-untyped-call]
+        pids = sorted({*families.live_pids(directory), os.getpid(), os.getppid()})
+        registry = families.registry_of([*shown, *families.traefik_families(rows.items()),
+                                         *families.process_families(pids)])
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-

@@ -4,15 +4,26 @@ plain requests (balancer.py) and upgrades (tunnel.py)."""
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import time
 from typing import Dict, Iterable, List, Optional, Protocol
 
 from gatekeeper.errors import GatewayTimeout
-from gatekeeper.wsgi import ROUTER, UPSTREAM, UPSTREAM_ERROR, Environ, StartResponse, error_response, log_path
+from gatekeeper.wsgi import (
+    ROUTER,
+    UPSTREAM,
+    UPSTREAM_CAUSE,
+    UPSTREAM_ERROR,
+    Environ,
+    StartResponse,
+    error_response,
+    log_path,
+)
 
 log = logging.getLogger("gatekeeper.proxy")
 
-__all__ = ["BAD_GATEWAY", "FAILURE_LOG", "GATEWAY_TIMEOUT", "FailureLogThrottle", "upstream_failed"]
+__all__ = ["BAD_GATEWAY", "FAILURE_LOG", "GATEWAY_TIMEOUT", "FailureLogThrottle", "failure_cause", "upstream_failed"]
 
 BAD_GATEWAY = error_response(502)
 GATEWAY_TIMEOUT = error_response(504)
@@ -67,4 +78,31 @@ def upstream_failed(environ: Environ, start_response: StartResponse, exc: BaseEx
         log.warning("upstream %s failed%s (router %s, %s %s): %s%s", origin, doing, environ.get(ROUTER, "-"),
                     environ.get("REQUEST_METHOD", "-"), log_path(environ), exc, more)
     environ[UPSTREAM_ERROR] = "timeout" if timeout else "bad_gateway"
+    environ[UPSTREAM_CAUSE] = failure_cause(exc)
     return (GATEWAY_TIMEOUT if timeout else BAD_GATEWAY)(environ, start_response)
+
+
+_CAUSES = ((ConnectionRefusedError, "connection_refused"), (socket.gaierror, "dns"), (socket.timeout, "timeout"),
+           (ssl.SSLError, "tls"), (ssl.CertificateError, "tls"),
+           ((ConnectionResetError, BrokenPipeError, ConnectionAbortedError), "reset"))
+
+
+def failure_cause(exc: BaseException) -> str:
+    """The cause of an upstream failure for metrics and the access log, from the error and what it was raised
+    from: ``connection_refused``, ``dns``, ``timeout``, ``tls``, ``reset``, else ``bad_gateway`` (a malformed
+    or missing answer).
+
+    >>> failure_cause(GatewayTimeout("slow")), failure_cause(ConnectionRefusedError())
+    ('timeout', 'connection_refused')
+    """
+    if isinstance(exc, GatewayTimeout):
+        return "timeout"
+    seen: Optional[BaseException] = exc
+    for _ in range(8):   # a cause chain is short; bounded all the same
+        if seen is None:
+            break
+        for kinds, cause in _CAUSES:
+            if isinstance(seen, kinds):
+                return cause
+        seen = seen.__cause__ or seen.__context__
+    return "bad_gateway"
