@@ -9,7 +9,7 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional
+from typing import Callable, Iterable, Iterator, List, Optional
 from urllib.parse import urlsplit
 
 import brotli
@@ -20,6 +20,7 @@ import requests
 from gatekeeper.app import Gateway
 from gatekeeper.ops.exchange import Exchange, observe
 from tests.conftest import RunningServer
+from tests.test_upstream_faults import RawUpstream, read_request, reset
 
 STREAM_GO = gevent.event.Event()
 
@@ -79,6 +80,18 @@ def gateway(tmp_path: Path, wsgi_server) -> Iterator[str]:
     server = RunningServer(gw)
     yield server.url
     server.stop()
+
+
+@pytest.fixture
+def running_raw() -> Iterator[Callable[..., RawUpstream]]:
+    started: List[RawUpstream] = []
+
+    def start(handler: Callable) -> RawUpstream:
+        started.append(RawUpstream(handler))
+        return started[-1]
+    yield start
+    for raw in started:
+        raw.server.stop(timeout=1)
 
 
 def make_gateway(tmp_path: Path, backend: str) -> Gateway:
@@ -281,3 +294,34 @@ def test_check_refuses_bad_options(conf_d):
     for i, (_, error) in enumerate(BAD_OPTIONS):
         line = next((x for x in lines if f'middleware "zip{i}@file"' in x), "")
         assert "api.yaml" in line and error in line, (error, result.stdout)
+
+
+def test_an_upstream_failing_mid_body_cuts_the_compressed_answer(tmp_path, running_raw):
+    """Head and first bytes sent, then a reset: the client sees a cut connection, never a clean end."""
+    def handler(sock):
+        read_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                     + payload(5000))
+        gevent.sleep(0.2)
+        reset(sock)
+    server = RunningServer(make_gateway(tmp_path, running_raw(handler).url))
+    try:
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            requests.get(f"{server.url}/d/json/0", headers={"Accept-Encoding": "gzip"}, timeout=5)
+    finally:
+        server.stop()
+
+
+def test_an_upstream_failing_while_the_threshold_is_read_is_a_502(tmp_path, running_raw):
+    def handler(sock):
+        read_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"64\r\n" + payload(100) + b"\r\n")
+        gevent.sleep(0.2)
+        reset(sock)
+    server = RunningServer(make_gateway(tmp_path, running_raw(handler).url))
+    try:
+        response = requests.get(f"{server.url}/d/json/0", headers={"Accept-Encoding": "gzip"}, timeout=5)
+    finally:
+        server.stop()
+    assert response.status_code == 502
