@@ -152,3 +152,43 @@ def test_gatekeeper_check_refuses_bad_options_with_the_reason(conf_d):
         'bad.yaml:12: middleware "b1@file": buffering.retryExpression: not supported',
     ]:
         assert expected in result.stdout, result.stdout
+
+
+def test_outcomes_are_counted_and_logged_without_credentials(conf_d, wsgi_server, tmp_path):
+    from gatekeeper.ops.echo import named_echo_app
+    from tests.serve_process import Gatekeeper, metric_value, wait_for
+
+    upstream = wsgi_server(named_echo_app("echo"))
+    conf_d("routes.yaml", f"""
+        http:
+          routers:
+            moved: {{rule: "PathPrefix(`/moved`)", service: app, middlewares: [redirect]}}
+            rewrite: {{rule: "PathPrefix(`/rw`)", service: app, middlewares: [rewrite]}}
+            pages: {{rule: "PathPrefix(`/status`)", service: app, middlewares: [pages]}}
+            upload: {{rule: "PathPrefix(`/up`)", service: app, middlewares: [buffer]}}
+          middlewares:
+            redirect: {{redirectRegex: {{regex: '^http://[^/]+/moved/(.*)', replacement: 'https://a/$1'}}}}
+            rewrite: {{replacePathRegex: {{regex: '^/rw/', replacement: '/../'}}}}
+            pages: {{errors: {{status: ['500-599'], service: app, query: '/page/{{status}}'}}}}
+            buffer: {{buffering: {{maxRequestBodyBytes: 10}}}}
+          services:
+            app: {{loadBalancer: {{servers: [{{url: "{upstream.url}"}}]}}}}
+        """)
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--admin", "127.0.0.1:0")
+    try:
+        secret = {"Authorization": "Bearer s3cret-credential", "Cookie": "sid=s3cret-credential"}
+        sent = [requests.get(gk.url + "/moved/x", headers=secret, allow_redirects=False, timeout=5),
+                requests.get(gk.url + "/rw/x", headers=secret, timeout=5),
+                requests.get(gk.url + "/status/503", headers=secret, timeout=5),
+                requests.post(gk.url + "/up", data=b"x" * 100, headers=secret, timeout=5)]
+        assert [r.status_code for r in sent] == [302, 400, 503, 413]
+        expected = {("redirect@file", "redirected"), ("rewrite@file", "bad_rewrite"), ("pages@file", "error_page"),
+                    ("buffer@file", "body_too_large")}
+        for middleware, outcome in expected:
+            assert wait_for(lambda m=middleware, o=outcome: metric_value(
+                gk.metrics(), "gatekeeper_middleware_outcomes_total", middleware=m, outcome=o) == 1), (middleware,
+                                                                                                       outcome)
+        assert wait_for(lambda: len(gk.access_lines()) >= 4)
+        assert "s3cret" not in gk.log() and all("s3cret" not in r.text for r in sent)
+    finally:
+        gk.stop()
