@@ -319,9 +319,11 @@ def test_an_upstream_failing_while_the_threshold_is_read_is_a_502(tmp_path, runn
                      b"64\r\n" + payload(100) + b"\r\n")
         gevent.sleep(0.2)
         reset(sock)
-    server = RunningServer(make_gateway(tmp_path, running_raw(handler).url))
+    exchanges: List[Exchange] = []
+    server = RunningServer(observe(make_gateway(tmp_path, running_raw(handler).url), finish=exchanges.append))
     try:
         response = requests.get(f"{server.url}/d/json/0", headers={"Accept-Encoding": "gzip"}, timeout=5)
     finally:
         server.stop()
-    assert response.status_code == 502
+    assert response.status_code == 502 and "Content-Encoding" not in response.headers
+    assert [e.status for e in exchanges] == [502]  # the access log says what the client got

@@ -18,10 +18,10 @@ from __future__ import annotations
 import zlib
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple
 
-from gatekeeper.errors import ConfigError
+from gatekeeper.errors import ConfigError, UpstreamAborted
 from gatekeeper.middlewares.base import Context, Wrapper
 from gatekeeper.options import pick, want_int, want_str, want_str_list
-from gatekeeper.wsgi import UPGRADE, Environ, Headers, StartResponse, WSGIApp
+from gatekeeper.wsgi import UPGRADE, Environ, Headers, StartResponse, WSGIApp, error_response
 
 try:
     import brotli  # type: ignore[import-untyped]  # Google's binding ships no type hints
@@ -38,6 +38,7 @@ GZIP_LEVEL = 6            # zlib's (and Go's) default: Traefik's gzip writer use
 BROTLI_QUALITY = 4
 BROTLI_WINDOW = 18        # 256 KiB window per stream instead of 4 MiB: memory bounded under many streams
 UNCOMPRESSED_STATUSES = frozenset({"204", "206", "304"})
+ABORTED = error_response(502, "the upstream failed in the middle of the body")
 
 
 class Encoder(Protocol):
@@ -238,7 +239,12 @@ def compress(options: Mapping[str, Any], context: Context) -> Wrapper:
                 return app(environ, start_response)
             environ.pop("HTTP_ACCEPT_ENCODING", None)  # the upstream sends identity; this side encodes
             head = Head(start_response)
-            return answer(head, app(environ, head.start), settings, encoding)
+            try:
+                return answer(head, app(environ, head.start), settings, encoding)
+            except UpstreamAborted:  # while the threshold was read: nothing was sent, a clean 502 still can be
+                if head.writer is not None:
+                    raise
+                return ABORTED(environ, start_response)
         return compressing
     return wrap
 
