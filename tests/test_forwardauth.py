@@ -14,10 +14,10 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 import requests
 
-from gatekeeper.app import Gateway
+from gatekeeper.app import Gateway, edge_stack
 from gatekeeper.middlewares import forwardauth
 from gatekeeper.ops.echo import named_echo_app
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, exchange, status_of
 
 
 class AuthServer:
@@ -143,14 +143,18 @@ def test_a_redirect_goes_to_the_client(gateway, auth_server, preserve, location)
 
 def test_what_the_auth_server_is_sent(gateway, auth_server):
     url = gateway(f"{{address: '{auth_server.url}/bare'}}")
-    assert requests.post(url + "/some/path?q=1", data=b"secret body", headers={"Cookie": "s=1"},
-                         timeout=5).status_code == 200
+    assert requests.post(url + "/some/path?q=1", data=b"secret body",
+                         headers={"Cookie": "s=1", "User-Agent": "client/1"}, timeout=5).status_code == 200
     sent = auth_server.seen[-1]
     assert sent["method"] == "GET" and sent["body"] == b""
     headers = sent["headers"]
     assert headers["x-forwarded-method"] == "POST" and headers["x-forwarded-uri"] == "/some/path?q=1"
     assert headers["x-forwarded-proto"] == "http" and headers["x-forwarded-for"] == "127.0.0.1"
     assert headers["x-forwarded-host"] == url.split("//")[1] and headers["cookie"] == "s=1"
+    assert headers["x-forwarded-port"] == url.rsplit(":", 1)[1] and headers["user-agent"] == "client/1"
+
+    answer = exchange(int(url.rsplit(":", 1)[1]), b"GET /raw HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+    assert status_of(answer) == 200 and "user-agent" not in auth_server.seen[-1]["headers"]  # none of its own
 
     url = gateway(f"{{address: '{auth_server.url}/bare', authRequestHeaders: [X-Keep], preserveRequestMethod: true}}")
     assert requests.post(url + "/p", data=b"body", headers={"X-Keep": "1", "X-Drop": "2", "Cookie": "s=1"},
@@ -219,14 +223,17 @@ def test_tls_to_the_auth_server(gateway, wsgi_server, pki, upstream):
     ("{}", "forwardAuth.address: required"),
     ("{address: 'ftp://auth/'}", "forwardAuth.address: expected an http:// or https:// URL"),
     ("{address: 'http://a/', authResponseHeadersRegex: '(a)\\1'}", "forwardAuth.authResponseHeadersRegex:"),
-    ("{address: 'http://a/', forwardBody: true}", "forwardAuth.forwardBody: not supported"),
-    ("{address: 'http://a/', headerField: X-User}", "forwardAuth.headerField: not supported"),
+    ("{address: 'http://a/', forwardBody: maybe}", "forwardAuth.forwardBody: expected true or false"),
+    ("{address: 'http://a/', maxBodySize: -2}", "forwardAuth.maxBodySize: must be at least -1"),
+    ("{address: 'http://a/', maxResponseBodySize: lots}", "forwardAuth.maxResponseBodySize: expected a whole"),
+    ("{address: 'http://a/', headerField: 'X User'}", "forwardAuth.headerField[0]: 'X User' is not a header"),
     ("{address: 'http://a/', authResponseHeaders: ['X User']}", "forwardAuth.authResponseHeaders[0]: 'X User'"),
     ("{address: 'http://a/', tls: {cert: /nonexistent.pem}}", "forwardAuth.tls.cert: no such file"),
     ("{address: 'http://a/', tls: {ca: '-----BEGIN CERTIFICATE-----'}}", "forwardAuth.tls.ca: give the path"),
     ("{address: 'http://a/', trustForwardHeader: yes}", "forwardAuth.trustForwardHeader: expected true or"),
     ("{address: 'http://a/', adress: x}", 'unknown field "adress"'),
-], ids=["no-address", "bad-scheme", "backreference", "forward-body", "header-field", "bad-header", "missing-cert",
+], ids=["no-address", "bad-scheme", "backreference", "forward-body", "body-size", "answer-size", "header-field",
+        "bad-header", "missing-cert",
         "inline-pem", "bad-bool", "typo"])
 def test_mistakes_are_refused_and_the_router_answers_503(gateway, fwd, error):
     url = gateway(fwd, errors_ok=True)
@@ -254,3 +261,40 @@ def test_gatekeeper_check_names_each_access_mistake(conf_d):
     assert "access.yaml:4:" in out and "'10.0.0.300' is not an IP address or CIDR range" in out
     assert "access.yaml:5:" in out and 'user "alice": the password is not hashed' in out and "hunter2" not in out
     assert "access.yaml:6:" in out and "forwardAuth.address: expected an http:// or https:// URL" in out
+
+
+def chunks(data: bytes) -> Iterator[bytes]:
+    yield data[:5]
+    yield data[5:]
+
+
+@pytest.mark.parametrize("send", [lambda body: body, chunks], ids=["content-length", "chunked"])
+def test_forward_body_sends_the_body_to_both_within_max_body_size(gateway, auth_server, upstream, send):
+    url = gateway(f"{{address: '{auth_server.url}/bare', forwardBody: true, maxBodySize: 20}}")
+    response = requests.post(url + "/x", data=send(b"twenty bytes of it!!"), timeout=5)
+    assert response.status_code == 200 and response.json()["body"] == "twenty bytes of it!!"
+    assert auth_server.seen[-1]["body"] == b"twenty bytes of it!!"
+    refused = requests.post(url + "/x", data=send(b"twenty-one bytes: no!"), timeout=5)
+    assert refused.status_code == 401 and len(upstream.seen) == 1 and len(auth_server.seen) == 1
+
+
+def test_an_answer_over_max_response_body_size_is_401_and_a_401_can_send_to_signin(gateway, auth_server, upstream):
+    url = gateway(f"{{address: '{auth_server.url}/deny', maxResponseBodySize: 10}}")
+    response = requests.get(url + "/x", timeout=5)
+    assert response.status_code == 401 and "go away" not in response.text
+    url = gateway(f"{{address: '{auth_server.url}/deny', authSigninURL: 'https://sso.example/login'}}")
+    response = requests.get(url + "/x", allow_redirects=False, timeout=5)
+    assert response.status_code == 302 and response.headers["Location"] == "https://sso.example/login"
+    assert upstream.seen == []
+
+
+def test_the_access_log_names_the_outcome_and_the_user_from_header_field(gateway, auth_server, wsgi_server):
+    exchanges: List[Any] = []
+    gateway(f"{{address: '{auth_server.url}/ok', headerField: X-Auth-User}}")
+    allowed = wsgi_server(edge_stack(gateway.last, access_log=exchanges.append))
+    assert requests.get(allowed.url + "/x", timeout=5).status_code == 200
+    gateway(f"{{address: '{auth_server.url}/deny'}}")
+    denied = wsgi_server(edge_stack(gateway.last, access_log=exchanges.append))
+    assert requests.get(denied.url + "/x", timeout=5).status_code == 401
+    time.sleep(0.1)
+    assert [(e.user, e.middleware) for e in exchanges] == [("alice", None), (None, ("fwd@file", "auth_denied"))]

@@ -1,18 +1,21 @@
 """Traefik's forwardAuth: an authentication server decides whether a request goes on.
 
-For each request the gateway asks ``address`` (a ``GET`` unless ``preserveRequestMethod``, never a body)
-with the client's headers (hop-by-hop ones dropped; only ``authRequestHeaders`` when that is set) and its
-own ``X-Forwarded-Method``, ``-Proto``, ``-Host``, ``-Uri`` and ``-For``. Those describe the request as the
-gateway received it; the client's own values are used only with ``trustForwardHeader`` (and the entry point
-has already dropped them from a peer that is not a ``--trusted-proxy``).
+For each request the gateway asks ``address`` (a ``GET`` unless ``preserveRequestMethod``; the body only with
+``forwardBody``) with the client's headers (hop-by-hop ones dropped; only ``authRequestHeaders`` when that
+is set) and its own ``X-Forwarded-Method``, ``-Proto``, ``-Host``, ``-Port``, ``-Uri`` and ``-For``
+(forwardauth_request.py). Those describe the request as the gateway received it; the client's own values are
+used only with ``trustForwardHeader`` (and the entry point has already dropped them from a peer that is not
+a ``--trusted-proxy``).
 
 - A 2xx answer lets the request go on, with the ``authResponseHeaders`` (and headers matching
   ``authResponseHeadersRegex``) set from the answer. The client's own copies of those headers are removed
   first, whether the answer has them or not: a client cannot pass ``X-Auth-User: admin`` through.
 - Any other answer is returned to the client as it is (status, headers, body), as Traefik does; a relative
-  ``Location`` is made absolute against ``address`` unless ``preserveLocationHeader``.
-- An auth server that cannot be reached, times out or answers more than :data:`MAX_AUTH_BODY` bytes: 500,
-  and one log line per second at most naming the address (never a header).
+  ``Location`` is made absolute against ``address`` unless ``preserveLocationHeader``; a 401 becomes a 302 to
+  ``authSigninURL`` when that is set.
+- A body over ``maxBodySize`` or an answer over ``maxResponseBodySize``: 401, as Traefik. An auth server that
+  cannot be reached or times out: 500, and one log line per second at most naming the address (never a
+  header).
 """
 from __future__ import annotations
 
@@ -23,72 +26,127 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import requests.adapters
+from urllib3.util import SKIP_HEADER
 
 from gatekeeper.errors import ConfigError
 from gatekeeper.expr.regexps import RegexpError, compile_search
 from gatekeeper.middlewares.base import Context, Wrapper, mark, refusal
-from gatekeeper.middlewares.forwardauth_request import Settings, auth_headers, read_tls
-from gatekeeper.options import HEADER_NAME, pick, want_bool, want_str, want_str_list
+from gatekeeper.middlewares.forwardauth_request import Settings, auth_headers, read_body, read_tls
+from gatekeeper.options import HEADER_NAME, pick, want_bool, want_int, want_str, want_str_list
 from gatekeeper.proxy.failures import FailureLogThrottle
 from gatekeeper.proxy.rewrite import response_headers
-from gatekeeper.wsgi import Environ, Headers, StartResponse, WSGIApp, environ_key
+from gatekeeper.wsgi import USER, Environ, Headers, StartResponse, WSGIApp, environ_key
 
 log = logging.getLogger("gatekeeper.middlewares")
 
 OPTIONS = ("address", "trustForwardHeader", "authResponseHeaders", "authResponseHeadersRegex",
            "authRequestHeaders", "tls", "addAuthCookiesToResponse", "forwardBody", "maxBodySize",
-           "preserveLocationHeader", "preserveRequestMethod", "headerField")
-REFUSED = {
-    "forwardBody": "not supported by gatekeeper (the auth server gets no body)",
-    "maxBodySize": "not supported by gatekeeper (the auth server gets no body)",
-    "headerField": "not supported by gatekeeper (copy the user's header with authResponseHeaders)",
-}
+           "maxResponseBodySize", "preserveLocationHeader", "preserveRequestMethod", "headerField", "authSigninURL")
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0   # Traefik's client gives the whole exchange 30 s
-MAX_AUTH_BODY = 1 << 20
+MAX_ANSWER_BYTES = 1 << 20   # maxResponseBodySize unset or -1: an auth answer is small; never unbounded here
+MAX_BODY_BYTES = 16 << 20    # maxBodySize unset or -1: the request body is held in memory, so bounded anyway
 FAILURES = FailureLogThrottle()
+
+
+class AnswerTooLarge(Exception):
+    """The auth server's answer is longer than ``maxResponseBodySize``: 401, as Traefik."""
 
 
 def forward_auth(options: Mapping[str, Any], context: Context) -> Wrapper:
     """Traefik's forwardAuth (see the module's docstring); ConfigError naming the option."""
     fields = pick(options, OPTIONS, "forwardAuth")
-    for name, why in REFUSED.items():
-        if name in fields and fields[name] not in (False, None, "false", -1, "-1"):
-            raise ConfigError(f"forwardAuth.{name}: {why}")
     settings = Settings(
         address=read_address(fields.get("address")),
         trust=want_bool(fields.get("trustForwardHeader", False), "forwardAuth.trustForwardHeader"),
         request_headers=tuple(header_names(fields.get("authRequestHeaders"), "authRequestHeaders")),
-        preserve_method=want_bool(fields.get("preserveRequestMethod", False), "forwardAuth.preserveRequestMethod"))
-    copied = tuple(header_names(fields.get("authResponseHeaders"), "authResponseHeaders"))
-    matches = read_regex(fields.get("authResponseHeadersRegex"))
-    cookies = frozenset(header_names(fields.get("addAuthCookiesToResponse"), "addAuthCookiesToResponse"))
-    preserve_location = want_bool(fields.get("preserveLocationHeader", False), "forwardAuth.preserveLocationHeader")
+        preserve_method=want_bool(fields.get("preserveRequestMethod", False), "forwardAuth.preserveRequestMethod"),
+        forward_body=want_bool(fields.get("forwardBody", False), "forwardAuth.forwardBody"),
+        max_body=byte_limit(fields.get("maxBodySize"), "maxBodySize", MAX_BODY_BYTES))
     verify, cert = read_tls(fields.get("tls"), context)
-    session = make_session(verify, cert)
-    failed = refusal(500, "", context.name, "auth_error")
-    shown = display_address(settings.address)
+    return ForwardAuth(
+        context.name, settings, make_session(verify, cert),
+        copied=tuple(header_names(fields.get("authResponseHeaders"), "authResponseHeaders")),
+        matches=read_regex(fields.get("authResponseHeadersRegex")),
+        cookies=frozenset(header_names(fields.get("addAuthCookiesToResponse"), "addAuthCookiesToResponse")),
+        preserve_location=want_bool(fields.get("preserveLocationHeader", False), "forwardAuth.preserveLocationHeader"),
+        max_answer=byte_limit(fields.get("maxResponseBodySize"), "maxResponseBodySize", MAX_ANSWER_BYTES),
+        user_header=header_names(fields.get("headerField"), "headerField")[:1],
+        signin=read_signin(fields.get("authSigninURL"))).wrap
 
-    def wrap(app: WSGIApp) -> WSGIApp:
+
+class ForwardAuth:
+    """The middleware itself, one per definition: asks the auth server, then lets the request on or answers."""
+
+    def __init__(self, name: str, settings: Settings, session: requests.Session, *, copied: Tuple[str, ...],
+                 matches: Optional[Callable[[str], bool]], cookies: FrozenSet[str], preserve_location: bool,
+                 max_answer: int, user_header: List[str], signin: Optional[str]) -> None:
+        self.name, self.settings, self.session = name, settings, session
+        self.copied, self.matches, self.cookies = copied, matches, cookies
+        self.preserve_location, self.max_answer, self.signin = preserve_location, max_answer, signin
+        self.user_header = user_header[0].lower() if user_header else None
+        self.failed = refusal(500, "", name, "auth_error")
+        self.unauthorized = refusal(401, "", name, "unauthorized")
+        self.shown = display_address(settings.address)
+
+    def wrap(self, app: WSGIApp) -> WSGIApp:
         def forward_auth(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-            try:
-                status, headers, body = ask(session, settings, environ)
-            except (requests.RequestException, OSError, ValueError) as exc:
-                hidden = FAILURES.admit(shown)
-                if hidden is not None:
-                    log.warning("forwardAuth %s: auth server %s failed: %s%s", context.name, shown,
-                                type(exc).__name__, f" ({hidden} more not logged)" if hidden else "")
-                return failed(environ, start_response)
-            if not 200 <= status < 300:
-                mark(environ, context.name, "auth_denied")
-                return denied(start_response, status, answer_headers(headers, settings.address, preserve_location),
-                              body)
-            set_auth_headers(environ, headers, copied, matches)
-            if not cookies:
-                return app(environ, start_response)
-            return app(environ, with_cookies(start_response, auth_cookies(headers, cookies), cookies))
+            return self.handle(environ, start_response, app)
         return forward_auth
-    return wrap
+
+    def handle(self, environ: Environ, start_response: StartResponse, app: WSGIApp) -> Iterable[bytes]:
+        body = None
+        if self.settings.forward_body:
+            body = read_body(environ, self.settings.max_body)
+            if body is None:  # larger than maxBodySize: 401, as Traefik
+                return self.unauthorized(environ, start_response)
+        try:
+            status, headers, answer = ask(self.session, self.settings, environ, body, self.max_answer)
+        except AnswerTooLarge:
+            return self.unauthorized(environ, start_response)
+        except (requests.RequestException, OSError, ValueError) as exc:
+            self.log_failure(exc)
+            return self.failed(environ, start_response)
+        if self.user_header:
+            user = next((v for n, v in headers if n.lower() == self.user_header), None)
+            if user:
+                environ[USER] = user
+        if not 200 <= status < 300:
+            mark(environ, self.name, "auth_denied")
+            if status == 401 and self.signin:
+                return denied(start_response, 302, [("Location", self.signin)], b"")
+            return denied(start_response, status, answer_headers(headers, self.settings.address,
+                                                                 self.preserve_location), answer)
+        set_auth_headers(environ, headers, self.copied, self.matches)
+        if not self.cookies:
+            return app(environ, start_response)
+        return app(environ, with_cookies(start_response, auth_cookies(headers, self.cookies), self.cookies))
+
+    def log_failure(self, exc: BaseException) -> None:
+        """One line a second at most per auth server: its address (no credentials, no query) and the error's
+        kind (its text may quote a URL)."""
+        hidden = FAILURES.admit(self.shown)
+        if hidden is not None:
+            log.warning("forwardAuth %s: auth server %s failed: %s%s", self.name, self.shown, type(exc).__name__,
+                        f" ({hidden} more not logged)" if hidden else "")
+
+
+def byte_limit(value: Any, option: str, default: int) -> int:
+    """``maxBodySize`` / ``maxResponseBodySize``: bytes, ``-1`` (or unset) for gatekeeper's own bound."""
+    if value is None:
+        return default
+    limit = want_int(value, f"forwardAuth.{option}", minimum=-1)
+    return default if limit < 0 else limit
+
+
+def read_signin(value: Any) -> Optional[str]:
+    """``authSigninURL``: where a 401 of the auth server sends the client instead (a 302)."""
+    if not value:
+        return None
+    url = want_str(value, "forwardAuth.authSigninURL").strip()
+    if any(c in url for c in "\r\n\0"):
+        raise ConfigError("forwardAuth.authSigninURL: must not hold a line break")
+    return url
 
 
 def read_address(value: Any) -> str:
@@ -135,6 +193,7 @@ def make_session(verify: Any, cert: Optional[Tuple[str, str]]) -> requests.Sessi
     """One session per middleware: connections to the auth server are reused; no proxy from the
     environment, no ``.netrc`` (trust_env off), redirects never followed."""
     session = requests.Session()
+    session.headers.clear()  # no python-requests User-Agent: only the client's headers (as Traefik)
     session.trust_env = False
     session.verify = verify
     if cert is not None:
@@ -145,16 +204,19 @@ def make_session(verify: Any, cert: Optional[Tuple[str, str]]) -> requests.Sessi
     return session
 
 
-def ask(session: requests.Session, settings: Settings, environ: Environ) -> Tuple[int, Headers, bytes]:
-    """The auth server's answer: status, headers (repeats kept) and body (at most MAX_AUTH_BODY bytes)."""
+def ask(session: requests.Session, settings: Settings, environ: Environ, body: Optional[bytes],
+        max_answer: int) -> Tuple[int, Headers, bytes]:
+    """The auth server's answer: status, headers (repeats kept) and body (at most ``max_answer`` bytes, else
+    :class:`AnswerTooLarge`)."""
     method = environ.get("REQUEST_METHOD", "GET") if settings.preserve_method else "GET"
-    with session.request(method, settings.address, headers=auth_headers(environ, settings),
+    headers = auth_headers(environ, settings)
+    headers.setdefault("User-Agent", SKIP_HEADER)  # none of urllib3's own when the client sent none (Traefik)
+    with session.request(method, settings.address, headers=headers, data=body,
                          allow_redirects=False, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)) as answer:
-        body = answer.raw.read(MAX_AUTH_BODY + 1, decode_content=True)
-        if len(body) > MAX_AUTH_BODY:
-            raise ValueError(f"the auth server's answer is larger than {MAX_AUTH_BODY} bytes")
-        headers = [(str(k), str(v)) for k, v in answer.raw.headers.items()]
-        return answer.status_code, headers, body
+        data = answer.raw.read(max_answer + 1, decode_content=True)
+        if len(data) > max_answer:
+            raise AnswerTooLarge()
+        return answer.status_code, [(str(k), str(v)) for k, v in answer.raw.headers.items()], data
 
 
 def answer_headers(headers: Headers, address: str, preserve_location: bool) -> Headers:
