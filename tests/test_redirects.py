@@ -3,6 +3,7 @@ sees it (entry scheme, X-Forwarded-Proto from a trusted proxy only, the Host hea
 carries CR/LF, and ``gatekeeper check`` refusing bad options of this wing's middlewares."""
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -67,6 +68,27 @@ def test_redirect_scheme(serve, options, method, host, status, location):
 def test_x_forwarded_proto_counts_only_from_a_trusted_proxy(serve, trusted, status):
     url = serve("redirect: {redirectScheme: {scheme: https}}", trusted=trusted)
     assert send(url, Host="foo", **{"X-Forwarded-Proto": "https"}).status_code == status
+
+
+@pytest.mark.parametrize("target, status", [("https", 200), ("http", 302)])
+def test_a_tls_entry_point_is_https(conf_d, wsgi_server, echo_upstream, tls_files, target, status):
+    ca, cert, key = tls_files
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    conf_d("routes.yaml", f"""
+        http:
+          routers:
+            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [redirect]}}
+          middlewares:
+            redirect: {{redirectScheme: {{scheme: {target}}}}}
+          services:
+            app: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
+        """)
+    server = wsgi_server(Gateway(conf_d.root), ssl_context=context)
+    response = requests.get(f"https://127.0.0.1:{server.port}/x", headers={"Host": "foo"}, verify=str(ca),
+                            allow_redirects=False, timeout=5)
+    assert response.status_code == status
+    assert response.headers.get("Location") == (None if status == 200 else "http://foo/x")
 
 
 def test_the_location_host_is_the_host_header_never_x_forwarded_host(serve):
