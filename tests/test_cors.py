@@ -33,6 +33,7 @@ http:
     j: {{rule: "PathPrefix(`/j/`)", service: app, middlewares: [cors, auth]}}
     h: {{rule: "PathPrefix(`/h/`)", service: app, middlewares: [secure]}}
     f: {{rule: "PathPrefix(`/f/`)", service: app, middlewares: [forcedsts]}}
+    n: {{rule: "PathPrefix(`/n/`)", service: app, middlewares: [nocors]}}
   middlewares:
     cors:
       headers:
@@ -44,6 +45,7 @@ http:
         accessControlMaxAge: 600
         accessControlAllowCredentials: true
         addVaryHeader: true
+    nocors: {{headers: {{accessControlAllowCredentials: false, accessControlAllowOriginList: [], frameDeny: true}}}}
     anyorigin: {{headers: {{accessControlAllowOriginList: ["*"], accessControlAllowMethods: [GET]}}}}
     auth: {{plugin: {{jwt: {{signingSecret: "{SECRET}"}}}}}}
     secure:
@@ -102,6 +104,13 @@ def test_preflight_for_a_refused_origin_allows_nothing(gateway, origin):
 def test_options_without_origin_goes_to_the_service(gateway):
     response = preflight(f"{gateway}/c/data", None)
     assert response.status_code == 200 and response.json()["method"] == "OPTIONS"  # the echo answered
+
+
+def test_cors_options_without_a_value_answer_no_preflight(gateway):
+    response = preflight(f"{gateway}/n/data", APP)
+    assert response.status_code == 200 and response.json()["method"] == "OPTIONS"  # the echo answered
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "Access-Control-Allow-Origin" not in response.headers
 
 
 @pytest.mark.parametrize("origin, allowed", [(APP, APP), ("https://evil.example", None), (None, None)],

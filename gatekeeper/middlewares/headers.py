@@ -67,7 +67,6 @@ class Cors:
     """The CORS options, decided once: which origins are allowed and the headers each answer gets."""
 
     def __init__(self, fields: Mapping[str, Any]) -> None:
-        self.enabled = any(name in fields for name in CORS if name != "addVaryHeader")
         self.credentials = want_bool(fields.get("accessControlAllowCredentials", False),
                                      "headers.accessControlAllowCredentials")
         self.origins = want_str_list(fields.get("accessControlAllowOriginList", []),
@@ -87,6 +86,9 @@ class Cors:
         expose = header_names(fields.get("accessControlExposeHeaders", []), "headers.accessControlExposeHeaders")
         max_age = want_int(fields.get("accessControlMaxAge", 0), "headers.accessControlMaxAge", minimum=0)
         self.vary = want_bool(fields.get("addVaryHeader", False), "headers.addVaryHeader")
+        # Traefik's hasCorsHeaders: a CORS option given a value (false, empty and 0 are no value)
+        self.enabled = bool(self.credentials or self.origins or self.patterns or allow_headers or methods
+                            or expose or max_age or self.vary)
         self.preflight_headers: Headers = [("Access-Control-Allow-Credentials", "true")] if self.credentials else []
         if allow_headers:
             self.preflight_headers.append(("Access-Control-Allow-Headers", ",".join(allow_headers)))
