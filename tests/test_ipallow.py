@@ -9,9 +9,9 @@ from typing import Callable, Iterator, List, Sequence
 import pytest
 import requests
 
-from gatekeeper.app import Gateway
+from gatekeeper.app import Gateway, edge_stack
 from gatekeeper.jwt.mint import mint
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, wait_until
 
 SECRET = "ipallow-secret-0123456789abcdef0123"
 
@@ -38,6 +38,7 @@ def gateway(tmp_path: Path, echo_upstream) -> Iterator[Callable[..., str]]:
         gw = Gateway(root, trusted_proxies=trusted)
         assert not gw.config.errors, [str(e) for e in gw.config.errors]
         started.append(RunningServer(gw))
+        start.last = gw  # type: ignore[attr-defined]
         return started[-1].url
     yield start
     for server in started:
@@ -50,7 +51,9 @@ def gateway(tmp_path: Path, echo_upstream) -> Iterator[Callable[..., str]]:
     ("{sourceRange: [10.0.0.0/8]}", 403),
     ("{sourceRange: ['::1']}", 403),
     ("{sourceRange: [10.0.0.0/8], rejectStatusCode: 404}", 404),
-], ids=["single-ip", "range", "outside", "ipv6-only", "reject-status"])
+    ("{sourceRange: '10.0.0.0/8, 127.0.0.1'}", 200),
+    ("{sourceRange: '10.0.0.0/8, 127.0.0.2'}", 403),
+], ids=["single-ip", "range", "outside", "ipv6-only", "reject-status", "one-string-in", "one-string-out"])
 def test_the_peer_address_decides(gateway, allow, status):
     url = gateway(allow)
     response = requests.get(url + "/x", timeout=5)
@@ -108,10 +111,12 @@ def test_a_denied_address_is_refused_before_its_token_is_looked_at(gateway):
     ("{sourceRange: [10.0.0.300]}", "ipAllowList.sourceRange[0]: '10.0.0.300' is not an IP address or CIDR"),
     ("{sourceRange: [10.0.0.0/8], rejectStatusCode: 999}", "rejectStatusCode: 999 is not an HTTP status"),
     ("{sourceRange: [10.0.0.0/8], rejectStatusCode: 100}", "rejectStatusCode: 100 is not an HTTP status"),
+    ("{sourceRange: [10.0.0.0/8], rejectStatusCode: 204}", "rejectStatusCode: 204 carries no body"),
     ("{sourceRange: [10.0.0.0/8], ipStrategy: {depth: -1}}", "ipAllowList.ipStrategy.depth: must be at least 0"),
     ("{sourceRange: [10.0.0.0/8], ipStrategy: {ipv6Subnet: 129}}", "ipv6Subnet: must be between 0 and 128"),
     ("{sourceRange: [10.0.0.0/8], sourcerange2: x}", 'unknown field "sourcerange2"'),
-], ids=["missing", "empty", "bad-address", "bad-status", "interim-status", "negative-depth", "subnet", "typo"])
+], ids=["missing", "empty", "bad-address", "bad-status", "interim-status", "no-body-status", "negative-depth",
+        "subnet", "typo"])
 def test_mistakes_are_refused_and_the_router_answers_503(tmp_path, allow, error):
     root = tmp_path / "conf.d"
     root.mkdir()
@@ -132,3 +137,12 @@ def test_mistakes_are_refused_and_the_router_answers_503(tmp_path, allow, error)
         assert requests.get(server.url + "/x", timeout=5).status_code == 503
     finally:
         server.stop()
+
+
+def test_the_access_log_counts_the_refusal(gateway, wsgi_server):
+    exchanges: List = []
+    gateway("{sourceRange: [10.0.0.0/8]}")
+    server = wsgi_server(edge_stack(gateway.last, access_log=exchanges.append))
+    assert requests.get(server.url + "/x", timeout=5).status_code == 403
+    assert wait_until(lambda: len(exchanges) == 1)
+    assert exchanges[0].middleware == ("allow@file", "ip_denied") and exchanges[0].upstream is None

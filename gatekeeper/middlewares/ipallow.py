@@ -33,7 +33,10 @@ def ip_allow_list(options: Mapping[str, Any], context: Context) -> Wrapper:
     fields = pick(options, OPTIONS, "ipAllowList")
     if not fields.get("sourceRange"):
         raise ConfigError("ipAllowList.sourceRange: at least one IP address or CIDR range is required")
-    networks = tuple(parse_ranges(fields["sourceRange"], "ipAllowList.sourceRange"))
+    ranges = fields["sourceRange"]
+    if isinstance(ranges, str):  # "10.0.0.0/8, 192.168.1.7": one string, as Traefik's labels write the list
+        ranges = [part for part in ranges.split(",") if part.strip()]
+    networks = tuple(parse_ranges(ranges, "ipAllowList.sourceRange"))
     strategy = IPStrategy.from_options(fields.get("ipStrategy"), "ipAllowList.ipStrategy")
     status = reject_status(fields.get("rejectStatusCode", 403))
     refuse = refusal(status, "", context.name, OUTCOME)
@@ -49,8 +52,8 @@ def ip_allow_list(options: Mapping[str, Any], context: Context) -> Wrapper:
 
 
 def reject_status(value: Any) -> int:
-    """``rejectStatusCode``: an HTTP status from 200 to 599 that has a name (Traefik refuses an unknown code).
-    1xx is refused: an interim answer is not an answer.
+    """``rejectStatusCode``: an HTTP status from 200 to 599 that has a name and may carry the short body a
+    refusal has (1xx is not an answer; 204, 205 and 304 have no body).
 
     >>> reject_status("404")
     404
@@ -61,4 +64,6 @@ def reject_status(value: Any) -> int:
     code = want_int(value, "ipAllowList.rejectStatusCode")
     if not 200 <= code <= 599 or code not in {status.value for status in HTTPStatus}:
         raise ConfigError(f"ipAllowList.rejectStatusCode: {code} is not an HTTP status code from 200 to 599")
+    if code in (204, 205, 304):
+        raise ConfigError(f"ipAllowList.rejectStatusCode: {code} carries no body; choose another status")
     return code
