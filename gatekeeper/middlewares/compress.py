@@ -268,15 +268,16 @@ def answer(head: Head, result: Iterable[bytes], settings: Settings, encoding: st
             first = [next(pieces, b"")]
         if not settings.wants(head):
             head.send(head.headers)
-            return Body(first, pieces, result, None)
+            return Body(first, pieces, result, None) if first else result
         length = head.header("content-length")
         if length is not None and length.strip().isdigit():
-            big = int(length) >= settings.min_bytes
-        else:
-            big = fill(first, pieces, settings.min_bytes)
-        if not big:
+            if int(length) < settings.min_bytes:
+                head.send(head.headers)
+                return Body(first, pieces, result, None) if first else result
+        elif not fill(first, pieces, settings.min_bytes):  # the whole body is read, and it is small
+            close(result)
             head.send(head.headers)
-            return Body(first, pieces, result, None)
+            return first
         if isinstance(result, list):  # the whole body is here: one compressed piece, with its length
             data = ENCODERS[encoding]().finish(b"".join(result))
             head.send(compressed_headers(head.headers, encoding, len(data)))
