@@ -269,3 +269,42 @@ def test_a_wrong_kubernetes_secret_is_refused(tmp_path, echo_upstream, secret, e
     errors = [str(e) for e in gw.config.errors]
     assert any(error in e and "kube.yaml" in e for e in errors), errors
     assert not any("pw1" in e for e in errors)
+
+
+@pytest.mark.slow
+def test_bcrypt_checks_in_every_worker_of_workers_2(conf_d, echo_upstream, tmp_path):
+    """The bcrypt thread pool is made per process, after the fork: both workers check passwords, and neither
+    the password nor the hash reaches the log."""
+    import re
+
+    from serve_process import Gatekeeper, lb_manifest, wait_for
+
+    line = bcrypt_line("alice", "w0rker-pw")
+    conf_d("api.yaml", lb_manifest('a: {rule: "PathPrefix(`/`)", service: s, middlewares: [basic]}',
+                                   echo_upstream.url, f"middlewares:\n  basic: {{basicAuth: {{users: ['{line}']}}}}"))
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--workers", "2")
+    try:
+        pids: set = set()
+
+        def both_workers_checked() -> bool:
+            for password, status in (("w0rker-pw", 200), ("wrong-pw", 401)):
+                assert requests.get(gk.url + "/x", headers={**auth("alice", password), "Connection": "close"},
+                                    timeout=5).status_code == status
+            pids.update(re.findall(r"pid=(\d+)", "\n".join(gk.access_lines())))
+            return len(pids) >= 2
+        assert wait_for(both_workers_checked, timeout=20)
+    finally:
+        assert gk.stop() == 0
+    assert "w0rker-pw" not in gk.log() and line.split(":", 1)[1] not in gk.log() and "user=alice" in gk.log()
+
+
+def test_the_access_log_names_the_user_or_the_refusal(gateway, wsgi_server):
+    from gatekeeper.app import edge_stack
+
+    exchanges: List = []
+    gw = gateway(f"{{users: ['{sha_line('alice', 'pw1')}']}}")
+    server = wsgi_server(edge_stack(gw, access_log=exchanges.append))
+    assert requests.get(server.url + "/x", headers=auth("alice", "pw1"), timeout=5).status_code == 200
+    assert requests.get(server.url + "/x", headers=auth("alice", "pw2"), timeout=5).status_code == 401
+    assert wait_until(lambda: len(exchanges) == 2)
+    assert [(e.user, e.middleware) for e in exchanges] == [("alice", None), (None, ("basic@file", "unauthorized"))]
