@@ -298,3 +298,18 @@ def test_the_access_log_names_the_outcome_and_the_user_from_header_field(gateway
     assert requests.get(denied.url + "/x", timeout=5).status_code == 401
     time.sleep(0.1)
     assert [(e.user, e.middleware) for e in exchanges] == [("alice", None), (None, ("fwd@file", "auth_denied"))]
+
+
+def test_a_slow_auth_server_stalls_no_other_request(gateway, auth_server):
+    """The auth request waits in its own greenlet: the event loop (shared by every gateway in this process)
+    keeps answering others meanwhile."""
+    import gevent
+
+    slow = gateway(f"{{address: '{auth_server.url}/slow'}}")
+    fast = gateway(f"{{address: '{auth_server.url}/bare'}}")
+    waiting = gevent.spawn(requests.get, slow + "/x", timeout=10)
+    gevent.sleep(0.1)
+    started = time.monotonic()
+    assert requests.get(fast + "/x", timeout=5).status_code == 200
+    assert time.monotonic() - started < 0.5 and not waiting.ready()
+    assert waiting.get(timeout=10).status_code == 200
