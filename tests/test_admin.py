@@ -1,6 +1,9 @@
 """The admin listener of a real ``gatekeeper serve``: health, readiness, metrics after traffic, /config."""
 import json
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import requests
@@ -57,7 +60,7 @@ def test_health_ready_and_unknown_paths(gateway):
     assert health.status_code == 200 and health.json()["pid"] == gateway.proc.pid
     ready = requests.get(gateway.admin + "/readyz", timeout=5)
     assert ready.status_code == 200 and ready.json() == {"ready": True, "pid": gateway.proc.pid,
-                                                          "generation": 1, "routers": 2}
+                                                          "generation": 1, "routers": 2, "stale": []}
     assert requests.get(gateway.admin + "/nope", timeout=5).status_code == 404
     assert requests.post(gateway.admin + "/healthz", timeout=5).status_code == 405
     # The admin endpoints are not on the traffic port.
@@ -202,5 +205,93 @@ def test_admin_host_argument_reaches_the_listener(conf_d, tmp_path):
     try:
         assert admin_status(gk.admin, "/healthz", "gk-admin.internal:9901") == 200
         assert admin_status(gk.admin, "/healthz", "attacker.example") == 421
+    finally:
+        assert gk.stop() == 0
+
+
+# --- Werkzeug routes -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, path, status, expected", [
+    ("GET", "/", 302, {"Location": "/dashboard/"}),
+    ("HEAD", "/", 302, {"Location": "/dashboard/"}),
+    ("GET", "/dashboard", 308, {"Location": "/dashboard/"}),
+    ("HEAD", "/readyz", 200, {"Content-Type": "application/json"}),
+    ("POST", "/config", 405, {"Allow": "GET, HEAD"}),
+    ("DELETE", "/", 405, {"Allow": "GET, HEAD"}),
+    ("PUT", "/dashboard/", 405, {"Allow": "GET, HEAD"}),
+    ("GET", "/healthz/", 200, {"Content-Type": "application/json"}),
+    ("GET", "/config/x", 404, {"Content-Type": "application/json"}),
+    ("GET", "/%2e%2e/config", 404, {"Content-Type": "application/json"}),
+], ids=["root-redirects", "root-head", "dashboard-slash", "head", "post-405", "delete-root-405",
+        "put-dashboard-405", "trailing-slash-tolerated", "below-endpoint-404", "dot-dot-404"])
+def test_werkzeug_routes(admin_with_names, method, path, status, expected):
+    response = requests.request(method, admin_with_names.url + path, allow_redirects=False, timeout=5)
+    assert response.status_code == status
+    for name, value in expected.items():
+        assert response.headers[name].endswith(value) if name == "Location" else response.headers[name] == value
+    if status in (404, 405) and method != "HEAD":
+        body = response.json()
+        assert body["error"] and (status != 404 or body["endpoints"][0] == "/healthz")
+
+
+TYPO = "signingSecrt"
+
+
+def test_a_live_typo_is_stale_in_readyz_config_and_metrics(gateway, conf_d):
+    """A live edit in error: the last good version serves (200), and /readyz, /config and the gauge say so."""
+    good = mint({"sub": "alice"}, secret=SECRET)
+    edited = (conf_d.root / "api.yaml").read_text().replace("signingSecret", TYPO)
+    (conf_d.root / "api.yaml").write_text(edited)
+    before = time.time()
+    assert wait_for(lambda: requests.get(gateway.admin + "/readyz", timeout=5).json()["generation"] == 2)
+    ready = requests.get(gateway.admin + "/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    [stale] = ready.json()["stale"]
+    assert (stale["kind"], stale["name"]) == ("middleware", "jwt@file") and TYPO in stale["error"]
+    assert before - 1 <= stale["since"] <= time.time()
+    assert send(gateway, "/locked", good) == 200 and send(gateway, "/locked") == 401   # still guarded
+    doc = requests.get(gateway.admin + "/config", timeout=5).json()
+    assert doc["middlewares"]["jwt@file"]["state"] == "stale" and TYPO in doc["middlewares"]["jwt@file"]["error"]
+    assert doc["stale"] == [stale]
+    text = gateway.metrics()
+    assert metric_value(text, "gatekeeper_config_stale_objects", kind="middleware") == 1
+    assert metric_value(text, "gatekeeper_config_stale_objects", kind="router") == 0
+    for body in (ready.text, text, json.dumps(doc)):
+        assert SECRET not in body
+    # the same files in a fresh process: that router answers 503, and check says so per router
+    checked = subprocess.run([sys.executable, "-m", "gatekeeper", "check", str(conf_d.root)], capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 1
+    assert ('router "locked@file" (api.yaml:4): a fresh process answers 503: middleware "jwt@file" is in error'
+            in checked.stdout), checked.stdout
+    assert "would not serve 1 router(s):" in checked.stdout and SECRET not in checked.stdout
+
+
+def test_strict_refuses_to_start_with_errors(conf_d, tmp_path, echo_upstream):
+    conf_d("api.yaml", lb_manifest("""
+        locked: {rule: "PathPrefix(`/locked`)", service: s, middlewares: [jwt]}
+        bad: {rule: "Path(`/x`", service: s}
+    """, echo_upstream.url, jwt_middleware(SECRET).replace("signingSecret", TYPO)))
+    done = subprocess.run([sys.executable, "-m", "gatekeeper", "serve", "--strict", "--conf-d", str(conf_d.root),
+                           "--listen", "127.0.0.1:0", "--log-level", "error"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1] == "gatekeeper: --strict: 3 configuration error(s); not starting"
+    errors = lines[-4:-1]
+    assert any('middleware "jwt@file": unknown option "signingSecrt"' in line for line in errors)
+    assert any('router "bad@file": rule:' in line for line in errors)
+    assert any('router "locked@file": answers 503' in line for line in errors)
+    assert SECRET not in done.stderr
+
+
+def test_strict_keeps_the_last_good_version_on_a_live_edit(conf_d, tmp_path, echo_upstream):
+    conf_d("api.yaml", lb_manifest('locked: {rule: "PathPrefix(`/locked`)", service: s, middlewares: [jwt]}',
+                                   echo_upstream.url, jwt_middleware(SECRET)))
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--admin", "127.0.0.1:0", "--strict")
+    try:
+        (conf_d.root / "api.yaml").write_text((conf_d.root / "api.yaml").read_text().replace("signingSecret", TYPO))
+        assert wait_for(lambda: requests.get(gk.admin + "/readyz", timeout=5).json()["stale"] != [])
+        assert send(gk, "/locked", mint({"sub": "a"}, secret=SECRET)) == 200 and send(gk, "/locked") == 401
     finally:
         assert gk.stop() == 0

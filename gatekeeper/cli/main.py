@@ -140,6 +140,9 @@ def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--trusted-proxy", action="append", default=list(d.trusted_proxy), type=network,
                        metavar="CIDR", help="keep forwarding headers (X-Forwarded-*, X-Real-Ip, Forwarded) from "
                                             "these peers (repeatable); from others they are removed")
+    serve.add_argument("--strict", action="store_true", default=None,
+                       help="refuse to start (exit 1, one line per error) when conf.d has errors; a live edit "
+                            "in error still keeps the last good version")
     serve.add_argument("--server", choices=SERVERS, default=d.server,
                        help=f"HTTP server: fast (StreamServer + httptools' llhttp) or pywsgi (gevent's); "
                             f"default {d.server}")
@@ -259,6 +262,11 @@ def run_check(args: argparse.Namespace) -> int:
     config = compile_config(snapshot, options=CompileOptions(kubernetes=kube))
     for err in config.errors:
         print(str(err))
+    from gatekeeper.ops.sampler import fresh_start_lines
+    consequences = fresh_start_lines(config)
+    if consequences:  # a running gateway may serve last good versions (stale, see /readyz); a new one cannot
+        print(f"a fresh process (restart, new replica) on these files would not serve {len(consequences)} "
+              f"router(s):", *consequences, sep="\n  ")
     files = len(snapshot.files)
     status = "ok" if not config.errors else f"{len(config.errors)} problem(s)"
     print(f"{args.conf_d}: {files} file(s), {len(config.routers)} router(s), {len(config.middlewares)} "

@@ -60,6 +60,7 @@ class Settings:
     idle_timeout: float = ServerLimits.idle_timeout
     upstream_connect_timeout: float = ProxyLimits.connect_timeout
     upstream_timeout: float = ProxyLimits.response_timeout
+    strict: bool = False                    # --strict: refuse to start on a conf.d with errors
     allow_cross_namespace: bool = False     # Traefik's kubernetescrd allowCrossNamespace
     ingress_class: str = ""                 # Traefik's Ingress provider ingressClass
 
@@ -304,6 +305,11 @@ def run(settings: Settings) -> int:
     except OSError as exc:
         listeners.close()
         print(f"gatekeeper: cannot read conf.d {settings.conf_d}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if settings.strict and config.errors:  # one line per error (a rule's caret lines left out), then why
+        listeners.close()
+        print(*(str(err).splitlines()[0] for err in config.errors), sep="\n", file=sys.stderr)
+        print(f"gatekeeper: --strict: {len(config.errors)} configuration error(s); not starting", file=sys.stderr)
         return 1
 
     def announce() -> None:

@@ -1,11 +1,14 @@
 """The admin listener's WSGI app: ``/healthz``, ``/readyz``, ``/metrics``, ``/config`` and ``/dashboard/``.
 
+Built on Werkzeug (routing ``Map``, ``Request``/``Response``, ``HTTPException``): the admin port is where a
+framework pays for itself (405 with ``Allow``, redirects, query strings); the request hot path does not use it.
 It runs on its own port (``--admin HOST:PORT``), never on a traffic port, and its own requests are not
-counted in the traffic metrics. ``/config`` shows what is loaded but never a secret: a JWT middleware is
-summarised by the *kind* of its key source, header middlewares by header names, and credentials in URLs are
-masked.
+counted in the traffic metrics. ``/`` redirects to ``/dashboard/``.
 
 What ``/config`` shows, and how secrets are kept out of it, is ``view.py``'s (shared with the dashboard).
+``/readyz`` and ``/config`` also list the *stale* objects (a live edit put them in error; their last good
+version serves): kind, name, the error and since when. A fresh process started on the same files would answer
+503 for the routers using them, so the divergence must be visible (``gatekeeper check`` says the same).
 
 Every path answers only a request whose ``Host`` is an IP address, ``localhost`` or a name given with
 ``--admin-host`` (421 otherwise): a DNS-rebinding page (``attacker.example`` re-pointed at 127.0.0.1 or at
@@ -25,11 +28,16 @@ import json
 import os
 import re
 import time
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, MisdirectedRequest, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.utils import redirect
+from werkzeug.wrappers import Request, Response
 
 from gatekeeper.ops.dashboard import make_dashboard
 from gatekeeper.ops.sampler import DashboardSource
-from gatekeeper.ops.view import config_document, mask
+from gatekeeper.ops.view import config_document, mask, mask_secrets, secret_values
 from gatekeeper.wsgi import Environ, StartResponse, WSGIApp
 
 Exposition = Callable[[], Tuple[bytes, str]]   # the metrics text and its content type
@@ -37,9 +45,14 @@ LOOPBACK_NAMES = frozenset({"localhost"})
 # A DNS name (labels of letters, digits and hyphens) or an IPv4 literal; IPv6 literals come in brackets.
 HOST_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.?")
 HOST_HEADER = re.compile(r"(?:\[(?P<ip6>[0-9a-f:.]+)\]|(?P<name>[^:\[\]]+))(?::[0-9]{1,5})?")
-MISDIRECTED = ("421 Misdirected Request", {
-    "error": "Host not accepted by the admin listener (DNS rebinding guard): use an IP address, localhost, "
-             "or a name given to gatekeeper serve with --admin-host NAME"})
+MISDIRECTED = ("Host not accepted by the admin listener (DNS rebinding guard): use an IP address, localhost, "
+               "or a name given to gatekeeper serve with --admin-host NAME")
+ENDPOINTS = ["/healthz", "/readyz", "/metrics", "/config", "/dashboard/"]
+# GET and HEAD only (Werkzeug answers HEAD from GET's rule; anything else gets 405 with Allow: GET, HEAD)
+ROUTES = Map([Rule(path, endpoint=endpoint, methods=["GET"]) for path, endpoint in (
+    ("/", "root"), ("/healthz", "healthz"), ("/readyz", "readyz"), ("/metrics", "metrics"), ("/config", "config"),
+    ("/dashboard", "dashboard"), ("/dashboard/", "dashboard"), ("/dashboard/<path:rest>", "dashboard"))],
+    strict_slashes=False)
 
 
 def admin_host_name(text: str) -> str:
@@ -92,62 +105,109 @@ def json_body(data: Any) -> bytes:
     return mask(json.dumps(data, indent=2, default=str)).encode() + b"\n"
 
 
-def answer(start_response: StartResponse, status: str, body: bytes,
-           content_type: str = "application/json") -> List[bytes]:
-    """Send one whole admin answer, never cached."""
-    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
-                            ("Cache-Control", "no-store")])
-    return [body]
+def json_response(data: Any, status: int = 200) -> Response:
+    """One whole admin answer in JSON, never cached."""
+    return Response(json_body(data), status=status, content_type="application/json",
+                    headers={"Cache-Control": "no-store"})
+
+
+def error_response(exc: HTTPException) -> Response:
+    """A Werkzeug HTTP error as the admin's JSON (``{"error": ...}``), its headers (``Allow``, ...) kept."""
+    body: Dict[str, Any] = {"error": exc.description or exc.name}
+    if isinstance(exc, NotFound):
+        body = {"error": "not found", "endpoints": ENDPOINTS}
+    response = json_response(body, exc.code or 500)
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:  # Werkzeug's order follows a set's
+        response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+    return response
+
+
+def without_secrets(data: Any, config: Any) -> Any:
+    """``data`` with the values of secret-bearing options of the served configuration masked (an error
+    message in a stale entry could quote one)."""
+    secrets = [value for built in (config.middlewares.values() if config is not None else ())
+               for value in secret_values(built.definition.options)]
+    return mask_secrets(data, sorted(set(secrets), key=len, reverse=True)) if secrets else data
 
 
 def make_admin_app(loader: Any, exposition: Optional[Exposition] = None,
                    hosts: Iterable[str] = ()) -> WSGIApp:
     """The admin WSGI app over ``loader``; ``exposition()`` gives the metrics text (default: metrics.py's).
 
-    ``hosts``: names accepted in ``Host`` besides IP literals and localhost (``admin_hosts(args)``).
+    ``hosts``: names accepted in ``Host`` besides IP literals and localhost (``admin_hosts(args)``). The
+    dashboard's sampler starts here, with the process (its daemon thread is a greenlet under gevent).
     """
     names = frozenset(admin_host_name(name) for name in hosts)
-    serve = admin_paths(loader, exposition)
+    endpoints = AdminEndpoints(loader, exposition)
 
     def admin(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if not host_allowed(environ.get("HTTP_HOST"), names):
-            status, body = MISDIRECTED
-            return answer(start_response, status, json_body(body))
-        return serve(environ, start_response)
+            response = error_response(MisdirectedRequest(MISDIRECTED))
+        else:
+            response = endpoints.respond(environ)
+        return response(environ, start_response)
+    admin.endpoints = endpoints  # type: ignore[attr-defined]  # tests and tools reach the source through it
     return admin
 
 
-def admin_paths(loader: Any, exposition: Optional[Exposition]) -> WSGIApp:
-    """The admin endpoints themselves, behind make_admin_app's Host check."""
-    started = time.time()
-    if exposition is None:
-        from gatekeeper.ops.metrics import exposition as default_exposition  # prometheus_client, when served
-        exposition = default_exposition
-    metrics_text: Exposition = exposition
-    dashboard = make_dashboard(DashboardSource(loader, metrics_text))
+class AdminEndpoints:
+    """The admin endpoints themselves, behind make_admin_app's Host check; one method per endpoint."""
 
-    def ready() -> bool:
-        return loader.config is not None and len(loader.config.routers) > 0
+    def __init__(self, loader: Any, exposition: Optional[Exposition]) -> None:
+        counts = None
+        if exposition is None:
+            from gatekeeper.ops import metrics  # prometheus_client, when served
+            exposition = metrics.exposition
+            # one process: the sampler reads the counters directly (with workers only the text adds them up)
+            counts = None if metrics.MULTIPROCESS else metrics.COUNTS
+        self.source = DashboardSource(loader, exposition, counts=counts).start()
+        self.loader = loader
+        self.metrics_text: Exposition = exposition
+        self.started = time.time()
+        self.dashboard = make_dashboard(self.source)
 
-    def admin(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            return answer(start_response, "405 Method Not Allowed", json_body({"error": "GET only"}))
-        if path == "/dashboard" or path.startswith("/dashboard/"):
-            return dashboard(environ, start_response)
-        if path == "/healthz":
-            return answer(start_response, "200 OK", json_body(
-                {"status": "ok", "pid": os.getpid(), "uptime_seconds": round(time.time() - started, 3)}))
-        if path == "/readyz":
-            is_ready = ready()
-            routers = len(loader.config.routers) if loader.config is not None else 0
-            return answer(start_response, "200 OK" if is_ready else "503 Service Unavailable", json_body(
-                {"ready": is_ready, "pid": os.getpid(), "generation": loader.generation, "routers": routers}))
-        if path == "/metrics":
-            body, content_type = metrics_text()
-            return answer(start_response, "200 OK", body, content_type)
-        if path == "/config":
-            return answer(start_response, "200 OK", json_body(config_document(loader)))
-        return answer(start_response, "404 Not Found", json_body(
-            {"error": "not found", "endpoints": ["/healthz", "/readyz", "/metrics", "/config", "/dashboard/"]}))
-    return admin
+    def respond(self, environ: Environ) -> Any:
+        """The answer to one admin request: a Werkzeug Response, or the dashboard's WSGI app."""
+        try:
+            endpoint, _ = ROUTES.bind_to_environ(environ).match()
+            if endpoint == "dashboard":
+                return self.dashboard
+            request = Request(environ)
+            handler: Callable[[Request], Response] = getattr(self, endpoint)
+            return handler(request)
+        except HTTPException as exc:
+            return error_response(exc)
+
+    def root(self, request: Request) -> Response:
+        return redirect("/dashboard/", 302)
+
+    def healthz(self, request: Request) -> Response:
+        return json_response({"status": "ok", "pid": os.getpid(),
+                              "uptime_seconds": round(time.time() - self.started, 3)})
+
+    def readyz(self, request: Request) -> Response:
+        """Ready once routers are loaded; still ready with stale objects (the last good versions serve), but
+        they are listed, as a fresh process would answer 503 for the routers using them."""
+        config = self.loader.config
+        routers = len(config.routers) if config is not None else 0
+        ready = config is not None and routers > 0
+        return json_response({"ready": ready, "pid": os.getpid(), "generation": self.loader.generation,
+                              "routers": routers, "stale": self.stale(config)}, 200 if ready else 503)
+
+    def stale(self, config: Any) -> List[Dict[str, Any]]:
+        listing: List[Dict[str, Any]] = without_secrets(self.source.stale.listing(config), config)
+        return listing
+
+    def metrics(self, request: Request) -> Response:
+        body, content_type = self.metrics_text()
+        return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})
+
+    def config(self, request: Request) -> Response:
+        config = self.loader.config
+        doc = config_document(self.loader)
+        doc["stale"] = self.stale(config)
+        return json_response(doc)
+

@@ -89,6 +89,9 @@ GENERATION = Gauge("gatekeeper_config_generation", "Generation number of the con
                    multiprocess_mode="liveall")
 CONFIG_ERRORS = Gauge("gatekeeper_config_errors", "Problems reported by the configuration being served",
                       multiprocess_mode="liveall")
+STALE_OBJECTS = Gauge("gatekeeper_config_stale_objects", "Objects serving their last good version because their "
+                      "new definition is in error (a fresh process would not serve them), by kind",
+                      ["kind"], multiprocess_mode="liveall")
 KEYSET_FETCHES = Counter("gatekeeper_keyset_fetches",
                          "Remote key set fetch attempts (jwksUrl, trustedIssuers; a discovery and its key set "
                          "count one), by key set URL", ["url"])
@@ -355,6 +358,10 @@ def record_reload(loader: Any, swapped: bool) -> None:
     if config is not None:
         GENERATION.set(config.generation)
         CONFIG_ERRORS.set(len(config.errors))
+        from gatekeeper.ops.sampler import stale_now
+        stale = [kind for kind, _ in stale_now(config)]
+        for kind in ("router", "middleware", "service", "file"):
+            STALE_OBJECTS.labels(kind).set(stale.count(kind))
 
 
 def exposition() -> Tuple[bytes, str]:

@@ -1,12 +1,13 @@
-"""What the dashboard shows, sampled: the ``/config`` document plus per-router traffic series (from the
-metrics exposition), the reload history and each JWT middleware's key-set status, secrets masked.
+"""What the dashboard and ``/readyz`` show over time, sampled from the start of the process: per-router traffic
+series, the reload history with what each reload broke or fixed, and since when each object is stale.
 
 The dashboard (``dashboard.py``) turns this state into cells; nothing here renders.
 
 Usage::
 
-    source = DashboardSource(loader)       # loader: gatekeeper.config.reload.ConfigLoader
-    state = source()                       # starts the once-a-second sampler on first use
+    source = DashboardSource(loader, metrics.exposition, counts=metrics.COUNTS)   # loader: a ConfigLoader
+    source.start()                         # the admin app starts it with the process
+    state = source()                       # /config's document plus problems, reloads, traffic, stale
 """
 from __future__ import annotations
 
@@ -14,80 +15,130 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
-from gatekeeper.ops.view import config_document, mask_secrets, secret_values
+from gatekeeper.ops.view import config_document, health_of, mask_secrets, secret_values
 
 Exposition = Callable[[], Tuple[bytes, str]]   # the metrics text and its content type
+Totals = Dict[str, Dict[str, Any]]            # per router: requests, status counts, latency sum/count, jwt
 SPARK_POINTS = 60              # samples kept per router: a minute at one sample a second
 RELOADS_KEPT = 20
+KINDS = ("router", "middleware", "service", "file")
 
 
-def metric_totals(exposition_text: str) -> Dict[str, Dict[str, Any]]:
-    """Per router: requests, requests by status, latency sum/count, JWT outcomes, upstream errors."""
+def empty_totals() -> Dict[str, Any]:
+    return {"requests": 0.0, "status": {}, "latency_sum": 0.0, "latency_count": 0.0, "jwt": {}}
+
+
+LEGACY = ("gatekeeper_requests_total", "gatekeeper_request_duration_seconds_sum",
+          "gatekeeper_request_duration_seconds_count")
+TRAEFIK = ("gatekeeper_router_requests_total", "gatekeeper_router_request_duration_seconds_sum",
+           "gatekeeper_router_request_duration_seconds_count")
+
+
+def metric_totals(exposition_text: str) -> Totals:
+    """Per router from the Prometheus text (all workers): requests, by status, latency sum/count, JWT outcomes.
+
+    Read from ``gatekeeper_requests_total{router,status}`` when the text has it, else from Traefik's
+    ``gatekeeper_router_requests_total{router,code}`` (never both: they count the same requests)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    totals: Dict[str, Dict[str, Any]] = {}
+    samples = [sample for family in text_string_to_metric_families(exposition_text) for sample in family.samples
+               if "router" in sample.labels]
+    names = LEGACY if any(s.name == LEGACY[0] for s in samples) else TRAEFIK
+    totals: Totals = {}
+    for sample in samples:
+        name, value, entry = sample.name, sample.value, totals.setdefault(sample.labels["router"], empty_totals())
+        if name == names[0]:
+            entry["requests"] += value
+            status = sample.labels.get("status", sample.labels.get("code", "?"))
+            entry["status"][status] = entry["status"].get(status, 0) + value
+        elif name == names[1]:
+            entry["latency_sum"] += value
+        elif name == names[2]:
+            entry["latency_count"] += value
+        elif name == "gatekeeper_jwt_outcomes_total":
+            outcome = sample.labels.get("outcome", "?")
+            entry["jwt"][outcome] = entry["jwt"].get(outcome, 0) + value
+    return {router: entry for router, entry in totals.items() if entry["requests"] or entry["jwt"]}
 
-    def of(router: str) -> Dict[str, Any]:
-        return totals.setdefault(router, {"requests": 0.0, "status": {}, "latency_sum": 0.0,
-                                          "latency_count": 0.0, "jwt": {}, "upstream_errors": 0.0})
-    for family in text_string_to_metric_families(exposition_text):
-        for sample in family.samples:
-            router = sample.labels.get("router")
-            if router is None:
-                continue
-            name, value, entry = sample.name, sample.value, of(router)
-            if name == "gatekeeper_requests_total":
-                entry["requests"] += value
-                status = sample.labels.get("status", "?")
-                entry["status"][status] = entry["status"].get(status, 0) + value
-            elif name == "gatekeeper_request_duration_seconds_sum":
-                entry["latency_sum"] += value
-            elif name == "gatekeeper_request_duration_seconds_count":
-                entry["latency_count"] += value
-            elif name == "gatekeeper_jwt_outcomes_total":
-                outcome = sample.labels.get("outcome", "?")
-                entry["jwt"][outcome] = entry["jwt"].get(outcome, 0) + value
-            elif name == "gatekeeper_upstream_errors_total":
-                entry["upstream_errors"] += value
+
+def counted_totals(counts: Any) -> Totals:
+    """The same totals read straight from one process's counters (``metrics.COUNTS``): no text to format and
+    parse, so a sample costs microseconds per router."""
+    totals: Totals = {}
+    for (router, _method, status, _upstream), (count, _created) in list(counts.requests.items()):
+        entry = totals.setdefault(router, empty_totals())
+        entry["requests"] += count
+        entry["status"][str(status)] = entry["status"].get(str(status), 0) + count
+    for router, row in list(counts.routers.items()):
+        entry = totals.setdefault(router, empty_totals())
+        entry["latency_sum"], entry["latency_count"] = row[1], row[0]
+    for (router, outcome), (count, _created) in list(counts.outcomes.items()):
+        jwt = totals.setdefault(router, empty_totals())["jwt"]
+        jwt[outcome] = jwt.get(outcome, 0) + count
     return totals
 
 
+def status_class(totals: Mapping[str, Any], digit: str) -> float:
+    return float(sum(n for code, n in totals.get("status", {}).items() if str(code).startswith(digit)))
+
+
 class Traffic:
-    """Turns successive metric totals into per-router series: requests per second and mean latency (ms)."""
+    """Turns successive metric totals into per-router series: requests per second and mean latency (ms), and
+    a window of (seconds, requests, 4xx, 5xx) per sample for the last minute's rates."""
 
     def __init__(self, points: int = SPARK_POINTS) -> None:
         self.points = points
-        self.last: Optional[Tuple[float, Dict[str, Dict[str, Any]]]] = None
+        self.last: Optional[Tuple[float, Totals]] = None
         self.rate: Dict[str, Deque[float]] = {}
         self.latency_ms: Dict[str, Deque[float]] = {}
+        self.window: Dict[str, Deque[Tuple[float, float, float, float]]] = {}
 
-    def add(self, at: float, totals: Dict[str, Dict[str, Any]]) -> None:
+    def add(self, at: float, totals: Totals) -> None:
         if self.last is not None and at > self.last[0]:
             seconds = at - self.last[0]
             for router, now in totals.items():
                 before = self.last[1].get(router, {})
-                done = now["requests"] - before.get("requests", 0.0)
+                done = max(now["requests"] - before.get("requests", 0.0), 0.0)
                 timed = now["latency_count"] - before.get("latency_count", 0.0)
                 spent = now["latency_sum"] - before.get("latency_sum", 0.0)
-                self.series(self.rate, router).append(max(done, 0.0) / seconds)
+                self.series(self.rate, router).append(done / seconds)
                 self.series(self.latency_ms, router).append(spent / timed * 1000 if timed > 0 else 0.0)
+                fours = max(status_class(now, "4") - status_class(before, "4"), 0.0)
+                fives = max(status_class(now, "5") - status_class(before, "5"), 0.0)
+                self.series(self.window, router).append((seconds, done, fours, fives))
         self.last = (at, totals)
 
-    def series(self, table: Dict[str, Deque[float]], router: str) -> Deque[float]:
+    def series(self, table: Dict[str, Deque[Any]], router: str) -> Deque[Any]:
         return table.setdefault(router, deque(maxlen=self.points))
 
-    def totals(self) -> Dict[str, Dict[str, Any]]:
+    def totals(self) -> Totals:
         return self.last[1] if self.last else {}
 
+    def recent(self, router: str) -> Dict[str, float]:
+        """The last minute of ``router``: requests, 4xx and 5xx answers, and their rates per second.
 
-def reload_entry(record: Any) -> Dict[str, Any]:
-    """A ReloadRecord as plain data (reload.py keeps only the last one; the dashboard keeps a history)."""
+        >>> traffic = Traffic()
+        >>> traffic.add(0, {"r": {"requests": 0, "status": {}, "latency_sum": 0, "latency_count": 0}})
+        >>> traffic.add(2, {"r": {"requests": 8, "status": {"200": 4, "404": 2, "502": 2},
+        ...                       "latency_sum": 0.08, "latency_count": 8}})
+        >>> traffic.recent("r")
+        {'recent': 8.0, 'recent4xx': 2.0, 'recent5xx': 2.0, 'rate': 4.0, 'rate4xx': 1.0, 'rate5xx': 1.0}
+        """
+        samples = self.window.get(router, ())
+        seconds = sum(s[0] for s in samples) or 1.0
+        done, fours, fives = (sum(s[i] for s in samples) for i in (1, 2, 3))
+        return {"recent": done, "recent4xx": fours, "recent5xx": fives, "rate": round(done / seconds, 2),
+                "rate4xx": round(fours / seconds, 2), "rate5xx": round(fives / seconds, 2)}
+
+
+def reload_entry(record: Any, broke: List[Dict[str, str]], fixed: List[Dict[str, str]]) -> Dict[str, Any]:
+    """A ReloadRecord as plain data, with what it broke (problems new or changed) and fixed (problems gone)."""
     return {"generation": record.generation, "trigger": record.trigger, "at": record.at,
             "durationMs": round(record.duration_ms, 1), "swapped": record.swapped,
             "changes": {kind: list(names) for kind, names in record.changes.items()},
-            "errors": len(record.errors)}
+            "errors": len(record.errors), "broke": broke, "fixed": fixed}
 
 
 def key_set_status(wrapper: Any) -> Dict[str, Any]:
@@ -112,45 +163,137 @@ def key_set_status(wrapper: Any) -> Dict[str, Any]:
     return {"static": True}
 
 
+# --- the state of each object: ok, stale or error, from the configuration being served -----------------
+
+def stale_now(config: Any) -> Dict[Tuple[str, str], str]:
+    """(kind, name) -> error of every object serving its last good version: routers, middlewares and
+    services whose new definition is in error, and files that no longer read or parse."""
+    if config is None:
+        return {}
+    found: Dict[Tuple[str, str], str] = {}
+    for kind, objects in (("router", {r.name: r for r in config.routers}), ("middleware", config.middlewares),
+                          ("service", config.services)):
+        for name, built in objects.items():
+            if built.stale:
+                found[(kind, name)] = built.error or "in error"
+    for result in config.snapshot.files:
+        if result.error is not None and result.documents:
+            found[("file", result.file)] = result.error.reason
+    return found
+
+
+def problems(config: Any) -> List[Dict[str, Any]]:
+    """Errors of the served configuration: file, object, reason and state (``stale`` when a last good
+    version serves, else ``error``), in the words every other table uses."""
+    if config is None:
+        return []
+    stale = {f'{kind} "{name}"' if kind != "file" else name for kind, name in stale_now(config)}
+    return [{"file": (err.file or "") + (f":{err.line}" if err.line else ""), "object": err.obj or "",
+             "reason": err.reason,
+             "state": "stale" if (err.obj in stale if err.obj else err.file in stale) else "error"}
+            for err in config.errors]
+
+
+def problem_key(problem: Mapping[str, Any]) -> Tuple[str, str]:
+    return problem["file"].split(":")[0], problem["object"] or problem["reason"]
+
+
+def what_broke(before: List[Dict[str, Any]], after: List[Dict[str, Any]]) -> Tuple[List[Dict[str, str]],
+                                                                                    List[Dict[str, str]]]:
+    """Problems new or changed since ``before`` (what a reload broke) and problems gone (what it fixed).
+
+    >>> old = [{"file": "a.yaml:3", "object": 'router "r"', "reason": "x", "state": "error"}]
+    >>> new = [{"file": "b.yaml:1", "object": "", "reason": "not valid YAML", "state": "error"}]
+    >>> broke, fixed = what_broke(old, new)
+    >>> [p["file"] for p in broke], [p["object"] for p in fixed]
+    (['b.yaml:1'], ['router "r"'])
+    """
+    was = {problem_key(p): (p["state"], p["reason"]) for p in before}
+    now = {problem_key(p) for p in after}
+    broke = [p for p in after if was.get(problem_key(p)) != (p["state"], p["reason"])]
+    fixed = [p for p in before if problem_key(p) not in now]
+    return broke, fixed
+
+
+class StaleSince:
+    """Since when each object is stale: the time of the reload that first found it so, kept while it stays
+    stale (a new error text keeps the date)."""
+
+    def __init__(self) -> None:
+        self.since: Dict[Tuple[str, str], float] = {}
+
+    def update(self, config: Any, at: float) -> None:
+        now = stale_now(config)
+        self.since = {key: self.since.get(key, at) for key in now}
+
+    def listing(self, config: Any) -> List[Dict[str, Any]]:
+        """``[{kind, name, error, since}]`` for ``/readyz``, ``/config`` and the dashboard."""
+        now = stale_now(config)
+        return [{"kind": kind, "name": name, "error": error, "since": self.since.get((kind, name))}
+                for (kind, name), error in sorted(now.items(), key=lambda item: (KINDS.index(item[0][0]),
+                                                                                item[0][1]))]
+
+
 class DashboardSource:
     """``state()`` for :func:`make_dashboard`: the admin ``/config`` document plus traffic and reloads.
 
-    Each sample reads the metrics exposition and the loader's last reload record; the first call starts a
-    background sampler (:meth:`start`), so no thread runs until someone opens the dashboard.
+    :meth:`start` samples the metrics once a second from then on (the admin app starts it with the process,
+    so the charts have a history before anyone opens the page); every reload is recorded as it happens (a
+    hook on the loader) with what it broke and fixed.
     """
 
-    def __init__(self, loader: Any, exposition: Optional[Exposition] = None, interval: float = 1.0) -> None:
-        if exposition is None:
-            from gatekeeper.ops.metrics import exposition as default_exposition  # prometheus_client, when used
-            exposition = default_exposition
+    def __init__(self, loader: Any, exposition: Exposition, interval: float = 1.0, counts: Any = None) -> None:
         self.loader = loader
-        self.exposition: Exposition = exposition
+        self.exposition = exposition
+        self.counts = counts          # metrics.COUNTS in one process: read directly instead of the exposition
         self.interval = interval
         self.traffic = Traffic()
         self.reloads: Deque[Dict[str, Any]] = deque(maxlen=RELOADS_KEPT)
-        self._seen_record: Any = None
+        self.stale = StaleSince()
+        self._problems: List[Dict[str, Any]] = []
+        self._built: Optional[Tuple[Any, Any, Dict[str, Any], List[str], List[str]]] = None
+        self._seen: Any = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._record_reloads(self.loader, True)
+        loader.on_reload.append(self._record_reloads)
+
+    def _record_reloads(self, loader: Any, swapped: bool) -> None:
+        """Each reload not yet seen: what it broke and fixed (against the problems before it)."""
+        with self._lock:
+            history = list(getattr(loader, "history", ()))
+            seen_at = next((i for i, r in enumerate(history) if r is self._seen), -1)
+            for record in history[seen_at + 1:]:
+                now = problems(loader.config) if record.swapped else self._problems
+                broke, fixed = what_broke(self._problems, now)
+                self.reloads.appendleft(reload_entry(record, broke, fixed))
+                self._problems = now
+                self.stale.update(loader.config, record.at)
+            if history:
+                self._seen = history[-1]
+
+    def totals(self) -> Totals:
+        if self.counts is not None:
+            try:
+                return counted_totals(self.counts)
+            except (AttributeError, TypeError, ValueError):  # counters of another shape: read the text instead
+                self.counts = None
+        return metric_totals(self.exposition()[0].decode("utf-8", "replace"))
 
     def sample(self) -> None:
         with self._lock:
-            history = list(getattr(self.loader, "history", ()))
-            seen_at = next((i for i, r in enumerate(history) if r is self._seen_record), -1)
-            unseen = history[seen_at + 1:]
-            for record in unseen:
-                self.reloads.appendleft(reload_entry(record))
-            if history:
-                self._seen_record = history[-1]
             now = time.time()
             if self.traffic.last is None or now - self.traffic.last[0] >= self.interval * 0.9:
-                self.traffic.add(now, metric_totals(self.exposition()[0].decode("utf-8", "replace")))
+                self.traffic.add(now, self.totals())
 
-    def start(self) -> None:
+    def start(self) -> "DashboardSource":
         """Sample once a second in the background (a daemon thread; a greenlet under gevent)."""
         if self._thread is None and not self._stop.is_set():
+            self.sample()
             self._thread = threading.Thread(target=self._run, name="dashboard-sampler", daemon=True)
             self._thread.start()
+        return self
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -159,30 +302,48 @@ class DashboardSource:
     def stop(self) -> None:
         self._stop.set()
 
+    def document(self) -> Dict[str, Any]:
+        """``/config``'s document with problems, stale objects and key sets, secrets masked: built once per
+        configuration (10,000 routers cost ~0.3 s to turn into data and mask), then only the services' health
+        and the key sets are read again."""
+        config, error = self.loader.config, getattr(self.loader, "last_error", None)
+        if self._built is None or self._built[0] is not config or self._built[1] != error:
+            doc = config_document(self.loader)
+            doc["problems"] = problems(config)
+            secrets = sorted({value for built in (config.middlewares.values() if config else ())
+                              for value in secret_values(built.definition.options)}, key=len, reverse=True)
+            checked = [name for name, built in (config.services.items() if config else ()) if health_of(built)]
+            self._built = (config, error, mask_secrets(doc, secrets), secrets, checked)
+        _, _, cached, secrets, checked = self._built
+        doc = dict(cached)
+        if checked:
+            doc["services"] = dict(doc["services"])
+            for name in checked:
+                doc["services"][name] = {**doc["services"][name], **health_of(config.services[name])}
+        fresh = {"keySets": {name: key_set_status(built.wrapper) for name, built in (
+                     config.middlewares.items() if config else ()) if built.definition.kind == "plugin.jwt"},
+                 "stale": self.stale.listing(config)}
+        doc.update(mask_secrets(fresh, secrets))
+        return doc
+
     def __call__(self) -> Dict[str, Any]:
-        self.start()   # from the first view on, the charts keep their history between visits
         self.sample()
-        config = self.loader.config
-        doc = config_document(self.loader)
-        doc["problems"] = problems(config)
+        doc = self.document()
         doc["reloads"] = list(self.reloads)
-        doc["traffic"] = {router: {**totals, "rate": list(self.traffic.rate.get(router, ())),
+        doc["traffic"] = {router: {**totals, **self.traffic.recent(router),
+                                   "rateSeries": list(self.traffic.rate.get(router, ())),
                                    "latencyMs": list(self.traffic.latency_ms.get(router, ()))}
                           for router, totals in self.traffic.totals().items()}
-        doc["keySets"], secrets = {}, []
-        for name, built in (config.middlewares.items() if config else ()):
-            secrets += secret_values(built.definition.options)
-            if built.definition.kind == "plugin.jwt":
-                doc["keySets"][name] = key_set_status(built.wrapper)
-        masked: Dict[str, Any] = mask_secrets(doc, sorted(set(secrets), key=len, reverse=True))
-        return masked
+        return doc
 
-
-def problems(config: Any) -> List[Dict[str, Any]]:
-    """Errors of the served configuration, each with file, object, reason and whether it is stale."""
-    if config is None:
-        return []
-    stale_files = {f.file for f in config.snapshot.files if f.error is not None and f.documents}
-    return [{"file": (err.file or "") + (f":{err.line}" if err.line else ""), "object": err.obj or "",
-             "reason": err.reason, "stale": err.file in stale_files or "last good" in err.reason}
-            for err in config.errors]
+def fresh_start_lines(config: Any) -> List[str]:
+    """What a process started on these files answers for each router a problem touches, one line each:
+    ``gatekeeper check`` prints them, since a running gateway may still serve a last good (stale) version
+    of the same objects and answer 200 where a new replica answers 503."""
+    lines = [f'router "{r.name}" ({r.definition.source}): a fresh process answers 503: {r.error}'
+             for r in config.routers if r.error is not None]
+    served = {f'router "{r.name}"' for r in config.routers}
+    lines += [f"{err.obj} ({err.file}:{err.line}): a fresh process leaves it out (its requests go to another "
+              f"router or get 404): {err.reason.splitlines()[0]}"
+              for err in config.errors if err.obj and err.obj.startswith("router ") and err.obj not in served]
+    return lines
