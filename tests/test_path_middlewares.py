@@ -4,18 +4,23 @@ upstream (Python's http.server) never serves a file the router did not route to.
 from __future__ import annotations
 
 import http.server
+import posixpath
 import textwrap
 import threading
 import time
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
+from urllib.parse import unquote
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gatekeeper.app import Gateway
 from gatekeeper.jwt.mint import mint
+from gatekeeper.middlewares.paths import rewritten
 from gatekeeper.requestpath import PathPolicy, PathSettings
 from tests.conftest import exchange, status_of
 
@@ -187,3 +192,22 @@ def test_bad_options_fail_closed_with_the_reason(conf_d, echo_upstream, wsgi_ser
     assert errors[1:] == [f'routes.yaml:4: router "app@file": answers 503: middleware "bad@file" is in error: '
                           f'{errors[0].split(": ", 2)[2]}'], errors
     assert requests.get(wsgi_server(gateway).url + "/x", timeout=5).status_code == 503
+
+
+SEGMENT = st.sampled_from(["a", "b", ".", "..", "", "%2F", "%2e", "%2E%2E", "%25", "x%20y", "%0D%0A", "?", " "])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(SEGMENT, max_size=6))
+def test_whatever_a_rewrite_forwards_a_normalising_upstream_resolves_to_itself(segments):
+    """The promise in one property: a path ``rewritten`` accepts decodes to a path ``posixpath.normpath``
+    (as http.server and most frameworks resolve it) leaves as it is; the raw path is well formed."""
+    environ: dict = {}
+    raw = "/" + "/".join(segments)
+    if not rewritten(environ, raw, "?q"):
+        return
+    forwarded, query = environ["RAW_URI"].partition("?")[::2]
+    decoded = unquote(forwarded)
+    assert query == "q" and environ["PATH_INFO"] == unquote(forwarded, "latin-1")
+    assert posixpath.normpath(decoded) == decoded.rstrip("/") or decoded == "/"
+    assert " " not in forwarded and "\r" not in forwarded and "?" not in forwarded

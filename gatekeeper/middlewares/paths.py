@@ -25,6 +25,7 @@ REPLACED_PATH = "HTTP_X_REPLACED_PATH"
 FORWARDED_PREFIX = "HTTP_X_FORWARDED_PREFIX"
 RAW_PATH_SAFE = PATH_SAFE + "%"  # what a raw path keeps as it is; anything else is percent-encoded
 NAME_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")  # a Go group name
+UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9\-._~/!$&'()*+,;=:@%]")  # what quote() would change
 BAD_ESCAPE = re.compile("%(?![0-9A-Fa-f]{2})")  # a % that starts no escape (Python re: no backtracking here)
 
 
@@ -122,11 +123,16 @@ def replace_all(regexp: Any, text: bytes, template: Template, first: Any = None)
 def rewritten(environ: Environ, raw_path: str, query: str) -> bool:
     """Forward ``raw_path`` (characters a path may not hold percent-encoded, a leading ``/`` ensured) if its
     escapes are well formed and its decoded form is clean; False (nothing changed) when not."""
-    raw_path = quote(raw_path, safe=RAW_PATH_SAFE, encoding="latin-1", errors="replace")
+    if UNSAFE_IN_PATH.search(raw_path):
+        raw_path = quote(raw_path, safe=RAW_PATH_SAFE, encoding="latin-1", errors="replace")
     if not raw_path.startswith("/"):
         raw_path = "/" + raw_path
-    decoded = unquote(raw_path, "latin-1")
-    if BAD_ESCAPE.search(raw_path) or remove_dot_segments(decoded) != decoded:
+    decoded = raw_path
+    if "%" in raw_path:
+        if BAD_ESCAPE.search(raw_path):
+            return False
+        decoded = unquote(raw_path, "latin-1")
+    if ("//" in decoded or "/." in decoded) and remove_dot_segments(decoded) != decoded:
         return False
     set_path(environ, raw_path, query)
     return True
