@@ -1,8 +1,11 @@
 """Access-log lines of a real ``gatekeeper serve`` in both formats, proof that no token is ever logged, and the
 batched writes: whole lines, promptly, none lost at a drain."""
 import json
+import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from select import PIPE_BUF
 
@@ -242,3 +245,129 @@ def test_the_direct_text_line_is_the_documented_format(client, method, path, env
     exchange.end(environ)
     exchange.status, exchange.aborted, exchange.bytes = status, aborted, 42
     assert text_line(exchange) == format_text(exchange.fields())
+
+
+# --- issue 19: Traefik's fields, the 503 reason of a router in error, the file, the filters -----------------
+
+def broken_and_down(dead: str) -> str:
+    """A router whose service does not exist (503 until fixed) and one whose only server refuses."""
+    return f"""
+    http:
+      routers:
+        broken: {{rule: "PathPrefix(`/broken`)", service: nothere}}
+        down: {{rule: "PathPrefix(`/down`)", service: d}}
+      services:
+        d: {{loadBalancer: {{servers: [{{url: "{dead}"}}]}}}}
+    """
+
+
+def test_json_fields_follow_traefik_and_keep_gatekeeper_s_own(conf_d, echo_upstream, free_port, tmp_path):
+    conf_d("api.yaml", lb_manifest("""
+        api: {rule: "PathPrefix(`/api`)", service: s, middlewares: [jwt]}
+    """, echo_upstream.url, f"""
+        middlewares:
+          jwt:
+            plugin:
+              jwt: {{signingSecret: "{SECRET}", usernameClaim: sub}}
+    """))
+    conf_d("more.yaml", broken_and_down(f"http://127.0.0.1:{free_port}"))
+    token = mint({"sub": "alice"}, secret=SECRET)
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--entrypoint", "web=127.0.0.1:0", "--log-format", "json",
+                    "--access-log-header", "User-Agent")
+    try:
+        sent = {"Authorization": f"Bearer {token}", "Host": "api.example:8080", "User-Agent": "probe/1",
+                "X-Request-Id": "abc-123"}
+        ok = requests.post(gk.url + "/api/x?q=querysecret", data=b"hello", headers=sent, timeout=5)
+        again = requests.get(gk.url + "/api/y", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        refused = requests.get(gk.url + "/api/z", timeout=5)
+        broken = requests.get(gk.url + "/broken", timeout=5)
+        down = requests.get(gk.url + "/down", timeout=5)
+        assert [r.status_code for r in (ok, again, refused, broken, down)] == [200, 200, 401, 503, 502]
+        assert wait_for(lambda: len(gk.access_lines()) == 5, timeout=5), gk.log()
+    finally:
+        assert gk.stop() == 0
+    lines = [json.loads(line) for line in gk.access_lines()]
+    first, second, no_token, in_error, refused_upstream = lines
+    assert {key: first[key] for key in (
+        "ClientHost", "RequestAddr", "RequestHost", "RequestMethod", "RequestPath", "RequestProtocol",
+        "RequestScheme", "RequestContentSize", "entryPointName", "RouterName", "ServiceName", "ServiceURL",
+        "OriginStatus", "DownstreamStatus", "request_X-Request-Id", "request_User-Agent", "user")} == {
+        "ClientHost": "127.0.0.1", "RequestAddr": "api.example:8080", "RequestHost": "api.example",
+        "RequestMethod": "POST", "RequestPath": "/api/x", "RequestProtocol": "HTTP/1.1", "RequestScheme": "http",
+        "RequestContentSize": 5, "entryPointName": "web", "RouterName": "api@file", "ServiceName": "s@file",
+        "ServiceURL": echo_upstream.url, "OriginStatus": 200, "DownstreamStatus": 200,
+        "request_X-Request-Id": "abc-123", "request_User-Agent": "probe/1", "user": "alice"}
+    assert first["ClientAddr"] == f"127.0.0.1:{first['ClientPort']}"
+    assert first["ServiceAddr"] == echo_upstream.url.partition("://")[2]
+    assert first["OriginContentSize"] == first["DownstreamContentSize"] == len(ok.content)
+    assert first["Duration"] > 0 and isinstance(first["Duration"], int)
+    assert ["X-Request-Id", "abc-123"] in ok.json()["headers"]          # the upstream got the id logged
+    made = second["request_X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{16}", made) and ["X-Request-Id", made] in again.json()["headers"]
+    assert "request_User-Agent" in second and "jwt_reason" not in second
+    assert (no_token["DownstreamStatus"], no_token["OriginStatus"], no_token["ServiceURL"],
+            no_token["jwt_reason"]) == (401, 0, None, "missing_token")
+    assert (in_error["RouterName"], in_error["DownstreamStatus"], in_error["OriginStatus"]) == \
+           ("broken@file", 503, 0)
+    assert 'service "nothere@file"' in in_error["router_error"], in_error
+    assert "nothere" not in broken.text and broken.text == "503 Service Unavailable\n"   # the reason: log only
+    assert (refused_upstream["DownstreamStatus"], refused_upstream["OriginStatus"],
+            refused_upstream["upstream_error"]) == (502, 0, "connection_refused")
+    assert "querysecret" not in gk.log() and token.split(".")[2] not in gk.log()
+
+
+def test_access_log_to_a_file_with_a_status_filter(conf_d, echo_upstream, tmp_path):
+    conf_d("api.yaml", lb_manifest('api: {rule: "PathPrefix(`/api`)", service: s}', echo_upstream.url))
+    path = tmp_path / "logs" / "access.log"
+    path.parent.mkdir()
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--access-log", str(path), "--access-log-status", "400-499")
+    try:
+        statuses = [requests.get(gk.url + p, timeout=5).status_code for p in ("/api/a", "/nowhere", "/api/b")]
+        assert statuses == [200, 404, 200]
+        assert wait_for(lambda: "path=/nowhere" in path.read_text(), timeout=5)
+    finally:
+        assert gk.stop() == 0
+    kept = path.read_text().splitlines()
+    assert len(kept) == 1 and parse_text(kept[0])["status"] == 404
+    assert gk.access_lines() == [] and "listening" not in path.read_text()   # stderr keeps application lines only
+
+
+def test_access_log_off_writes_no_line(conf_d, echo_upstream, tmp_path):
+    conf_d("api.yaml", lb_manifest('api: {rule: "PathPrefix(`/api`)", service: s}', echo_upstream.url))
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--access-log", "off")
+    try:
+        assert requests.get(gk.url + "/api/a", timeout=5).ok
+    finally:
+        assert gk.stop() == 0
+    assert gk.access_lines() == [] and "stopped" in gk.log()
+
+
+@pytest.mark.parametrize("statuses, min_duration, kept", [
+    (((400, 499),), None, ["/slow-401", "/fast-404"]),
+    ((), 0.05, ["/slow-200", "/slow-401"]),
+    (((500, 599),), 0.05, ["/slow-200", "/slow-401", "/fast-503"]),
+    ((), None, ["/slow-200", "/slow-401", "/fast-404", "/fast-503"]),
+], ids=["status", "min-duration", "either-passes", "no-filter"])
+def test_filters_keep_a_line_that_passes_any(statuses, min_duration, kept, tmp_path):
+    path = tmp_path / "log"
+    with path.open("w") as stream:
+        log = AccessLog("text", stream, statuses=statuses, min_duration=min_duration)
+        for name, status, seconds in (("/slow-200", 200, 0.2), ("/slow-401", 401, 0.1), ("/fast-404", 404, 0.001),
+                                      ("/fast-503", 503, 0.0)):
+            exchange = Exchange("127.0.0.1", "GET", name)
+            exchange.status, exchange.duration = status, seconds
+            log(exchange)
+    assert [parse_text(line)["path"] for line in path.read_text().splitlines()] == kept
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--access-log-header", "Authorization"], "may carry a credential"),
+    (["--access-log-header", "X-Auth-Token"], "may carry a credential"),
+    (["--access-log-status", "200-700"], "not a status code or range"),
+    (["--access-log-min-duration", "soon"], "expected a duration"),
+    (["--access-log", "/nonexistent-dir/access.log"], "cannot write the access log"),
+], ids=["authorization", "token-header", "status-range", "duration", "unwritable-file"])
+def test_a_bad_access_log_option_is_one_line_and_exit_2(args, says):
+    done = subprocess.run([sys.executable, "-m", "gatekeeper", "serve", *args], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2 and says in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr

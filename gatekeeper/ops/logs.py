@@ -51,13 +51,11 @@ def json_record(when: float, level: str, logger: str, msg: str, fields: Optional
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-29T09:09:04.059Z INFO gatekeeper.reload: message`` (fields, if any, as ``key=value``)."""
+    """``2026-11-29T09:09:04.059Z INFO gatekeeper.reload: message``; a line's fields are JSON's (the message
+    says the same in words)."""
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{format_time(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
-        fields = getattr(record, "fields", None)
-        if fields:
-            line += " " + " ".join(f"{key}={value}" for key, value in fields.items())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
