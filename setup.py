@@ -26,6 +26,7 @@ setup(
         "opentelemetry-exporter-otlp-proto-http>=1.25,<2",
         "redis>=5.0,<9",  # rateLimit.redis and plugin.distributedRateLimit: token buckets shared through Redis
         "brotli>=1.1,<2",  # compress middleware's br encoding (Google's own binding, streaming flush; wheels)
+        "zstandard>=0.22,<1",  # compress middleware's zstd encoding (Traefik's first choice; typed, wheels)
         # tracing (off unless OTEL_* asks): the SDK and its OTLP/HTTP exporter, imported only when on
         "opentelemetry-sdk>=1.25,<2",
         "opentelemetry-exporter-otlp-proto-http>=1.25,<2",
