@@ -531,3 +531,21 @@ def test_deployment_example_conf_d_checks_clean(tmp_path):
     assert messages(config) == []
     assert [s.url for s in config.services[ROUTER].definition.servers] == ["http://whoami.apps.svc.cluster.local:80"]
     assert config.middlewares["apps-test-jwt@kubernetescrd"].definition.options == {"signingSecret": SECRET}
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("tls: {secretName: site-tls}", "spec.tls.secretName: not supported: gatekeeper's TLS certificate is per entry"),
+    ("tls: {certResolver: le}", "spec.tls.certResolver: not supported"),
+    ("tls: {options: {name: modern}}", "spec.tls.options: not supported"),
+    ("parentRefs: [{name: parent}]", "spec.parentRefs: multi-layer routing is not supported"),
+    ("tls: {}", None),
+], ids=["secret-name", "cert-resolver", "tls-options", "parent-refs", "tls-on"])
+def test_ingressroute_options_gatekeeper_cannot_honour_make_its_routes_answer_503(conf_d, spec, expected):
+    route = ingress_route("[{name: web, port: 80}]").replace("spec:\n", f"spec:\n  {spec}\n")
+    defs, errors = read_definitions(conf_d, route, WEB_SERVICE)
+    (router,) = defs.routers.values()
+    if expected is None:
+        assert (errors, router.error) == ([], None)
+    else:
+        assert len(errors) == 1 and expected in errors[0] and errors[0].startswith("all.yaml:"), errors
+        assert expected.split(": ")[0] in router.error     # the route answers 503, never served without it

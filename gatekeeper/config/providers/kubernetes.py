@@ -180,8 +180,26 @@ def read_ingress_route(obj: KubeObject, cluster: Cluster, out: Collector) -> Non
         return
     if not routes:
         out.broken(obj.located(ConfigError("spec.routes: at least one route is required")))
+    problem = unsupported_route_options(spec)
     for i, route in enumerate(routes):
-        read_route_at(obj, i, route, entry_points=entry_points, cluster=cluster, out=out)
+        read_route_at(obj, i, route, entry_points=entry_points, cluster=cluster, out=out, problem=problem)
+
+
+def unsupported_route_options(spec: Dict[str, Any]) -> Optional[ConfigError]:
+    """What the IngressRoute asks that gatekeeper cannot do: its routes then answer 503, never served without it.
+
+    ``tls: {}`` is accepted as a file-provider router's ``tls`` (TLS is the entry point's); a certificate from
+    a Secret, TLS options, stores and ACME resolvers are not."""
+    if spec.get("parentRefs"):
+        return ConfigError("spec.parentRefs: multi-layer routing is not supported by gatekeeper")
+    tls = spec.get("tls") or {}
+    if not isinstance(tls, dict):
+        return ConfigError(f"spec.tls: expected a mapping, got {type_name(tls)}")
+    for option in ("secretName", "options", "store", "certResolver", "domains"):
+        if tls.get(option):
+            return ConfigError(f"spec.tls.{option}: not supported: gatekeeper's TLS certificate is per entry point "
+                               "(--entrypoint NAME=HOST:PORT,tls=CERT:KEY, a Secret mounted as files); remove it")
+    return None
 
 
 def route_key(obj: KubeObject, index: int) -> str:
@@ -190,7 +208,7 @@ def route_key(obj: KubeObject, index: int) -> str:
 
 
 def read_route_at(obj: KubeObject, index: int, route: Any, *, entry_points: Tuple[str, ...], cluster: Cluster,
-                  out: Collector) -> None:
+                  out: Collector, problem: Optional[ConfigError] = None) -> None:
     """One route -> a router and its service; in error, a 503 router when its match can be read.
 
     A route in error keeps its last good version (compile.py, by :func:`route_key`); with none, its match
@@ -204,6 +222,8 @@ def read_route_at(obj: KubeObject, index: int, route: Any, *, entry_points: Tupl
         fields = pick(route, ROUTE_FIELDS, where)
         match = want_str(fields.get("match"), f"{where}.match")
         name = route_name(obj, match)
+        if problem is not None:
+            raise problem
         router, backends = read_route(obj, fields, match=match, name=name, entry_points=entry_points,
                                        cluster=cluster, where=where, line=line)
     except ConfigError as err:
