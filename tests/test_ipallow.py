@@ -8,9 +8,13 @@ from typing import Callable, Iterator, List, Sequence
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gatekeeper.app import Gateway, edge_stack
 from gatekeeper.jwt.mint import mint
+from gatekeeper.middlewares.ipallow import RangeSet
+from gatekeeper.middlewares.source import in_ranges, parse_ranges
 from tests.conftest import RunningServer, wait_until
 
 SECRET = "ipallow-secret-0123456789abcdef0123"
@@ -146,3 +150,16 @@ def test_the_access_log_counts_the_refusal(gateway, wsgi_server):
     assert requests.get(server.url + "/x", timeout=5).status_code == 403
     assert wait_until(lambda: len(exchanges) == 1)
     assert exchanges[0].middleware == ("allow@file", "ip_denied") and exchanges[0].upstream is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.ip_addresses(v=4).map(str), st.ip_addresses(v=6).map(str)), min_size=1, max_size=5),
+       st.lists(st.integers(0, 128), min_size=5, max_size=5),
+       st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)))
+def test_the_compiled_ranges_answer_as_ipaddress_does(bases, prefixes, client):
+    ranges = [f"{base}/{min(prefix, 32 if '.' in base else 128)}" for base, prefix in zip(bases, prefixes)]
+    networks = parse_ranges(ranges, "x")
+    near = str(client)
+    inside = str(networks[0].network_address)
+    for text in (near, inside, f"::ffff:{near}" if client.version == 4 else near):
+        assert (text in RangeSet(networks)) == in_ranges(text, tuple(networks)), (ranges, text)
