@@ -18,6 +18,7 @@ from __future__ import annotations
 import zlib
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Protocol, Sequence, Tuple
 
+import brotli  # type: ignore[import-untyped]  # Google's binding ships no type hints
 import zstandard
 
 from gatekeeper.errors import ConfigError, UpstreamAborted
@@ -25,13 +26,8 @@ from gatekeeper.middlewares.base import Context, Wrapper
 from gatekeeper.options import pick, want_int, want_str, want_str_list
 from gatekeeper.wsgi import UPGRADE, Environ, Headers, StartResponse, WSGIApp, error_response
 
-try:
-    import brotli  # type: ignore[import-untyped]  # Google's binding ships no type hints
-except ImportError:  # pragma: no cover - an install requirement; without it br is refused
-    brotli = None
-
 OPTIONS = ("excludedContentTypes", "includedContentTypes", "minResponseBodyBytes", "defaultEncoding", "encodings")
-BUILT: Tuple[str, ...] = ("zstd", "br", "gzip") if brotli is not None else ("zstd", "gzip")  # Traefik's order
+BUILT: Tuple[str, ...] = ("zstd", "br", "gzip")  # Traefik v3's default encodings, in its order of preference
 DEFAULT_MIN_BYTES = 1024
 MAX_MIN_BYTES = 16 << 20  # the most a streamed answer is buffered to decide: bounded memory per request
 GZIP_LEVEL = 6            # zlib's (and Go's) default: Traefik's gzip writer uses it
@@ -131,8 +127,8 @@ def read_encodings(fields: Mapping[str, Any]) -> Tuple[Tuple[str, ...], str]:
             raise ConfigError("compress.encodings: at least one encoding is required")
     for index, name in enumerate(encodings):
         if name not in BUILT:
-            why = "not installed (pip install brotli)" if name == "br" else "not an encoding Traefik knows"
-            raise ConfigError(f"compress.encodings[{index}]: {name!r} is {why} (use {' or '.join(BUILT)})")
+            raise ConfigError(f"compress.encodings[{index}]: {name!r} is not an encoding Traefik knows "
+                              f"(use {', '.join(BUILT)})")
     default = ""
     if "defaultEncoding" in fields:
         default = want_str(fields["defaultEncoding"], "compress.defaultEncoding").strip().lower()
