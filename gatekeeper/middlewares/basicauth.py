@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from gatekeeper.errors import ConfigError
 from gatekeeper.middlewares.base import Context, Wrapper, refusal
@@ -143,7 +143,7 @@ class UsersFile:
 class Checker:
     """Password checks: remembered when they succeed, bcrypt off the event loop, bounded waiting."""
 
-    def __init__(self, users: Any) -> None:
+    def __init__(self, users: Callable[[], Dict[str, User]]) -> None:
         self.users = users
         self.key = os.urandom(32)
         self.passed: Dict[bytes, float] = {}   # HMAC(user, password, hash) -> when it stops counting
@@ -154,7 +154,9 @@ class Checker:
         users = self.users()
         user = users.get(name)
         hashed = user.hashed if user else next(iter(users.values())).hashed  # a decoy: same cost, never True
-        key = hmac.new(self.key, b"\0".join((name.encode(), password, hashed.encode())), hashlib.sha256).digest()
+        user_bytes = name.encode()
+        material = b"%d:%s%d:%s%s" % (len(user_bytes), user_bytes, len(password), password, hashed.encode())
+        key = hmac.new(self.key, material, hashlib.sha256).digest()  # lengths first: no two inputs alike
         now = time.monotonic()
         if user is not None and self.passed.get(key, 0.0) > now:
             return True
