@@ -10,7 +10,7 @@ is the request's ``Host`` unless ``sourceCriterion`` says otherwise.
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Iterable, Iterator, Mapping
+from typing import Any, Dict, Iterable, Iterator, List, Mapping
 
 from gatekeeper.errors import ConfigError
 from gatekeeper.middlewares.base import Context, Wrapper, refusal
@@ -81,6 +81,32 @@ class Released:
         self.release()
 
 
+class ReleasedList(list):  # type: ignore[type-arg]
+    """A list answer stays a list (the server frames it with a computed ``Content-Length``), releasing its
+    slot when closed.
+
+    >>> counts = InFlight(1); counts.enter("a")
+    True
+    >>> body = released([b"ok"], counts, "a"); isinstance(body, list), counts.enter("a")
+    (True, False)
+    >>> body.close(); counts.enter("a")
+    True
+    """
+
+    def __init__(self, body: List[bytes], slot: Released) -> None:
+        super().__init__(body)
+        self.slot = slot
+
+    def close(self) -> None:
+        self.slot.close()
+
+
+def released(body: Iterable[bytes], counts: InFlight, source: str) -> Iterable[bytes]:
+    """``body`` wrapped so that closing it releases the source's slot."""
+    slot = Released(body, counts, source)
+    return ReleasedList(body, slot) if isinstance(body, list) else slot
+
+
 def read_amount(fields: Mapping[str, Any]) -> int:
     if "amount" not in fields:
         raise ConfigError("inFlightReq.amount: required")
@@ -118,6 +144,6 @@ def in_flight_req(options: Mapping[str, Any], context: Context) -> Wrapper:
             except BaseException:
                 counts.leave(source)
                 raise
-            return Released(body, counts, source)
+            return released(body, counts, source)
         return limited
     return wrap
