@@ -1,4 +1,5 @@
 """Traefik's ``allowCrossNamespace`` (default false): which references may leave their object's namespace."""
+import signal
 import subprocess
 import sys
 import textwrap
@@ -106,3 +107,20 @@ def test_check_takes_the_option(conf_d, echo_upstream):
     refused, allowed = check(), check("--allow-cross-namespace")
     assert refused.returncode == 1 and REFUSED in refused.stdout, refused.stdout
     assert allowed.returncode == 0 and allowed.stdout.strip().endswith(": ok"), allowed.stdout
+
+
+@pytest.mark.parametrize("options, errors, status", [
+    ((), "2 errors", 503), (("--allow-cross-namespace",), "0 errors", 401)], ids=["default", "allowed"])
+def test_serve_takes_the_option(conf_d, echo_upstream, free_port, options, errors, status):
+    """``serve`` threads the flag to the provider: the route answers 503 without it, 401 (secured) with it."""
+    root = cross_namespace_conf_d(conf_d, echo_upstream.port)
+    with subprocess.Popen([sys.executable, "-m", "gatekeeper", "serve", "--conf-d", str(root), "--listen",
+                           f"127.0.0.1:{free_port}", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            line = proc.stdout.readline()
+            assert line.startswith("gatekeeper listening on") and f"1 routers, {errors}" in line, line
+            assert requests.get(f"http://127.0.0.1:{free_port}/app", timeout=5).status_code == status
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)

@@ -251,3 +251,12 @@ def test_a_path_in_error_answers_503_for_its_prefix_and_a_live_edit_keeps_the_la
     fresh = compile_config(read_dir(conf_d.root))
     (router,) = fresh.routers
     assert router.definition.rule == 'Host("example.com") && PathPrefix("/api")' and router.error
+
+
+@pytest.mark.parametrize("options, routers", [((), 1), (("--ingress-class", "internal"), 0)], ids=["default", "option"])
+def test_check_takes_the_ingress_class(conf_d, capsys, options, routers):
+    from gatekeeper.cli.main import main
+
+    conf_d("all.yaml", "\n---\n".join([ingress(paths(path())), WEB, WEB_ENDPOINTS]))
+    assert main(["check", *options, str(conf_d.root)]) == 0
+    assert f"{routers} router(s)" in capsys.readouterr().out
