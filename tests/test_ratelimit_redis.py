@@ -161,6 +161,7 @@ def test_redis_down_deny_on_error_then_the_limit_recovers(conf_d, wsgi_server, r
 
     redis_server.start()
     assert [requests.get(gk.url + "/hub", timeout=5).status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert wait_for(lambda: "middleware hub@file: Redis 127.0.0.1:%d answers again" % redis_server.port in gk.log())
     assert [requests.get(gk.url + "/open", timeout=5).status_code for _ in range(4)] == [200, 200, 200, 429]
 
     shown = requests.get(gk.admin + "/config", timeout=5).text

@@ -151,6 +151,10 @@ class RedisBuckets:
         except Exception as exc:  # any client failure is a store failure; the caller decides to allow or deny
             self.log_error(exc)
             raise StoreError(type(exc).__name__) from None
+        if self._last_error_log:
+            self._last_error_log = 0.0
+            log.warning("middleware %s: Redis %s:%d answers again", self.middleware, self.settings.host,
+                        self.settings.port)
         return bool(int(allowed)), float(wait), float(tokens)
 
     def run_script(self, key: str) -> List[Any]:
