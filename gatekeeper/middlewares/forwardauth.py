@@ -14,8 +14,8 @@ a ``--trusted-proxy``).
   ``Location`` is made absolute against ``address`` unless ``preserveLocationHeader``; a 401 becomes a 302 to
   ``authSigninURL`` when that is set.
 - A body over ``maxBodySize`` or an answer over ``maxResponseBodySize``: 401, as Traefik. An auth server that
-  cannot be reached or times out: 500, and one log line per second at most naming the address (never a
-  header).
+  cannot be reached or does not answer whole within 30 s: 500, and one log line per second at most naming
+  the address (never a header).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from http import HTTPStatus
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 from urllib.parse import urljoin, urlsplit
 
+import gevent
 import requests
 import requests.adapters
 from urllib3.util import SKIP_HEADER
@@ -43,7 +44,8 @@ OPTIONS = ("address", "trustForwardHeader", "authResponseHeaders", "authResponse
            "authRequestHeaders", "tls", "addAuthCookiesToResponse", "forwardBody", "maxBodySize",
            "maxResponseBodySize", "preserveLocationHeader", "preserveRequestMethod", "headerField", "authSigninURL")
 CONNECT_TIMEOUT = 5.0
-READ_TIMEOUT = 30.0   # Traefik's client gives the whole exchange 30 s
+READ_TIMEOUT = 30.0    # between two reads
+TOTAL_TIMEOUT = 30.0   # the whole exchange, as Traefik's client: a trickling auth server is cut too
 MAX_ANSWER_BYTES = 1 << 20   # maxResponseBodySize unset or -1: an auth answer is small; never unbounded here
 MAX_BODY_BYTES = 16 << 20    # maxBodySize unset or -1: the request body is held in memory, so bounded anyway
 FAILURES = FailureLogThrottle()
@@ -51,6 +53,10 @@ FAILURES = FailureLogThrottle()
 
 class AnswerTooLarge(Exception):
     """The auth server's answer is longer than ``maxResponseBodySize``: 401, as Traefik."""
+
+
+class AuthTimeout(Exception):
+    """The auth server took longer than :data:`TOTAL_TIMEOUT` for the whole exchange: 500."""
 
 
 def forward_auth(options: Mapping[str, Any], context: Context) -> Wrapper:
@@ -101,10 +107,11 @@ class ForwardAuth:
             if body is None:  # larger than maxBodySize: 401, as Traefik
                 return self.unauthorized(environ, start_response)
         try:
-            status, headers, answer = ask(self.session, self.settings, environ, body, self.max_answer)
+            with gevent.Timeout(TOTAL_TIMEOUT, AuthTimeout()):
+                status, headers, answer = ask(self.session, self.settings, environ, body, self.max_answer)
         except AnswerTooLarge:
             return self.unauthorized(environ, start_response)
-        except (requests.RequestException, OSError, ValueError) as exc:
+        except (requests.RequestException, OSError, ValueError, AuthTimeout) as exc:
             self.log_failure(exc)
             return self.failed(environ, start_response)
         if self.user_header:
