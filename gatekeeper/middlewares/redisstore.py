@@ -116,7 +116,7 @@ def bucket_key(middleware: str, source: str) -> str:
 
 
 def expiry_seconds(rate: float, burst: int) -> int:
-    """How long an idle bucket is worth keeping: until it would be full again, plus a second.
+    """How long an idle bucket is worth keeping: until it would be full again (rounded up), plus a second.
 
     >>> expiry_seconds(100.0, 200), expiry_seconds(1 / 60, 5)
     (3, 301)
@@ -129,10 +129,12 @@ class RedisBuckets:
     ``(allowed, wait_seconds, tokens_left)`` or raises :class:`StoreError`."""
 
     def __init__(self, settings: RedisSettings, middleware: str, rate: float, burst: int) -> None:
-        import redis  # noqa: F401 - loaded when the configuration is built: on a first request it stalls the loop ~100 ms
+        from redis.exceptions import NoScriptError  # loaded at build: on a first request it stalls the loop ~100 ms
 
         self.settings, self.middleware, self.rate, self.burst = settings, middleware, rate, burst
         self.ttl = expiry_seconds(rate, burst)
+        self.args = (repr(rate), str(burst), str(self.ttl))
+        self.no_script = NoScriptError
         self._client: Any = None
         self._lock = threading.Lock()
         self._last_error_log = 0.0
@@ -159,14 +161,11 @@ class RedisBuckets:
 
     def run_script(self, key: str) -> List[Any]:
         """EVALSHA, and EVAL when Redis does not know the script yet (a new or restarted Redis)."""
-        from redis.exceptions import NoScriptError
-
         client = self.client()
-        args = (repr(self.rate), str(self.burst), str(self.ttl))
         try:
-            return list(client.evalsha(TOKEN_BUCKET_SHA, 1, key, *args))
-        except NoScriptError:
-            return list(client.eval(TOKEN_BUCKET, 1, key, *args))
+            return list(client.evalsha(TOKEN_BUCKET_SHA, 1, key, *self.args))
+        except self.no_script:
+            return list(client.eval(TOKEN_BUCKET, 1, key, *self.args))
 
     def log_error(self, exc: Exception) -> None:
         """One line per :data:`ERROR_LOG_EVERY` seconds: the middleware, the endpoint and the error's kind and
