@@ -283,7 +283,7 @@ def run(settings: Settings) -> int:
     its own in :func:`serve_process`; the load here only builds, never fetches (as ``check`` does)."""
     from gevent import monkey
 
-    # queue=False: a fully patched queue stops watchdog delivering events (STYLE.md, measured trap).
+    # queue=False: a fully patched queue stops watchdog delivering events (measured; see config/watch.py).
     monkey.patch_all(queue=False)
     from gatekeeper.ops.logs import configure_logging
 
