@@ -156,6 +156,31 @@ def test_readme_flask_example(readme_examples: Dict[str, Any], claims: Any, stat
         server.stop()
 
 
+@pytest.mark.parametrize("claims, status, body", [
+    ({"grp": "admin"}, 200, {"sub": None, "group": "admin"}),
+    ({"sub": "alice", "grp": "admin"}, 200, {"sub": "alice", "group": "admin"}),
+    ({"sub": "bob", "grp": "dev"}, 403, None),
+], ids=["no-sub", "sub", "not-admin"])
+def test_jwt_md_flask_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claims: Any, status: int,
+                              body: Any) -> None:
+    pytest.importorskip("flask")
+    text = (ROOT / "docs" / "jwt.md").read_text()
+    block = text.split("## Embedding: Flask\n```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "jwt_md_example.py").write_text(block)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "jwt_md_example", raising=False)
+    server = RunningServer(importlib.import_module("jwt_md_example").app)
+    try:
+        headers = {"Authorization": f"Bearer {mint(claims, secret='mysuperlongsecret')}"}
+        answer = requests.get(server.url + "/whoami", headers=headers, timeout=5)
+    finally:
+        server.stop()
+        sys.modules.pop("jwt_md_example", None)
+    assert answer.status_code == status
+    if body is not None:
+        assert answer.json() == body
+
+
 # --- scripts/demo on ports of one's choosing ----------------------------------------------------------------
 
 def free_ports(count: int) -> List[int]:
