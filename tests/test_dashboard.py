@@ -2,6 +2,7 @@
 
 The browser half (a real Chromium running the page's script) is tests/test_dashboard_browser.py.
 """
+import html
 import json
 import os
 import subprocess
@@ -314,3 +315,17 @@ def test_what_broke_compares_problems_by_file_and_object():
     assert what_broke(before, same_elsewhere) == ([], [])                  # a line moved: nothing new
     assert what_broke(before, now_stale) == (now_stale, [])
     assert what_broke(before, []) == ([], before)
+
+
+@pytest.mark.parametrize("name", ["%SCRIPT%", "%FORM%", "%TABLES%", '"><img src=x onerror=alert(1)>'],
+                         ids=["script-placeholder", "form-placeholder", "tables-placeholder", "attribute-break"])
+def test_names_are_text_in_the_page(name):
+    """A name spelling one of the template's placeholders, or breaking out of an attribute, stays text."""
+    from gatekeeper.ops.dashboard import page_html
+    doc = synthetic_doc(1)
+    doc["routers"][0].update(name=name, rule=f"Path(`/{name}`)")
+    query = {"q": name, "kind": "router", "name": name}
+    page = page_html(build_view(doc, query), query)
+    assert page.count("<script>") == 1 and page.count("<form") == 1 and page.count('<table id="routers"') == 1
+    assert "<img" not in page and page.count('"use strict"') == 1             # the script is inlined once
+    assert '<a href="?kind=router&amp;name=' in page and html.escape(name) in page.split('<table id="routers"')[1]

@@ -81,7 +81,7 @@ def changes_text(changes: Mapping[str, List[str]], shown: int = 10) -> str:
 
 def problem_text(problem: Mapping[str, Any]) -> str:
     where = f"{problem['object']} ({problem['file']})" if problem["object"] else problem["file"]
-    return f"{problem['state']}: {where}: {problem['reason']}"
+    return f"{problem['state']}: " + (f"{where}: " if where else "") + str(problem["reason"])
 
 
 def jwt_outcomes_text(outcomes: Mapping[str, float]) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import time
 from functools import lru_cache
 from importlib import resources
@@ -34,6 +35,7 @@ from gatekeeper.wsgi import Environ, StartResponse, WSGIApp
 
 __all__ = ["CSP", "TABLES", "build_view", "make_dashboard", "page_html", "sparkline_svg", "when"]
 
+PLACEHOLDER = re.compile(r"%(SUMMARY|NOTICE|FORM|DETAIL|TABLES|SCRIPT)%")
 QUERY_KEYS = ("q", "state", "kind", "name", *(f"page_{key}" for key, _, _ in TABLES))
 
 
@@ -115,11 +117,11 @@ def page_html(view: Mapping[str, Any], query: Mapping[str, str] = {}) -> str:
     other source)."""
     tables = "".join(table_html(key, title, headings, view["tables"][key], query)
                      for key, title, headings in TABLES)
-    script = page_file("dashboard.js").replace("</", "<\\/")
-    return (page_file("dashboard.html").replace("%SUMMARY%", html.escape(view["summary"]))
-            .replace("%NOTICE%", html.escape(view["notice"])).replace("%FORM%", form_html(query))
-            .replace("%DETAIL%", detail_html(view.get("detail"), query))
-            .replace("%TABLES%", tables).replace("%SCRIPT%", script))
+    parts = {"SUMMARY": html.escape(view["summary"]), "NOTICE": html.escape(view["notice"]),
+             "FORM": form_html(query), "DETAIL": detail_html(view.get("detail"), query), "TABLES": tables,
+             "SCRIPT": page_file("dashboard.js").replace("</", "<\\/")}
+    # one pass: a name spelling %SCRIPT% or %FORM% stays text (what is filled in is never scanned again)
+    return PLACEHOLDER.sub(lambda match: parts[match.group(1)], page_file("dashboard.html"))
 
 
 def query_of(request: Request) -> Dict[str, str]:

@@ -267,6 +267,8 @@ class DashboardSource:
             for record in history[seen_at + 1:]:
                 now = problems(loader.config) if record.swapped else self._problems
                 broke, fixed = what_broke(self._problems, now)
+                if not record.swapped:  # conf.d could not be read: the configuration before it keeps serving
+                    broke = [{"file": "", "object": "", "reason": error, "state": "error"} for error in record.errors]
                 self.reloads.appendleft(reload_entry(record, broke, fixed))
                 self._problems = now
                 self.stale.update(loader.config, record.at)

@@ -109,7 +109,7 @@ function go(search) {
 // Links inside the page (pages, details, close) change the query in place; the form searches as you type.
 document.addEventListener("click", (event) => {
   const a = event.target.closest && event.target.closest("a");
-  if (!a || !a.getAttribute("href").startsWith("?") || event.ctrlKey || event.metaKey) return;
+  if (!a || !(a.getAttribute("href") || "").startsWith("?") || event.ctrlKey || event.metaKey) return;
   event.preventDefault();
   go(a.getAttribute("href"));
 });
