@@ -48,28 +48,6 @@ class BuildContext(Context, Protocol):
 Factory = Callable[[MiddlewareDef, BuildContext], Wrapper]
 
 
-def strip_prefix(options: Mapping[str, Any]) -> Wrapper:
-    """Traefik's stripPrefix: the first matching prefix is removed and sent as ``X-Forwarded-Prefix``."""
-    fields = pick(options, ("prefixes", "forceSlash"), "stripPrefix")
-    prefixes = want_str_list(fields.get("prefixes", []), "stripPrefix.prefixes")
-    if not prefixes:
-        raise ConfigError("stripPrefix.prefixes: at least one prefix is required")
-    want_bool(fields.get("forceSlash", True), "stripPrefix.forceSlash")  # deprecated in Traefik; accepted
-
-    def wrap(app: WSGIApp) -> WSGIApp:
-        def stripped(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-            path, query = split_target(environ)
-            for prefix in prefixes:
-                if path.startswith(prefix):
-                    rest = path[len(prefix):]
-                    set_path(environ, rest if rest.startswith("/") else "/" + rest, query)
-                    environ["HTTP_X_FORWARDED_PREFIX"] = prefix
-                    break
-            return app(environ, start_response)
-        return stripped
-    return wrap
-
-
 def add_prefix(options: Mapping[str, Any]) -> Wrapper:
     """Traefik's addPrefix: ``prefix`` is put in front of the path."""
     fields = pick(options, ("prefix",), "addPrefix")
@@ -205,7 +183,7 @@ def with_context(factory: ContextFactory) -> Factory:
 FACTORIES: Dict[str, Factory] = {
     "plugin.jwt": jwt,
     "chain": chain,
-    "stripPrefix": from_options(strip_prefix),
+    "stripPrefix": with_context(paths.strip_prefix),
     "addPrefix": from_options(add_prefix),
     "headers": with_context(headers.headers),
     "encodedCharacters": from_options(encoded_characters),

@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote
 from gatekeeper.errors import ConfigError
 from gatekeeper.expr.regexps import RegexpError, compile_capturing
 from gatekeeper.middlewares.base import Context, Wrapper, refusal, set_path, split_target
-from gatekeeper.options import pick, want_str, want_str_list
+from gatekeeper.options import pick, want_bool, want_str, want_str_list
 from gatekeeper.requestpath import remove_dot_segments
 from gatekeeper.wsgi import PATH_SAFE, Environ, StartResponse, WSGIApp
 
@@ -186,6 +186,31 @@ def replace_path_regex(options: Mapping[str, Any], context: Context) -> Wrapper:
                 return unclean(environ, start_response)
             return app(environ, start_response)
         return replaced
+    return wrap
+
+
+def strip_prefix(options: Mapping[str, Any], context: Context) -> Wrapper:
+    """Traefik's stripPrefix: the first prefix the raw path starts with is removed and sent as
+    ``X-Forwarded-Prefix``. What is left goes through :func:`rewritten` like every rewrite: a router on
+    ``PathPrefix(`/pub`)`` stripping ``/pub`` would otherwise forward ``/pub./admin/x`` as ``/./admin/x``
+    (and ``/pub../admin/x`` as ``/../admin/x``), which a normalising upstream serves as ``/admin/x``."""
+    fields = pick(options, ("prefixes", "forceSlash"), "stripPrefix")
+    prefixes = want_str_list(fields.get("prefixes", []), "stripPrefix.prefixes")
+    if not prefixes:
+        raise ConfigError("stripPrefix.prefixes: at least one prefix is required")
+    want_bool(fields.get("forceSlash", True), "stripPrefix.forceSlash")  # deprecated in Traefik; accepted
+    unclean = _unclean(context.name)
+
+    def wrap(app: WSGIApp) -> WSGIApp:
+        def stripped(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+            path, query = split_target(environ)
+            prefix = next((p for p in prefixes if path.startswith(p)), None)
+            if prefix is not None:
+                environ[FORWARDED_PREFIX] = prefix
+                if not rewritten(environ, path[len(prefix):], query):
+                    return unclean(environ, start_response)
+            return app(environ, start_response)
+        return stripped
     return wrap
 
 

@@ -1,0 +1,142 @@
+"""Attacks on the HTTP middlewares in composition with ``plugin.jwt`` (issue 18's review), each through a real
+Gateway, real upstreams and real sockets: every test here passes because the gateway refuses the attack.
+
+The attacker's goals: reach a route protected by ``plugin.jwt``, basicAuth, forwardAuth or ipAllowList without
+valid credentials; read a credential (a header sent to the wrong server); or stall the gateway with one
+request. Attacks that succeeded before a fix say so in their docstring.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import textwrap
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import bcrypt
+import gevent
+import pytest
+import requests
+
+from gatekeeper.app import Gateway
+from gatekeeper.jwt.mint import mint
+from gatekeeper.middlewares.htpasswd import sha_line
+from gatekeeper.requestpath import PathPolicy, PathSettings
+from tests.conftest import exchange, status_of
+
+SECRET = "attacks-secret-0123456789abcdef0123"
+ALICE = sha_line("alice", "pa:ss\u00e9")   # a colon and a non-ASCII letter in the password
+JWT = f'{{plugin: {{jwt: {{signingSecret: "{SECRET}", forwardHeaders: {{X-User: sub}}}}}}}}'
+
+
+def token(sub: str = "alice") -> str:
+    return mint({"sub": sub, "exp": int(time.time()) + 300}, secret=SECRET)
+
+
+def bearer(sub: str = "alice") -> Dict[str, str]:
+    return {"Authorization": f"Bearer {token(sub)}"}
+
+
+def headers_of(echoed: Dict[str, Any], name: str) -> List[str]:
+    return [v for n, v in echoed["headers"] if n.lower() == name.lower()]
+
+
+def body_of(answer: bytes) -> Dict[str, Any]:
+    return json.loads(answer.partition(b"\r\n\r\n")[2])
+
+
+class Recorder:
+    """A WSGI upstream that remembers every request's environ (headers, path, body) and answers ``reply``."""
+
+    def __init__(self, reply: Optional[Callable[[Dict[str, Any]], Any]] = None) -> None:
+        self.seen: List[Dict[str, Any]] = []
+        self.reply = reply
+
+    def __call__(self, environ, start_response):
+        body = environ["wsgi.input"].read()
+        seen = {k: v for k, v in environ.items() if k.startswith("HTTP_") or k in ("CONTENT_LENGTH", "PATH_INFO")}
+        seen.update(body=body, target=environ.get("RAW_URI") or environ.get("PATH_INFO"))
+        self.seen.append(seen)
+        if self.reply is not None:
+            return self.reply(environ, start_response)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "8")])
+        return [b"upstream"]
+
+
+@pytest.fixture
+def gateway(conf_d, wsgi_server) -> Callable[..., Any]:
+    """``gateway(yaml, policy=..., trusted=[...])``: a Gateway over one manifest (``http:`` block), served."""
+    def start(manifest: str, policy: PathPolicy = PathPolicy(), trusted: tuple = ()) -> Any:
+        conf_d("routes.yaml", textwrap.dedent(manifest))
+        gw = Gateway(conf_d.root, request_path=PathSettings(policy), trusted_proxies=trusted)
+        assert not gw.config.errors, [str(e) for e in gw.config.errors]
+        return wsgi_server(gw)
+    return start
+
+
+@pytest.fixture
+def files_upstream(tmp_path: Path) -> Iterator[str]:
+    """Python's http.server over pub/hello.txt and admin/secret.txt: it decodes the path and resolves ``..``
+    and ``.`` segments, as many upstreams do."""
+    root = tmp_path / "files"
+    (root / "pub").mkdir(parents=True)
+    (root / "admin").mkdir()
+    (root / "pub" / "hello.txt").write_text("hello")
+    (root / "admin" / "secret.txt").write_text("admin secret")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+# --- path rewrites against a normalising upstream ---------------------------------------------------------
+
+def files_routes(files: str, middleware: str) -> str:
+    """A public router on /pub (rewritten by ``middleware``) and a JWT-protected one on /admin, one upstream."""
+    return f"""
+        http:
+          routers:
+            public: {{rule: "PathPrefix(`/pub`)", service: files, middlewares: [rewrite]}}
+            admin: {{rule: "PathPrefix(`/admin`)", service: files, middlewares: [auth]}}
+          middlewares:
+            auth: {JWT}
+            rewrite: {middleware}
+          services:
+            files: {{loadBalancer: {{servers: [{{url: "{files}"}}]}}}}
+        """
+
+
+@pytest.mark.parametrize("middleware, sent", [
+    ("{stripPrefix: {prefixes: [/pub]}}", "/pub./admin/secret.txt"),
+    ("{stripPrefix: {prefixes: [/pub]}}", "/pub../admin/secret.txt"),
+    ("{stripPrefix: {prefixes: [/pub]}}", "/pub..%2Fadmin%2Fsecret.txt"),
+    ("{stripPrefixRegex: {regex: ['^/pub']}}", "/pub./admin/secret.txt"),
+    ("{stripPrefixRegex: {regex: ['^/pub']}}", "/pub../admin/secret.txt"),
+    ("{replacePathRegex: {regex: '^/pub(.*)', replacement: '/pub$1'}}", "/pub/..%2Fadmin/secret.txt"),
+    ("{replacePathRegex: {regex: '^/pub(.*)', replacement: '$1'}}", "/pub./admin/secret.txt"),
+], ids=["stripPrefix-dot", "stripPrefix-dotdot", "stripPrefix-encoded-slash", "stripPrefixRegex-dot",
+        "stripPrefixRegex-dotdot", "replacePathRegex-encoded-slash", "replacePathRegex-dot"])
+def test_a_rewrite_never_reaches_a_protected_file_on_a_normalising_upstream(gateway, files_upstream,
+                                                                          middleware, sent):
+    """Before the fix, stripPrefix forwarded ``/pub./admin/secret.txt`` as ``/./admin/secret.txt`` (and
+    ``/pub../admin/...`` as ``/../admin/...``): http.server resolved it and served the JWT-protected file
+    to a client without a token."""
+    server = gateway(files_routes(files_upstream, middleware), policy=PathPolicy(allowed=frozenset({"%2F"})))
+    answer = exchange(server.port, f"GET {sent} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
+    assert b"admin secret" not in answer
+    assert status_of(answer) in (400, 404)
+    plain = requests.get(server.url + "/pub/hello.txt", timeout=5)
+    assert plain.status_code in (200, 404)  # the rewrite still works for a clean path
+    assert requests.get(server.url + "/admin/secret.txt", timeout=5).status_code == 401
