@@ -62,8 +62,10 @@ def problems(tmp_path: Path, text: str, upstream: str = "http://127.0.0.1:1") ->
      'demo.yaml:19: service "echo@file": service: unknown field "loadBalancr"; did you mean "loadBalancer"?'),
     ("          forwardHeaders:", "          forwardheader:",
      'demo.yaml:15: middleware "jwt-auth@file": unknown option "forwardheader"; did you mean "forwardHeaders"?'),
+    ("      middlewares: [jwt-auth]", "      middleware: [jwt-auth]",
+     'demo.yaml:8: router "api@file": router: unknown field "middleware"; did you mean "middlewares"?'),
 ], ids=["middleware-reference", "jwt-option", "http-level-key", "service-reference", "router-field",
-        "service-kind", "jwt-option-case"])
+        "service-kind", "jwt-option-case", "router-level-key"])
 def test_a_typo_names_its_line_and_the_closest_name(tmp_path: Path, typo: str, wrong: str, expected: str) -> None:
     assert typo in DEMO
     found = problems(tmp_path, DEMO.replace(typo, wrong, 1))
@@ -89,11 +91,14 @@ def test_a_kubernetes_typo_gets_the_hint_too(tmp_path: Path) -> None:
     assert any('unknown field "servces"; did you mean "services"?' in line for line in found), found
 
 
-def test_a_misspelt_middleware_fails_closed_and_the_rest_serves(tmp_path: Path, echo_upstream: RunningServer) -> None:
+@pytest.mark.parametrize("typo, wrong", [
+    ("[jwt-auth]", "[jwt-auht]"), ("middlewares: [jwt-auth]", "middleware: [jwt-auth]"),
+], ids=["reference", "router-key"])
+def test_a_misspelt_middleware_fails_closed_and_the_rest_serves(tmp_path: Path, echo_upstream: RunningServer,
+                                                               typo: str, wrong: str) -> None:
     root = tmp_path / "conf.d"
     root.mkdir()
-    (root / "demo.yaml").write_text(DEMO.replace("[jwt-auth]", "[jwt-auht]").replace(
-        "http://127.0.0.1:1", echo_upstream.url))
+    (root / "demo.yaml").write_text(DEMO.replace(typo, wrong).replace("http://127.0.0.1:1", echo_upstream.url))
     server = RunningServer(Gateway(root))
     try:
         token = mint({"sub": "alice"}, secret=SECRET)
@@ -101,5 +106,5 @@ def test_a_misspelt_middleware_fails_closed_and_the_rest_serves(tmp_path: Path, 
         public = requests.get(server.url + "/public/x", timeout=5)
     finally:
         server.stop()
-    assert api.status_code == 503 and "jwt-auht" not in api.text  # the reason is for the operator, not the client
+    assert api.status_code == 503 and "jwt-au" not in api.text  # never served unprotected; the reason is the operator's
     assert public.status_code == 200
