@@ -7,9 +7,9 @@ request. Attacks that succeeded before a fix say so in their docstring.
 """
 from __future__ import annotations
 
+import base64
 import http.server
 import json
-import socket
 import textwrap
 import threading
 import time
@@ -17,8 +17,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-import bcrypt
-import gevent
 import pytest
 import requests
 
@@ -28,6 +26,7 @@ from gatekeeper.middlewares.htpasswd import sha_line
 from gatekeeper.requestpath import PathPolicy, PathSettings
 from tests.conftest import exchange, status_of
 
+DEFAULT_POLICY = PathPolicy()
 SECRET = "attacks-secret-0123456789abcdef0123"
 ALICE = sha_line("alice", "pa:ss\u00e9")   # a colon and a non-ASCII letter in the password
 JWT = f'{{plugin: {{jwt: {{signingSecret: "{SECRET}", forwardHeaders: {{X-User: sub}}}}}}}}'
@@ -70,7 +69,7 @@ class Recorder:
 @pytest.fixture
 def gateway(conf_d, wsgi_server) -> Callable[..., Any]:
     """``gateway(yaml, policy=..., trusted=[...])``: a Gateway over one manifest (``http:`` block), served."""
-    def start(manifest: str, policy: PathPolicy = PathPolicy(), trusted: tuple = ()) -> Any:
+    def start(manifest: str, policy: PathPolicy = DEFAULT_POLICY, trusted: tuple = ()) -> Any:
         conf_d("routes.yaml", textwrap.dedent(manifest))
         gw = Gateway(conf_d.root, request_path=PathSettings(policy), trusted_proxies=trusted)
         assert not gw.config.errors, [str(e) for e in gw.config.errors]
@@ -140,3 +139,81 @@ def test_a_rewrite_never_reaches_a_protected_file_on_a_normalising_upstream(gate
     plain = requests.get(server.url + "/pub/hello.txt", timeout=5)
     assert plain.status_code in (200, 404)  # the rewrite still works for a clean path
     assert requests.get(server.url + "/admin/secret.txt", timeout=5).status_code == 401
+
+
+# --- headers a middleware sets, sent by the client ---------------------------------------------------------
+
+def recorded_routes(upstream: str, chain: str, middlewares: str) -> str:
+    return f"""
+        http:
+          routers:
+            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: {chain}}}
+          middlewares:
+            auth: {JWT}
+{textwrap.indent(textwrap.dedent(middlewares), " " * 12)}
+          services:
+            app: {{loadBalancer: {{servers: [{{url: "{upstream}"}}]}}}}
+        """
+
+
+SPOOFS = [  # (header as the client spells it, value): case variants and repeats of what a middleware sets
+    ("X-WebAuth-User", "admin"), ("x-webauth-user", "admin"), ("X-WEBAUTH-USER", "root"),
+    ("X-Auth-User", "admin"), ("x-auth-user", "admin"), ("X-User", "admin"), ("x-user", "root"),
+    ("X-Replaced-Path", "/admin"), ("X-Forwarded-Prefix", "/admin"), ("X-Forwarded-User", "admin"),
+]
+
+
+def raw_request(port: int, target: str, headers: List[tuple], body: bytes = b"") -> bytes:
+    lines = [f"GET {target} HTTP/1.1", "Host: a", "Connection: close", *(f"{n}: {v}" for n, v in headers)]
+    if body:
+        lines[0] = f"POST {target} HTTP/1.1"
+        lines.append(f"Content-Length: {len(body)}")
+    return exchange(port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
+
+@pytest.mark.parametrize("chain", ["[basic, auth]", "[auth, basic]", "[both]"], ids=["basic-jwt", "jwt-basic", "chain"])
+def test_a_client_cannot_set_the_user_headers_basic_auth_and_jwt_set(gateway, wsgi_server, chain):
+    """Spoofed copies (any case, repeated, with ``_`` for ``-``, named in ``Connection`` to drop the real one)
+    never reach the upstream: it sees exactly the values the middlewares set."""
+    recorder = Recorder()
+    upstream = wsgi_server(recorder)
+    server = gateway(recorded_routes(upstream.url, chain, f"""
+        basic: {{basicAuth: {{users: ["{ALICE}"], headerField: X-WebAuth-User}}}}
+        both: {{chain: {{middlewares: [basic, auth]}}}}
+        """))
+    credentials = "Basic " + base64.b64encode("alice:pa:ss\u00e9".encode()).decode()
+    jwt_header = bearer("bob")["Authorization"]
+    # basicAuth and jwt both read Authorization: two headers are joined, and neither accepts the pair
+    sent = [("Authorization", credentials), ("Authorization", jwt_header), *SPOOFS,
+            ("X_WebAuth_User", "admin"), ("X_User", "admin"), ("Connection", "X-WebAuth-User, X-User")]
+    assert status_of(raw_request(server.port, "/x", sent)) == 401
+    assert recorder.seen == []
+
+
+def test_basic_auth_header_field_cannot_be_spoofed_or_dropped(gateway, wsgi_server):
+    recorder = Recorder()
+    upstream = wsgi_server(recorder)
+    server = gateway(recorded_routes(upstream.url, "[basic]", f"""
+        basic: {{basicAuth: {{users: ["{ALICE}"], headerField: X-WebAuth-User, removeHeader: true}}}}
+        """))
+    credentials = "Basic " + base64.b64encode("alice:pa:ss\u00e9".encode()).decode()
+    sent = [("Authorization", credentials), *SPOOFS, ("X_WebAuth_User", "admin"),
+            ("Connection", "X-WebAuth-User")]
+    assert status_of(raw_request(server.port, "/x", sent)) == 200
+    seen = recorder.seen[-1]
+    assert seen["HTTP_X_WEBAUTH_USER"] == "alice"
+    assert "HTTP_AUTHORIZATION" not in seen
+    assert "HTTP_X_FORWARDED_PREFIX" not in seen  # the entry drops it from a peer that is no trusted proxy
+
+
+def test_jwt_forward_headers_cannot_be_spoofed_or_dropped_after_a_rewrite(gateway, wsgi_server):
+    recorder = Recorder()
+    upstream = wsgi_server(recorder)
+    server = gateway(recorded_routes(upstream.url, "[auth, rewrite]", """
+        rewrite: {replacePathRegex: {regex: '^/nomatch/(.*)', replacement: '/x/$1'}}
+        """))
+    sent = [*bearer("bob").items(), *SPOOFS, ("X_User", "admin"), ("Connection", "X-User")]
+    assert status_of(raw_request(server.port, "/x", sent)) == 200
+    seen = recorder.seen[-1]
+    assert seen["HTTP_X_USER"] == "bob"
+    assert "HTTP_X_REPLACED_PATH" not in seen, "a path that was not rewritten carries no client X-Replaced-Path"

@@ -178,7 +178,8 @@ def replace_path_regex(options: Mapping[str, Any], context: Context) -> Wrapper:
             current, query = split_target(environ)
             raw = current.encode("latin-1", "replace")
             match = regexp.search(raw)
-            if match is None:
+            if match is None:  # nothing replaced: a client's own X-Replaced-Path must not pose as ours
+                environ.pop(REPLACED_PATH, None)
                 return app(environ, start_response)
             new = replace_all(regexp, raw, template, match).decode("latin-1")
             environ[REPLACED_PATH] = current
