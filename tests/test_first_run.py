@@ -236,6 +236,20 @@ def test_demo_on_chosen_ports_prints_commands_that_work_then_cleans_up(tmp_path:
             assert sock.connect_ex(("127.0.0.1", freed)) != 0
 
 
+@pytest.mark.parametrize("flag, says", [
+    ("--upstream-port", "scripts/demo: the echo upstream could not start on 127.0.0.1:{port} (--upstream-port N"),
+    ("--port", "gatekeeper: traffic listener (--listen): cannot listen on 127.0.0.1:{port}: Address already in use"),
+], ids=["upstream", "gateway"])
+def test_demo_with_a_port_taken_says_which_and_cleans_up(taken_port: int, flag: str, says: str) -> None:
+    ports = dict(zip(("--port", "--admin-port", "--upstream-port"), map(str, free_ports(3))), **{flag: str(taken_port)})
+    before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("gatekeeper-demo.*"))
+    result = subprocess.run([str(ROOT / "scripts" / "demo"), *(x for pair in ports.items() for x in pair)],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 1
+    assert says.format(port=taken_port) in result.stderr, result.stderr
+    assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("gatekeeper-demo.*")) <= before  # nothing left
+
+
 def test_demo_refuses_a_bad_port_with_usage() -> None:
     result = subprocess.run([str(ROOT / "scripts" / "demo"), "--port", "web"], capture_output=True, text=True,
                             timeout=30, cwd=ROOT)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from typing import Iterable, List
 
 from gatekeeper.wsgi import RAW_URI, Environ, Headers, StartResponse, WSGIApp
@@ -84,7 +85,10 @@ def main(argv: "List[str] | None" = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:9000")
     parser.add_argument("--name", default="echo")
     args = parser.parse_args(argv)
-    sock = listen_socket(*parse_address(args.listen))  # TCP_NODELAY: no 40 ms delayed-ACK stalls
+    try:
+        sock = listen_socket(*parse_address(args.listen), listener="echo upstream")  # TCP_NODELAY: no ACK stalls
+    except OSError as exc:
+        sys.exit(f"{parser.prog}: {exc.strerror or exc}")
     print(f"echo upstream on http://{args.listen}", flush=True)
     make_server(sock, named_echo_app(args.name)).serve_forever()
 
