@@ -217,3 +217,92 @@ def test_jwt_forward_headers_cannot_be_spoofed_or_dropped_after_a_rewrite(gatewa
     seen = recorder.seen[-1]
     assert seen["HTTP_X_USER"] == "bob"
     assert "HTTP_X_REPLACED_PATH" not in seen, "a path that was not rewritten carries no client X-Replaced-Path"
+
+
+# --- forwardAuth ------------------------------------------------------------------------------------------
+
+def auth_server(status: str = "200 OK", headers: tuple = (), body: bytes = b"", chunked: bool = False) -> Recorder:
+    """An auth server answering ``status`` with ``headers`` and ``body`` (streamed without a length when
+    ``chunked``), remembering what it was asked."""
+    def reply(environ, start_response):
+        sent = list(headers) if chunked else [*headers, ("Content-Length", str(len(body)))]
+        start_response(status, sent)
+        return iter([body[:1], body[1:]]) if chunked else [body]
+    return Recorder(reply)
+
+
+def forward_auth_routes(upstream: str, auth: str, chain: str, extra: str = "") -> str:
+    return recorded_routes(upstream, chain, f"""
+        sso: {{forwardAuth: {{address: "{auth}/check", {extra}}}}}
+        """)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("extra", [
+    "authResponseHeadersRegex: '.*'",
+    "authResponseHeaders: [X-Auth-User, Content-Length, Transfer-Encoding, Connection, Host, Keep-Alive, Te, "
+    "Trailer, Upgrade, Content-Type]",
+], ids=["regex-all", "named"])
+def test_an_auth_answer_cannot_reframe_the_request_it_lets_through(gateway, wsgi_server, extra, chunked):
+    """Before the fix, the auth server's own ``Content-Length: 2`` (or ``Transfer-Encoding: chunked``) was set
+    on the request when the copy list or regexp matched it: the upstream got a 2-byte body, or a chunked header
+    over a body with a length, and the rest of the client's body was left to be read as another request.
+    As Go's client does for Traefik, framing, hop-by-hop headers and Host are never taken from the answer."""
+    recorder, auth = Recorder(), auth_server(headers=(("X-Auth-User", "alice"), ("Connection", "keep-alive"),
+                                                      ("Keep-Alive", "timeout=5"), ("Content-Type", "text/x-auth")),
+                                             body=b"ok", chunked=chunked)
+    upstream, auth_srv = wsgi_server(recorder), wsgi_server(auth)
+    server = gateway(forward_auth_routes(upstream.url, auth_srv.url, "[sso]", extra))
+    body = b"hello, this is the client's whole body"
+    with requests.Session() as session:
+        for _ in range(2):  # the same connection serves the next request: nothing of the body was left behind
+            answer = session.post(server.url + "/x", data=body, headers={"Content-Type": "text/plain"}, timeout=5)
+            assert answer.status_code == 200 and answer.content == b"upstream"
+    for seen in recorder.seen:
+        assert seen["body"] == body
+        assert seen["CONTENT_LENGTH"] == str(len(body))
+        assert seen["HTTP_X_AUTH_USER"] == "alice"
+        assert seen["HTTP_HOST"] == f"127.0.0.1:{server.port}"
+        assert "HTTP_TRANSFER_ENCODING" not in seen and "HTTP_KEEP_ALIVE" not in seen
+    assert len(recorder.seen) == 2
+
+
+def test_an_auth_servers_2xx_body_and_cookies_stay_with_it(gateway, wsgi_server):
+    """The auth server's 2xx body and cookies never reach the client (only ``addAuthCookiesToResponse``'s)."""
+    auth = auth_server(headers=(("Set-Cookie", "auth-session=s3cret"), ("Set-Cookie", "ok=1")),
+                       body=b"AUTH-SERVER-BODY")
+    upstream, auth_srv = wsgi_server(Recorder()), wsgi_server(auth)
+    server = gateway(forward_auth_routes(upstream.url, auth_srv.url, "[sso]", "addAuthCookiesToResponse: [ok]"))
+    answer = requests.get(server.url + "/x", timeout=5)
+    assert answer.content == b"upstream"
+    assert answer.headers.get("Set-Cookie") == "ok=1"
+
+
+@pytest.mark.parametrize("chain", ["[sso, auth]", "[auth, sso]"], ids=["forwardAuth-jwt", "jwt-forwardAuth"])
+def test_a_client_cannot_smuggle_auth_response_headers_or_redirect_the_auth_request(gateway, wsgi_server, chain):
+    """A client naming its own X-Auth-User, or an absolute-form target and Host of another server, reaches
+    neither the upstream with that user nor another auth server: the address is the configuration's."""
+    recorder, auth = Recorder(), auth_server()  # 2xx with no X-Auth-User
+    upstream, auth_srv = wsgi_server(recorder), wsgi_server(auth)
+    server = gateway(forward_auth_routes(upstream.url, auth_srv.url, chain, "authResponseHeaders: [X-Auth-User]"))
+    sent = [*bearer("bob").items(), ("X-Auth-User", "admin"), ("x-auth-user", "root"), ("X_Auth_User", "admin"),
+            ("Connection", "X-Auth-User")]
+    target = f"http://127.0.0.1:{upstream.port}/x"  # absolute form naming the upstream, not the auth server
+    assert status_of(raw_request(server.port, target, sent)) == 200
+    assert "HTTP_X_AUTH_USER" not in recorder.seen[-1]
+    assert [seen["target"] for seen in auth.seen] == ["/check"]
+    assert auth.seen[-1]["HTTP_X_FORWARDED_URI"] == "/x"
+    assert status_of(raw_request(server.port, "/x", [("X-Auth-User", "admin")])) == (401 if "auth" in chain else 200)
+
+
+def test_an_auth_refusal_is_framed_by_the_gateway(gateway, wsgi_server):
+    """A refusal whose auth server answers chunked with a lying header set reaches the client well framed,
+    and the connection serves the next request; an oversized refusal body is 401, not streamed."""
+    auth = auth_server("403 Forbidden", headers=(("Content-Length", "999"), ("X-Why", "no")), body=b"denied",
+                       chunked=True)
+    upstream, auth_srv = wsgi_server(Recorder()), wsgi_server(auth)
+    server = gateway(forward_auth_routes(upstream.url, auth_srv.url, "[sso]", "maxResponseBodySize: 4"))
+    with requests.Session() as session:
+        for _ in range(2):
+            answer = session.get(server.url + "/x", timeout=5)
+            assert answer.status_code == 401 and b"denied" not in answer.content

@@ -32,7 +32,7 @@ from urllib3.util import SKIP_HEADER
 from gatekeeper.errors import ConfigError
 from gatekeeper.expr.regexps import RegexpError, compile_search
 from gatekeeper.middlewares.base import Context, Wrapper, mark, refusal
-from gatekeeper.middlewares.forwardauth_request import Settings, auth_headers, read_body, read_tls
+from gatekeeper.middlewares.forwardauth_request import SKIPPED, Settings, auth_headers, read_body, read_tls
 from gatekeeper.options import HEADER_NAME, pick, want_bool, want_int, want_str, want_str_list
 from gatekeeper.proxy.failures import FailureLogThrottle
 from gatekeeper.proxy.rewrite import response_headers
@@ -254,17 +254,23 @@ def canonical(name: str) -> str:
 def set_auth_headers(environ: Environ, headers: Headers, copied: Tuple[str, ...],
                      matches: Optional[Callable[[str], bool]]) -> None:
     """Remove the client's copies of the headers the auth server decides, then set the server's values
-    (repeats joined with ``, ``)."""
-    wanted = {environ_key(name) for name in copied}
+    (repeats joined with ``, ``).
+
+    The request's framing, hop-by-hop headers and ``Host`` (:data:`SKIPPED`) are never touched, whatever the
+    list or regexp names: the auth answer's own ``Content-Length: 2`` would otherwise frame the client's body
+    to the upstream (the rest left on the connection), and a regexp like ``.*`` would drop the client's
+    ``Transfer-Encoding``. Go's client ignores these in Traefik's copied headers the same way."""
+    wanted = {environ_key(name) for name in copied} - SKIPPED
     if matches is not None:
-        for key in [k for k in environ if k.startswith("HTTP_") and matches(canonical(k[5:].replace("_", "-")))]:
+        for key in [k for k in environ if k.startswith("HTTP_") and k not in SKIPPED
+                    and matches(canonical(k[5:].replace("_", "-")))]:
             del environ[key]
     for key in wanted:
         environ.pop(key, None)
     values: Dict[str, List[str]] = {}
     for name, value in headers:
         key = environ_key(name)
-        if key in wanted or (matches is not None and matches(canonical(name))):
+        if key in wanted or (key not in SKIPPED and matches is not None and matches(canonical(name))):
             values.setdefault(key, []).append(value)
     for key, found in values.items():
         environ[key] = ", ".join(found)
