@@ -53,7 +53,8 @@ def test_yaml_error_shows_line_column_caret_and_hint(loader: type, text: str, wh
      "   other: hunter3hunter3\n", "hunter3hunter3"),
     ("http:\n  services:\n    s:\n      loadBalancer:\n        servers:\n"
      "          - url: http://u:pa55w0rd@h/ weight: 1\n", "pa55w0rd"),
-], ids=["secret-option", "kubernetes-secret", "url-credentials"])
+    ('{"http": {"middlewares": {"a": {"plugin": {"jwt": {"signingSecret": "hunter2x" "oops"}}}}}}\n', "hunter2x"),
+], ids=["secret-option", "kubernetes-secret", "url-credentials", "json-one-line"])
 def test_the_line_shown_never_carries_a_credential(loader: type, text: str, secret: str) -> None:
     shown = message(text, loader)
     assert "^" in shown and "***" in shown, shown

@@ -23,6 +23,9 @@ _KEY_LINE = re.compile(r"(\s*(?:-\s+)?[^\s:#'\"][^:#]*?:)(\s+)(\S.*)$")
 _NO_SPACE = re.compile(r"\s*(?:-\s+)?([A-Za-z_][\w.-]*):(?![\s/]|$)")
 _SECRET_KEY = re.compile(r"secret|passw|token|key|credential|auth|cookie|private|cert|data", re.IGNORECASE)
 _OPAQUE = re.compile(r"[A-Za-z0-9+/=_-]{24,}|://[^/\s]*@")  # a long base64-like run; a URL with user:password@
+# a secret-sounding key inside the value: a flow mapping or a one-line JSON file (`{"signingSecret": "..."}`)
+_INNER_SECRET_KEY = re.compile(r"(?:secret|passw|token|key|credential|auth|cookie|private|cert)[\w-]*[\"']?\s*:",
+                               re.IGNORECASE)
 _SECRET_KIND = re.compile(r"^kind:\s*Secret\s*$", re.MULTILINE)
 
 
@@ -48,14 +51,15 @@ def masked(line: str, secret_file: bool) -> str:
     '      rule: Path(`/`)'
     >>> masked("  - url: http://user:pass@10.0.0.1/", False)
     '  - url: ***'
+    >>> masked('{"http": {"middlewares": {"a": {"plugin": {"jwt": {"signingSecret": "s3"}}}}}', False)
+    '{"http": ***'
+    >>> masked("      middlewares: [jwt-auth]", False)
+    '      middlewares: [jwt-auth]'
     """
     match = _KEY_LINE.match(line)
-    if match is not None:
-        if secret_file or _SECRET_KEY.search(match.group(1)) or _OPAQUE.search(match.group(3)):
-            return match.group(1) + match.group(2) + "***"
-        return line
-    if secret_file or _OPAQUE.search(line):
-        return line[:len(line) - len(line.lstrip())] + "***"
+    key, value = (match.group(1), match.group(3)) if match else ("", line)
+    if secret_file or _SECRET_KEY.search(key) or _OPAQUE.search(value) or _INNER_SECRET_KEY.search(value):
+        return (match.group(1) + match.group(2) if match else line[:len(line) - len(line.lstrip())]) + "***"
     return line
 
 
