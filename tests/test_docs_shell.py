@@ -48,10 +48,6 @@ ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
 BEFORE: Dict[Tuple[str, str], str] = {
     ("docs/kubernetes.md", "gatekeeper check /tmp/conf.d"): "rm -f /tmp/conf.d/whoami-endpoints.yaml",
 }
-# ... and blocks of such pages that cannot run here, with why (pages this test owns say it in the text).
-SKIPPED: Dict[Tuple[str, str], str] = {
-    ("docs/kubernetes.md", "kubectl apply -f docs/examples/kubernetes/deployment.yaml"): "needs a Kubernetes cluster",
-}
 
 
 @dataclass
@@ -92,10 +88,8 @@ def blocks_of(page: str, text: str) -> Iterator[Block]:
             skipped = SKIP.search(before)
             body = lines[index + 1:end]
             commands = console_commands(body) if fence.group(1) == "console" else script_commands(body)
-            skip = skipped.group(1).strip() if skipped else None
-            if commands and (page, commands[0].text) in SKIPPED:
-                skip = SKIPPED[(page, commands[0].text)]
-            yield Block(page, index + 1, fence.group(1), commands, skip=skip)
+            yield Block(page, index + 1, fence.group(1), commands,
+                        skip=skipped.group(1).strip() if skipped else None)
         index = end + 1
 
 
