@@ -28,6 +28,7 @@ ENTRYPOINT = "gatekeeper.entrypoint"           # the listener's entry point name
 BODY_REFUSED = "gatekeeper.body_refused"       # the server refused the body (too large, bad framing)
 UPGRADE = "gatekeeper.upgrade"                 # the server's Offer for an upgradable request (server/upgrade.py)
 MIDDLEWARE_OUTCOME = "gatekeeper.middleware"   # (middleware, outcome): a middleware answered, not the service
+CREDENTIAL_HEADERS = "gatekeeper.credential_headers"  # environ keys of headers a credential was read from
 TUNNEL_BYTES_IN = "gatekeeper.tunnel.bytes_in"     # an upgraded connection: client -> upstream, after the 101
 TUNNEL_BYTES_OUT = "gatekeeper.tunnel.bytes_out"   # ... upstream -> client
 

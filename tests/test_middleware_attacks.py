@@ -306,3 +306,71 @@ def test_an_auth_refusal_is_framed_by_the_gateway(gateway, wsgi_server):
         for _ in range(2):
             answer = session.get(server.url + "/x", timeout=5)
             assert answer.status_code == 401 and b"denied" not in answer.content
+
+
+# --- errors: what the page service is sent, what the client gets -------------------------------------------
+
+def error_page_routes(upstream: str, pages: str, jwt_options: str, rewrites: str = "") -> str:
+    return f"""
+        http:
+          routers:
+            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [pages, auth]}}
+          middlewares:
+            auth: {{plugin: {{jwt: {{signingSecret: "{SECRET}", {jwt_options}}}}}}}
+            pages: {{errors: {{status: ["401", "500-599"], service: pages, query: "/{{status}}.html"{rewrites}}}}}
+          services:
+            app: {{loadBalancer: {{servers: [{{url: "{upstream}"}}]}}}}
+            pages: {{loadBalancer: {{servers: [{{url: "{pages}"}}]}}}}
+        """
+
+
+CREDENTIAL_HEADERS = ("HTTP_AUTHORIZATION", "HTTP_COOKIE", "HTTP_X_API_TOKEN", "HTTP_PROXY_AUTHORIZATION")
+
+
+@pytest.mark.parametrize("jwt_options, sent, path", [
+    ("tokenSource: {header: X-Api-Token}", {"X-Api-Token": "expired-or-forged"}, "/x"),
+    ("tokenSource: {header: X-Api-Token}, forwardAuthorization: true", {"X-Api-Token": "VALID"}, "/status/503"),
+    ("tokenSource: {header: X-Api-Token, headerAuthScheme: Token}", {"X-Api-Token": "Token VALID"}, "/status/500"),
+    ("tokenKey: jwt", {}, "/x?jwt=forged&other=1"),
+], ids=["refused-custom-header", "forwarded-custom-header", "custom-scheme", "query-token"])
+def test_an_error_page_request_carries_no_credential(gateway, wsgi_server, jwt_options, sent, path):
+    """Before the fix, a token in a custom header (``tokenSource.header``) was sent to the page service, a
+    less trusted service than the one it was meant for (Authorization and Cookie were already dropped)."""
+    pages, upstream = Recorder(), Recorder()
+    pages_srv = wsgi_server(pages)
+    upstream_srv = wsgi_server(partial(named_status_app, upstream))
+    server = gateway(error_page_routes(upstream_srv.url, pages_srv.url, jwt_options))
+    headers = {name: value.replace("VALID", token()) for name, value in sent.items()}
+    headers.update({"Cookie": "session=s3cret", "Authorization": "Basic YWxpY2U6c2VjcmV0",
+                    "Proxy-Authorization": "Basic eDp5"})
+    answer = requests.get(server.url + path, headers=headers, timeout=5)
+    assert answer.status_code in (401, 500, 503) and answer.content == b"upstream"  # the page's body
+    assert len(pages.seen) == 1
+    seen = pages.seen[0]
+    assert [key for key in CREDENTIAL_HEADERS if key in seen] == []
+    assert "jwt=" not in seen["target"] and "forged" not in str(seen)
+
+
+def named_status_app(recorder: Recorder, environ, start_response):
+    """The protected upstream: ``/status/NNN`` answers NNN, anything else a secret 200."""
+    recorder(environ, lambda *a: None)
+    path = environ["PATH_INFO"]
+    status = path[len("/status/"):] + " X" if path.startswith("/status/") else "200 OK"
+    start_response(status, [("Content-Length", "16")])
+    return [b"PROTECTED ANSWER"]
+
+
+def test_a_status_rewrite_never_shows_the_protected_answer(gateway, wsgi_server):
+    """``statusRewrites`` turning a 401 into a 200 gives the page service's answer, never the upstream's:
+    a request without a token still never reaches it."""
+    pages, upstream = Recorder(), Recorder()
+    pages_srv, upstream_srv = wsgi_server(pages), wsgi_server(partial(named_status_app, upstream))
+    server = gateway(error_page_routes(upstream_srv.url, pages_srv.url, "forwardHeaders: {X-User: sub}",
+                                       ', statusRewrites: {"401": 200, "500-599": 200}'))
+    answer = requests.get(server.url + "/secret", timeout=5)
+    assert (answer.status_code, answer.content) == (200, b"upstream")
+    assert upstream.seen == []
+    answer = requests.get(server.url + "/secret", headers=bearer(), timeout=5)
+    assert (answer.status_code, answer.content) == (200, b"PROTECTED ANSWER")
+    answer = requests.get(server.url + "/status/502", headers=bearer(), timeout=5)
+    assert (answer.status_code, answer.content) == (200, b"upstream")  # the page, not the upstream's body

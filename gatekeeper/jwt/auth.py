@@ -28,7 +28,7 @@ from gatekeeper.jwt.sources import KEY_SOURCE_MODIFIERS, KEY_SOURCES, build_key_
 from gatekeeper.jwt.tokencache import VerifiedTokens
 from gatekeeper.jwt.tokens import TokenPlaces, build_token_places
 from gatekeeper.options import canonical_options, want_bool, want_map, want_seconds, want_text
-from gatekeeper.wsgi import CLAIMS, USER, Environ, StartResponse, WSGIApp
+from gatekeeper.wsgi import CLAIMS, CREDENTIAL_HEADERS, USER, Environ, StartResponse, WSGIApp
 
 OPTIONS = KEY_SOURCES + KEY_SOURCE_MODIFIERS + (
     "forwardAuthorization", "tokenKey", "tokenSource", "claims", "forwardHeaders", "usernameClaim",
@@ -91,7 +91,9 @@ class JWTAuth:
 
     def find_token(self, environ: Environ) -> Optional[str]:
         """The request's one token, from the header, tokenKey (query, form), query or cookie
-        (``ambiguous_token`` for more than one: see ``tokens``)."""
+        (``ambiguous_token`` for more than one: see ``tokens``). Its header is noted as a credential's, so an
+        errors middleware never sends it to a page service."""
+        environ.setdefault(CREDENTIAL_HEADERS, set()).add(self.places.header_key)
         return self.places.find(environ)
 
     # -- steps 2-6: verify ------------------------------------------------------------------------------

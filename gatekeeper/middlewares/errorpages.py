@@ -22,6 +22,7 @@ from gatekeeper.errors import ConfigError
 from gatekeeper.middlewares.base import Context, Wrapper, mark, split_target
 from gatekeeper.options import pick, type_name, want_int, want_str, want_str_list
 from gatekeeper.wsgi import (
+    CREDENTIAL_HEADERS,
     MIDDLEWARE_OUTCOME,
     RAW_URI,
     UPGRADE,
@@ -119,7 +120,8 @@ def error_pages(options: Mapping[str, Any], context: Context) -> Wrapper:
     service = page_service(fields.get("service"), context)
     query = page_query(fields.get("query"))
     keeps = header_filter(fields.get("errorRequestHeaders"))
-    pages = ErrorPages(ranges, rewrites, service, query, keeps=keeps, name=context.name)
+    pages = ErrorPages(ranges, rewrites, service, query, keeps=keeps, name=context.name,
+                       named=fields.get("errorRequestHeaders") is not None)
     return pages.wrap
 
 
@@ -127,9 +129,10 @@ class ErrorPages:
     """One ``errors`` middleware, built: what it catches and where its pages come from."""
 
     def __init__(self, ranges: Ranges, rewrites: List[Tuple[Ranges, int]], service: WSGIApp, query: str, *,
-                 keeps: Callable[[str], bool], name: str) -> None:
+                 keeps: Callable[[str], bool], name: str, named: bool = False) -> None:
         self.ranges, self.rewrites, self.service = ranges, rewrites, service
         self.query, self.keeps, self.name = query, keeps, name
+        self.named = named  # errorRequestHeaders given: it names every header sent, credentials included
 
     def wrap(self, app: WSGIApp) -> WSGIApp:
         def with_error_pages(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -180,9 +183,13 @@ class ErrorPages:
             return error_response(status)(environ, start_response)
 
     def page_environ(self, environ: Environ, target: str) -> Environ:
-        """A GET of ``target`` with the client's kept headers and no body."""
+        """A GET of ``target`` with the client's kept headers and no body. Unless ``errorRequestHeaders``
+        names them, no header a later middleware read a credential from (``plugin.jwt``'s
+        ``tokenSource.header``, :data:`~gatekeeper.wsgi.CREDENTIAL_HEADERS`) goes to the page service."""
+        credentials = () if self.named else environ.get(CREDENTIAL_HEADERS, ())
         page: Dict[str, Any] = {key: value for key, value in environ.items()
-                                if not (key.startswith("HTTP_") and not self.keeps(key)) and key not in BODY_KEYS}
+                                if not (key.startswith("HTTP_") and not self.keeps(key)) and key not in BODY_KEYS
+                                and key not in credentials}
         path, _, query = target.partition("?")
         page.update({"REQUEST_METHOD": "GET", RAW_URI: target, "PATH_INFO": unquote(path, "latin-1"),
                      "QUERY_STRING": query, "wsgi.input": io.BytesIO(b"")})
