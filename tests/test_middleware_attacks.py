@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+import bcrypt
 import pytest
 import requests
 
@@ -374,3 +375,96 @@ def test_a_status_rewrite_never_shows_the_protected_answer(gateway, wsgi_server)
     assert (answer.status_code, answer.content) == (200, b"PROTECTED ANSWER")
     answer = requests.get(server.url + "/status/502", headers=bearer(), timeout=5)
     assert (answer.status_code, answer.content) == (200, b"upstream")  # the page, not the upstream's body
+
+
+# --- CORS -------------------------------------------------------------------------------------------------
+
+CORS = ("{headers: {accessControlAllowOriginList: ['https://app.example'], accessControlAllowCredentials: true, "
+        "accessControlAllowOriginListRegex: ['^https://[a-z]+\\.example\\.com$'], accessControlAllowMethods: [GET], "
+        "addVaryHeader: true}}")
+
+
+@pytest.mark.parametrize("chain", ["[cors, auth]", "[auth, cors]"], ids=["cors-jwt", "jwt-cors"])
+def test_a_preflight_never_reaches_the_upstream_and_other_options_need_a_token(gateway, wsgi_server, chain):
+    recorder = Recorder()
+    server = gateway(recorded_routes(wsgi_server(recorder).url, chain, f"cors: {CORS}"))
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "DELETE"}
+    answer = requests.options(server.url + "/x", headers=preflight, timeout=5)
+    if chain == "[cors, auth]":
+        assert answer.status_code == 200 and answer.content == b""
+        assert answer.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    else:
+        assert answer.status_code == 401  # jwt first: the preflight needs a token like anything else
+    assert requests.options(server.url + "/x", headers={"Origin": "https://app.example"}, timeout=5).status_code == 401
+    evil = requests.options(server.url + "/x", headers={**preflight, "Origin": "https://evil.example"}, timeout=5)
+    assert "Access-Control-Allow-Origin" not in evil.headers
+    assert recorder.seen == []
+
+
+@pytest.mark.parametrize("origin", [
+    "https://app.example.evil.net", "https://evil.example.com.evil.net", "https://app.example:443",
+    "http://app.example", "null", "https://APP.example", "https://a.b.example.com", "https://app.example/",
+    "https://app.example, https://evil.example", "https://evil.example, https://app.example",
+])
+def test_credentials_are_never_offered_to_an_origin_not_allowed(gateway, wsgi_server, origin):
+    server = gateway(recorded_routes(wsgi_server(Recorder()).url, "[cors, auth]", f"cors: {CORS}"))
+    for headers in ({"Origin": origin, **bearer()}, {"Origin": origin, "Access-Control-Request-Method": "GET"}):
+        method = "OPTIONS" if "Access-Control-Request-Method" in headers else "GET"
+        answer = requests.request(method, server.url + "/x", headers=headers, timeout=5)
+        assert "Access-Control-Allow-Origin" not in answer.headers
+        assert "Access-Control-Allow-Credentials" not in answer.headers
+    allowed = requests.get(server.url + "/x", headers={"Origin": "https://api.example.com", **bearer()}, timeout=5)
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://api.example.com"
+
+
+# --- basicAuth --------------------------------------------------------------------------------------------
+
+def basic(user: bytes, password: bytes) -> str:
+    return "Basic " + base64.b64encode(user + b":" + password).decode()
+
+
+@pytest.fixture(scope="module")
+def bcrypt_line() -> str:
+    """alice with a 72-byte password (bcrypt reads no further), cost 10."""
+    return "alice:" + bcrypt.hashpw(b"p" * 72, bcrypt.gensalt(10)).decode()
+
+
+@pytest.mark.parametrize("authorization", [
+    basic(b"alice", b"p" * 72 + b"extra"),            # bcrypt would ignore what follows byte 72
+    basic(b"alice", b"p" * 71),
+    basic(b"alice\xff", b"p" * 72), basic(b"\xc3\x28", b"x"), basic(b"alice", b"p" * 72 + b"\xff"),
+    basic(b"alice", b"p" * 72)[:-2], "Basic " + "A" * 5000, basic(b"alice", b"x" * 3000),
+    basic(b"alice", b"p" * 72) + ", Basic eDp5", "Bearer " + basic(b"alice", b"p" * 72)[6:],
+    "Basic\t" + basic(b"alice", b"p" * 72)[6:] + "\t", basic(b"ALICE", b"p" * 72), basic(b"alice ", b"p" * 72),
+    basic(b"alice:", b"p" * 72),
+], ids=["past-72-bytes", "71-bytes", "user-not-utf8", "bad-utf8", "password-not-utf8", "truncated-base64",
+        "huge-header", "huge-password", "two-headers", "other-scheme", "tabs", "case", "trailing-space",
+        "colon-in-user"])
+def test_basic_auth_refuses_near_misses(gateway, wsgi_server, bcrypt_line, authorization):
+    recorder = Recorder()
+    server = gateway(recorded_routes(wsgi_server(recorder).url, "[basic]", f"""
+        basic: {{basicAuth: {{users: ["{bcrypt_line}"]}}}}
+        """))
+    with requests.Session() as session:
+        assert session.get(server.url + "/x", headers={"Authorization": basic(b"alice", b"p" * 72)},
+                           timeout=5).status_code == 200  # the right one passes (and is cached)
+        answer = session.get(server.url + "/x", headers={"Authorization": authorization}, timeout=5)
+    assert answer.status_code == 401 and answer.headers["WWW-Authenticate"] == 'Basic realm="traefik"'
+    assert len(recorder.seen) == 1
+
+
+def test_an_unknown_user_costs_a_full_check(gateway, wsgi_server, bcrypt_line):
+    """Timing does not tell which names exist: an unknown user is checked against a bcrypt hash too (a
+    missing check would answer in well under a millisecond, a cost-10 bcrypt takes tens)."""
+    server = gateway(recorded_routes(wsgi_server(Recorder()).url, "[basic]", f"""
+        basic: {{basicAuth: {{users: ["{bcrypt_line}"]}}}}
+        """))
+
+    def timed(user: bytes) -> float:
+        start = time.perf_counter()
+        assert requests.get(server.url + "/x", headers={"Authorization": basic(user, b"guess")},
+                            timeout=10).status_code == 401
+        return time.perf_counter() - start
+    known = sorted(timed(b"alice") for _ in range(3))[1]
+    unknown = sorted(timed(b"mallory") for _ in range(3))[1]
+    assert unknown > known / 3, (known, unknown)
