@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from gatekeeper.errors import ConfigError
 
@@ -117,6 +117,18 @@ def pick(obj: Any, allowed: Iterable[str], where: str) -> Dict[str, Any]:
             raise ConfigError(f'{where}: field "{key}" given twice', line=line_of(obj, key))
         out[name] = value
     return out
+
+
+def field_lines(obj: Any, allowed: Iterable[str]) -> Tuple[Tuple[str, int], ...]:
+    """The line of each known field of a manifest mapping, by canonical name (none for a plain dict): a
+    message about a field's value (a reference to something missing) can point at the field itself.
+
+    >>> field_lines({"service": "web"}, ("service",))
+    ()
+    """
+    canonical = {name.lower(): name for name in allowed}
+    found = ((canonical.get(str(key).lower()), line_of(obj, key)) for key in obj) if hasattr(obj, "line_of") else ()
+    return tuple((name, line) for name, line in found if name is not None and line)
 
 
 def canonical_options(options: Mapping[str, Any], allowed: Iterable[str],

@@ -48,14 +48,14 @@ def problems(tmp_path: Path, text: str, upstream: str = "http://127.0.0.1:1") ->
 
 @pytest.mark.parametrize("typo, wrong, expected", [
     ("middlewares: [jwt-auth]", "middlewares: [jwt-auht]",
-     'demo.yaml:6: router "api@file": answers 503: middleware "jwt-auht@file" does not exist; '
+     'demo.yaml:8: router "api@file": answers 503: middleware "jwt-auht@file" does not exist; '
      'did you mean "jwt-auth@file"?'),
     ("signingSecret:", "signingSecrt:",
      'demo.yaml:14: middleware "jwt-auth@file": unknown option "signingSecrt"; did you mean "signingSecret"?'),
     ("  middlewares:\n    jwt-auth", "  middleware:\n    jwt-auth",
      'demo.yaml:10: http: unknown field "middleware"; did you mean "middlewares"?'),
     ("      service: echo\n    api", "      service: ecoh\n    api",
-     'demo.yaml:3: router "public@file": answers 503: service "ecoh@file" does not exist; did you mean "echo@file"?'),
+     'demo.yaml:5: router "public@file": answers 503: service "ecoh@file" does not exist; did you mean "echo@file"?'),
     ("      rule: PathPrefix(`/public`)", "      rul: PathPrefix(`/public`)",
      'demo.yaml:4: router "public@file": router: unknown field "rul"; did you mean "rule"?'),
     ("      loadBalancer:", "      loadBalancr:",

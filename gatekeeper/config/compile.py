@@ -237,7 +237,9 @@ class Builder:
             else:
                 wrappers.append(built.wrapper)
         if problem is not None:
-            self.report(ConfigError(f"answers 503: {problem}"), definition.source, f'router "{definition.name}"')
+            field_name = "service" if problem.startswith("service ") else "middlewares"  # the reference's own line
+            self.report(ConfigError(f"answers 503: {problem}", line=definition.line_of(field_name)),
+                        definition.source, f'router "{definition.name}"')
             return problem, error_response(503, "Service Unavailable")
         assert service is not None and service.app is not None
         return None, compose(wrappers, service.app)

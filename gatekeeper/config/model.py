@@ -50,10 +50,15 @@ class RouterDef:
     # (unless a last good version serves), so a typo never lets a request fall through to another router.
     error: Optional[str] = None
     key: str = ""                   # identity across reloads when the name derives from content (see identity)
+    lines: Tuple[Tuple[str, int], ...] = ()     # the line of each field, when the provider knows it
 
     @property
     def effective_priority(self) -> int:
         return self.priority or len(self.rule)
+
+    def line_of(self, field_name: str) -> int:
+        """The line of a field (``middlewares``) for a message about it, else the router's own line."""
+        return dict(self.lines).get(field_name, self.source.line)
 
     @property
     def identity(self) -> str:
