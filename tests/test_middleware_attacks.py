@@ -468,3 +468,47 @@ def test_an_unknown_user_costs_a_full_check(gateway, wsgi_server, bcrypt_line):
     known = sorted(timed(b"alice") for _ in range(3))[1]
     unknown = sorted(timed(b"mallory") for _ in range(3))[1]
     assert unknown > known / 3, (known, unknown)
+
+
+# --- ipAllowList ------------------------------------------------------------------------------------------
+
+LAN = "lan: {ipAllowList: {sourceRange: ['10.0.0.0/8', '2001:db8::/32'], ipStrategy: {depth: 1}}}"
+PEER_ONLY = "lan: {ipAllowList: {sourceRange: ['10.0.0.0/8', '2001:db8::/32']}}"
+
+
+@pytest.mark.parametrize("trusted, middleware, forwarded, allowed", [
+    (False, LAN, ["10.0.0.1"], False),                     # a client naming its own address: dropped at the entry
+    (False, PEER_ONLY, ["10.0.0.1"], False),
+    (True, PEER_ONLY, ["10.0.0.1"], False),                # no ipStrategy: the peer (the proxy) is the client
+    (True, LAN, ["10.0.0.1, 192.0.2.9"], False),           # the proxy's own hop is the last one
+    (True, LAN, ["192.0.2.9, 10.0.0.1"], True),
+    (True, LAN, ["10.0.0.1", "192.0.2.9"], False),         # two headers: joined in order, the last hop counts
+    (True, LAN, ["192.0.2.9,10.0.0.1 "], True),
+    (True, LAN, ["10.0.0.1, 192.0.2.9, "], False),         # an empty last hop is skipped, not read as allowed
+    (True, LAN, ["::ffff:10.0.0.1"], True),                # IPv4-mapped IPv6 counts as its IPv4 address
+    (True, LAN, ["::ffff:192.0.2.9"], False),
+    (True, LAN, ["[2001:db8::1]"], True),
+    (True, LAN, ["fe80::1%eth0"], False), (True, LAN, ["2001:db8::1%eth0"], True),
+    (True, LAN, ["10.0.0.1%eth0"], False), (True, LAN, ["10.0.0.1%"], False),
+    (True, LAN, ["10.0.0.1:8080"], False),                 # odd spellings are no address: refused
+    (True, LAN, ["010.0.0.1"], False), (True, LAN, ["0x0a000001"], False), (True, LAN, ["10.1"], False),
+    (True, LAN, ["10.0.0.1/8"], False), (True, LAN, ["10.0.0.1 192.0.2.9"], False), (True, LAN, [""], False),
+    (True, LAN, ["unknown"], False), (True, LAN, [], False),
+])
+def test_ip_allow_list_reads_only_the_hop_it_trusts(gateway, wsgi_server, trusted, middleware, forwarded, allowed):
+    recorder = Recorder()
+    server = gateway(recorded_routes(wsgi_server(recorder).url, "[lan, auth]", middleware),
+                     trusted=("127.0.0.1/32",) if trusted else ())
+    sent = [("X-Forwarded-For", value) for value in forwarded]
+    assert status_of(raw_request(server.port, "/x", sent)) == (401 if allowed else 403)  # allowed: then the token
+    assert status_of(raw_request(server.port, "/x", [*sent, *bearer().items()])) == (200 if allowed else 403)
+    assert len(recorder.seen) == (1 if allowed else 0)
+
+
+def test_jwt_before_ip_allow_list_still_refuses_a_valid_token_from_outside(gateway, wsgi_server):
+    recorder = Recorder()
+    server = gateway(recorded_routes(wsgi_server(recorder).url, "[auth, lan]", PEER_ONLY))
+    assert status_of(raw_request(server.port, "/x", [*bearer().items(), ("X-Forwarded-For", "10.0.0.1"),
+                                                     ("X-Real-Ip", "10.0.0.1")])) == 403
+    assert status_of(raw_request(server.port, "/x", [("X-Forwarded-For", "10.0.0.1")])) == 401
+    assert recorder.seen == []

@@ -35,8 +35,14 @@ def parse_ranges(values: Any, where: str) -> List[Any]:
 
 
 def address(text: str) -> Optional[Any]:
-    """An IP address from a header or ``REMOTE_ADDR`` (brackets and zone dropped), None when it is not one."""
-    text = text.strip().strip("[]").partition("%")[0]
+    """An IP address from a header or ``REMOTE_ADDR`` (brackets dropped), None when it is not one. An IPv6 zone
+    (``fe80::1%eth0``) is read by ``ipaddress`` and does not change the address; on IPv4 (``10.0.0.1%eth0``) it
+    means nothing, so the text is no address (refused, as Go's ``net.ParseIP`` refuses it in Traefik).
+
+    >>> int(address("[2001:db8::1%eth0]")) == int(address("2001:db8::1")), address("10.0.0.1%eth0")
+    (True, None)
+    """
+    text = text.strip().strip("[]")
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -91,7 +97,7 @@ class IPStrategy:
         ip = address(text)
         if ip is None or ip.version != 6:
             return text
-        return str(ipaddress.ip_network(f"{ip}/{self.ipv6_subnet}", strict=False).network_address)
+        return str(ipaddress.IPv6Network((int(ip), self.ipv6_subnet), strict=False).network_address)  # no zone
 
 
 def source_criterion(options: Any, where: str) -> SourceOf:
