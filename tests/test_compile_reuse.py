@@ -221,3 +221,56 @@ def test_a_rotated_jwt_secret_reaches_every_router_using_it(tmp_path, wsgi_serve
     assert gateway.loader.wait_for_generation(generation + 1, 5)
     assert (status("a.test", SECRETS[0]), status("a.test", SECRETS[1])) == (401, 200)
     assert gateway.config.match({"HTTP_HOST": "b.test", "PATH_INFO": "/"}) is open_router  # reused
+
+
+# -- the providers' replay of a cached file (a dict.update per kind when no name is taken yet) ----------
+ENTRY = st.tuples(st.sampled_from(("routers", "services", "middlewares")), st.sampled_from(("x", "y", "z")),
+                  st.booleans())
+BODIES = {  # (good, in error) per section
+    "routers": ("{rule: 'Path(`/`)', service: x}", "{rule: 'Path(`/`)', service: x, priorty: 1}"),
+    "services": ("{loadBalancer: {servers: [{url: 'http://127.0.0.1:9'}]}}", "{loadBalancer: {serverz: []}}"),
+    "middlewares": ("{addPrefix: {prefix: /p}}", "{addPrefix: {prefixx: /p}}"),
+}
+
+
+def definitions_file(documents: List[List[Tuple[str, str, bool]]]) -> str:
+    """Documents (``---``) of routers, services and middlewares; a name may come back in a later document."""
+    texts = []
+    for entries in documents:
+        sections: Dict[str, Dict[str, str]] = {}
+        for section, name, broken in entries:
+            sections.setdefault(section, {}).setdefault(name, BODIES[section][broken])
+        lines = ["http:"] + [f"  {section}: {{{', '.join(f'{n}: {b}' for n, b in bodies.items())}}}"
+                             for section, bodies in sections.items()]
+        texts.append("\n".join(lines) + "\n")
+    return "---\n".join(texts)
+
+
+def collected(out: Any) -> Tuple[Any, ...]:
+    """What a Collector holds, orders included."""
+    return (list(out.routers.items()), list(out.services.items()), list(out.middlewares.items()),
+            *([(key, str(err)) for key, err in table.items()]
+              for table in (out.failed, out.failed_keys, out.broken_files)),
+            [str(e) for e in out.errors])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(files=st.lists(st.lists(st.lists(ENTRY, max_size=4), min_size=1, max_size=2), min_size=1, max_size=3))
+def test_a_replayed_file_collects_what_reading_it_does(files):
+    """Duplicates across and within files are reported in the same order, by the same objects."""
+    from gatekeeper.config.providers import collect, document_shape
+    from gatekeeper.config.providers import file as file_provider
+    from gatekeeper.config.providers.collector import Collector
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for number, documents in enumerate(files):
+            write(root, f"f{number}.yaml", definitions_file(documents))
+        snapshot = read_dir(root)
+        direct = Collector()
+        for result in snapshot.files:
+            for doc in result.documents:
+                assert document_shape(doc) == "file"
+                file_provider.read_document(doc, direct)
+        first, again = collect(snapshot), collect(snapshot)  # recorded, then replayed from the cache
+        assert collected(first) == collected(direct)
+        assert collected(again) == collected(direct)

@@ -12,7 +12,7 @@ from gatekeeper.config.manifests import Document, FileResult, Snapshot
 from gatekeeper.config.providers import file as file_provider
 from gatekeeper.config.providers import ingress as ingress_provider
 from gatekeeper.config.providers import kubernetes as kube_provider
-from gatekeeper.config.providers.collector import Collector, Operation, Recorder
+from gatekeeper.config.providers.collector import Collector, Recorded, Recorder
 from gatekeeper.config.providers.k8s_objects import KubeOptions
 from gatekeeper.errors import ConfigError
 
@@ -29,8 +29,7 @@ def collect(snapshot: Snapshot, kube_options: Optional[KubeOptions] = None) -> C
         if result.error is not None:
             out.error(result.error)
         kube_docs.extend(d for d in result.documents if document_shape(d) == "kubernetes")
-        for op, args in file_operations(result):
-            getattr(out, op)(*args)
+        out.replay(file_operations(result))
     cluster = kube_provider.read_documents(kube_docs, out, kube_options)
     ingress_provider.read_ingresses(cluster, out)
     return out
@@ -39,11 +38,11 @@ def collect(snapshot: Snapshot, kube_options: Optional[KubeOptions] = None) -> C
 # (file, digest, documents id) -> what reading its non-Kubernetes documents did to a Collector. A file whose
 # bytes did not change gives the same definitions, so a reload of 1,000 routers re-reads only what changed
 # (measured: 46 ms -> 11 ms for a 1,000-router reload). Replaying in file order keeps duplicate reports exact.
-_FILE_OPS: Dict[Tuple[str, str, int], List[Operation]] = {}
+_FILE_OPS: Dict[Tuple[str, str, int], Recorded] = {}
 _FILE_OPS_LIMIT = 4096
 
 
-def file_operations(result: FileResult) -> List[Operation]:
+def file_operations(result: FileResult) -> Recorded:
     """The Collector calls the file-provider documents of one file make (cached by content)."""
     key = (result.file, result.digest, len(result.documents))
     cached = _FILE_OPS.get(key) if result.digest else None
@@ -56,11 +55,12 @@ def file_operations(result: FileResult) -> List[Operation]:
             file_provider.read_document(doc, recorder)
         elif shape is None:
             recorder.broken(ConfigError(shape_problem(doc), file=doc.file, line=doc.line))
+    recorded = recorder.recorded()
     if result.digest:
         if len(_FILE_OPS) >= _FILE_OPS_LIMIT:
             _FILE_OPS.clear()
-        _FILE_OPS[key] = recorder.ops
-    return recorder.ops
+        _FILE_OPS[key] = recorded
+    return recorded
 
 
 def document_shape(doc: Document) -> Optional[str]:

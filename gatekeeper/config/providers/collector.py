@@ -6,7 +6,7 @@ without importing each other in a circle.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef
 from gatekeeper.errors import ConfigError
@@ -65,6 +65,21 @@ class Collector:
     def definitions(self) -> Definitions:
         return Definitions(dict(self.routers), dict(self.middlewares), dict(self.services))
 
+    def replay(self, recorded: "Recorded") -> None:
+        """Do again what :class:`Recorder` wrote down. When no name it adds is taken yet (no duplicate to
+        report), its definitions go in by one ``dict.update`` per kind, in C: a reload of 10,000 routers
+        replays 20,000 unchanged definitions. Otherwise one call per operation, so duplicates are reported
+        exactly as the first time (the same errors in the same order)."""
+        tables = [(getattr(self, kind + "s"), added) for kind, added in recorded.added]
+        if recorded.batch is not None and all(table.keys().isdisjoint(added) for table, added in tables):
+            for table, added in tables:
+                table.update(added)
+            operations: Sequence[Operation] = recorded.batch
+        else:
+            operations = recorded.ops
+        for op, args in operations:
+            getattr(self, op)(*args)
+
 
 class Recorder(Collector):
     """A Collector that only writes down what was done to it."""
@@ -84,3 +99,31 @@ class Recorder(Collector):
 
     def fail(self, kind: str, name: str, err: ConfigError, key: str = "") -> None:
         self.ops.append(("fail", (kind, name, err, key)))
+
+    def recorded(self) -> "Recorded":
+        """What was written down, with the adds grouped by kind for :meth:`Collector.replay`."""
+        added: Dict[str, Dict[str, Definition]] = {}
+        batch: "List[Operation] | None" = []
+        for op, args in self.ops:
+            if op != "add":
+                assert batch is not None
+                batch.append((op, args))
+                continue
+            kind, obj = args
+            table = added.setdefault(kind, {})
+            if obj.name in table:  # a name defined twice in one file: reported by replaying one by one
+                batch = None
+                break
+            table[obj.name] = obj
+        return Recorded(tuple(self.ops), tuple(added.items()), None if batch is None else tuple(batch))
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What reading one file did to a Collector: every operation in order (``ops``); and, unless the file
+    defines a name twice, its definitions by kind in order (``added``) and the other operations
+    (``batch``: errors and failures), which replayed after them give the same Collector."""
+
+    ops: Tuple[Operation, ...]
+    added: Tuple[Tuple[str, Dict[str, Definition]], ...]
+    batch: "Tuple[Operation, ...] | None"
