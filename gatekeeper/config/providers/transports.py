@@ -12,6 +12,7 @@ not (HTTP/2 pings, SPIFFE, peer certificate SANs, TLS versions and ciphers) is r
 from __future__ import annotations
 
 from dataclasses import replace
+from operator import attrgetter
 from typing import Any, Dict, List, Mapping, Tuple
 
 from gatekeeper.config.manifests import Snapshot
@@ -42,6 +43,9 @@ REFUSED_TIMEOUTS = {
     "readTimeout": "use responseHeaderTimeout (it bounds every read of the answer)",
     "writeTimeout": "not supported",
 }
+
+
+_TRANSPORT_NAME = attrgetter("servers_transport")
 
 
 def read_transport(name: str, body: Any, source: Source) -> TransportDef:
@@ -121,7 +125,11 @@ def read_transports(snapshot: Snapshot) -> Tuple[Dict[str, TransportDef], List[C
 def with_transports(defs: Definitions, transports: Mapping[str, TransportDef],
                     failed: Mapping[str, str]) -> Definitions:
     """Services with their serversTransport resolved into the definition, so a changed transport rebuilds them
-    (compile reuses the built service of an unchanged definition)."""
+    (compile reuses the built service of an unchanged definition). When no service names one (asked in C),
+    ``defs`` itself: a reload of 10,000 services spends no Python call on each."""
+    if not any(map(_TRANSPORT_NAME, defs.services.values())):
+        return defs
+
     def resolved(d: ServiceDef) -> ServiceDef:
         name = d.servers_transport
         if not name:
