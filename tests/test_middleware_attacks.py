@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import socket
 import textwrap
 import threading
 import time
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import bcrypt
+import gevent
+import gevent.event
 import pytest
 import requests
 
@@ -512,3 +515,95 @@ def test_jwt_before_ip_allow_list_still_refuses_a_valid_token_from_outside(gatew
                                                      ("X-Real-Ip", "10.0.0.1")])) == 403
     assert status_of(raw_request(server.port, "/x", [("X-Forwarded-For", "10.0.0.1")])) == 401
     assert recorder.seen == []
+
+
+# --- buffering and compress: one request must not stall the gateway or hold unbounded memory ----------------
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_buffering_before_jwt_refuses_a_large_body_and_never_forwards_it(gateway, wsgi_server, chunked):
+    recorder = Recorder()
+    server = gateway(recorded_routes(wsgi_server(recorder).url, "[buffer, auth]", """
+        buffer: {buffering: {maxRequestBodyBytes: 1000, memRequestBodyBytes: 10}}
+        """))
+    body = b"x" * 5000
+    data = iter([body[:2500], body[2500:]]) if chunked else body
+    answer = requests.post(server.url + "/x", data=data, headers=bearer(), timeout=5)
+    assert answer.status_code == 413
+    small = requests.post(server.url + "/x", data=b"y" * 999, headers=bearer(), timeout=5)
+    assert small.status_code == 200
+    assert [seen["body"] for seen in recorder.seen] == [b"y" * 999]
+
+
+@pytest.mark.parametrize("middleware", [
+    "slow: {buffering: {memRequestBodyBytes: 10}}",
+    "slow: {forwardAuth: {address: 'http://127.0.0.1:1/never', forwardBody: true}}",
+], ids=["buffering", "forwardAuth-forwardBody"])
+def test_a_trickled_body_holds_only_its_own_request(gateway, wsgi_server, middleware):
+    """A slowloris body to a middleware that reads it whole waits on its socket only: another client is
+    answered at once meanwhile."""
+    recorder = Recorder()
+    server = gateway(recorded_routes(wsgi_server(recorder).url, "[slow]", middleware))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as slow:
+        slow.sendall(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
+        gevent.sleep(0.1)
+        timings = []
+        for _ in range(3):
+            start = time.perf_counter()
+            requests.get(server.url + "/x", timeout=5)
+            timings.append(time.perf_counter() - start)
+            slow.sendall(b"x")
+        assert max(timings) < 1.0, timings
+
+
+@pytest.fixture
+def lying_upstream() -> Iterator[int]:
+    """A raw upstream announcing a 100,000-byte answer, sending 5,000 bytes, then closing."""
+    from gevent.server import StreamServer
+
+    def handle(sock, _address):
+        sock.recv(65536)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n" + b"a" * 5000)
+        sock.close()
+    server = StreamServer(("127.0.0.1", 0), handle)
+    server.start()
+    yield server.server_port
+    server.stop(timeout=1)
+
+
+@pytest.mark.parametrize("chain", ["[zip, auth]", "[auth, zip]", "[zip, buffer, auth]"])
+def test_an_answer_shorter_than_its_length_never_hangs_the_client_or_the_gateway(gateway, lying_upstream, chain):
+    server = gateway(recorded_routes(f"http://127.0.0.1:{lying_upstream}", chain, """
+        zip: {compress: {minResponseBodyBytes: 100}}
+        buffer: {buffering: {}}
+        """))
+    for _ in range(2):
+        try:
+            answer = requests.get(server.url + "/x", headers={**bearer(), "Accept-Encoding": "gzip"}, timeout=5)
+            assert answer.status_code >= 500 or len(answer.content) < 100000
+        except requests.exceptions.ChunkedEncodingError:
+            pass  # cut mid-body: the client learns the answer is incomplete
+    assert requests.get(server.url + "/x", timeout=5).status_code == 401  # still serving
+
+
+def test_a_huge_compressed_answer_streams(gateway, wsgi_server):
+    """The upstream sends 4 MiB and then waits for the client to have read compressed bytes: compress sends as
+    it goes (memory: its threshold plus the encoder's window), never holding the answer whole."""
+    client_read = gevent.event.Event()
+    waited: List[bool] = []
+
+    def huge(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        for _ in range(64):
+            yield b"z" * 65536
+        waited.append(client_read.wait(5))
+        yield b"end"
+    server = gateway(recorded_routes(wsgi_server(huge).url, "[auth, zip]", "zip: {compress: {}}"))
+    with requests.get(server.url + "/x", headers={**bearer(), "Accept-Encoding": "gzip"}, stream=True,
+                      timeout=10) as answer:
+        assert answer.headers["Content-Encoding"] == "gzip"
+        pieces = answer.iter_content(65536)
+        total = len(next(pieces))
+        client_read.set()
+        total += sum(len(piece) for piece in pieces)
+    assert waited == [True]
+    assert total == 64 * 65536 + 3
