@@ -607,3 +607,23 @@ def test_a_huge_compressed_answer_streams(gateway, wsgi_server):
         total += sum(len(piece) for piece in pieces)
     assert waited == [True]
     assert total == 64 * 65536 + 3
+
+
+# --- what /config shows of these middlewares ----------------------------------------------------------------
+
+def test_config_shows_no_hash_or_auth_server_secret(gateway, wsgi_server, conf_d):
+    """basicAuth ``users`` written as one comma-separated string (as Traefik's labels write it) shows no hash
+    (it is masked whole), and a forwardAuth address shows no password."""
+    from gatekeeper.ops.admin import make_admin_app
+
+    bob = sha_line("bob", "hunter2")
+    server = gateway(recorded_routes(wsgi_server(Recorder()).url, "[basic, sso]", f"""
+        basic: {{basicAuth: {{users: "{ALICE},{bob}", headerField: X-User}}}}
+        sso: {{forwardAuth: {{address: "http://svc:pw0rd@127.0.0.1:1/check", authRequestHeaders: [Cookie]}}}}
+        """))
+    admin = wsgi_server(make_admin_app(server.server.application.loader, lambda: (b"", "text/plain")))
+    shown = requests.get(admin.url + "/config", timeout=5)
+    assert shown.status_code == 200
+    for secret in (ALICE.split(":", 1)[1], bob.split(":", 1)[1], "pw0rd"):
+        assert secret not in shown.text
+    assert shown.json()["middlewares"]["basic@file"]["options"]["users"] in (["alice", "bob"], "***")
