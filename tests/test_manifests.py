@@ -219,3 +219,35 @@ def test_reading_conf_d_runs_no_garbage_collection(tmp_path):
     # at most the one collection due when the collector is back on (before: one every 700 allocations)
     assert [info["generation"] for info in collections] in ([], [0]) and gc.isenabled()
     assert len(list(snap.documents)) == 10 and snap.files[-1].error.line == 2
+
+
+def test_compiling_runs_no_garbage_collection_and_the_collector_comes_back(tmp_path):
+    """Compile pauses the collector too (see docs/performance.md); an error inside, or a collector already
+    off, leaves it as it was."""
+    from gatekeeper.config.compile import compile_config
+    from gatekeeper.config.manifests import paused_gc
+    routers = "".join(f"    r{i}: {{rule: 'Host(`h{i}.test`) && Path(`/a`)', service: s{i}}}\n" for i in range(300))
+    services = "".join(f"    s{i}: {{loadBalancer: {{servers: [{{url: 'http://127.0.0.1:9'}}]}}}}\n"
+                       for i in range(300))
+    (tmp_path / "a.yaml").write_text("http:\n  routers:\n" + routers + "  services:\n" + services)
+    snap = read_dir(tmp_path)
+    collections = []
+    gc.collect()
+    gc.callbacks.append(lambda phase, info: collections.append(info) if phase == "start" else None)
+    try:
+        config = compile_config(snap)
+    finally:
+        gc.callbacks.pop()
+    assert len(config.routers) == 300 and not config.errors
+    assert [info["generation"] for info in collections] in ([], [0]) and gc.isenabled()
+    with pytest.raises(RuntimeError), paused_gc():
+        assert not gc.isenabled()
+        raise RuntimeError("a compile that fails")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

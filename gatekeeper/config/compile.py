@@ -13,7 +13,7 @@ from typing import Dict, List, Mapping, Optional, Set, Tuple, Union
 
 from gatekeeper.config import middlewares
 from gatekeeper.config.lastgood import Rules, keep_last_good, with_last_good_files
-from gatekeeper.config.manifests import Snapshot
+from gatekeeper.config.manifests import Snapshot, paused_gc
 from gatekeeper.config.middlewares import compose
 from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef, Source, qualify
 from gatekeeper.config.providers import collect
@@ -264,6 +264,7 @@ def reports_health(definition: ServiceDef) -> bool:
     return definition.reports_health
 
 
+@paused_gc()  # it would walk all that was built so far again and again (manifests.paused_gc)
 def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
                    options: Optional[CompileOptions] = None, *, reuse: bool = True) -> Config:
     """Build a new configuration from a snapshot of conf.d, keeping last good versions from ``previous``.

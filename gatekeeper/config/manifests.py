@@ -10,12 +10,14 @@ import gc
 import hashlib
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import yaml
 
+from gatekeeper.config.yaml_bounds import MAX_ALIAS_NODES, MAX_DEPTH, check_graph, expanded_size, refused
 from gatekeeper.config.yaml_errors import explain
 from gatekeeper.errors import ConfigError
 
@@ -24,10 +26,6 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 # Parsing costs ~4 us per byte with the pure-Python parser, ~0.6 us with libyaml's (1 MiB: 0.6-4 s of CPU),
 # more than any real conf.d file needs (1,000 routers are ~100 KiB); split bigger configurations into several files.
 MAX_FILE_BYTES = 1 << 20
-# A 527-byte "billion laughs" file (nested aliases) expands to 10^9 nodes: 60 s and 4 GB when walked.
-# Aliases may bring in at most this many nodes beyond those the file spells out.
-MAX_ALIAS_NODES = 100_000
-MAX_DEPTH = 100            # nesting; PyYAML recurses per level (a RecursionError is not a YAMLError)
 
 
 class Mapping(Dict[Any, Any]):
@@ -43,11 +41,6 @@ class Mapping(Dict[Any, Any]):
         """The line of ``key``, else the mapping's own line."""
         key_lines: Dict[Any, int] = getattr(self, "key_lines", {})
         return key_lines.get(key, self.line)
-
-
-def refused(problem: str, mark: Any) -> yaml.composer.ComposerError:
-    """A composition bound passed, reported as PyYAML reports its own errors (with the position)."""
-    return yaml.composer.ComposerError(None, None, problem, mark)
 
 
 class _Bounded:
@@ -124,63 +117,6 @@ class _Bounded:
             result.key_lines[key] = key_node.start_mark.line + 1
         return result
 
-
-def expanded_size(root: yaml.Node, sizes: Dict[int, int]) -> int:
-    """Nodes under ``root`` counting each alias as a copy; ``sizes`` memoizes by node (iterative: no recursion)."""
-    stack: List[Tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        if id(node) in sizes:
-            continue
-        children = _children(node)
-        if children_done:
-            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
-        else:
-            stack.append((node, True))
-            stack.extend((c, False) for c in children if id(c) not in sizes)
-    return sizes[id(root)]
-
-
-def _children(node: yaml.Node) -> List[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
-
-
-def check_graph(root: yaml.Node) -> None:
-    """The bounds of :class:`_Bounded` on a composed document (iterative, each distinct node once).
-
-    A node met again is an alias: its expanded size counts against :data:`MAX_ALIAS_NODES`, and one met
-    inside itself is a recursive structure. Errors point at the collection holding the alias.
-    """
-    sizes: Dict[int, int] = {}
-    seen: Set[int] = set()
-    open_nodes: Set[int] = set()           # on the path from the root
-    alias_nodes = 0
-    stack: List[Tuple[yaml.Node, int, yaml.Node, bool]] = [(root, 1, root, False)]
-    while stack:
-        node, depth, parent, leaving = stack.pop()
-        if leaving:
-            open_nodes.discard(id(node))
-            continue
-        if id(node) in open_nodes:
-            raise refused("an alias refers to a node that contains it (a recursive structure)", parent.start_mark)
-        if id(node) in seen:
-            alias_nodes += expanded_size(node, sizes)
-            if alias_nodes > MAX_ALIAS_NODES:
-                raise refused(f"aliases expand to more than {MAX_ALIAS_NODES:,} nodes (an alias bomb?); "
-                              "refused: write the values out, or split the file", parent.start_mark)
-            continue
-        seen.add(id(node))
-        if depth > MAX_DEPTH:
-            raise refused(f"nested more than {MAX_DEPTH} levels deep", node.start_mark)
-        children = _children(node)
-        if children:
-            open_nodes.add(id(node))
-            stack.append((node, depth, parent, True))
-            stack.extend((child, depth + 1, node, False) for child in reversed(children))
 
 
 class _LineLoader(_Bounded, yaml.SafeLoader):
@@ -383,14 +319,20 @@ def read_dir(root: "str | Path") -> Snapshot:
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory")
     os.listdir(root)  # raises PermissionError for an unreadable directory
-    # The cyclic collector would run every few hundred allocations and walk all the nodes built so far: a
-    # quarter of a 10,000-router read. Parsing builds few cycles (an error's traceback): paused, they wait for it.
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_gc():
         paths, problems = scan(root)
         files = tuple(read_file(p, root) for p in paths)
-    finally:
-        if paused:
-            gc.enable()
     return Snapshot(str(root), files, problems)
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic collector paused while a configuration is read or compiled: it would walk all that was built
+    so far again and again (a quarter of a 10,000-router load). Few cycles are made; its next run finds them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
