@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from gatekeeper.errors import ConfigError
 
@@ -119,16 +119,27 @@ def pick(obj: Any, allowed: Iterable[str], where: str) -> Dict[str, Any]:
     return out
 
 
-def field_lines(obj: Any, allowed: Iterable[str]) -> Tuple[Tuple[str, int], ...]:
-    """The line of each known field of a manifest mapping, by canonical name (none for a plain dict): a
+def key_lines(obj: Any) -> Mapping[Any, int]:
+    """The line of each key of a manifest mapping as written (empty for a plain dict), kept by reference: a
     message about a field's value (a reference to something missing) can point at the field itself.
 
-    >>> field_lines({"service": "web"}, ("service",))
-    ()
+    >>> key_lines({"service": "web"})
+    {}
     """
-    canonical = {name.lower(): name for name in allowed}
-    found = ((canonical.get(str(key).lower()), line_of(obj, key)) for key in obj) if hasattr(obj, "line_of") else ()
-    return tuple((name, line) for name, line in found if name is not None and line)
+    lines: Mapping[Any, int] = getattr(obj, "key_lines", None) or {}
+    return lines
+
+
+def line_in(lines: Mapping[Any, int], name: str) -> Optional[int]:
+    """The line of field ``name`` in :func:`key_lines`, matching names case-insensitively.
+
+    >>> line_in({"Middlewares": 9}, "middlewares"), line_in({}, "service")
+    (9, None)
+    """
+    if name in lines:
+        return lines[name]
+    lowered = name.lower()
+    return next((line for key, line in lines.items() if str(key).lower() == lowered), None)
 
 
 def canonical_options(options: Mapping[str, Any], allowed: Iterable[str],

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
+from gatekeeper.options import line_in
 from gatekeeper.proxy.health import HealthCheckDef, PassiveHealthDef
 from gatekeeper.proxy.sticky import StickyDef
 
@@ -50,7 +51,8 @@ class RouterDef:
     # (unless a last good version serves), so a typo never lets a request fall through to another router.
     error: Optional[str] = None
     key: str = ""                   # identity across reloads when the name derives from content (see identity)
-    lines: Tuple[Tuple[str, int], ...] = ()     # the line of each field, when the provider knows it
+    # the line of each field as written, when the provider knows it (the manifest's own map, not copied)
+    lines: Mapping[Any, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def effective_priority(self) -> int:
@@ -58,7 +60,7 @@ class RouterDef:
 
     def line_of(self, field_name: str) -> int:
         """The line of a field (``middlewares``) for a message about it, else the router's own line."""
-        return dict(self.lines).get(field_name, self.source.line)
+        return line_in(self.lines, field_name) or self.source.line
 
     @property
     def identity(self) -> str:

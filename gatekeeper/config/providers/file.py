@@ -23,7 +23,7 @@ from gatekeeper.config.providers.service_options import (
 )
 from gatekeeper.errors import ConfigError
 from gatekeeper.options import (
-    field_lines,
+    key_lines,
     line_of,
     pick,
     want_bool,
@@ -98,7 +98,7 @@ def read_router(name: str, body: Any, source: Source) -> RouterDef:
         entry_points=tuple(want_str_list(fields.get("entryPoints", []), "entryPoints")),
         priority=want_int(fields.get("priority", 0), "priority", minimum=0),
         source=source,
-        lines=field_lines(body, ("service", "middlewares")),
+        lines=key_lines(body),
     )
 
 
