@@ -627,3 +627,44 @@ def test_config_shows_no_hash_or_auth_server_secret(gateway, wsgi_server, conf_d
     for secret in (ALICE.split(":", 1)[1], bob.split(":", 1)[1], "pw0rd"):
         assert secret not in shown.text
     assert shown.json()["middlewares"]["basic@file"]["options"]["users"] in (["alice", "bob"], "***")
+
+
+# --- rateLimit / inFlightReq keyed by the request's Host ------------------------------------------------------
+
+@pytest.mark.parametrize("middleware", [
+    "limit: {inFlightReq: {amount: 1}}",
+    "limit: {rateLimit: {average: 1, period: 1m, burst: 1, sourceCriterion: {requestHost: true}}}",
+], ids=["inFlightReq", "rateLimit-requestHost"])
+def test_host_spellings_share_one_count(gateway, wsgi_server, middleware):
+    """Before the fix, ``Host: api.example:1``, ``:2``, ``API.example.`` ... were each their own source (the
+    router's Host rule matches them all): one client escaped inFlightReq's default limit, and rateLimit's
+    ``requestHost``, by changing the port it wrote in Host."""
+    release = gevent.event.Event()
+
+    def slow(environ, start_response):
+        release.wait(5)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+    upstream = wsgi_server(slow)
+    server = gateway(f"""
+        http:
+          routers:
+            app: {{rule: "Host(`api.example`)", service: app, middlewares: [limit]}}
+          middlewares:
+            {middleware}
+          services:
+            app: {{loadBalancer: {{servers: [{{url: "{upstream.url}"}}]}}}}
+        """)
+    first = gevent.spawn(exchange, server.port, b"GET / HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n")
+    gevent.sleep(0.2)
+    try:
+        for host in ("api.example:1", "api.example:80", "API.Example", "api.example."):
+            try:  # a request that passed the limit waits on the upstream: no answer within a second
+                answer = exchange(server.port, f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                                  .encode(), timeout=1)
+            except socket.timeout:
+                pytest.fail(f"Host: {host} passed the limit")
+            assert status_of(answer) == 429, (host, answer[:100])
+    finally:
+        release.set()
+        first.join(5)

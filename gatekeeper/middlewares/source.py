@@ -13,6 +13,7 @@ import ipaddress
 from typing import Any, Callable, List, Optional, Tuple
 
 from gatekeeper.errors import ConfigError
+from gatekeeper.expr.request import RequestView
 from gatekeeper.options import pick, want_int, want_str, want_str_list
 from gatekeeper.wsgi import Environ, environ_key
 
@@ -102,12 +103,16 @@ class IPStrategy:
 
 def source_criterion(options: Any, where: str) -> SourceOf:
     """Traefik's ``sourceCriterion``: at most one of ``ipStrategy``, ``requestHeaderName``, ``requestHost``;
-    none means the connection's peer address.
+    none means the connection's peer address. ``requestHost`` is the host as the router compares it (lower
+    case, no port, no trailing dot): Traefik keys on ``Host`` as written, so ``api.example:1``, ``:2`` ...
+    (all routed alike) were each a fresh bucket or in-flight count, a limit one client escaped at will.
 
     >>> source_criterion({"requestHeaderName": "X-User"}, "s")({"HTTP_X_USER": "alice"})
     'alice'
     >>> source_criterion(None, "s")({"REMOTE_ADDR": "127.0.0.1"})
     '127.0.0.1'
+    >>> source_criterion({"requestHost": True}, "s")({"HTTP_HOST": "API.example.:8080"})
+    'api.example'
     """
     fields = pick(options, ("ipStrategy", "requestHeaderName", "requestHost"), where)
     if fields.get("requestHost") is False:
@@ -120,7 +125,7 @@ def source_criterion(options: Any, where: str) -> SourceOf:
     if "requestHost" in fields:
         if fields["requestHost"] is not True:
             raise ConfigError(f"{where}.requestHost: expected true or false")
-        return lambda environ: str(environ.get("HTTP_HOST", "")).lower()
+        return lambda environ: RequestView(environ).host
     return IPStrategy.from_options(fields.get("ipStrategy"), f"{where}.ipStrategy").client
 
 
