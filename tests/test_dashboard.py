@@ -329,3 +329,20 @@ def test_names_are_text_in_the_page(name):
     assert page.count("<script>") == 1 and page.count("<form") == 1 and page.count('<table id="routers"') == 1
     assert "<img" not in page and page.count('"use strict"') == 1             # the script is inlined once
     assert '<a href="?kind=router&amp;name=' in page and html.escape(name) in page.split('<table id="routers"')[1]
+
+
+@pytest.mark.slow
+def test_sampling_under_workers_adds_every_worker(conf_d, echo_upstream, tmp_path):
+    """With --workers 2 the sampler of the worker answering reads every worker's counters (their files)."""
+    conf_d("api.yaml", lb_manifest('open: {rule: "PathPrefix(`/open`)", service: s}', echo_upstream.url))
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--admin", "127.0.0.1:0", "--workers", "2")
+    try:
+        for _ in range(20):
+            with requests.Session() as fresh:     # new connections: both workers take some
+                assert fresh.get(gk.url + "/open/x", timeout=5).status_code == 200
+        assert wait_for(lambda: row_named(gk, "routers", "open")[6] == "20", timeout=15)
+        pids = {line.split("pid=")[1].split()[0] for line in gk.access_lines() if "pid=" in line}
+        assert len(pids) == 2, "the test needs both workers to answer"
+        assert wait_for(lambda: len(row_named(gk, "routers", "open")[10]) >= 2, timeout=15)
+    finally:
+        assert gk.stop() == 0

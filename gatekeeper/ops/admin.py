@@ -149,7 +149,6 @@ def make_admin_app(loader: Any, exposition: Optional[Exposition] = None,
         else:
             response = endpoints.respond(environ)
         return response(environ, start_response)
-    admin.endpoints = endpoints  # type: ignore[attr-defined]  # tests and tools reach the source through it
     return admin
 
 
@@ -157,13 +156,14 @@ class AdminEndpoints:
     """The admin endpoints themselves, behind make_admin_app's Host check; one method per endpoint."""
 
     def __init__(self, loader: Any, exposition: Optional[Exposition]) -> None:
-        counts = None
+        counts, worker_files = None, ""
         if exposition is None:
             from gatekeeper.ops import metrics  # prometheus_client, when served
             exposition = metrics.exposition
-            # one process: the sampler reads the counters directly (with workers only the text adds them up)
+            # the sampler reads the counters directly: this process's, or every worker's files
             counts = None if metrics.MULTIPROCESS else metrics.COUNTS
-        self.source = DashboardSource(loader, exposition, counts=counts).start()
+            worker_files = os.environ.get(metrics.MULTIPROC_ENV, "") if metrics.MULTIPROCESS else ""
+        self.source = DashboardSource(loader, exposition, counts=counts, worker_files=worker_files).start()
         self.loader = loader
         self.metrics_text: Exposition = exposition
         self.started = time.time()

@@ -17,67 +17,15 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
+from gatekeeper.ops.totals import Totals, counted_totals, metric_totals, worker_file_totals
 from gatekeeper.ops.view import config_document, health_of, mask_secrets, secret_values
 
 Exposition = Callable[[], Tuple[bytes, str]]   # the metrics text and its content type
-Totals = Dict[str, Dict[str, Any]]            # per router: requests, status counts, latency sum/count, jwt
 SPARK_POINTS = 60              # samples kept per router: a minute at one sample a second
 RELOADS_KEPT = 20
+SLOW_SAMPLE_FACTOR = 10        # the pause after a sample is at least 10 times what it took (≤ 10% of a core),
+LONGEST_PAUSE = 10.0           # but never more than 10 s
 KINDS = ("router", "middleware", "service", "file")
-
-
-def empty_totals() -> Dict[str, Any]:
-    return {"requests": 0.0, "status": {}, "latency_sum": 0.0, "latency_count": 0.0, "jwt": {}}
-
-
-LEGACY = ("gatekeeper_requests_total", "gatekeeper_request_duration_seconds_sum",
-          "gatekeeper_request_duration_seconds_count")
-TRAEFIK = ("gatekeeper_router_requests_total", "gatekeeper_router_request_duration_seconds_sum",
-           "gatekeeper_router_request_duration_seconds_count")
-
-
-def metric_totals(exposition_text: str) -> Totals:
-    """Per router from the Prometheus text (all workers): requests, by status, latency sum/count, JWT outcomes.
-
-    Read from ``gatekeeper_requests_total{router,status}`` when the text has it, else from Traefik's
-    ``gatekeeper_router_requests_total{router,code}`` (never both: they count the same requests)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    samples = [sample for family in text_string_to_metric_families(exposition_text) for sample in family.samples
-               if "router" in sample.labels]
-    names = LEGACY if any(s.name == LEGACY[0] for s in samples) else TRAEFIK
-    totals: Totals = {}
-    for sample in samples:
-        name, value, entry = sample.name, sample.value, totals.setdefault(sample.labels["router"], empty_totals())
-        if name == names[0]:
-            entry["requests"] += value
-            status = sample.labels.get("status", sample.labels.get("code", "?"))
-            entry["status"][status] = entry["status"].get(status, 0) + value
-        elif name == names[1]:
-            entry["latency_sum"] += value
-        elif name == names[2]:
-            entry["latency_count"] += value
-        elif name == "gatekeeper_jwt_outcomes_total":
-            outcome = sample.labels.get("outcome", "?")
-            entry["jwt"][outcome] = entry["jwt"].get(outcome, 0) + value
-    return {router: entry for router, entry in totals.items() if entry["requests"] or entry["jwt"]}
-
-
-def counted_totals(counts: Any) -> Totals:
-    """The same totals read straight from one process's counters (``metrics.COUNTS``): no text to format and
-    parse, so a sample costs microseconds per router."""
-    totals: Totals = {}
-    for (router, _method, status, _upstream), (count, _created) in list(counts.requests.items()):
-        entry = totals.setdefault(router, empty_totals())
-        entry["requests"] += count
-        entry["status"][str(status)] = entry["status"].get(str(status), 0) + count
-    for router, row in list(counts.routers.items()):
-        entry = totals.setdefault(router, empty_totals())
-        entry["latency_sum"], entry["latency_count"] = row[1], row[0]
-    for (router, outcome), (count, _created) in list(counts.outcomes.items()):
-        jwt = totals.setdefault(router, empty_totals())["jwt"]
-        jwt[outcome] = jwt.get(outcome, 0) + count
-    return totals
 
 
 def status_class(totals: Mapping[str, Any], digit: str) -> float:
@@ -234,6 +182,19 @@ class StaleSince:
                                                                                 item[0][1]))]
 
 
+def off_the_hub(function: Callable[[str], Optional[Totals]], argument: str) -> Optional[Totals]:
+    """``function(argument)`` in a native thread when gevent serves this process: reading every worker's files
+    takes ~0.25 s for 1,000 routers with traffic, which on the hub would hold every request of this worker for
+    that long; in a thread the hub keeps serving (they share the GIL). ``function`` must not touch gevent."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("threading"):
+        return function(argument)
+    import gevent
+    found: Optional[Totals] = gevent.get_hub().threadpool.apply(function, (argument,))
+    return found
+
+
 class DashboardSource:
     """``state()`` for :func:`make_dashboard`: the admin ``/config`` document plus traffic and reloads.
 
@@ -242,10 +203,12 @@ class DashboardSource:
     hook on the loader) with what it broke and fixed.
     """
 
-    def __init__(self, loader: Any, exposition: Exposition, interval: float = 1.0, counts: Any = None) -> None:
+    def __init__(self, loader: Any, exposition: Exposition, interval: float = 1.0, counts: Any = None,
+                 worker_files: str = "") -> None:
         self.loader = loader
         self.exposition = exposition
         self.counts = counts          # metrics.COUNTS in one process: read directly instead of the exposition
+        self.worker_files = worker_files   # with workers: prometheus_client's multiprocess directory
         self.interval = interval
         self.traffic = Traffic()
         self.reloads: Deque[Dict[str, Any]] = deque(maxlen=RELOADS_KEPT)
@@ -281,6 +244,10 @@ class DashboardSource:
                 return counted_totals(self.counts)
             except (AttributeError, TypeError, ValueError):  # counters of another shape: read the text instead
                 self.counts = None
+        if self.worker_files:
+            found = off_the_hub(worker_file_totals, self.worker_files)
+            if found is not None:
+                return found
         return metric_totals(self.exposition()[0].decode("utf-8", "replace"))
 
     def sample(self) -> None:
@@ -298,8 +265,13 @@ class DashboardSource:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        """Sample every ``interval``, or less often when a sample is slow (with workers it reads every
+        worker's files): the sampler takes at most ~10% of a process that also serves requests."""
+        pause = self.interval
+        while not self._stop.wait(pause):
+            started = time.perf_counter()
             self.sample()
+            pause = min(max(self.interval, (time.perf_counter() - started) * SLOW_SAMPLE_FACTOR), LONGEST_PAUSE)
 
     def stop(self) -> None:
         self._stop.set()
@@ -329,7 +301,8 @@ class DashboardSource:
         return doc
 
     def __call__(self) -> Dict[str, Any]:
-        self.sample()
+        if self._thread is None:  # not started (embedded, tests): sample on demand
+            self.sample()
         doc = self.document()
         doc["reloads"] = list(self.reloads)
         doc["traffic"] = {router: {**totals, **self.traffic.recent(router),
