@@ -261,6 +261,14 @@ def test_search_filters_the_table(browser, gateway):
     assert wait_for(lambda: router_names(page) == ["api"], timeout=5)
     type_search(page, "")
     assert wait_for(lambda: len(router_names(page)) == 3, timeout=5)
+    # a click on a name opens its detail in place: middlewares with options as /config shows them
+    page.evaluate("[...document.querySelectorAll('#routers td.name a')].find(a => a.textContent === 'api').click()")
+    assert wait_for(lambda: page.evaluate("(document.querySelector('#detail h2') || {textContent: ''})"
+                                          ".textContent.startsWith('router api@file')"), timeout=5)
+    detail = page.evaluate("document.getElementById('detail').innerText")
+    assert '{"keySource": "signingSecret", "usernameClaim": "sub"}' in detail and SECRET not in detail
+    page.evaluate("document.querySelector('#detail a.close').click()")
+    assert wait_for(lambda: page.evaluate("document.getElementById('detail').hidden"), timeout=5)
 
 
 def test_reload_that_broke_something_shows_what_broke(browser, gateway, conf_d):
