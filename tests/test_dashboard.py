@@ -346,3 +346,33 @@ def test_sampling_under_workers_adds_every_worker(conf_d, echo_upstream, tmp_pat
         assert wait_for(lambda: len(row_named(gk, "routers", "open")[10]) >= 2, timeout=15)
     finally:
         assert gk.stop() == 0
+
+
+@pytest.mark.parametrize("service, traffic, health, why", [
+    ({"state": "error"}, {}, "down", "not serving: its definition is in error"),
+    ({"state": "ok", "serverStatus": {"http://a": "DOWN", "http://b": "DOWN"}}, {}, "down", "0/2 servers up"),
+    ({"state": "ok", "serverStatus": {"http://a": "UP", "http://b": "DOWN"}}, {}, "degraded", "1/2 servers up"),
+    ({"state": "ok", "serverStatus": {"http://a": "UP"}}, {"recent": 4, "recent5xx": 0}, "up",
+     "1/1 server up; 0 of 4 answers 5xx in the last minute"),
+    ({"state": "stale"}, {"recent": 4, "recent5xx": 1}, "degraded", "1 of 4 answers 5xx in the last minute"),
+    ({"state": "ok"}, {"recent": 2, "recent5xx": 2}, "down", "2 of 2 answers 5xx in the last minute"),
+    ({"state": "ok", "health": "serving the fallback (main is down)"}, {}, "degraded",
+     "serving the fallback (main is down)"),
+    ({"state": "ok"}, {}, "up", "no health check, no 5xx in the last minute"),
+], ids=["in-error", "all-checked-down", "some-checked-down", "checked-up-no-5xx", "stale-some-5xx", "only-5xx",
+        "failover-fallback", "nothing-known"])
+def test_service_health(service, traffic, health, why):
+    from gatekeeper.ops.cells import service_health
+    doc = {"traffic": {"r@file": traffic}}
+    assert service_health(doc, "s@file", service, ["r@file"]) == (health, why)
+
+
+def test_a_file_that_no_longer_parses_is_a_stale_file(gateway, conf_d):
+    api = conf_d.root / "api.yaml"
+    api.write_text(api.read_text() + "\n  : [\n")
+    assert wait_for(lambda: view(gateway)["summary"].startswith("generation 2"))
+    stale = requests.get(gateway.admin + "/readyz", timeout=5).json()["stale"]
+    assert [(s["kind"], s["name"]) for s in stale] == [("file", "api.yaml")] and "not valid YAML" in stale[0]["error"]
+    problem = next(row for row in rows(gateway, "problems") if row[0].startswith("api.yaml"))
+    assert problem[3] == "stale" and rows(gateway, "reloads")[0][5].startswith("stale: api.yaml:")
+    assert requests.get(gateway.url + "/open/x", timeout=5).status_code == 200       # the last good version serves
