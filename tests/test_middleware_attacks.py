@@ -470,10 +470,12 @@ def test_basic_auth_refuses_near_misses(gateway, wsgi_server, bcrypt_line, autho
 
 
 def test_an_unknown_user_costs_a_full_check(gateway, wsgi_server, bcrypt_line):
-    """Timing does not tell which names exist: an unknown user is checked against a bcrypt hash too (a
-    missing check would answer in well under a millisecond, a cost-10 bcrypt takes tens)."""
+    """Timing does not tell which names exist: a failed check costs what the slowest hash costs, whatever the
+    name (a SHA1 check takes microseconds, a cost-10 bcrypt tens of milliseconds). Before the fix, with a
+    SHA1 user listed first, an unknown name was checked against that SHA1 hash: it answered at once where a
+    bcrypt user's name took tens of milliseconds, and a SHA1 user's wrong password answered at once too."""
     server = gateway(recorded_routes(wsgi_server(Recorder()).url, "[basic]", f"""
-        basic: {{basicAuth: {{users: ["{bcrypt_line}"]}}}}
+        basic: {{basicAuth: {{users: ["{sha_line('bob', 'hunter2')}", "{bcrypt_line}"]}}}}
         """))
 
     def timed(user: bytes) -> float:
@@ -483,7 +485,10 @@ def test_an_unknown_user_costs_a_full_check(gateway, wsgi_server, bcrypt_line):
         return time.perf_counter() - start
     known = sorted(timed(b"alice") for _ in range(3))[1]
     unknown = sorted(timed(b"mallory") for _ in range(3))[1]
-    assert unknown > known / 3, (known, unknown)
+    cheap = sorted(timed(b"bob") for _ in range(3))[1]
+    assert unknown > known / 3 and cheap > known / 3, (known, unknown, cheap)
+    assert requests.get(server.url + "/x", headers={"Authorization": basic(b"bob", b"hunter2")},
+                        timeout=5).status_code == 200
 
 
 # --- ipAllowList ------------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ Password checks (htpasswd.py) are the costly part: bcrypt takes tens of millisec
   HMAC of user, password and hash with a per-process random key: the cache holds no password, and a changed
   hash never matches an old entry;
 - a password longer than :data:`MAX_PASSWORD_BYTES` (bcrypt: 72) is refused without hashing;
-- an unknown user costs the same check as a known one (against another user's hash), so timing does not
-  tell which names exist.
+- a failed check costs what the costliest hash listed costs: an unknown user is checked against that hash,
+  and a wrong password for a user with a cheaper one (SHA1 next to bcrypt) is followed by that check, so
+  timing does not tell which names exist.
 
 ``usersFile`` is read when the middleware is built, then looked at again (``stat``) at most once a second
 as requests come: an edit is picked up whether the file is in conf.d or not; an edit that breaks it keeps
@@ -49,6 +50,7 @@ CACHE_SIZE = 1024
 MAX_WAITING = 64
 POOL_THREADS = 2
 FILE_CHECK_SECONDS = 1.0
+COST = {"sha": 0, "apr1": 1, "bcrypt": 2}  # User.kind by what a check costs (SHA1 us, apr1 ms, bcrypt 100 ms)
 
 
 def basic_auth(options: Mapping[str, Any], context: Context) -> Wrapper:
@@ -148,34 +150,50 @@ class Checker:
         self.key = os.urandom(32)
         self.passed: Dict[bytes, float] = {}   # HMAC(user, password, hash) -> when it stops counting
         self.waiting = 0
+        self.decoy_of: Optional[Dict[str, User]] = None
+        self.decoy_user = User("", "", "sha")
 
     def check(self, name: str, password: bytes) -> Optional[bool]:
         """True or False; None when too many bcrypt checks already wait (the caller answers 503)."""
         users = self.users()
         user = users.get(name)
-        hashed = user.hashed if user else next(iter(users.values())).hashed  # a decoy: same cost, never True
+        decoy = self.decoy(users)
+        hashed = user.hashed if user else decoy.hashed  # an unknown name: the costliest hash, never True
         user_bytes = name.encode()
         material = b"%d:%s%d:%s%s" % (len(user_bytes), user_bytes, len(password), password, hashed.encode())
         key = hmac.new(self.key, material, hashlib.sha256).digest()  # lengths first: no two inputs alike
         now = time.monotonic()
         if user is not None and self.passed.get(key, 0.0) > now:
             return True
-        if len(password) > (BCRYPT_MAX_BYTES if hashed.startswith("$2") else MAX_PASSWORD_BYTES):
-            return False
-        if hashed.startswith("$2"):
-            if self.waiting >= MAX_WAITING:
-                return None
-            self.waiting += 1
-            try:
-                ok = pool().apply(verify, (password, hashed))
-            finally:
-                self.waiting -= 1
-        else:
-            ok = verify(password, hashed)
+        ok = self.run(password, hashed)
         if ok and user is not None:
             self.remember(key, now)
             return True
-        return False
+        if ok is None:
+            return None
+        # a cheap hash's failure padded to the costliest's: timing tells no name (nor its hash's kind)
+        padded = user is not None and COST[user.kind] < COST[decoy.kind]
+        return None if padded and self.run(password, decoy.hashed) is None else False
+
+    def run(self, password: bytes, hashed: str) -> Optional[bool]:
+        """One hash check: bcrypt in the pool (None when too many wait), the others here."""
+        if len(password) > (BCRYPT_MAX_BYTES if hashed.startswith("$2") else MAX_PASSWORD_BYTES):
+            return False
+        if not hashed.startswith("$2"):
+            return verify(password, hashed)
+        if self.waiting >= MAX_WAITING:
+            return None
+        self.waiting += 1
+        try:
+            return bool(pool().apply(verify, (password, hashed)))
+        finally:
+            self.waiting -= 1
+
+    def decoy(self, users: Dict[str, User]) -> User:
+        """The user whose hash costs most to check (bcrypt, then apr1, then SHA1), found once per users map."""
+        if self.decoy_of is not users:
+            self.decoy_of, self.decoy_user = users, max(users.values(), key=lambda user: COST[user.kind])
+        return self.decoy_user
 
     def remember(self, key: bytes, now: float) -> None:
         if len(self.passed) >= CACHE_SIZE:
