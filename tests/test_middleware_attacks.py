@@ -301,14 +301,18 @@ def test_a_client_cannot_smuggle_auth_response_headers_or_redirect_the_auth_requ
     neither the upstream with that user nor another auth server: the address is the configuration's."""
     recorder, auth = Recorder(), auth_server()  # 2xx with no X-Auth-User
     upstream, auth_srv = wsgi_server(recorder), wsgi_server(auth)
-    server = gateway(forward_auth_routes(upstream.url, auth_srv.url, chain, "authResponseHeaders: [X-Auth-User]"))
+    server = gateway(forward_auth_routes(upstream.url, auth_srv.url, chain,
+                                         "authResponseHeaders: [X-Auth-User], trustForwardHeader: true"))
     sent = [*bearer("bob").items(), ("X-Auth-User", "admin"), ("x-auth-user", "root"), ("X_Auth_User", "admin"),
-            ("Connection", "X-Auth-User")]
+            ("Connection", "X-Auth-User"), ("X-Forwarded-Uri", "/public"), ("X-Forwarded-Method", "OPTIONS"),
+            ("X-Forwarded-Host", "public.example")]
     target = f"http://127.0.0.1:{upstream.port}/x"  # absolute form naming the upstream, not the auth server
     assert status_of(raw_request(server.port, target, sent)) == 200
     assert "HTTP_X_AUTH_USER" not in recorder.seen[-1]
     assert [seen["target"] for seen in auth.seen] == ["/check"]
-    assert auth.seen[-1]["HTTP_X_FORWARDED_URI"] == "/x"
+    assert auth.seen[-1]["HTTP_X_FORWARDED_URI"] == "/x"  # the target as forwarded, not the client's claim
+    assert auth.seen[-1]["HTTP_X_FORWARDED_METHOD"] == "GET"  # not the client's: it is no trusted proxy
+    assert auth.seen[-1]["HTTP_X_FORWARDED_HOST"] != "public.example"
     assert status_of(raw_request(server.port, "/x", [("X-Auth-User", "admin")])) == (401 if "auth" in chain else 200)
 
 
@@ -686,3 +690,25 @@ def test_host_spellings_share_one_count(gateway, wsgi_server, middleware):
     finally:
         release.set()
         first.join(5)
+
+
+def test_spooled_bodies_leave_no_file_open(gateway, wsgi_server):
+    """Bodies past ``memRequestBodyBytes`` / ``memResponseBodyBytes`` go to temporary files that are gone
+    (closed, and unlinked from the start) once the answer is sent, refused or cut; an answer over
+    ``maxResponseBodyBytes`` is a 500 that shows none of it."""
+    def big(environ, start_response):
+        environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([b"s" * 3000, b"s" * 3000])
+    server = gateway(recorded_routes(wsgi_server(big).url, "[buffer]", """
+        buffer: {buffering: {memRequestBodyBytes: 100, maxRequestBodyBytes: 5000, memResponseBodyBytes: 100,
+                             maxResponseBodyBytes: 5000}}
+        """))
+    fds = len(list(Path("/proc/self/fd").iterdir()))
+    with requests.Session() as session:
+        for size in (4000, 6000, 4000):
+            answer = session.post(server.url + "/x", data=b"b" * size, timeout=5)
+            assert answer.status_code == (500 if size <= 5000 else 413)
+            assert b"sss" not in answer.content
+    gevent.sleep(0.1)
+    assert len(list(Path("/proc/self/fd").iterdir())) <= fds + 2  # the session's sockets at most
