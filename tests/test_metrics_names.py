@@ -107,10 +107,10 @@ def test_traefik_families_and_labels_on_a_real_scrape(conf_d, echo_upstream, fre
 
 
 EXCHANGES = [
-    (("web", "a@file", "s@file", "1", "GET", "200", "http"), 0.0004, 17, 3),
-    (("web", "a@file", "s@file", "0", "GET", "401", "http"), 0.00002, 40, 0),
-    (("web", "none", "none", "0", "OTHER", "404", "http"), 1.5, 19, 0),
-    (("admin", "b@file", "t@file", "1", "POST", "200", "websocket"), 61, 0, 100),
+    (("web", "a@file", "s@file", "http://u:1", "GET", "200", "http"), 0.0004, 17, 3),
+    (("web", "a@file", "s@file", "none", "GET", "401", "http"), 0.00002, 40, 0),
+    (("web", "none", "none", "none", "OTHER", "404", "http"), 1.5, 19, 0),
+    (("admin", "b@file", "t@file", "http://u:2", "POST", "200", "websocket"), 61, 0, 100),
 ]
 
 
@@ -131,10 +131,11 @@ def test_summed_levels_equal_prometheus_client_objects_fed_the_same():
                           Counter(f"gatekeeper_{level}_requests_bytes", "x", labels, registry=theirs),
                           Counter(f"gatekeeper_{level}_responses_bytes", "x", labels, registry=theirs))
     for key, seconds, sent, received in EXCHANGES:
-        counts.request((key[1], key[4], int(key[5]), "none"), seconds, sent, None, detail=key, received=received)
-        named = dict(zip(("entrypoint", "router", "service", "served", "method", "code", "protocol"), key))
+        counts.request(key, seconds, sent, received)
+        named = dict(zip(("entrypoint", "router", "service", "upstream", "method", "code", "protocol"), key))
         for level, (labels, requests_, latency, bytes_in, bytes_out) in objects.items():
-            if (level == "router" and named["router"] == "none") or (level == "service" and named["served"] == "0"):
+            skipped = named["router" if level == "router" else "upstream"] == "none"
+            if level != "entrypoint" and skipped:
                 continue
             values = [named[name] for name in labels]
             requests_.labels(*values).inc()

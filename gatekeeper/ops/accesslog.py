@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 from gevent import Greenlet, get_hub, getcurrent
 
 from gatekeeper.ops.exchange import ACTIVE, DEFAULT_ENTRYPOINT, Exchange, fan_out, observe
-from gatekeeper.ops.logs import LineSink, format_time, json_record
+from gatekeeper.ops.logs import LineSink, encode_json, format_time
 
 __all__ = ["ACTIVE", "AccessLog", "Exchange", "fan_out", "format_text", "json_line", "observe", "parse_statuses",
            "text_line"]
@@ -173,15 +173,14 @@ def text_line(e: Exchange) -> str:
             f"bytes={e.bytes} bytes_in={e.bytes_in} user={text_value(e.user)} jwt_reason={text_value(e.jwt_reason)} "
             f"aborted={text_value(e.aborted)} entrypoint={text_value(e.entrypoint or DEFAULT_ENTRYPOINT)} "
             f"service={text_value(e.service)} host={text_value(e.host)} proto={text_value(e.protocol)} "
-            f"size_in={e.size_in} request_id={text_value(e.request_id)} "
+            f"size_in={e.size_in} request_id={e.request_id or '-'} "
             f"upstream_error={text_value(e.upstream_cause)} router_error={text_value(e.router_error)} "
             f"middleware={text_value(middleware[0])} middleware_outcome={text_value(middleware[1])}")
 
 
 def json_line(e: Exchange) -> str:
-    """The one JSON schema (ops/logs.py): ``time`` (when the line is written), ``level``, ``logger: access``,
-    ``msg`` (empty, as Traefik's), then :meth:`Exchange.traefik_fields`."""
-    return json_record(e.started + e.duration, "info", "access", "", e.traefik_fields())
+    """The one JSON schema (ops/logs.py), with Traefik's field names: :meth:`Exchange.traefik_fields`."""
+    return encode_json(e.traefik_fields())
 
 
 def format_text(fields: Dict[str, Any]) -> str:

@@ -138,10 +138,13 @@ class Exchange:
                 "middleware": middleware[0], "middleware_outcome": middleware[1]}
 
     def traefik_fields(self) -> Dict[str, Any]:
-        """The JSON line's fields: Traefik's access-log names, then gatekeeper's own (absent when empty)."""
+        """The JSON line, in the one schema of ops/logs.py: ``time`` (when the line is written), ``level``,
+        ``logger: access``, ``msg`` (empty, as Traefik's), then Traefik's access-log names, then gatekeeper's
+        own (absent when empty). One dict, built once a line."""
         origin = self.origin_status
         host = self.host or ""
         fields: Dict[str, Any] = {
+            "time": format_time(self.started + self.duration), "level": "info", "logger": "access", "msg": "",
             "ClientAddr": f"{self.client}:{self.client_port}" if self.client_port else self.client,
             "ClientHost": self.client, "ClientPort": self.client_port, "RequestAddr": host,
             "RequestHost": host_of(host), "RequestMethod": self.method, "RequestPath": self.path,

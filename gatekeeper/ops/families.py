@@ -1,9 +1,10 @@
-"""Traefik's request metric families (entry point, router, service), built at scrape time from one row per
-(entry point, router, service, served, method, code, protocol), and the ``process_*`` families of every worker.
+"""The request metric families, built at scrape time from one row per (entry point, router, service, upstream,
+method, code, protocol), and the ``process_*`` families of every worker.
 
-A request updates one detail row (metrics.py): in one process a list of plain numbers, with ``--workers`` a
+A request updates one detail row (metrics.py): in one process plain numbers, with ``--workers`` a
 prometheus_client histogram and two counters whose memory-mapped files add up across workers. A scrape sums
-the rows into Traefik's families and labels, prefixed ``gatekeeper_`` (docs/operations.md has the mapping):
+the rows into gatekeeper's own per-router families (``gatekeeper_requests_total`` ...) and Traefik's families
+and labels, prefixed ``gatekeeper_`` (docs/operations.md has the mapping):
 
 - ``gatekeeper_entrypoint_requests_total{code,method,protocol,entrypoint}``, ``..._request_duration_seconds``,
   ``..._requests_bytes_total``, ``..._responses_bytes_total``: every request;
@@ -12,28 +13,33 @@ the rows into Traefik's families and labels, prefixed ``gatekeeper_`` (docs/oper
 
 Usage::
 
-    rows = {("web", "api@file", "s@file", True, "GET", "200", "http"): Row()}
+    rows = {("web", "api@file", "s@file", "http://10.0.0.9:80", "GET", "200", "http"): Row()}
     families = list(traefik_families(rows.items()))
 """
 from __future__ import annotations
 
 import os
 import re
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["DETAIL_LABELS", "LATENCY_BUCKETS", "Row", "from_multiprocess", "process_families", "traefik_families"]
+__all__ = ["DETAIL_LABELS", "LATENCY_BUCKETS", "Row", "from_multiprocess", "legacy_families", "process_families",
+           "traefik_families"]
 
 LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
 BUCKET_LABELS = (*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf")  # type: ignore[no-untyped-call]
-# One detail row's labels; served: "1" when the request reached the service's servers (an upstream was picked)
-DETAIL_LABELS = ("entrypoint", "router", "service", "served", "method", "code", "protocol")
+# One detail row's labels; upstream: the server URL shown (safe_url), "none" when no server was contacted
+DETAIL_LABELS = ("entrypoint", "router", "service", "upstream", "method", "code", "protocol")
 DetailKey = Tuple[str, str, str, str, str, str, str]
 NO_ROUTER = "none"
+NO_UPSTREAM = "none"
+REQUESTS_HELP = "Requests answered, by router, method, status code and upstream server (none: not proxied)"
+LATENCY_HELP = "Time from the request reaching the gateway to the last response byte sent, by router"
+BYTES_HELP = "Response body bytes sent, by router"
 # (family, its labels taken from the detail key, which rows count in it)
 LEVELS = (("entrypoint", ("code", "method", "protocol", "entrypoint")),
           ("router", ("code", "method", "protocol", "router", "service")),
@@ -60,7 +66,7 @@ def counts(level: str, key: DetailKey) -> bool:
     if level == "router":
         return key[1] != NO_ROUTER
     if level == "service":
-        return key[3] == "1"
+        return key[3] != NO_UPSTREAM
     return True
 
 
@@ -68,7 +74,7 @@ def traefik_families(rows: Iterable[Tuple[DetailKey, Row]]) -> Iterator[Metric]:
     """The entry point, router and service families summed from ``rows``.
 
     >>> row = Row(); row.count, row.seconds, row.bytes_out = 2, 0.004, 10; row.buckets[1] = 2
-    >>> families = list(traefik_families([(("web", "a@file", "s@file", "1", "GET", "200", "http"), row)]))
+    >>> families = list(traefik_families([(("web", "a@file", "s@file", "http://u:1", "GET", "200", "http"), row)]))
     >>> [(s.name, s.labels["entrypoint"], s.value) for s in families[0].samples]
     [('gatekeeper_entrypoint_requests_total', 'web', 2)]
     """
@@ -77,19 +83,54 @@ def traefik_families(rows: Iterable[Tuple[DetailKey, Row]]) -> Iterator[Metric]:
         positions = [_POSITION[name] for name in labels]
         summed: Dict[Tuple[str, ...], Row] = {}
         for key, row in rows:
-            if not counts(level, key):
-                continue
-            values = tuple(key[i] for i in positions)
-            total = summed.get(values)
-            if total is None:
-                total = summed[values] = Row()
-            total.count += row.count
-            total.seconds += row.seconds
-            total.bytes_in += row.bytes_in
-            total.bytes_out += row.bytes_out
-            total.buckets = [a + b for a, b in zip(total.buckets, row.buckets)]
+            if counts(level, key):
+                add_row(summed, tuple(key[i] for i in positions), row)
         if summed:   # no empty family: a scrape shows what was counted
             yield from level_families(level, list(labels), summed)
+
+
+def add_row(summed: Dict[Any, Row], key: Any, row: Row) -> None:
+    """``summed[key] += row``."""
+    total = summed.get(key)
+    if total is None:
+        total = summed[key] = Row()
+    total.count += row.count
+    total.seconds += row.seconds
+    total.bytes_in += row.bytes_in
+    total.bytes_out += row.bytes_out
+    total.buckets = [a + b for a, b in zip(total.buckets, row.buckets)]
+
+
+def legacy_families(rows: Iterable[Tuple[DetailKey, Row]]) -> Iterator[Metric]:
+    """gatekeeper's own per-router families: ``gatekeeper_requests_total{router,method,status,upstream}``, the
+    latency histogram and response bytes by router (the dashboard and existing alerts read them)."""
+    per_request: Dict[Tuple[str, str, str, str], int] = {}
+    per_router: Dict[str, Row] = {}
+    for (_entrypoint, router, _service, upstream, method, code, _protocol), row in rows:
+        key = (router, method, code, upstream)
+        per_request[key] = per_request.get(key, 0) + row.count
+        add_row(per_router, router, row)
+    requests = CounterMetricFamily("gatekeeper_requests", REQUESTS_HELP,
+                                   labels=["router", "method", "status", "upstream"])
+    for labels, count in per_request.items():
+        requests.add_metric(list(labels), count)
+    latency = HistogramMetricFamily("gatekeeper_request_duration_seconds", LATENCY_HELP, labels=["router"])
+    sent = CounterMetricFamily("gatekeeper_response_bytes", BYTES_HELP, labels=["router"])
+    for router, row in per_router.items():
+        latency.add_metric([router], cumulative(row.buckets), row.seconds)
+        if row.bytes_out:
+            sent.add_metric([router], row.bytes_out)
+    yield from (requests, latency, sent)
+
+
+def cumulative(counts_per_bucket: List[int]) -> List[Tuple[str, float]]:
+    """(le, cumulative count) pairs as a histogram shows them."""
+    total = 0
+    buckets = []
+    for bound, count in zip(BUCKET_LABELS, counts_per_bucket):
+        total += count
+        buckets.append((bound, float(total)))
+    return buckets
 
 
 def level_families(level: str, labels: List[str], summed: Dict[Tuple[str, ...], Row]) -> Iterator[Metric]:
@@ -102,12 +143,7 @@ def level_families(level: str, labels: List[str], summed: Dict[Tuple[str, ...], 
     bytes_out = CounterMetricFamily(f"{prefix}_responses_bytes", "Response body bytes sent", labels=labels)
     for values, row in summed.items():
         requests.add_metric(list(values), row.count)
-        cumulative = 0
-        buckets = []
-        for bound, count in zip(BUCKET_LABELS, row.buckets):
-            cumulative += count
-            buckets.append((bound, float(cumulative)))
-        latency.add_metric(list(values), buckets, row.seconds)
+        latency.add_metric(list(values), cumulative(row.buckets), row.seconds)
         bytes_in.add_metric(list(values), row.bytes_in)
         bytes_out.add_metric(list(values), row.bytes_out)
     yield from (requests, latency, bytes_in, bytes_out)

@@ -21,7 +21,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["LineSink", "configure_logging", "drain_logged", "format_time", "json_record", "reload_on_signal"]
+__all__ = ["LineSink", "configure_logging", "drain_logged", "encode_json", "format_time", "json_record",
+           "reload_on_signal"]
 
 _second_cache: List[object] = [-1, ""]
 
@@ -38,6 +39,10 @@ def format_time(epoch: float) -> str:
     return f"{_second_cache[1]}.{int(epoch * 1000) % 1000:03d}Z"
 
 
+# built once: json.dumps with options builds an encoder per call
+encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
+
 def json_record(when: float, level: str, logger: str, msg: str, fields: Optional[Dict[str, Any]] = None) -> str:
     """The one JSON line schema: ``time``, ``level``, ``logger``, ``msg``, then ``fields``.
 
@@ -47,7 +52,8 @@ def json_record(when: float, level: str, logger: str, msg: str, fields: Optional
     line: Dict[str, Any] = {"time": format_time(when), "level": level, "logger": logger, "msg": msg}
     if fields:
         line.update(fields)
-    return json.dumps(line, separators=(",", ":"), ensure_ascii=False, default=str)
+    return encode_json(line)
+
 
 
 class TextFormatter(logging.Formatter):

@@ -36,14 +36,20 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gatekeeper.jwt import remote as jwks
 from gatekeeper.jwt.fetch import safe_url
 from gatekeeper.ops import families
 from gatekeeper.ops.exchange import DEFAULT_ENTRYPOINT, Exchange, fan_out, observe
-from gatekeeper.ops.families import BUCKET_LABELS, DETAIL_LABELS, LATENCY_BUCKETS, DetailKey, Row
+from gatekeeper.ops.families import (
+    DETAIL_LABELS,
+    LATENCY_BUCKETS,
+    NO_UPSTREAM,
+    DetailKey,
+    Row,
+)
 from gatekeeper.proxy import health
 from gatekeeper.wsgi import WSGIApp
 
@@ -54,20 +60,11 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A client can send any method name; unknown ones share one label value so cardinality stays bounded.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 NO_ROUTER = "none"
-NO_UPSTREAM = "none"   # the request was answered without contacting an upstream (404, 401, a redirect ...)
 # Decided at import: with --workers the parent sets the directory before any worker imports this module.
 MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
 _PER_REQUEST = REGISTRY if MULTIPROCESS else None   # in one process, RequestCounts exposes these instead
 
-REQUESTS_HELP = "Requests answered, by router, method, status code and upstream server (none: not proxied)"
-LATENCY_HELP = "Time from the request reaching the gateway to the last response byte sent, by router"
-BYTES_HELP = "Response body bytes sent, by router"
 JWT_HELP = "JWT middleware decisions, by router and outcome (accepted, or the refusal reason)"
-REQUESTS = Counter("gatekeeper_requests", REQUESTS_HELP, ["router", "method", "status", "upstream"],
-                   registry=_PER_REQUEST)
-LATENCY = Histogram("gatekeeper_request_duration_seconds", LATENCY_HELP, ["router"], buckets=LATENCY_BUCKETS,
-                    registry=_PER_REQUEST)
-RESPONSE_BYTES = Counter("gatekeeper_response_bytes", BYTES_HELP, ["router"], registry=_PER_REQUEST)
 IN_FLIGHT = Gauge("gatekeeper_requests_in_flight", "Requests being answered now", multiprocess_mode="livesum")
 CONNECTIONS = Gauge("gatekeeper_open_connections", "Client connections open now, by entry point and protocol "
                     "(TCP)", ["entrypoint", "protocol"], multiprocess_mode="livesum")
@@ -114,23 +111,18 @@ DETAIL_BYTES_IN = Counter("gatekeeper_detail_requests_bytes", "detail row (not s
 DETAIL_BYTES_OUT = Counter("gatekeeper_detail_responses_bytes", "detail row (not shown)", DETAIL_LABELS,
                            registry=_PER_REQUEST)
 
-_request_children: Dict[Tuple[str, str, int, Optional[str]], Tuple[Counter, Histogram, Counter]] = {}
+_detail_children: Dict[DetailKey, Tuple[Histogram, Counter, Counter]] = {}
 
 
-def _children(router: str, method: str, status: int, upstream: Optional[str]) -> Tuple[Counter, Histogram, Counter]:
-    """The labelled metric children for one (router, method, status, upstream), looked up once and cached.
+def _detail(key: DetailKey) -> Tuple[Histogram, Counter, Counter]:
+    """With workers: the detail row's histogram and byte counters for ``key``, looked up once and cached.
 
-    ``upstream`` is the server URL the proxy used (``environ["gatekeeper.upstream"]``): one value per
-    configured server, so the cardinality stays that of the configuration. Shown without userinfo or
-    query (safe_url), which could hold a credential.
-    """
-    key = (router, method, status, upstream)
-    found = _request_children.get(key)
+    The upstream in ``key`` is already shown without userinfo or query (safe_url), which could hold a
+    credential; one value per configured server, so the cardinality stays that of the configuration."""
+    found = _detail_children.get(key)
     if found is None:
-        shown = NO_UPSTREAM if upstream is None else safe_url(upstream)
-        found = (REQUESTS.labels(router, method, str(status), shown), LATENCY.labels(router),
-                 RESPONSE_BYTES.labels(router))
-        _request_children[key] = found
+        found = _detail_children[key] = (DETAIL_LATENCY.labels(*key), DETAIL_BYTES_IN.labels(*key),
+                                          DETAIL_BYTES_OUT.labels(*key))
     return found
 
 
@@ -149,13 +141,13 @@ def _labelled(metric: Any, *labels: str) -> Any:
 class RequestCounts(Collector):
     """The per-request metrics of one process as plain numbers, exposed as metric families when scraped.
 
-    ``requests[(router, method, status, upstream shown)] = [count, created]``;
-    ``routers[router] = [count, duration sum, bytes, created, count per bucket (not cumulative) ...]``;
-    ``outcomes[(router, outcome)] = [count, created]``; ``in_flight[0]``; ``detail[DETAIL_LABELS values]``,
-    a :class:`families.Row` summed into Traefik's entry point, router and service families.
+    ``detail[(entrypoint, router, service, upstream shown, method, code, protocol)]`` is a
+    :class:`families.Row`; a scrape sums the rows into the per-router families and Traefik's three levels.
+    ``outcomes[(router, outcome)] = [count, created]``; ``in_flight[0]``. ``requests`` and ``routers`` are
+    the per-router sums, for the dashboard's sampler.
 
     >>> counts = RequestCounts()
-    >>> counts.request(("api@file", "GET", 200, "none"), 0.002, 17, "accepted")
+    >>> counts.request(("web", "api@file", "s@file", "none", "GET", "200", "http"), 0.002, 17, outcome="accepted")
     >>> samples = [s for family in counts.collect() for s in family.samples]
     >>> [(s.name, s.value) for s in samples if s.labels.get("le") in (None, "0.001", "0.0025")][:7]
     ... # doctest: +NORMALIZE_WHITESPACE
@@ -166,68 +158,57 @@ class RequestCounts(Collector):
     """
 
     def __init__(self) -> None:
-        self.requests: Dict[Tuple[str, str, int, str], List[float]] = {}
-        self.routers: Dict[str, List[float]] = {}
-        self.outcomes: Dict[Tuple[str, str], List[float]] = {}
         self.detail: Dict[DetailKey, Row] = {}
+        self.outcomes: Dict[Tuple[str, str], List[float]] = {}
         self.in_flight = [0]
 
-    def request(self, key: Tuple[str, str, int, str], duration: float, sent: int, outcome: Optional[str], *,
-                detail: Optional[DetailKey] = None, received: int = 0) -> None:
-        """Count one finished request, ``key`` = (router, method, status, upstream shown): a few dict look-ups
-        and increments."""
-        counts = self.requests.get(key)
-        if counts is None:
-            counts = self.requests[key] = [0, time.time()]
-        counts[0] += 1
-        router = key[0]
-        per_router = self.routers.get(router)
-        if per_router is None:
-            per_router = self.routers[router] = [0, 0.0, 0, time.time()] + [0] * (len(LATENCY_BUCKETS) + 1)
-        per_router[0] += 1
-        per_router[1] += duration
-        per_router[2] += sent
-        bucket = bisect.bisect_left(LATENCY_BUCKETS, duration)   # le: the first bound >= duration
-        per_router[4 + bucket] += 1
+    def request(self, key: DetailKey, duration: float, sent: int, received: int = 0, *,
+                outcome: Optional[str] = None) -> None:
+        """Count one finished request: a dict look-up and a few increments."""
+        row = self.detail.get(key)
+        if row is None:
+            row = self.detail[key] = Row()
+        row.count += 1
+        row.seconds += duration
+        row.bytes_in += received
+        row.bytes_out += sent
+        row.buckets[bisect.bisect_left(LATENCY_BUCKETS, duration)] += 1   # le: the first bound >= duration
         if outcome is not None:
-            seen = self.outcomes.get((router, outcome))
+            seen = self.outcomes.get((key[1], outcome))
             if seen is None:
-                seen = self.outcomes[(router, outcome)] = [0, time.time()]
+                seen = self.outcomes[(key[1], outcome)] = [0, time.time()]
             seen[0] += 1
-        if detail is not None:
-            row = self.detail.get(detail)
-            if row is None:
-                row = self.detail[detail] = Row()
-            row.count += 1
-            row.seconds += duration
-            row.bytes_in += received
-            row.bytes_out += sent
-            row.buckets[bucket] += 1
+
+    @property
+    def requests(self) -> Dict[Tuple[str, str, int, str], List[float]]:
+        """``[(router, method, status, upstream)] = [count, 0]``, summed from the detail rows."""
+        summed: Dict[Tuple[str, str, int, str], List[float]] = {}
+        for (_entrypoint, router, _service, upstream, method, code, _protocol), row in list(self.detail.items()):
+            entry = summed.setdefault((router, method, int(code), upstream), [0, 0.0])
+            entry[0] += row.count
+        return summed
+
+    @property
+    def routers(self) -> Dict[str, List[float]]:
+        """``[router] = [count, duration sum, bytes, 0, count per bucket ...]``, summed from the detail rows."""
+        summed: Dict[str, List[float]] = {}
+        for key, row in list(self.detail.items()):
+            entry = summed.setdefault(key[1], [0, 0.0, 0, 0.0] + [0] * (len(LATENCY_BUCKETS) + 1))
+            entry[0] += row.count
+            entry[1] += row.seconds
+            entry[2] += row.bytes_out
+            for i, count in enumerate(row.buckets):
+                entry[4 + i] += count
+        return summed
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("gatekeeper_requests", REQUESTS_HELP,
-                                       labels=["router", "method", "status", "upstream"])
-        for (router, method, status, upstream), (count, _created) in list(self.requests.items()):
-            requests.add_metric([router, method, str(status), upstream], count)
-        yield requests
-        latency = HistogramMetricFamily("gatekeeper_request_duration_seconds", LATENCY_HELP, labels=["router"])
-        sent = CounterMetricFamily("gatekeeper_response_bytes", BYTES_HELP, labels=["router"])
-        for router, row in list(self.routers.items()):
-            cumulative = 0.0
-            buckets = []
-            for bound, count in zip(BUCKET_LABELS, row[4:]):
-                cumulative += count
-                buckets.append((bound, cumulative))
-            latency.add_metric([router], buckets, row[1])
-            if row[2]:
-                sent.add_metric([router], row[2])
-        yield latency
-        yield sent
+        rows = list(self.detail.items())
+        yield from families.legacy_families(rows)
         outcomes = CounterMetricFamily("gatekeeper_jwt_outcomes", JWT_HELP, labels=["router", "outcome"])
         for (router, outcome), (count, _created) in list(self.outcomes.items()):
             outcomes.add_metric([router, outcome], count)
         yield outcomes
-        yield from families.traefik_families(list(self.detail.items()))
+        yield from families.traefik_families(rows)
 
 
 COUNTS = RequestCounts()
@@ -255,49 +236,36 @@ def shown_upstream(upstream: Optional[str]) -> str:
     return shown
 
 
-def detail_key(exchange: Exchange, router: str, method: str) -> DetailKey:
-    """The request's detail row: entry point, router, service, whether it reached a server, method, code and
-    protocol (``websocket`` for an upgraded connection, else ``http``)."""
+def detail_key(exchange: Exchange, router: str) -> DetailKey:
+    """The request's detail row: entry point, router, service, upstream shown, method (unknown ones: ``OTHER``),
+    code and protocol (``websocket`` for an upgraded connection, else ``http``)."""
     return (exchange.entrypoint or DEFAULT_ENTRYPOINT, router, exchange.service or "none",
-            "1" if exchange.upstream is not None else "0", method, str(exchange.status),
-            "websocket" if exchange.status == 101 else "http")
+            shown_upstream(exchange.upstream), exchange.method if exchange.method in METHODS else "OTHER",
+            str(exchange.status), "websocket" if exchange.status == 101 else "http")
 
 
 def record(exchange: Exchange) -> None:
     """Count one finished request (the observer :func:`instrument` installs)."""
     router = exchange.router or NO_ROUTER
-    method = exchange.method if exchange.method in METHODS else "OTHER"
+    key = detail_key(exchange, router)
+    outcome = exchange.jwt_reason if exchange.jwt_reason is not None else "accepted" if exchange.jwt_ok else None
     if not MULTIPROCESS:
         COUNTS.in_flight[0] -= 1
-        outcome = exchange.jwt_reason if exchange.jwt_reason is not None else "accepted" if exchange.jwt_ok else None
-        COUNTS.request((router, method, exchange.status, shown_upstream(exchange.upstream)), exchange.duration,
-                       exchange.bytes, outcome, detail=detail_key(exchange, router, method), received=exchange.size_in)
+        COUNTS.request(key, exchange.duration, exchange.bytes, exchange.size_in, outcome=outcome)
     else:
         IN_FLIGHT.dec()
-        record_children(exchange, router, method)
+        latency, received, sent = _detail(key)
+        latency.observe(exchange.duration)
+        if exchange.size_in:
+            received.inc(exchange.size_in)
+        if exchange.bytes:
+            sent.inc(exchange.bytes)
+        if outcome is not None:
+            _labelled(JWT_OUTCOMES, router, outcome).inc()
     if exchange.upstream_cause is not None:
         _labelled(UPSTREAM_ERRORS, router, exchange.upstream_cause).inc()
     if exchange.middleware is not None:
         _labelled(MIDDLEWARE_OUTCOMES, router, *exchange.middleware).inc()
-
-
-def record_children(exchange: Exchange, router: str, method: str) -> None:
-    """With workers: the prometheus_client objects, whose memory-mapped files add up across processes."""
-    requests, latency, sent = _children(router, method, exchange.status, exchange.upstream)
-    requests.inc()
-    latency.observe(exchange.duration)
-    if exchange.bytes:
-        sent.inc(exchange.bytes)
-    if exchange.jwt_reason is not None:
-        _labelled(JWT_OUTCOMES, router, exchange.jwt_reason).inc()
-    elif exchange.jwt_ok:
-        _labelled(JWT_OUTCOMES, router, "accepted").inc()
-    key = detail_key(exchange, router, method)
-    _labelled(DETAIL_LATENCY, *key).observe(exchange.duration)
-    if exchange.size_in:
-        _labelled(DETAIL_BYTES_IN, *key).inc(exchange.size_in)
-    if exchange.bytes:
-        _labelled(DETAIL_BYTES_OUT, *key).inc(exchange.bytes)
 
 
 def record_key_fetch(keyset: "jwks.RemoteKeySet", ok: bool) -> None:
@@ -372,7 +340,7 @@ def exposition() -> Tuple[bytes, str]:
         collector = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
         shown, rows = families.from_multiprocess(collector.collect())  # type: ignore[no-untyped-call]
         pids = sorted({*families.live_pids(directory), os.getpid(), os.getppid()})
-        registry = families.registry_of([*shown, *families.traefik_families(rows.items()),
-                                         *families.process_families(pids)])
+        registry = families.registry_of([*shown, *families.legacy_families(rows.items()),
+                                         *families.traefik_families(rows.items()), *families.process_families(pids)])
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
