@@ -6,6 +6,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gatekeeper.config.manifests import LOADERS, MAX_FILE_BYTES, is_manifest_name, parse_text, read_dir
 from gatekeeper.errors import ConfigError
@@ -251,3 +253,54 @@ def test_compiling_runs_no_garbage_collection_and_the_collector_comes_back(tmp_p
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+
+def yaml_of(tree, indent=0):
+    """A tree of ("flow-list" | "flow-map" | "block-map", children) and scalars as YAML text."""
+    if isinstance(tree, str):
+        return tree
+    kind, items = tree
+    if kind == "flow-list":
+        return "[" + ", ".join(yaml_of(t) for t in items) + "]"
+    if kind == "flow-map":
+        return "{" + ", ".join(f"k{i}: {yaml_of(t)}" for i, t in enumerate(items)) + "}"
+    return "".join(f"\n{' ' * indent}k{i}: " + yaml_of(t, indent + 2) for i, t in enumerate(items))
+
+
+def wrapped(tree, depth):
+    for _ in range(depth):
+        tree = ("flow-list", [tree])
+    return tree
+
+
+FLOW = st.recursive(st.sampled_from(("x", "1", "'y'")), lambda child: st.tuples(
+    st.sampled_from(("flow-list", "flow-map")), st.lists(child, min_size=1, max_size=3)), max_leaves=20)
+DEEP = st.builds(wrapped, FLOW, st.integers(80, 110))   # some past the bound, some not, some at it
+BLOCK = st.recursive(st.one_of(FLOW, DEEP), lambda child: st.tuples(
+    st.just("block-map"), st.lists(child, min_size=1, max_size=3)), max_leaves=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(tree=st.tuples(st.just("block-map"), st.lists(BLOCK, min_size=1, max_size=4)))
+def test_a_document_without_aliases_is_bounded_as_one_with_them(tree):
+    """check_depth (a text without ``*``) refuses what check_graph refuses, at the same line, and nothing else."""
+    import yaml
+
+    from gatekeeper.config.yaml_bounds import check_depth, check_graph
+
+    text = "top:" + yaml_of(tree, 2) + "\n"
+    assert "*" not in text
+    loader = yaml.CSafeLoader(text)
+    try:
+        node = loader.get_single_node()
+    finally:
+        loader.dispose()
+    outcomes = []
+    for check in (check_graph, check_depth):
+        try:
+            check(node)
+            outcomes.append(None)
+        except yaml.YAMLError as exc:
+            outcomes.append((str(exc), exc.problem_mark.line))
+    assert outcomes[0] == outcomes[1]

@@ -17,7 +17,14 @@ from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import yaml
 
-from gatekeeper.config.yaml_bounds import MAX_ALIAS_NODES, MAX_DEPTH, check_graph, expanded_size, refused
+from gatekeeper.config.yaml_bounds import (
+    MAX_ALIAS_NODES,
+    MAX_DEPTH,
+    check_depth,
+    check_graph,
+    expanded_size,
+    refused,
+)
 from gatekeeper.config.yaml_errors import explain
 from gatekeeper.errors import ConfigError
 
@@ -58,6 +65,7 @@ class _Bounded:
     def _start_bounds(self, stream: str) -> None:
         # A string value can hold "{{" only if the text does, or spells it with escapes ("\x7b", "\\" + newline)
         self._plain = "{{" not in stream and "\\" not in stream
+        self._aliases = "*" in stream   # without one the document is a tree: only its depth needs a check
         self._open_anchors: Set[str] = set()       # anchors whose node is still being composed
         self._sizes: Dict[int, int] = {}       # id(node) -> its size with aliases expanded
         self._alias_nodes = 0
@@ -149,7 +157,7 @@ else:
         def get_node(self) -> Optional[yaml.Node]:
             node: Optional[yaml.Node] = CParser.get_node(self)
             if node is not None:
-                check_graph(node)
+                (check_graph if self._aliases else check_depth)(node)
             return node
 
     LOADERS = (_CLineLoader, _LineLoader)

@@ -77,3 +77,23 @@ def check_graph(root: yaml.Node) -> None:
             open_nodes.add(id(node))
             stack.append((node, depth, parent, True))
             stack.extend((child, depth + 1, node, False) for child in reversed(children))
+
+
+def check_depth(root: yaml.Node) -> None:
+    """:func:`check_graph` for a document without aliases (a text with no ``*``: a tree), about twice as fast.
+
+    Level by level, each level's nodes in document order: the first node past :data:`MAX_DEPTH` in that
+    order is the first one :func:`check_graph`'s walk (document order, depth first) meets, so the error is
+    the same, at the same line.
+    """
+    level = [root]
+    for _ in range(MAX_DEPTH):
+        level = [child for node in level if type(node.value) is list
+                 for child in (_flat(node.value) if isinstance(node, yaml.MappingNode) else node.value)]
+        if not level:
+            return
+    raise refused(f"nested more than {MAX_DEPTH} levels deep", level[0].start_mark)
+
+
+def _flat(pairs: List[Tuple[yaml.Node, yaml.Node]]) -> List[yaml.Node]:
+    return [n for pair in pairs for n in pair]
