@@ -63,7 +63,9 @@ class Collector:
         self.failed_keys.setdefault((kind, key or name), err)
 
     def definitions(self) -> Definitions:
-        return Definitions(dict(self.routers), dict(self.middlewares), dict(self.services))
+        """The tables themselves, not copies (10,000 routers: a copy costs a reload about a millisecond); the
+        collector is done with once they are asked for."""
+        return Definitions(self.routers, self.middlewares, self.services)
 
     def replay(self, recorded: "Recorded") -> None:
         """Do again what :class:`Recorder` wrote down. When no name it adds is taken yet (no duplicate to
