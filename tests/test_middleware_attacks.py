@@ -712,3 +712,25 @@ def test_spooled_bodies_leave_no_file_open(gateway, wsgi_server):
             assert b"sss" not in answer.content
     gevent.sleep(0.1)
     assert len(list(Path("/proc/self/fd").iterdir())) <= fds + 2  # the session's sockets at most
+
+
+@pytest.mark.parametrize("host", ["..", "../..", "a/../.."])
+def test_a_page_request_never_resolves_outside_its_query(gateway, files_upstream, host):
+    """``{url}`` carries the client's Host: ``Host: ../..`` made the page target of ``query: /{url}``
+    ``/http%3A%2F%2F..%2F..%2Fadmin%2Fsecret.txt``, which a normalising page service resolves to
+    ``/admin/secret.txt``. A page target whose decoded path is not clean is not fetched: the caught status
+    goes with its short text."""
+    server = gateway(f"""
+        http:
+          routers:
+            app: {{rule: "PathPrefix(`/`)", service: files, middlewares: [pages, auth]}}
+          middlewares:
+            auth: {JWT}
+            pages: {{errors: {{status: ["401"], service: files, query: "/{{url}}"}}}}
+          services:
+            files: {{loadBalancer: {{servers: [{{url: "{files_upstream}"}}]}}}}
+        """)
+    answer = exchange(server.port, f"GET /admin/secret.txt HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                      .encode())
+    assert b"admin secret" not in answer
+    assert status_of(answer) in (400, 401)

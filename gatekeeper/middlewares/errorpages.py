@@ -20,6 +20,7 @@ from urllib.parse import quote_plus, unquote
 
 from gatekeeper.errors import ConfigError
 from gatekeeper.middlewares.base import Context, Wrapper, mark, split_target
+from gatekeeper.middlewares.paths import is_clean
 from gatekeeper.options import pick, type_name, want_int, want_str, want_str_list
 from gatekeeper.wsgi import (
     CREDENTIAL_HEADERS,
@@ -174,6 +175,8 @@ class ErrorPages:
         target = (self.query.replace("{status}", str(status)).replace("{originalStatus}", str(code))
                   .replace("{url}", quote_plus(url, safe="", encoding="latin-1")))
         line = f"{status} {phrase(status)}"
+        if not is_clean(target.partition("?")[0]):  # {url} holds the client's Host: "Host: .." must not
+            return error_response(status)(environ, start_response)  # make the page /admin/... upstream
 
         def with_status(_status: str, headers: Headers, exc_info: Any = None) -> Callable[[bytes], Any]:
             return start_response(line, headers, exc_info) if exc_info else start_response(line, headers)

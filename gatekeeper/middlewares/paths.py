@@ -127,15 +127,25 @@ def rewritten(environ: Environ, raw_path: str, query: str) -> bool:
         raw_path = quote(raw_path, safe=RAW_PATH_SAFE, encoding="latin-1", errors="replace")
     if not raw_path.startswith("/"):
         raw_path = "/" + raw_path
+    if not is_clean(raw_path):
+        return False
+    set_path(environ, raw_path, query)
+    return True
+
+
+def is_clean(raw_path: str) -> bool:
+    """Whether a raw path's escapes are well formed and its decoded form has no ``.``, ``..`` or empty
+    segment: what a normalising upstream resolves to the path itself.
+
+    >>> is_clean("/a%20b/c"), is_clean("/a/..%2Fb"), is_clean("/http%3A%2F%2F..%2Fx"), is_clean("/a%zz")
+    (True, False, False, False)
+    """
     decoded = raw_path
     if "%" in raw_path:
         if BAD_ESCAPE.search(raw_path):
             return False
         decoded = unquote(raw_path, "latin-1")
-    if ("//" in decoded or "/." in decoded) and remove_dot_segments(decoded) != decoded:
-        return False
-    set_path(environ, raw_path, query)
-    return True
+    return not (("//" in decoded or "/." in decoded) and remove_dot_segments(decoded) != decoded)
 
 
 def _unclean(name: str) -> WSGIApp:
