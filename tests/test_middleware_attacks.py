@@ -734,3 +734,27 @@ def test_a_page_request_never_resolves_outside_its_query(gateway, files_upstream
                       .encode())
     assert b"admin secret" not in answer
     assert status_of(answer) in (400, 401)
+
+
+def test_a_page_request_carries_no_header_the_auth_server_set(gateway, wsgi_server):
+    """Before the fix, a token the auth server minted for the upstream (``authResponseHeaders: [X-Auth-Token]``)
+    went along to the page service when the upstream answered 5xx."""
+    pages, upstream = Recorder(), Recorder()
+    auth = auth_server(headers=(("X-Auth-Token", "minted-for-the-upstream"), ("X-Auth-User", "alice")))
+    pages_srv, auth_srv = wsgi_server(pages), wsgi_server(auth)
+    upstream_srv = wsgi_server(partial(named_status_app, upstream))
+    server = gateway(f"""
+        http:
+          routers:
+            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [pages, sso]}}
+          middlewares:
+            sso: {{forwardAuth: {{address: "{auth_srv.url}/check", authResponseHeadersRegex: "^X-Auth-"}}}}
+            pages: {{errors: {{status: ["500-599"], service: pages, query: "/{{status}}.html"}}}}
+          services:
+            app: {{loadBalancer: {{servers: [{{url: "{upstream_srv.url}"}}]}}}}
+            pages: {{loadBalancer: {{servers: [{{url: "{pages_srv.url}"}}]}}}}
+        """)
+    answer = requests.get(server.url + "/status/502", timeout=5)
+    assert (answer.status_code, answer.content) == (502, b"upstream")
+    assert upstream.seen[-1]["HTTP_X_AUTH_TOKEN"] == "minted-for-the-upstream"
+    assert "minted-for-the-upstream" not in str(pages.seen)

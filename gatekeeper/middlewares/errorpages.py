@@ -187,8 +187,9 @@ class ErrorPages:
 
     def page_environ(self, environ: Environ, target: str) -> Environ:
         """A GET of ``target`` with the client's kept headers and no body. Unless ``errorRequestHeaders``
-        names them, no header a later middleware read a credential from (``plugin.jwt``'s
-        ``tokenSource.header``, :data:`~gatekeeper.wsgi.CREDENTIAL_HEADERS`) goes to the page service."""
+        names them, no header a later middleware read a credential from or set as one (``plugin.jwt``'s
+        ``tokenSource.header``, forwardAuth's copied headers: :data:`~gatekeeper.wsgi.CREDENTIAL_HEADERS`) goes to
+        the page service."""
         credentials = () if self.named else environ.get(CREDENTIAL_HEADERS, ())
         page: Dict[str, Any] = {key: value for key, value in environ.items()
                                 if not (key.startswith("HTTP_") and not self.keeps(key)) and key not in BODY_KEYS

@@ -36,7 +36,7 @@ from gatekeeper.middlewares.forwardauth_request import SKIPPED, Settings, auth_h
 from gatekeeper.options import HEADER_NAME, pick, want_bool, want_int, want_str, want_str_list
 from gatekeeper.proxy.failures import FailureLogThrottle
 from gatekeeper.proxy.rewrite import response_headers
-from gatekeeper.wsgi import USER, Environ, Headers, StartResponse, WSGIApp, environ_key
+from gatekeeper.wsgi import CREDENTIAL_HEADERS, USER, Environ, Headers, StartResponse, WSGIApp, environ_key
 
 log = logging.getLogger("gatekeeper.middlewares")
 
@@ -274,6 +274,8 @@ def set_auth_headers(environ: Environ, headers: Headers, copied: Tuple[str, ...]
             values.setdefault(key, []).append(value)
     for key, found in values.items():
         environ[key] = ", ".join(found)
+    if values:  # what the auth server vouched for (a token it minted, maybe) is the upstream's, not a page's
+        environ.setdefault(CREDENTIAL_HEADERS, set()).update(values)
 
 
 def cookie_name(set_cookie: str) -> str:
