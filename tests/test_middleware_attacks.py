@@ -758,3 +758,25 @@ def test_a_page_request_carries_no_header_the_auth_server_set(gateway, wsgi_serv
     assert (answer.status_code, answer.content) == (502, b"upstream")
     assert upstream.seen[-1]["HTTP_X_AUTH_TOKEN"] == "minted-for-the-upstream"
     assert "minted-for-the-upstream" not in str(pages.seen)
+
+
+def test_a_page_request_carries_no_configured_request_header(gateway, wsgi_server):
+    """Before the fix, an API key the operator configured for the upstream (``customRequestHeaders``, whose
+    values ``/config`` hides for that reason) went along to the page service."""
+    pages, upstream = Recorder(), Recorder()
+    pages_srv, upstream_srv = wsgi_server(pages), wsgi_server(partial(named_status_app, upstream))
+    server = gateway(f"""
+        http:
+          routers:
+            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [pages, key]}}
+          middlewares:
+            key: {{headers: {{customRequestHeaders: {{X-Api-Key: "upstream-only-key", X-Drop: ""}}}}}}
+            pages: {{errors: {{status: ["500-599"], service: pages, query: "/{{status}}.html"}}}}
+          services:
+            app: {{loadBalancer: {{servers: [{{url: "{upstream_srv.url}"}}]}}}}
+            pages: {{loadBalancer: {{servers: [{{url: "{pages_srv.url}"}}]}}}}
+        """)
+    answer = requests.get(server.url + "/status/500", headers={"X-Drop": "client"}, timeout=5)
+    assert (answer.status_code, answer.content) == (500, b"upstream")
+    assert upstream.seen[-1]["HTTP_X_API_KEY"] == "upstream-only-key"
+    assert "upstream-only-key" not in str(pages.seen)

@@ -20,7 +20,7 @@ from gatekeeper.errors import ConfigError
 from gatekeeper.expr.regexps import RegexpError, compile_search
 from gatekeeper.middlewares.base import Context, Wrapper, mark
 from gatekeeper.options import HEADER_NAME, pick, want_bool, want_int, want_str, want_str_list, want_str_map
-from gatekeeper.wsgi import Environ, Headers, StartResponse, WSGIApp, environ_key
+from gatekeeper.wsgi import CREDENTIAL_HEADERS, Environ, Headers, StartResponse, WSGIApp, environ_key
 
 CUSTOM = ("customRequestHeaders", "customResponseHeaders")
 CORS = ("accessControlAllowCredentials", "accessControlAllowHeaders", "accessControlAllowMethods",
@@ -254,10 +254,13 @@ def with_vary_origin(headers: Headers) -> Headers:
 
 
 def apply_request_headers(environ: Environ, ops: Sequence[Tuple[str, str]]) -> None:
-    """Set (or, for an empty value, remove) the configured request headers before the service."""
+    """Set (or, for an empty value, remove) the configured request headers before the service. A value set
+    here may be a credential for the upstream (an API key: ``/config`` hides them), so it is noted as one and
+    an errors middleware never sends it to a page service."""
     for key, value in ops:
         if value:
             environ[key] = value
+            environ.setdefault(CREDENTIAL_HEADERS, set()).add(key)
         else:
             environ.pop(key, None)
 
