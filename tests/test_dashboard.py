@@ -144,8 +144,8 @@ def test_traffic_series(samples, rate, latency_ms):
     traffic = Traffic()
     for at, requests_done, seconds_spent, timed in samples:
         traffic.add(at, {"r": {"requests": requests_done, "latency_sum": seconds_spent, "latency_count": timed}})
-    assert list(traffic.rate.get("r", [])) == pytest.approx(rate)
-    assert list(traffic.latency_ms.get("r", [])) == pytest.approx(latency_ms)
+    assert traffic.sparks("r")["rateSeries"] == pytest.approx(rate)
+    assert traffic.sparks("r")["latencyMs"] == pytest.approx(latency_ms)
 
 
 @pytest.mark.parametrize("outcomes,shown", [

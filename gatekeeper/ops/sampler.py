@@ -11,13 +11,14 @@ Usage::
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
-from gatekeeper.ops.totals import Totals, counted_totals, metric_totals, worker_file_totals
+from gatekeeper.ops.totals import Totals, counted_totals, empty_totals, metric_totals, worker_file_totals
 from gatekeeper.ops.view import config_document, health_of, mask_secrets, secret_values
 
 Exposition = Callable[[], Tuple[bytes, str]]   # the metrics text and its content type
@@ -26,43 +27,64 @@ RELOADS_KEPT = 20
 SLOW_SAMPLE_FACTOR = 10        # the pause after a sample is at least 10 times what it took (≤ 10% of a core),
 LONGEST_PAUSE = 10.0           # but never more than 10 s
 KINDS = ("router", "middleware", "service", "file")
+log = logging.getLogger("gatekeeper.dashboard")
+EMPTY = empty_totals()         # a router not seen before: nothing counted yet
 
 
 def status_class(totals: Mapping[str, Any], digit: str) -> float:
     return float(sum(n for code, n in totals.get("status", {}).items() if str(code).startswith(digit)))
 
 
+class Series:
+    """One router's last minute: request rate and mean latency per sample (the sparklines), and
+    (seconds, requests, 4xx, 5xx) per sample (the last minute's rates)."""
+
+    __slots__ = ("latency_ms", "rate", "window")
+
+    def __init__(self, points: int) -> None:
+        self.rate: Deque[float] = deque(maxlen=points)
+        self.latency_ms: Deque[float] = deque(maxlen=points)
+        self.window: Deque[Tuple[float, float, float, float]] = deque(maxlen=points)
+
+
 class Traffic:
-    """Turns successive metric totals into per-router series: requests per second and mean latency (ms), and
-    a window of (seconds, requests, 4xx, 5xx) per sample for the last minute's rates."""
+    """Turns successive metric totals into per-router :class:`Series`."""
 
     def __init__(self, points: int = SPARK_POINTS) -> None:
         self.points = points
         self.last: Optional[Tuple[float, Totals]] = None
-        self.rate: Dict[str, Deque[float]] = {}
-        self.latency_ms: Dict[str, Deque[float]] = {}
-        self.window: Dict[str, Deque[Tuple[float, float, float, float]]] = {}
+        self.series: Dict[str, Series] = {}
 
     def add(self, at: float, totals: Totals) -> None:
+        """One sample: a point per router. A router without new requests costs three appends of zeros, so a
+        sample of 10,000 mostly idle routers takes a few milliseconds."""
         if self.last is not None and at > self.last[0]:
-            seconds = at - self.last[0]
+            seconds, last, idle = at - self.last[0], self.last[1], (at - self.last[0], 0.0, 0.0, 0.0)
             for router, now in totals.items():
-                before = self.last[1].get(router, {})
-                done = max(now["requests"] - before.get("requests", 0.0), 0.0)
-                timed = now["latency_count"] - before.get("latency_count", 0.0)
-                spent = now["latency_sum"] - before.get("latency_sum", 0.0)
-                self.series(self.rate, router).append(done / seconds)
-                self.series(self.latency_ms, router).append(spent / timed * 1000 if timed > 0 else 0.0)
+                series = self.series.get(router) or self.series.setdefault(router, Series(self.points))
+                before = last.get(router) or EMPTY
+                done = now["requests"] - before["requests"]
+                if done <= 0:  # idle (or a counter reset: never a negative rate)
+                    series.rate.append(0.0)
+                    series.latency_ms.append(0.0)
+                    series.window.append(idle)
+                    continue
+                timed = now["latency_count"] - before["latency_count"]
+                spent = now["latency_sum"] - before["latency_sum"]
+                series.rate.append(done / seconds)
+                series.latency_ms.append(spent / timed * 1000 if timed > 0 else 0.0)
                 fours = max(status_class(now, "4") - status_class(before, "4"), 0.0)
                 fives = max(status_class(now, "5") - status_class(before, "5"), 0.0)
-                self.series(self.window, router).append((seconds, done, fours, fives))
+                series.window.append((seconds, done, fours, fives))
         self.last = (at, totals)
-
-    def series(self, table: Dict[str, Deque[Any]], router: str) -> Deque[Any]:
-        return table.setdefault(router, deque(maxlen=self.points))
 
     def totals(self) -> Totals:
         return self.last[1] if self.last else {}
+
+    def sparks(self, router: str) -> Dict[str, List[float]]:
+        series = self.series.get(router)
+        return {"rateSeries": list(series.rate) if series else [],
+                "latencyMs": list(series.latency_ms) if series else []}
 
     def recent(self, router: str) -> Dict[str, float]:
         """The last minute of ``router``: requests, 4xx and 5xx answers, and their rates per second.
@@ -74,7 +96,8 @@ class Traffic:
         >>> traffic.recent("r")
         {'recent': 8.0, 'recent4xx': 2.0, 'recent5xx': 2.0, 'rate': 4.0, 'rate4xx': 1.0, 'rate5xx': 1.0}
         """
-        samples = self.window.get(router, ())
+        series = self.series.get(router)
+        samples = series.window if series is not None else ()
         seconds = sum(s[0] for s in samples) or 1.0
         done, fours, fives = (sum(s[i] for s in samples) for i in (1, 2, 3))
         return {"recent": done, "recent4xx": fours, "recent5xx": fives, "rate": round(done / seconds, 2),
@@ -182,17 +205,19 @@ class StaleSince:
                                                                                 item[0][1]))]
 
 
-def off_the_hub(function: Callable[[str], Optional[Totals]], argument: str) -> Optional[Totals]:
-    """``function(argument)`` in a native thread when gevent serves this process: reading every worker's files
-    takes ~0.25 s for 1,000 routers with traffic, which on the hub would hold every request of this worker for
-    that long; in a thread the hub keeps serving (they share the GIL). ``function`` must not touch gevent."""
-    from gevent import monkey
+def native_thread() -> Optional[Tuple[Callable[..., Any], Callable[[float], None]]]:
+    """(start a native thread, sleep in it) when gevent has patched this process, else None.
 
+    The sampler reads counters (~20 ms for 20,000 detail rows) or every worker's files (~0.25 s for 1,000
+    routers with traffic): on the hub that would hold every request of the process for as long. In a native
+    thread the hub keeps serving (they share the GIL, which switches every 5 ms)."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return None
     if not monkey.is_module_patched("threading"):
-        return function(argument)
-    import gevent
-    found: Optional[Totals] = gevent.get_hub().threadpool.apply(function, (argument,))
-    return found
+        return None
+    return monkey.get_original("_thread", "start_new_thread"), monkey.get_original("time", "sleep")
 
 
 class DashboardSource:
@@ -216,9 +241,9 @@ class DashboardSource:
         self._problems: List[Dict[str, Any]] = []
         self._built: Optional[Tuple[Any, Any, Dict[str, Any], List[str], List[str]]] = None
         self._seen: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()     # reload records (the hub's); the sampler keeps to self.traffic
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._started = self._stopped = False
         self._record_reloads(self.loader, True)
         loader.on_reload.append(self._record_reloads)
 
@@ -245,35 +270,49 @@ class DashboardSource:
             except (AttributeError, TypeError, ValueError):  # counters of another shape: read the text instead
                 self.counts = None
         if self.worker_files:
-            found = off_the_hub(worker_file_totals, self.worker_files)
+            found = worker_file_totals(self.worker_files)
             if found is not None:
                 return found
         return metric_totals(self.exposition()[0].decode("utf-8", "replace"))
 
     def sample(self) -> None:
-        with self._lock:
-            now = time.time()
-            if self.traffic.last is None or now - self.traffic.last[0] >= self.interval * 0.9:
-                self.traffic.add(now, self.totals())
+        """One sample, when the last is at least ~``interval`` old (one sampler: the thread, or a caller)."""
+        now = time.time()
+        if self.traffic.last is None or now - self.traffic.last[0] >= self.interval * 0.9:
+            self.traffic.add(now, self.totals())
 
     def start(self) -> "DashboardSource":
-        """Sample once a second in the background (a daemon thread; a greenlet under gevent)."""
-        if self._thread is None and not self._stop.is_set():
+        """Sample once a second in the background: a native thread when it reads counters or files and gevent
+        serves this process (nothing in it touches gevent), else a daemon thread (a greenlet under gevent)."""
+        if not self._started:
+            self._started = True
             self.sample()
-            self._thread = threading.Thread(target=self._run, name="dashboard-sampler", daemon=True)
-            self._thread.start()
+            native = native_thread() if (self.counts is not None or self.worker_files) else None
+            if native is not None:
+                start_thread, sleep = native
+                start_thread(self._run, (sleep,))
+            else:
+                threading.Thread(target=self._run, args=(self._stop.wait,),
+                                 name="dashboard-sampler", daemon=True).start()
         return self
 
-    def _run(self) -> None:
+    def _run(self, sleep: Callable[[float], Any]) -> None:
         """Sample every ``interval``, or less often when a sample is slow (with workers it reads every
-        worker's files): the sampler takes at most ~10% of a process that also serves requests."""
+        worker's files): the sampler takes at most ~10% of a core."""
         pause = self.interval
-        while not self._stop.wait(pause):
+        while True:
+            sleep(pause)
+            if self._stopped:
+                return
             started = time.perf_counter()
-            self.sample()
+            try:
+                self.sample()
+            except Exception:  # the charts stop moving; serving does not
+                log.exception("dashboard sampler: sample failed")
             pause = min(max(self.interval, (time.perf_counter() - started) * SLOW_SAMPLE_FACTOR), LONGEST_PAUSE)
 
     def stop(self) -> None:
+        self._stopped = True
         self._stop.set()
 
     def document(self) -> Dict[str, Any]:
@@ -301,13 +340,12 @@ class DashboardSource:
         return doc
 
     def __call__(self) -> Dict[str, Any]:
-        if self._thread is None:  # not started (embedded, tests): sample on demand
+        if not self._started:  # not started (embedded, tests): sample on demand
             self.sample()
         doc = self.document()
         doc["reloads"] = list(self.reloads)
         doc["traffic"] = {router: {**totals, **self.traffic.recent(router),
-                                   "rateSeries": list(self.traffic.rate.get(router, ())),
-                                   "latencyMs": list(self.traffic.latency_ms.get(router, ()))}
+                                   **self.traffic.sparks(router)}
                           for router, totals in self.traffic.totals().items()}
         return doc
 

@@ -119,15 +119,24 @@ def add_worker_value(totals: Totals, name: str, labels: Mapping[str, str], value
 
 def counted_totals(counts: Any) -> Totals:
     """The same totals read straight from one process's counters (``metrics.COUNTS``): no text to format and
-    parse, so a sample costs microseconds per router."""
+    parse (20,000 detail rows: ~15 ms; through the per-router sums of the counters' properties ~240 ms)."""
     totals: Totals = {}
-    for (router, _method, status, _upstream), (count, _created) in list(counts.requests.items()):
-        entry = totals.setdefault(router, empty_totals())
-        entry["requests"] += count
-        entry["status"][str(status)] = entry["status"].get(str(status), 0) + count
-    for router, row in list(counts.routers.items()):
-        entry = totals.setdefault(router, empty_totals())
-        entry["latency_sum"], entry["latency_count"] = row[1], row[0]
+    detail = getattr(counts, "detail", None)
+    if detail is not None:   # one row per (entrypoint, router, service, upstream, method, code, protocol)
+        for key, row in list(detail.items()):
+            entry = totals.get(key[1]) or totals.setdefault(key[1], empty_totals())
+            entry["requests"] += row.count
+            entry["status"][key[5]] = entry["status"].get(key[5], 0) + row.count
+            entry["latency_sum"] += row.seconds
+            entry["latency_count"] += row.count
+    else:                    # counters of the earlier shape: per (router, method, status, upstream) and router
+        for (router, _method, status, _upstream), (count, _created) in list(counts.requests.items()):
+            entry = totals.setdefault(router, empty_totals())
+            entry["requests"] += count
+            entry["status"][str(status)] = entry["status"].get(str(status), 0) + count
+        for router, row in list(counts.routers.items()):
+            entry = totals.setdefault(router, empty_totals())
+            entry["latency_sum"], entry["latency_count"] = row[1], row[0]
     for (router, outcome), (count, _created) in list(counts.outcomes.items()):
         jwt = totals.setdefault(router, empty_totals())["jwt"]
         jwt[outcome] = jwt.get(outcome, 0) + count
