@@ -97,7 +97,7 @@ class Traffic:
         {'recent': 8.0, 'recent4xx': 2.0, 'recent5xx': 2.0, 'rate': 4.0, 'rate4xx': 1.0, 'rate5xx': 1.0}
         """
         series = self.series.get(router)
-        samples = series.window if series is not None else ()
+        samples = list(series.window) if series is not None else []   # a copy: the sampler thread appends
         seconds = sum(s[0] for s in samples) or 1.0
         done, fours, fives = (sum(s[i] for s in samples) for i in (1, 2, 3))
         return {"recent": done, "recent4xx": fours, "recent5xx": fives, "rate": round(done / seconds, 2),
