@@ -150,3 +150,17 @@ def test_summed_levels_equal_prometheus_client_objects_fed_the_same():
                       if line.startswith(("gatekeeper_entrypoint", "gatekeeper_router", "gatekeeper_service"))
                       and "_created" not in line)
     assert samples(ours) == samples(theirs) and len(samples(ours)) > 40
+
+
+def test_an_entry_point_certificate_s_expiry(conf_d, echo_upstream, pki, tmp_path):
+    conf_d("api.yaml", manifest(echo_upstream.url, echo_upstream.url))
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--entrypoint",
+                    f"secure=127.0.0.1:0,tls={pki['server']}:{pki['server.key']}", "--admin", "127.0.0.1:0")
+    try:
+        text = gk.metrics()
+    finally:
+        assert gk.stop() == 0
+    expiry = metric_value(text, "gatekeeper_tls_certs_not_after", cn="gatekeeper test server", sans="127.0.0.1")
+    assert expiry is not None and abs(expiry - (time.time() + 86400)) < 3600, text   # the test PKI: one day
+    assert re.search(r'^gatekeeper_tls_certs_not_after\{cn="gatekeeper test server",sans="127.0.0.1",'
+                     r'serial="[0-9a-f]+"\}', text, re.M)

@@ -190,6 +190,8 @@ def start_servers(settings: Settings, loader: Any, listeners: Listeners) -> List
                          max_body_bytes=limits.max_body_bytes, access_log=access_log)
         app = with_entrypoint(app, ep.name)  # the entry point's name for the access log and metrics
         extra = {"ssl_context": tls_context(ep)} if ep.cert else {}
+        if ep.cert:
+            metrics.record_certificate(ep.cert)   # gatekeeper_tls_certs_not_after
         servers.append(make_server(sock, app, limits=limits, on_refused=on_refused,
                                    on_connection=metrics.connection_counter(ep.name), server=settings.server, **extra))
     if listeners.admin is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from prometheus_client import (
@@ -97,6 +98,9 @@ KEYSET_FAILURES = Counter("gatekeeper_keyset_fetch_failures",
                           ["url"])
 KEYSET_KEYS = Gauge("gatekeeper_keyset_keys", "Keys held by each remote key set, per worker",
                     ["url"], multiprocess_mode="liveall")
+TLS_NOT_AFTER = Gauge("gatekeeper_tls_certs_not_after", "Expiry (Unix time) of each entry point's certificate, by "
+                      "cn, sans and serial (Traefik's traefik_tls_certs_not_after)", ["cn", "sans", "serial"],
+                      multiprocess_mode="max")
 SERVICE_SERVER_UP = Gauge("gatekeeper_service_server_up", "1 while a load balancer's active health check finds "
                           "the server up, else 0 (Traefik's traefik_service_server_up; per worker)", ["service", "url"],
                           multiprocess_mode="liveall")
@@ -297,6 +301,25 @@ health.STATE_OBSERVERS.append(record_server_state)
 def instrument(app: WSGIApp, access_log: Optional[Callable[[Exchange], None]] = None) -> WSGIApp:
     """``app`` measured (and access-logged when ``access_log`` is given, with the headers it keeps)."""
     return observe(app, fan_out(record, access_log), start=start_request, keep=getattr(access_log, "keep", ()))
+
+
+def record_certificate(path: str) -> None:
+    """The expiry of the leaf certificate in ``path`` (PEM, the first of a chain); a file that cannot be read is
+    left out (the listener refused it already, naming it)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return
+    cn = ", ".join(str(attribute.value) for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = ",".join(str(name.value) for name in names)
+    except x509.ExtensionNotFound:
+        sans = ""
+    TLS_NOT_AFTER.labels(cn, sans, format(cert.serial_number, "x")).set(cert.not_valid_after_utc.timestamp())
 
 
 def connection_counter(entrypoint: Optional[str]) -> Callable[[int], None]:
