@@ -63,7 +63,7 @@ class Traffic:
             for router, now in totals.items():
                 series = self.series.get(router) or self.series.setdefault(router, Series(self.points))
                 before = last.get(router) or EMPTY
-                done = now["requests"] - before["requests"]
+                done = float(now["requests"] - before["requests"])
                 if done <= 0:  # idle (or a counter reset: never a negative rate)
                     series.rate.append(0.0)
                     series.latency_ms.append(0.0)
