@@ -437,6 +437,21 @@ def test_credentials_are_never_offered_to_an_origin_not_allowed(gateway, wsgi_se
     assert allowed.headers["Access-Control-Allow-Origin"] == "https://api.example.com"
 
 
+
+@pytest.mark.parametrize("origin", ["https://app.example.com.evil.net", "https://evil.net#https://admin.example.com"])
+def test_an_alternation_does_not_unanchor_an_origin_pattern(gateway, wsgi_server, origin):
+    """Before the fix, ``^https://app\\.example\\.com|https://admin\\.example\\.com$`` passed the anchoring
+    check (it starts with ``^`` and ends with ``$``) while each branch was anchored at one end only:
+    ``https://app.example.com.evil.net`` got its origin echoed with credentials allowed."""
+    cors = ("{headers: {accessControlAllowCredentials: true, accessControlAllowOriginListRegex: "
+            "['^https://app\\.example\\.com|https://admin\\.example\\.com$']}}")
+    server = gateway(recorded_routes(wsgi_server(Recorder()).url, "[cors, auth]", f"cors: {cors}"))
+    answer = requests.get(server.url + "/x", headers={"Origin": origin, **bearer()}, timeout=5)
+    assert "Access-Control-Allow-Origin" not in answer.headers
+    for allowed in ("https://app.example.com", "https://admin.example.com"):
+        answer = requests.get(server.url + "/x", headers={"Origin": allowed, **bearer()}, timeout=5)
+        assert answer.headers["Access-Control-Allow-Origin"] == allowed
+
 # --- basicAuth --------------------------------------------------------------------------------------------
 
 def basic(user: bytes, password: bytes) -> str:

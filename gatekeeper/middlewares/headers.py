@@ -127,13 +127,20 @@ class Cors:
 
 def origin_pattern(pattern: Any, where: str) -> Callable[[str], bool]:
     """An origin regexp (RE2), anchored: unanchored, ``https://app\\.example`` would also allow
-    ``https://app.example.evil.net``."""
+    ``https://app.example.evil.net``. It must match the whole origin: ``^a|b$`` starts with ``^`` and ends
+    with ``$`` yet anchors each branch at one end only, so the pattern is matched as ``^(?:...)$``.
+
+    >>> matches = origin_pattern(r"^https://a\\.example|https://b\\.example$", "x")
+    >>> matches("https://a.example"), matches("https://a.example.evil.net"), matches("https://b.example")
+    (True, False, True)
+    """
     text = want_str(pattern, where)
     if not (text.startswith("^") and text.endswith("$")):
         raise ConfigError(f"{where}: anchor the pattern with ^...$ (unanchored, it also matches origins that "
                           "merely contain an allowed one)")
     try:
-        return compile_search(text)
+        compile_search(text)  # RE2's reason names the pattern as written
+        return compile_search(f"^(?:{text})$")
     except RegexpError as exc:
         raise ConfigError(f"{where}: {exc.message}") from None
 
