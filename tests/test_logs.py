@@ -85,10 +85,11 @@ def test_text_lines_start_with_the_utc_timestamp(conf_d, echo_upstream, tmp_path
 
 
 def test_a_sighup_that_changes_nothing_says_so(conf_d, echo_upstream, tmp_path):
+    conf_d("broken.yaml", 'http: {routers: {b: {rule: "PathPrefix(`/b`)", service: nothere}}}')
     gk = start(conf_d, echo_upstream, tmp_path, "--no-watch")
     try:
-        gk.signal(signal.SIGHUP)
-        assert wait_for(lambda: "reload on SIGHUP: no file changed, generation 1, 0 errors" in gk.log(),
+        gk.signal(signal.SIGHUP)   # the errors counted are those of the configuration still serving
+        assert wait_for(lambda: "reload on SIGHUP: no file changed, generation 1, 1 errors" in gk.log(),
                         timeout=10), gk.log()
     finally:
         assert gk.stop() == 0

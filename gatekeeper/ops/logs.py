@@ -149,7 +149,9 @@ def reload_on_signal(loader: Any) -> bool:
     written only for a swap): ``reload on SIGHUP: swapped, generation 3, 1 errors (routers_changed=api@file)``."""
     swapped = bool(loader.reload("signal"))
     last = loader.last_reload
-    errors = len(last.errors) if last is not None else 0
+    config = loader.config
+    # a directory that could not be read, else the problems of the configuration serving (swapped or not)
+    errors = len(last.errors) if last is not None and last.errors else len(config.errors) if config else 0
     changed = {kind: list(names) for kind, names in (last.changes.items() if last is not None else ())}
     summary = " ".join(f"{kind}={','.join(names)}" for kind, names in changed.items())
     log.info("reload on SIGHUP: %s, generation %d, %d errors%s", "swapped" if swapped else "no file changed",
