@@ -38,10 +38,17 @@ from gatekeeper.wsgi import (
 
 DEFAULT_ENTRYPOINT = "default"   # the --listen listener (and gunicorn's), which has no name
 REQUEST_ID_HEADER = "HTTP_X_REQUEST_ID"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+# no ".": a JWT (three dot-separated parts) is never taken for an id and logged; 64 characters hold a UUID
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_:@/+=-]{1,64}")
 def request_id(environ: Environ) -> str:
-    """The client's ``X-Request-Id`` when well-formed (up to 128 of ``A-Za-z0-9._:@/+=-``), else a new one
-    (16 hex digits), put back in ``environ`` so the upstream receives the id that is logged."""
+    """The client's ``X-Request-Id`` when well-formed (up to 64 of ``A-Za-z0-9_:@/+=-``), else a new one
+    (16 hex digits), put back in ``environ`` so the upstream receives the id that is logged.
+
+    >>> environ = {"HTTP_X_REQUEST_ID": "a.b.c"}      # a JWT's shape: replaced
+    >>> made = request_id(environ)
+    >>> made != "a.b.c", environ["HTTP_X_REQUEST_ID"] == made, request_id({"HTTP_X_REQUEST_ID": "r-1"})
+    (True, True, 'r-1')
+    """
     given = environ.get(REQUEST_ID_HEADER)
     if given is not None and _REQUEST_ID.fullmatch(given):
         return str(given)
