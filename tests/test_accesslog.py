@@ -371,3 +371,15 @@ def test_a_bad_access_log_option_is_one_line_and_exit_2(args, says):
     done = subprocess.run([sys.executable, "-m", "gatekeeper", "serve", *args], capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 2 and says in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("given, kept", [
+    ("3f1c-42", True), ("a" * 64, True), ("a" * 65, False), (mint({"sub": "x"}, secret=SECRET), False),
+    ("id with space", False), ("", False),
+], ids=["plain", "64-chars", "65-chars", "a-jwt", "space", "empty"])
+def test_a_request_id_is_kept_only_when_well_formed(given, kept):
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "HTTP_X_REQUEST_ID": given}
+    exchange = Exchange.begin(environ)
+    assert (exchange.request_id == given) is kept
+    assert environ["HTTP_X_REQUEST_ID"] == exchange.request_id           # the upstream gets the id logged
+    assert kept or re.fullmatch(r"[0-9a-f]{16}", exchange.request_id)
