@@ -112,8 +112,9 @@ def unchanged_built(definitions: Mapping[str, Any], built: Mapping[str, Any], so
     definition, not in error, not a composite kind: ``sound``, see :func:`sound_definitions`), asked first
     by identity in C, then by equality for the few definitions that are new objects (an edited file's)."""
     found = dict(built)
-    for name in built.keys() - definitions.keys():
-        del found[name]
+    if built.keys() != definitions.keys():  # compared without building a set (the usual answer: equal)
+        for name in built.keys() - definitions.keys():
+            del found[name]
     for name, value in compress(definitions.items(), map(not_, map(sound.__contains__, map(id, definitions.values())))):
         old = found.pop(name, None)
         if old is not None and id(old.definition) in sound and old.definition == value:
