@@ -172,7 +172,23 @@ def canonical_target(raw: str, policy: PathPolicy) -> str:
         path = normalize_escapes(path, policy.denied)
     if policy.sanitize and ("/." in path or "//" in path):
         path = remove_dot_segments(path)
+    if policy.sanitize and hides_dot_segment(path):
+        raise Refused("an encoded slash or a backslash must not hide a dot segment (. or ..) in the path")
     return path + query
+
+
+def hides_dot_segment(path: str) -> bool:
+    """Whether an allowed encoded slash (``%2F``), encoded backslash or backslash turns a piece of ``path``
+    into a ``.`` or ``..`` segment once decoded: ``/pub/..%2F..%2Fadmin`` routes on ``/pub`` but an upstream
+    that decodes and normalises it serves ``/admin`` (the path that routes must be the path forwarded).
+
+    >>> hides_dot_segment("/pub/..%2F..%2Fadmin"), hides_dot_segment("/a%2Fb/c"), hides_dot_segment("/a/..\\\\b")
+    (True, False, True)
+    """
+    if "%2F" not in path and "%5C" not in path and "\\" not in path:
+        return False
+    separated = path.replace("%2F", "/").replace("%5C", "/").replace("\\", "/")
+    return any(segment in (".", "..") for segment in separated.split("/"))
 
 
 def compile_path_policy(policy: PathPolicy) -> Callable[[Environ], Optional[str]]:

@@ -146,17 +146,16 @@ def test_a_rewrite_never_reaches_a_protected_file_on_a_normalising_upstream(gate
 
 
 
-@pytest.mark.xfail(strict=True, reason="entry point (gatekeeper/requestpath.py, not this wing): with --allow-encoded "
-                   "slash, /pub/..%2F..%2Fadmin routes on /pub and is forwarded as it came; Traefik routes its "
-                   "sanitised decoded path (/admin/...)")
 def test_an_encoded_slash_entry_point_does_not_route_around_a_protected_prefix(gateway, files_upstream):
-    """Found while attacking the rewrites, outside them: no middleware is needed, the router on ``/pub``
-    forwards ``/pub/..%2F..%2Fadmin/secret.txt`` and http.server resolves it to the protected file."""
+    """Found while attacking the rewrites, outside them: no middleware was needed, the router on ``/pub``
+    forwarded ``/pub/..%2F..%2Fadmin/secret.txt`` and http.server resolved it to the protected file. The
+    entry point now refuses an encoded slash that hides a dot segment (requestpath.hides_dot_segment)."""
     server = gateway(files_routes(files_upstream, "{headers: {customRequestHeaders: {X-A: b}}}"),
                      policy=PathPolicy(allowed=frozenset({"%2F"})))
     answer = exchange(server.port, b"GET /pub/..%2F..%2Fadmin/secret.txt HTTP/1.1\r\nHost: a\r\n"
                                    b"Connection: close\r\n\r\n")
     assert b"admin secret" not in answer
+    assert answer.startswith(b"HTTP/1.1 400 ")
 
 # --- headers a middleware sets, sent by the client ---------------------------------------------------------
 
