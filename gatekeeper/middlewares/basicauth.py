@@ -7,7 +7,8 @@ first, so it cannot be spoofed); ``removeHeader: true`` drops ``Authorization`` 
 
 Password checks (htpasswd.py) are the costly part: bcrypt takes tens of milliseconds on purpose. So
 
-- bcrypt runs in a small thread pool of its own (the ``bcrypt`` package releases the GIL): the event loop
+- bcrypt runs in a small thread pool of its own (the ``bcrypt`` package releases the GIL), and so does apr1
+  (Python holding the GIL, but the event loop takes it back every switch interval): the event loop
   keeps serving while a check runs, and gevent's shared pool (DNS lookups) is not crowded; at most
   :data:`MAX_WAITING` checks wait at once, more are answered 503;
 - a successful check is remembered for :data:`CACHE_SECONDS` (at most :data:`CACHE_SIZE` entries) under an
@@ -176,10 +177,11 @@ class Checker:
         return None if padded and self.run(password, decoy.hashed) is None else False
 
     def run(self, password: bytes, hashed: str) -> Optional[bool]:
-        """One hash check: bcrypt in the pool (None when too many wait), the others here."""
+        """One hash check: bcrypt and apr1 (a thousand MD5 rounds in Python, ~2 ms) in the pool, where the
+        event loop still gets the GIL every switch interval (None when too many wait); SHA1 here."""
         if len(password) > (BCRYPT_MAX_BYTES if hashed.startswith("$2") else MAX_PASSWORD_BYTES):
             return False
-        if not hashed.startswith("$2"):
+        if hashed.startswith("{SHA}"):
             return verify(password, hashed)
         if self.waiting >= MAX_WAITING:
             return None
