@@ -25,6 +25,7 @@ UPSTREAM_ERROR = "gatekeeper.upstream.error"   # timeout, bad_gateway or aborted
 UPSTREAM_CAUSE = "gatekeeper.upstream.cause"   # connection_refused, dns, timeout, reset, tls or bad_gateway
 ROUTER_ERROR = "gatekeeper.router.error"       # why a router in error answers 503: the access log's, never the body's
 ENTRYPOINT = "gatekeeper.entrypoint"           # the listener's entry point name (unset: --listen, gunicorn)
+RETRY_ATTEMPTS = "gatekeeper.retry.attempts"   # retries the retry middleware made (Traefik's RetryAttempts)
 BODY_REFUSED = "gatekeeper.body_refused"       # the server refused the body (too large, bad framing)
 UPGRADE = "gatekeeper.upgrade"                 # the server's Offer for an upgradable request (server/upgrade.py)
 MIDDLEWARE_OUTCOME = "gatekeeper.middleware"   # (middleware, outcome): a middleware answered, not the service

@@ -13,7 +13,7 @@ import gevent
 import gevent.event
 import pytest
 import requests
-from serve_process import Gatekeeper, lb_manifest, wait_for
+from serve_process import Gatekeeper, lb_manifest, metric_value, wait_for
 
 from gatekeeper.jwt.mint import mint
 from gatekeeper.ops.accesslog import (
@@ -103,12 +103,13 @@ def test_text_line_has_every_field_in_order():
               "status": 404, "upstream": None, "duration_ms": 1.5, "bytes": 10, "bytes_in": 0, "user": None,
               "jwt_reason": None, "aborted": "upstream", "entrypoint": "web", "service": None, "host": "h:80",
               "proto": "HTTP/1.1", "size_in": 3, "request_id": "r1", "upstream_error": "reset",
-              "router_error": 'service "x" does not exist', "middleware": None, "middleware_outcome": None}
+              "router_error": 'service "x" does not exist', "middleware": None, "middleware_outcome": None,
+              "retries": 0}
     assert format_text(fields) == ('time=t pid=1 client=c method=GET path="/p q" router=- status=404 '
                                    'upstream=- duration_ms=1.5 bytes=10 bytes_in=0 user=- jwt_reason=- '
                                    'aborted=upstream entrypoint=web service=- host=h:80 proto=HTTP/1.1 size_in=3 '
                                    'request_id=r1 upstream_error=reset router_error="service \\"x\\" does not exist" '
-                                   'middleware=- middleware_outcome=-')
+                                   'middleware=- middleware_outcome=- retries=0')
 
 
 # --- batching: a loop iteration's lines in whole-line writes, nothing lost at a drain ---------------------
@@ -383,3 +384,34 @@ def test_a_request_id_is_kept_only_when_well_formed(given, kept):
     assert (exchange.request_id == given) is kept
     assert environ["HTTP_X_REQUEST_ID"] == exchange.request_id           # the upstream gets the id logged
     assert kept or re.fullmatch(r"[0-9a-f]{16}", exchange.request_id)
+
+
+def test_retried_requests_counted_logged_and_filtered(conf_d, echo_upstream, free_port, tmp_path):
+    """Round robin over a refused server and a good one: each request tries the refused one, then is retried
+    on the good one. Only retried requests' lines are kept with --access-log-retries (not /plain's, which has
+    no retry middleware); each says RetryAttempts 1 and the service's retries are counted."""
+    conf_d("api.yaml", f"""
+    http:
+      routers:
+        app: {{rule: "PathPrefix(`/app`)", service: app, middlewares: [retry]}}
+        plain: {{rule: "PathPrefix(`/plain`)", service: s}}
+      middlewares:
+        retry: {{retry: {{attempts: 2}}}}
+      services:
+        app: {{loadBalancer: {{servers: [{{url: "http://127.0.0.1:{free_port}"}}, {{url: "{echo_upstream.url}"}}]}}}}
+        s: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
+    """)
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--log-format", "json", "--access-log-retries",
+                    "--admin", "127.0.0.1:0")
+    try:
+        paths = ["/app/1", "/plain/1", "/app/2", "/plain/2"]
+        assert [requests.get(gk.url + path, timeout=5).status_code for path in paths] == [200] * 4
+        assert wait_for(lambda: len(gk.access_lines()) == 2, timeout=5), gk.log()
+        metrics = gk.metrics()
+    finally:
+        assert gk.stop() == 0
+    lines = [json.loads(line) for line in gk.access_lines()]
+    assert [(r["RequestPath"], r["RetryAttempts"], r["DownstreamStatus"], r["ServiceURL"]) for r in lines] == \
+           [("/app/1", 1, 200, echo_upstream.url), ("/app/2", 1, 200, echo_upstream.url)]
+    assert metric_value(metrics, "gatekeeper_service_retries_total", service="app@file") == 2
+    assert metric_value(metrics, "gatekeeper_service_retries_total", service="s@file") is None

@@ -193,7 +193,9 @@ def add_access_log_arguments(group: Any) -> None:
                        help="keep only lines with these statuses, e.g. 400-599,304 (filters.statusCodes)")
     group.add_argument("--access-log-min-duration", type=argument(duration), metavar="DURATION",
                        help="keep only lines of requests that took at least this long, e.g. 10ms (filters.minDuration);"
-                            " with both filters a line passing either is kept")
+                            " with several filters a line passing one is kept")
+    group.add_argument("--access-log-retries", action="store_true", default=None,
+                       help="keep only lines of requests the retry middleware retried (filters.retryAttempts)")
     group.add_argument("--access-log-header", action="append", default=list(DEFAULTS.access_log_header),
                        type=argument(header_name), metavar="NAME",
                        help="log this request header as request_NAME (repeatable; default: none, as Traefik's "

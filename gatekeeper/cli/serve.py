@@ -47,6 +47,7 @@ class Settings:
     access_log_status: Tuple[Tuple[int, int], ...] = ()   # --access-log-status 400-599,...
     access_log_min_duration: Optional[float] = None       # --access-log-min-duration 10ms (seconds)
     access_log_header: Tuple[str, ...] = ()               # --access-log-header NAME: kept as request_NAME
+    access_log_retries: bool = False                      # --access-log-retries: keep lines of retried requests
     debounce_ms: int = 100
     no_watch: bool = False
     grace: float = 10.0
@@ -154,7 +155,7 @@ def make_access_log(settings: Settings) -> Any:
         return None
     return AccessLog(settings.log_format, path=None if settings.access_log == "-" else settings.access_log,
                      statuses=settings.access_log_status, min_duration=settings.access_log_min_duration,
-                     headers=settings.access_log_header)
+                     retried=settings.access_log_retries, headers=settings.access_log_header)
 
 
 def record_refusals(*observers: Optional[Callable[[Any], None]]) -> Callable[[Refusal], None]:

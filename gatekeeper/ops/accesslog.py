@@ -36,7 +36,7 @@ __all__ = ["ACTIVE", "AccessLog", "Exchange", "fan_out", "format_text", "json_li
 
 FIELDS = ("time", "pid", "client", "method", "path", "router", "status", "upstream", "duration_ms", "bytes",
           "bytes_in", "user", "jwt_reason", "aborted", "entrypoint", "service", "host", "proto", "size_in",
-          "request_id", "upstream_error", "router_error", "middleware", "middleware_outcome")
+          "request_id", "upstream_error", "router_error", "middleware", "middleware_outcome", "retries")
 # never kept by --access-log-header: they carry credentials (a token header of tokenSource is named by the
 # operator, so any name holding one of these words is refused too)
 SECRET_HEADER_WORDS = ("authorization", "cookie", "token", "secret", "password", "key", "auth", "session", "jwt")
@@ -93,8 +93,8 @@ class AccessLog:
     """Writes one line per :class:`Exchange` to ``stream`` (or the file ``path``), whole lines per ``write`` so
     workers sharing stderr never interleave within a line; under gevent, a loop iteration's lines in one ``write``.
 
-    Filters are Traefik's (``filters.statusCodes``, ``filters.minDuration``): with any given, a line is kept
-    when it passes one of them.
+    Filters are Traefik's (``filters.statusCodes``, ``filters.minDuration``, ``filters.retryAttempts``): with
+    any given, a line is kept when it passes one of them.
 
     >>> import tempfile
     >>> with tempfile.TemporaryFile("w+") as out:
@@ -106,7 +106,7 @@ class AccessLog:
 
     def __init__(self, fmt: str = "text", stream: Optional[TextIO] = None, *, path: Optional[str] = None,
                  statuses: Sequence[Tuple[int, int]] = (), min_duration: Optional[float] = None,
-                 headers: Sequence[str] = ()) -> None:
+                 retried: bool = False, headers: Sequence[str] = ()) -> None:
         if fmt not in ("text", "json"):
             raise ValueError(f"log format must be text or json, not {fmt!r}")
         self.line = json_line if fmt == "json" else text_line
@@ -115,13 +115,16 @@ class AccessLog:
             self.sink.fd = stream.fileno()
         self.statuses = tuple(statuses)
         self.min_duration = min_duration
-        self.filtered = bool(self.statuses) or min_duration is not None
+        self.retried = retried
+        self.filtered = bool(self.statuses) or min_duration is not None or retried
         self.keep = kept_header_names(headers)
         self.pending: List[str] = []
 
     def wanted(self, exchange: Exchange) -> bool:
         """Whether a filter keeps this line (any of them, as Traefik's filters)."""
         if self.min_duration is not None and exchange.duration >= self.min_duration:
+            return True
+        if self.retried and exchange.retries:
             return True
         return any(low <= exchange.status <= high for low, high in self.statuses)
 
@@ -175,7 +178,8 @@ def text_line(e: Exchange) -> str:
             f"service={text_value(e.service)} host={text_value(e.host)} proto={text_value(e.protocol)} "
             f"size_in={e.size_in} request_id={e.request_id or '-'} "
             f"upstream_error={text_value(e.upstream_cause)} router_error={text_value(e.router_error)} "
-            f"middleware={text_value(middleware[0])} middleware_outcome={text_value(middleware[1])}")
+            f"middleware={text_value(middleware[0])} middleware_outcome={text_value(middleware[1])} "
+            f"retries={e.retries}")
 
 
 def json_line(e: Exchange) -> str:

@@ -20,6 +20,7 @@ from gatekeeper.wsgi import (
     JWT_REASON,
     MIDDLEWARE_OUTCOME,
     RAW_URI,
+    RETRY_ATTEMPTS,
     ROUTER,
     ROUTER_ERROR,
     SERVICE,
@@ -61,7 +62,7 @@ class Exchange:
 
     __slots__ = ("aborted", "bytes", "bytes_in", "client", "client_port", "clock", "duration", "entrypoint",
                  "headers", "host", "jwt_ok", "jwt_reason", "method", "middleware", "path", "protocol",
-                 "request_id", "router", "router_error", "scheme", "service", "size_in", "started", "status",
+                 "request_id", "retries", "router", "router_error", "scheme", "service", "size_in", "started", "status",
                  "upstream", "upstream_cause", "upstream_error", "user")
 
     def __init__(self, client: str, method: str, path: str) -> None:
@@ -83,6 +84,7 @@ class Exchange:
         self.upstream: Optional[str] = None
         self.upstream_error: Optional[str] = None  # bad_gateway (502), timeout (504) or aborted (cut mid-body)
         self.upstream_cause: Optional[str] = None  # its cause: connection_refused, dns, timeout, reset, tls, ...
+        self.retries = 0                       # retries the retry middleware made
         self.duration = 0.0
         self.bytes = 0                      # to the client (after a 101: what the upstream sent through)
         self.bytes_in = 0                   # from the client after a 101 (an upgraded connection), else 0
@@ -119,6 +121,7 @@ class Exchange:
         error = self.upstream_error = environ.get(UPSTREAM_ERROR)
         # the proxy notes the cause with each failure answered; "aborted" (cut mid-body) is its own cause
         self.upstream_cause = environ.get(UPSTREAM_CAUSE, error) if error is not None and error != "aborted" else error
+        self.retries = environ.get(RETRY_ATTEMPTS, 0)
         self.user = environ.get(USER)
         self.jwt_reason = environ.get(JWT_REASON)
         self.jwt_ok = CLAIMS in environ
@@ -142,7 +145,7 @@ class Exchange:
                 "entrypoint": self.entrypoint or DEFAULT_ENTRYPOINT, "service": self.service, "host": self.host,
                 "proto": self.protocol, "size_in": self.size_in, "request_id": self.request_id,
                 "upstream_error": self.upstream_cause, "router_error": self.router_error,
-                "middleware": middleware[0], "middleware_outcome": middleware[1]}
+                "middleware": middleware[0], "middleware_outcome": middleware[1], "retries": self.retries}
 
     def traefik_fields(self) -> Dict[str, Any]:
         """The JSON line, in the one schema of ops/logs.py: ``time`` (when the line is written), ``level``,
@@ -160,7 +163,7 @@ class Exchange:
             "ServiceName": self.service, "ServiceURL": self.upstream, "ServiceAddr": host_port(self.upstream),
             "OriginStatus": origin, "OriginContentSize": self.bytes if origin else 0,
             "DownstreamStatus": self.status, "DownstreamContentSize": self.bytes,
-            "Duration": int(self.duration * 1e9), "StartUTC": format_time(self.started),
+            "Duration": int(self.duration * 1e9), "StartUTC": format_time(self.started), "RetryAttempts": self.retries,
             "request_X-Request-Id": self.request_id, "pid": os.getpid()}
         for name, value in self.headers:
             if value is not None:

@@ -98,6 +98,8 @@ KEYSET_FAILURES = Counter("gatekeeper_keyset_fetch_failures",
                           ["url"])
 KEYSET_KEYS = Gauge("gatekeeper_keyset_keys", "Keys held by each remote key set, per worker",
                     ["url"], multiprocess_mode="liveall")
+SERVICE_RETRIES = Counter("gatekeeper_service_retries", "Retries the retry middleware made, by the router's service "
+                          "(Traefik's traefik_service_retries_total)", ["service"])
 TLS_NOT_AFTER = Gauge("gatekeeper_tls_certs_not_after", "Expiry (Unix time) of each entry point's certificate, by "
                       "cn, sans and serial (Traefik's traefik_tls_certs_not_after)", ["cn", "sans", "serial"],
                       multiprocess_mode="max")
@@ -270,6 +272,8 @@ def record(exchange: Exchange) -> None:
         _labelled(UPSTREAM_ERRORS, router, exchange.upstream_cause).inc()
     if exchange.middleware is not None:
         _labelled(MIDDLEWARE_OUTCOMES, router, *exchange.middleware).inc()
+    if exchange.retries:
+        _labelled(SERVICE_RETRIES, key[2]).inc(exchange.retries)
 
 
 def record_key_fetch(keyset: "jwks.RemoteKeySet", ok: bool) -> None:

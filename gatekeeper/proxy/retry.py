@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, List, Optional, Tuple, cast
 import gevent
 
 from gatekeeper.proxy.client import REQUEST_WRITTEN
-from gatekeeper.wsgi import UPSTREAM_ERROR, Environ, Headers, StartResponse, WSGIApp
+from gatekeeper.wsgi import RETRY_ATTEMPTS, UPSTREAM_ERROR, Environ, Headers, StartResponse, WSGIApp
 
 __all__ = ["backoff_waits", "retry"]
 
@@ -92,6 +92,7 @@ def retry(attempts: int, initial_interval: float = 0.0,
                     close()
                 if wait > 0:
                     sleep(wait * (1 + RANDOMIZATION * (2 * random.random() - 1)))  # jitter, as Traefik
+                environ[RETRY_ATTEMPTS] = environ.get(RETRY_ATTEMPTS, 0) + 1   # the access log's and metrics'
             environ.pop(UPSTREAM_ERROR, None)
             return app(environ, start_response)  # the last attempt answers the client, whatever happens
         return retried
