@@ -17,20 +17,20 @@ This module keeps the connections and writes requests; response.py reads what co
 """
 from __future__ import annotations
 
-import io
 import select
 import socket
 import ssl
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple, cast
+from typing import Callable, List, Optional, Tuple
 
 from gatekeeper.errors import BadGateway, ConfigError, GatewayTimeout
 from gatekeeper.proxy.response import (
     CHUNK,
     Response,
     ResponseBody,
+    SocketReader,
     UpstreamClosed,
     read_response,
 )
@@ -90,13 +90,13 @@ class Request:
 
 
 class Connection:
-    """One socket to an upstream, with a buffered reader for the responses."""
+    """One socket to an upstream, with its reader for the responses."""
 
     __slots__ = ("idle_since", "reader", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.reader = cast(io.BufferedReader, sock.makefile("rb", CHUNK))
+        self.reader = SocketReader(sock)
         self.idle_since = 0.0
 
     def looks_alive(self) -> bool:
@@ -124,18 +124,8 @@ class Connection:
         return self.buffer_is_empty()
 
     def buffer_is_empty(self) -> bool:
-        """True when the reader holds no unread bytes; never blocks (the socket was found idle)."""
-        sock = self.sock
-        timeout = sock.gettimeout()
-        sock.settimeout(0)
-        try:
-            return not self.reader.peek(1)
-        except (ssl.SSLWantReadError, BlockingIOError):
-            return True
-        except (OSError, ValueError):
-            return False
-        finally:
-            sock.settimeout(timeout)
+        """True when the reader holds no unread bytes (no system call: the reader's own buffer)."""
+        return not self.reader.holds_bytes()
 
     def close(self) -> None:
         try:

@@ -6,11 +6,10 @@ sends: every check on a garbled, oversized or conflicting response is here.
 """
 from __future__ import annotations
 
-import io
 import re
 import socket
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Protocol, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Protocol, Tuple
 
 from gatekeeper.errors import BadGateway, GatewayTimeout, UpstreamAborted
 from gatekeeper.wsgi import UPSTREAM_ERROR, Environ, Headers
@@ -18,12 +17,96 @@ from gatekeeper.wsgi import UPSTREAM_ERROR, Environ, Headers
 CHUNK = 64 * 1024
 MAX_LINE = 64 * 1024
 CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+HEAD_END = re.compile(rb"\n\r?\n")   # the blank line that ends a head (a bare LF one too, as readline saw it)
+# One well-formed header line from its start: a name without whitespace, the value without CR, LF or NUL, the
+# whitespace around it left out. A head whose every line matches is read in one findall (header_fields).
+FIELD = re.compile(r"^([^:\s]+):[ \t\x0b\x0c]*([^\r\n\0]*?)[ \t\x0b\x0c]*\r?\n", re.M)
+# Lengths of the header names framing() looks at (connection, content-length, transfer-encoding): a cheap test
+# before lowering a name.
+FRAMING_NAME_LENGTHS = frozenset({10, 14, 17})
+
+
+class SocketReader:
+    """A connection's receive side: each ``recv`` asks for up to 64 KiB, so the head and a small body of an
+    answer arrive in one system call, and what the parsers take is sliced from that one block.
+
+    Replaces ``sock.makefile("rb")`` (a BufferedReader over a SocketIO): no layers between the parser and the
+    socket, the head is parsed from one block rather than line by line, and :meth:`holds_bytes` knows without
+    a system call whether anything is left unread (a pooled connection's stale-check asked the socket).
+
+    >>> left, right = socket.socketpair()
+    >>> left.sendall(b"HTTP/1.1 200 OK\\r\\nA: b\\r\\n\\r\\nbody"); reader = SocketReader(right)
+    >>> reader.read_head_block(1024), reader.read1(2), reader.read1(9), reader.holds_bytes()
+    (b'HTTP/1.1 200 OK\\r\\nA: b\\r\\n\\r\\n', b'bo', b'dy', False)
+    >>> left.close(); right.close()
+    """
+
+    __slots__ = ("data", "pos", "recv")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.recv: Callable[[int], bytes] = sock.recv
+        self.data = b""
+        self.pos = 0
+
+    def holds_bytes(self) -> bool:
+        return self.pos < len(self.data)
+
+    def more(self) -> bool:
+        """Receive once and append to what is unread; False at EOF."""
+        received = self.recv(CHUNK)
+        if not received:
+            return False
+        self.data = self.data[self.pos:] + received if self.pos < len(self.data) else received
+        self.pos = 0
+        return True
+
+    def read1(self, size: int) -> bytes:
+        """Up to ``size`` bytes: what is buffered, else one ``recv``; ``b""`` at EOF."""
+        data, pos = self.data, self.pos
+        if pos >= len(data):
+            data = self.recv(CHUNK)
+            if len(data) <= size:
+                self.data, self.pos = b"", 0
+                return data
+            self.data, pos = data, 0
+        piece = data[pos:pos + size]
+        self.pos = pos + len(piece)
+        return piece
+
+    def readline(self, limit: int) -> bytes:
+        """One line with its LF, at most ``limit`` bytes (less at EOF), as ``BufferedReader.readline``."""
+        while True:
+            end = self.data.find(b"\n", self.pos, self.pos + limit)
+            if end >= 0:
+                return self.take(end + 1 - self.pos)
+            if len(self.data) - self.pos >= limit or not self.more():
+                return self.take(min(limit, len(self.data) - self.pos))
+
+    def read_head_block(self, limit: int) -> bytes:
+        """The bytes through the blank line that ends a head; at EOF or past ``limit`` bytes without one,
+        what there is (the caller tells why it is incomplete)."""
+        while True:
+            found = HEAD_END.search(self.data, self.pos)
+            if found is not None:
+                return self.take(found.end() - self.pos)
+            if len(self.data) - self.pos > limit or not self.more():
+                return self.take(len(self.data) - self.pos)
+
+    def take(self, size: int) -> bytes:
+        pos = self.pos
+        self.pos = pos + size
+        if pos == 0 and size == len(self.data):
+            return self.data
+        return self.data[pos:pos + size]
+
+    def close(self) -> None:
+        self.data, self.pos = b"", 0
 
 
 class UpstreamConnection(Protocol):
-    """What a response reads from: the connection's buffered reader (client.Connection)."""
+    """What a response reads from: the connection's reader (client.Connection)."""
 
-    reader: io.BufferedReader
+    reader: SocketReader
 
     def close(self) -> None: ...
 
@@ -91,6 +174,8 @@ def framing(headers: Headers, keep_alive: bool) -> Tuple[Optional[int], bool, bo
     length: Optional[int] = None
     chunked = False
     for name, value in headers:
+        if len(name) not in FRAMING_NAME_LENGTHS:
+            continue
         lower = name.lower()
         if lower == "connection":
             tokens = {t.strip().lower() for t in value.split(",")}
@@ -127,26 +212,43 @@ def parse_length(value: str, previous: Optional[int]) -> int:
     return length
 
 
-def read_head(reader: io.BufferedReader, limit: int) -> Tuple[str, int, str, Headers]:
+def read_head(reader: SocketReader, limit: int) -> Tuple[str, int, str, Headers]:
     """One response head: (version, status, reason, headers); garbled or oversized -> BadGateway."""
-    line = reader.readline(MAX_LINE)
-    if not line:
+    block = reader.read_head_block(limit)
+    if not block:
         raise UpstreamClosed("upstream closed the connection without answering")
-    parts = line.rstrip(b"\r\n").split(None, 2)
+    lines = block.split(b"\n")
+    line = lines[0]
+    parts = line.rstrip(b"\r").split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3 \
             or not parts[1].isdigit():
-        raise BadGateway(f"upstream sent a garbled status line ({len(line)} bytes, starting {line[:8]!r})")
-    size = len(line)
+        raise BadGateway(f"upstream sent a garbled status line ({len(line) + 1} bytes, starting {line[:8]!r})")
+    if len(block) > limit:
+        raise BadGateway("upstream response head is too large")
+    if not HEAD_END.search(block, len(line)):
+        raise BadGateway("upstream closed the connection inside the response head")
+    reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
+    return parts[0].decode("latin-1"), int(parts[1]), reason, header_fields(block, len(line) + 1, lines)
+
+
+def header_fields(block: bytes, start: int, lines: List[bytes]) -> Headers:
+    """The header fields of a whole head (``block``, its fields from ``start``): one regex pass when every
+    line is a plain field, else line by line (obsolete folding, or the garbled line to name).
+
+    >>> block = b"HTTP/1.1 200 OK\\r\\nA:  b \\r\\nC-D:e\\n\\r\\n"
+    >>> header_fields(block, 17, block.split(b"\\n"))
+    [('A', 'b'), ('C-D', 'e')]
+    """
+    fields = FIELD.findall(block.decode("latin-1"), start)
+    if len(fields) == len(lines) - 3:
+        return fields
+    return header_lines(lines[1:-2])
+
+
+def header_lines(lines: List[bytes]) -> Headers:
+    """The header fields of a head's lines (LF split off, CR still on); a garbled line -> BadGateway."""
     headers: Headers = []
-    while True:
-        line = reader.readline(MAX_LINE)
-        size += len(line)
-        if size > limit:
-            raise BadGateway("upstream response head is too large")
-        if line in (b"\r\n", b"\n"):
-            break
-        if not line.endswith(b"\n"):
-            raise BadGateway("upstream closed the connection inside the response head")
+    for line in lines:
         if line[:1] in (b" ", b"\t") and headers:  # obsolete line folding
             folded, before = headers.pop()
             headers.append((folded, before + " " + line.strip().decode("latin-1")))
@@ -157,8 +259,7 @@ def read_head(reader: io.BufferedReader, limit: int) -> Tuple[str, int, str, Hea
             # no space in or around a name; a bare CR or NUL in a value would make the server refuse it
             raise BadGateway(f"upstream sent a garbled header line (name {name[:40]!r})")
         headers.append((name.decode("latin-1"), value.decode("latin-1")))
-    reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
-    return parts[0].decode("latin-1"), int(parts[1]), reason, headers
+    return headers
 
 
 class ResponseBody:

@@ -4,7 +4,7 @@ request body's framing, and the response headers a client may see.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Set, Tuple
+from typing import Callable, Dict, Optional, Tuple
 from urllib.parse import urlsplit
 
 from gatekeeper.requestpath import connection_tokens
@@ -19,6 +19,23 @@ GATEWAY_HEADERS = ("X-Forwarded-For", "X-Real-Ip", "X-Forwarded-Proto", "X-Forwa
 PROTECTED = frozenset(h.lower() for h in GATEWAY_HEADERS) | {"host"}
 # environ keys of headers the proxy rebuilds or drops, never copied from the client as they are.
 SKIPPED_KEYS = frozenset(environ_key(h) for h in (*HOP_BY_HOP, *GATEWAY_HEADERS, "host"))
+HEADER_NAME_CACHE_SIZE = 512
+_header_names: Dict[str, str] = {}
+
+
+def header_name(key: str) -> str:
+    """The header name of an ``HTTP_`` environ key, as forwarded (``HTTP_X_USER`` -> ``X-User``); cached for
+    the common keys, as it runs for every header of every request.
+
+    >>> header_name("HTTP_X_USER"), header_name("HTTP_ACCEPT_ENCODING")
+    ('X-User', 'Accept-Encoding')
+    """
+    name = _header_names.get(key)
+    if name is None:
+        name = key[5:].replace("_", "-").title()
+        if len(_header_names) < HEADER_NAME_CACHE_SIZE:
+            _header_names[key] = name
+    return name
 
 
 def upstream_target(environ: Environ, base_path: str) -> str:
@@ -47,7 +64,7 @@ def forwarded_headers(environ: Environ, host: str) -> Headers:
         if key.startswith("HTTP_"):
             if key in SKIPPED_KEYS:
                 continue
-            name = key[5:].replace("_", "-").title()
+            name = header_name(key)
             if dropped and name.lower() in dropped:
                 continue
             headers.append((name, value))
@@ -79,12 +96,16 @@ def body_reader(environ: Environ) -> Tuple[Optional[Callable[[int], bytes]], Opt
 
 
 def response_headers(headers: Headers) -> Headers:
-    """Upstream headers minus hop-by-hop ones and those its ``Connection`` names; repeats kept."""
-    named: Set[str] = set()
+    """Upstream headers minus hop-by-hop ones and those its ``Connection`` names; repeats kept.
+
+    >>> response_headers([("Server", "a"), ("Connection", "keep-alive, X-Trace"), ("x-trace", "1"), ("Te", "x")])
+    [('Server', 'a')]
+    """
+    dropped = HOP_BY_HOP
     for name, value in headers:
-        if name.lower() == "connection":
-            named.update(t.strip().lower() for t in value.split(","))
-    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+        if len(name) == 10 and name.lower() == "connection":
+            dropped = dropped.union(t.strip().lower() for t in value.split(","))
+    return [(n, v) for n, v in headers if n.lower() not in dropped]
 
 
 def upgrade_headers(protocol: str, headers: Headers) -> Headers:
