@@ -145,7 +145,7 @@ def test_a_forked_child_never_inherits_a_held_lock_or_a_flight(wsgi_server, pems
 def rate_points(session: requests.Session, admin: str) -> int:
     """Points of router a's requests-per-second sparkline on the dashboard of the worker behind ``session``."""
     view = session.get(admin + "/dashboard/state.json", timeout=5).json()
-    row = next(row for row in view["tables"]["routers"] if row[0]["text"] == "a")
+    row = next(row for row in view["tables"]["routers"]["rows"] if row[0]["text"] == "a")
     return len(next(cell for cell in row if "spark" in cell)["spark"])
 
 
