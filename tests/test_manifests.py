@@ -304,3 +304,58 @@ def test_a_document_without_aliases_is_bounded_as_one_with_them(tree):
         except yaml.YAMLError as exc:
             outcomes.append((str(exc), exc.problem_mark.line))
     assert outcomes[0] == outcomes[1]
+
+
+SCALARS = st.sampled_from(("x", "'q'", '"d"', "1", "-2", "0x1F", "1.5", ".inf", "true", "on", "~", "null",
+                           "2026-11-29", "=", "|\n    block", "!!str 3", "[]", "{}", "[1, a]", "{k: v}"))
+KEYS = st.sampled_from(("a", "b", "'a'", "1", "true", "~", "=", "2026-11-29", "<<", "? [1]"))
+
+
+def block_yaml(tree, indent=0):
+    """A tree of (key, value) lists and scalars as block YAML (merge, value and odd keys included)."""
+    if isinstance(tree, str):
+        return " " + tree
+    pad = " " * indent
+    lines = []
+    for key, value in tree:
+        if key == "? [1]":
+            lines.append(f"\n{pad}? [1]\n{pad}:{block_yaml(value, indent + 2)}")
+        else:
+            lines.append(f"\n{pad}{key}:{block_yaml(value, indent + 2)}")
+    return "".join(lines) or " {}"
+
+
+BLOCKS = st.recursive(SCALARS, lambda child: st.lists(st.tuples(KEYS, child), min_size=1, max_size=3), max_leaves=12)
+
+
+def built(value):
+    """A constructed value with what a Mapping remembers (lines, key lines, the template flag), recursively."""
+    if isinstance(value, dict):
+        return ("map", getattr(value, "line", None), getattr(value, "key_lines", None),
+                getattr(value, "templated", None), [(k, built(v)) for k, v in value.items()])
+    if isinstance(value, list):
+        return ("seq", [built(v) for v in value])
+    return (type(value).__name__, value)
+
+
+def read_with(text, loader_class):
+    try:
+        return [(d.index, d.line, built(d.data)) for d in parse_text(text, "x.yaml", loader_class)]
+    except ConfigError as err:
+        return ("error", err.line, err.reason)
+
+
+@settings(max_examples=200, deadline=None)
+@given(documents=st.lists(st.one_of(BLOCKS.filter(lambda t: not isinstance(t, str)), SCALARS), min_size=1,
+                          max_size=2))
+def test_the_tree_construction_builds_what_construct_object_builds(documents):
+    """libyaml's documents without aliases are built directly (Manifests._tree_object): the same values, the
+    same lines and key lines, the same errors as PyYAML's construct_object walk (the pure-Python loader)."""
+    assert len(LOADERS) == 2
+    text = "---\n".join("top:" + block_yaml(d, 2) + "\n" for d in documents)
+    fast, pure = LOADERS
+    first = read_with(text, fast)
+    if first[0] == "error":  # libyaml words some syntax errors apart: the lines agree
+        assert read_with(text, pure)[:2] == first[:2]
+    else:
+        assert first == read_with(text, pure)

@@ -12,8 +12,9 @@ import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import yaml
 
@@ -33,6 +34,12 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 # Parsing costs ~4 us per byte with the pure-Python parser, ~0.6 us with libyaml's (1 MiB: 0.6-4 s of CPU),
 # more than any real conf.d file needs (1,000 routers are ~100 KiB); split bigger configurations into several files.
 MAX_FILE_BYTES = 1 << 20
+
+
+_STR, _SEQ, _MAP = "tag:yaml.org,2002:str", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
+_FLAT_KEYS = frozenset({_STR, "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null",
+                        "tag:yaml.org,2002:float"})   # keys flatten_mapping leaves alone (not merge, not value)
+_TAG, _KEY = attrgetter("tag"), itemgetter(0)
 
 
 class Mapping(Dict[Any, Any]):
@@ -105,13 +112,30 @@ class _Bounded:
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Mapping:
         constructor: Any = self
         constructor.flatten_mapping(node)
+        return self._mapping(node, lambda child: constructor.construct_object(child, deep=True))
+
+    def _tree_object(self, node: yaml.Node) -> Any:
+        """``construct_object(node, deep=True)`` for a document without aliases (a tree): strings, lists and
+        mappings without merge or value keys built directly (no memo, no generator), anything else by
+        ``construct_object``; the same objects, about a third less time (see docs/performance.md)."""
+        tag, kind = node.tag, type(node)
+        if kind is yaml.ScalarNode and tag == _STR:
+            return node.value
+        if kind is yaml.SequenceNode and tag == _SEQ:
+            return [self._tree_object(child) for child in node.value]
+        if isinstance(node, yaml.MappingNode) and tag == _MAP \
+                and _FLAT_KEYS.issuperset(map(_TAG, map(_KEY, node.value))):
+            return self._mapping(node, self._tree_object)
+        return self.construct_object(node, deep=True)  # type: ignore[attr-defined]
+
+    def _mapping(self, node: yaml.MappingNode, construct: Callable[[yaml.Node], Any]) -> Mapping:
         result = Mapping()
         result.line = node.start_mark.line + 1
         result.key_lines = {}
         if self._plain:
             result.templated = False
         for key_node, value_node in node.value:
-            key = constructor.construct_object(key_node, deep=True)
+            key = construct(key_node)
             try:
                 hash(key)
             except TypeError as exc:
@@ -121,10 +145,9 @@ class _Bounded:
             if key in result:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark)
-            result[key] = constructor.construct_object(value_node, deep=True)
+            result[key] = construct(value_node)
             result.key_lines[key] = key_node.start_mark.line + 1
         return result
-
 
 
 class _LineLoader(_Bounded, yaml.SafeLoader):
@@ -159,6 +182,15 @@ else:
             if node is not None:
                 (check_graph if self._aliases else check_depth)(node)
             return node
+
+        def construct_document(self, node: yaml.Node) -> Any:
+            if self._aliases:
+                return yaml.constructor.SafeConstructor.construct_document(self, node)
+            try:
+                return self._tree_object(node)
+            finally:
+                self.constructed_objects: Dict[Any, Any] = {}
+                self.recursive_objects: Dict[Any, Any] = {}
 
     LOADERS = (_CLineLoader, _LineLoader)
 # YAML 1.2 booleans only: Traefik (Go yaml v3) reads `on`, `yes`, `no` as strings.
