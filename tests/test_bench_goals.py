@@ -50,3 +50,22 @@ def test_the_caddyfile_proxies_to_the_upstream_with_admin_and_logs_off():
     text = load_bench().CADDYFILE.format(tmp="/t", port=8080, upstream=9090)
     assert "admin off" in text and "output discard" in text and "auto_https off" in text
     assert "http://:8080 {" in text and "bind 127.0.0.1" in text and "reverse_proxy 127.0.0.1:9090" in text
+
+
+def wrk_result(rps: float, p50: float, cpu: float) -> dict:
+    return {"rps": rps, "p50_us": p50, "p99_us": 3 * p50, "cpu_us_per_req": cpu, "cpu_util": 0.9}
+
+
+def test_a_contender_gets_its_own_row_of_medians_within_the_rounds(capsys):
+    """--python/--tree: another gateway measured in the same rounds; its ratio to direct and added p50 are
+    taken per round against that round's direct run, then the median."""
+    rows = [{"round": n + 1, "connections": 64, "direct": wrk_result(direct, 10.0, 0.0),
+             "gateway": wrk_result(1000.0, 100.0, 200.0), "ratio": 1000.0 / direct, "added_p50_us": 90.0,
+             "contenders": {"python=pypy": wrk_result(rps, 60.0 + n, cpu)}}
+            for n, (direct, rps, cpu) in enumerate([(10000.0, 2000.0, 150.0), (20000.0, 2000.0, 140.0),
+                                                    (40000.0, 1000.0, 160.0)])]
+    [entry] = load_bench().print_table({"gatekeeper@64": rows})
+    other = entry["contenders"]["python=pypy"]
+    assert (other["rps"], other["cpu_us_per_req"], other["ratio"], other["added_p50_us"]) == (
+        2000.0, 150.0, 0.1, 51.0)
+    assert "| python=pypy | 64 | 2,000 | 61 | 183 | 0.100 | +51 | 150 (90%) |" in capsys.readouterr().out
