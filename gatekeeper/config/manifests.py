@@ -183,6 +183,20 @@ else:
                 (check_graph if self._aliases else check_depth)(node)
             return node
 
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+            """``Resolver.resolve`` (which libyaml's composer calls for every node) without its Python loop
+            for the usual answers: a quoted scalar, or a plain one whose first character no implicit resolver
+            starts with, is a string; a collection has its default tag. The pure-Python loader, which
+            tests/test_manifests.py compares with, keeps PyYAML's."""
+            if kind is yaml.ScalarNode:
+                if not implicit[0] or (value and value[0] not in _RESOLVED_FIRST):
+                    return _STR
+            elif kind is yaml.MappingNode:
+                return _MAP
+            elif kind is yaml.SequenceNode:
+                return _SEQ
+            return yaml.resolver.Resolver.resolve(self, kind, value, implicit)  # type: ignore[no-any-return,no-untyped-call]
+
         def construct_document(self, node: yaml.Node) -> Any:
             if self._aliases:
                 return yaml.constructor.SafeConstructor.construct_document(self, node)
@@ -203,6 +217,10 @@ for _loader in LOADERS:
     _loader.yaml_implicit_resolvers = {first: list(pairs) for first, pairs in _RESOLVERS.items()}  # type: ignore[attr-defined]
     _loader.add_implicit_resolver(  # type: ignore[attr-defined]
         "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+# First characters some implicit resolver starts with (no wildcard resolver, no path resolver: both loaders'
+# resolvers are the ones above), for _CLineLoader.resolve.
+_RESOLVED_FIRST = frozenset(first for first, pairs in LOADERS[0].yaml_implicit_resolvers.items() if pairs)  # type: ignore[attr-defined]
+assert None not in _RESOLVED_FIRST and not LOADERS[0].yaml_path_resolvers  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
