@@ -16,6 +16,7 @@ from gevent.server import StreamServer
 from gatekeeper.errors import ConfigError
 from gatekeeper.ops.echo import echo_app, named_echo_app
 from gatekeeper.proxy.balancer import ProxyLimits, ServerSpec, make_load_balancer, make_weighted
+from gatekeeper.proxy.client import request_head
 from gatekeeper.requestpath import strip_connection_headers
 from gatekeeper.wsgi import error_response
 from tests.conftest import wait_until
@@ -479,3 +480,16 @@ def test_error_response_is_short_text(wsgi_server, message, body):
     assert response.status == 404
     assert response.getheader("Content-Type") == "text/plain; charset=utf-8"
     assert response.read() == body
+
+
+@pytest.mark.parametrize("headers, framing", [
+    ([("X-User", "a\r\nX-Admin: 1")], ()),
+    ([("X-User", "a\nX-Admin: 1")], ()),
+    ([("X-User", "a\rb")], ("Content-Length: 3\r\n",)),
+    ([("X-Us\ner", "a")], ("Transfer-Encoding: chunked\r\n",)),
+], ids=["crlf-in-value", "lf-in-value", "cr-in-value-with-length", "lf-in-name-chunked"])
+def test_a_request_head_never_carries_a_forged_line(headers, framing):
+    with pytest.raises(ValueError, match="CR or LF"):
+        request_head("GET", "/a", [("Host", "h"), *headers], framing)
+    assert request_head("POST", "/a", [("Host", "h")], ("Content-Length: 3\r\n",)) == (
+        b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n")

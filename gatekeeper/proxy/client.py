@@ -255,9 +255,11 @@ def request_head(method: str, target: str, headers: Headers, framing: Tuple[str,
     >>> request_head("GET", "/a", [("Host", "h")])
     b'GET /a HTTP/1.1\\r\\nHost: h\\r\\n\\r\\n'
     """
-    head = [f"{method} {target} HTTP/1.1\r\n", *(f"{name}: {value}\r\n" for name, value in headers), *framing, "\r\n"]
-    text = "".join(head)
-    if text.count("\n") != len(head) or text.count("\r") != len(head):
+    lines = [f"{method} {target} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    text = "\r\n".join(lines) + "\r\n" + "".join(framing) + "\r\n"
+    expected = len(lines) + len(framing) + 1
+    if text.count("\n") != expected or text.count("\r") != expected:
         raise ValueError("refusing to send a header value containing CR or LF")
     return text.encode("latin-1")
 

@@ -50,6 +50,7 @@ RESPONSE_414 = (b"HTTP/1.1 414 URI Too Long\r\nConnection: close\r\nContent-Type
 REFUSALS = {400: RESPONSE_400, 414: RESPONSE_414}   # 431: base's, with its skip and report
 
 _header_keys: Dict[bytes, Optional[str]] = {}
+_UNSEEN = ""   # a name not in _header_keys (every cached key is None or starts with HTTP_ or CONTENT_)
 
 
 def environ_key(name: bytes) -> Optional[str]:
@@ -116,7 +117,9 @@ class Connection(ClientConnection):
         request.size += len(name) + len(value) + 4
         if request.size > self.limits.max_header_bytes:
             raise Refused(431)
-        key = environ_key(name)
+        key = _header_keys.get(name, _UNSEEN)   # the cache without a call: this runs for every header
+        if key is _UNSEEN:
+            key = environ_key(name)
         if key is None:
             return
         environ = request.environ

@@ -217,15 +217,18 @@ class Reply:
     def copy_headers(self, head: bytearray) -> Tuple[Optional[str], Optional[str], Optional[str]]:
         """The app's headers into ``head``; (Content-Length, Date, Connection in lower case) as it set them."""
         length = date = connection = None
+        lines = []
         for name, value in self.headers:
-            lower = name.lower()
-            if lower == "content-length":
-                length = value
-            elif lower == "date":
-                date = value
-            elif lower == "connection":
-                connection = value.lower()
-            head += name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n"
+            if len(name) in (4, 10, 14):   # date, connection, content-length: lower() only those lengths
+                lower = name.lower()
+                if lower == "content-length":
+                    length = value
+                elif lower == "date":
+                    date = value
+                elif lower == "connection":
+                    connection = value.lower()
+            lines.append(f"{name}: {value}\r\n")
+        head += "".join(lines).encode("latin-1")   # one encode for the whole block
         return length, date, connection
 
     def frame(self, head: bytearray, result: Optional[Iterable[bytes]], length: Optional[str]) -> None:
