@@ -5,7 +5,7 @@ anything may import it.
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
 Environ = Dict[str, Any]
@@ -128,3 +128,34 @@ def error_response(status_code: int, message: str = "",
         start_response(status, list(headers))
         return [body]
     return answer
+
+
+class OnClose:
+    """A response body that runs ``done`` once, after closing the body it wraps, when the server closes it
+    (the answer sent, cut, or the client gone): releasing a slot, ending a span.
+
+    >>> seen = []
+    >>> body = OnClose([b"a"], lambda: seen.append("done")); list(body), body.close(), body.close(), seen
+    ([b'a'], None, None, ['done'])
+    """
+
+    def __init__(self, body: Iterable[bytes], done: Callable[[], Any]) -> None:
+        self.body: Iterable[bytes] = body
+        self.done: Optional[Callable[[], Any]] = done
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.finish()
+
+    def finish(self) -> None:
+        """Run ``done`` unless it already ran."""
+        done, self.done = self.done, None
+        if done is not None:
+            done()

@@ -10,13 +10,13 @@ is the request's ``Host`` unless ``sourceCriterion`` says otherwise.
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Iterable, Iterator, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping
 
 from gatekeeper.errors import ConfigError
 from gatekeeper.middlewares.base import Context, Wrapper, refusal
 from gatekeeper.middlewares.source import source_criterion
 from gatekeeper.options import pick, pick_case_insensitive, want_int
-from gatekeeper.wsgi import Environ, StartResponse, WSGIApp
+from gatekeeper.wsgi import Environ, OnClose, StartResponse, WSGIApp
 
 OUTCOME = "too_many_in_flight"
 STRATEGIES = ("ipStrategy", "requestHeaderName", "requestHost")
@@ -54,31 +54,14 @@ class InFlight:
                 self.counts.pop(source, None)
 
 
-class Released:
+class Released(OnClose):
     """The service's answer body, releasing its source's slot exactly once when closed."""
 
     def __init__(self, body: Iterable[bytes], counts: InFlight, source: str) -> None:
-        self.body, self.counts, self.source = body, counts, source
-        self.done = False
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.body)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self.release()
-
-    def release(self) -> None:
-        if not self.done:
-            self.done = True
-            self.counts.leave(self.source)
+        super().__init__(body, lambda: counts.leave(source))
 
     def __del__(self) -> None:  # a server that never called close(): the slot must not leak
-        self.release()
+        self.finish()
 
 
 class ReleasedList(list):  # type: ignore[type-arg]

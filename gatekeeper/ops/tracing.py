@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Iterable, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 from gatekeeper.wsgi import (
     CLAIMS,
@@ -27,6 +27,7 @@ from gatekeeper.wsgi import (
     UPSTREAM,
     UPSTREAM_ERROR,
     Environ,
+    OnClose,
     StartResponse,
     WSGIApp,
     log_path,
@@ -152,28 +153,8 @@ def traced(app: WSGIApp, tracer: Any) -> WSGIApp:
         except BaseException:
             finish()
             raise
-        return Ending(body, finish)
+        return OnClose(body, finish)
     return with_span
-
-
-class Ending:
-    """A response body that calls ``done`` once, when the server closes it (the answer is sent or cut)."""
-
-    def __init__(self, body: Iterable[bytes], done: Any) -> None:
-        self.body, self.done = body, done
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.body)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            done, self.done = self.done, None
-            if done is not None:
-                done()
 
 
 def request_attributes(environ: Environ) -> Dict[str, Any]:
