@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import gzip
 import http.client
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, List, Optional
@@ -21,6 +19,7 @@ import zstandard
 from gatekeeper.app import Gateway
 from gatekeeper.ops.exchange import Exchange, observe
 from tests.conftest import RunningServer
+from tests.middleware_gateway import check_refuses
 from tests.test_upstream_faults import RawUpstream, read_request, reset
 
 STREAM_GO = gevent.event.Event()
@@ -295,18 +294,7 @@ BAD_OPTIONS = [
 
 def test_check_refuses_bad_options(conf_d):
     """One ``gatekeeper check`` run (a real subprocess) over one middleware per mistake."""
-    middlewares = "".join(f"    zip{i}: {{compress: {options}}}\n" for i, (options, _) in enumerate(BAD_OPTIONS))
-    routers = "".join(f"    r{i}: {{rule: \"Path(`/{i}`)\", service: s, middlewares: [zip{i}]}}\n"
-                      for i in range(len(BAD_OPTIONS)))
-    conf_d("api.yaml", "http:\n  routers:\n" + routers + "  middlewares:\n" + middlewares
-           + '  services:\n    s: {loadBalancer: {servers: [{url: "http://127.0.0.1:9"}]}}\n')
-    result = subprocess.run([sys.executable, "-m", "gatekeeper", "check", str(conf_d.root)], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 1
-    lines = result.stdout.splitlines()
-    for i, (_, error) in enumerate(BAD_OPTIONS):
-        line = next((x for x in lines if f'middleware "zip{i}@file"' in x), "")
-        assert "api.yaml" in line and error in line, (error, result.stdout)
+    check_refuses(conf_d, "compress", BAD_OPTIONS, prefix="zip")
 
 
 def test_an_upstream_failing_mid_body_cuts_the_compressed_answer(tmp_path, running_raw):

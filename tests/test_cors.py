@@ -4,8 +4,6 @@ composition ``[cors, jwt]`` (preflight without a token, 401 readable by the brow
 and ``gatekeeper check`` refusing what is not built."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, Optional
@@ -16,6 +14,7 @@ import requests
 from gatekeeper.app import Gateway
 from gatekeeper.jwt.mint import mint
 from tests.conftest import RunningServer
+from tests.middleware_gateway import check_refuses
 
 SECRET = "cors-secret-0123456789abcdef0123456789"
 APP = "https://app.example"
@@ -191,15 +190,4 @@ BAD_OPTIONS = [
 
 def test_check_refuses_bad_options(conf_d):
     """One ``gatekeeper check`` run (a real subprocess) over one middleware per mistake."""
-    middlewares = "".join(f"    h{i}: {{headers: {options}}}\n" for i, (options, _) in enumerate(BAD_OPTIONS))
-    routers = "".join(f'    r{i}: {{rule: "Path(`/{i}`)", service: s, middlewares: [h{i}]}}\n'
-                      for i in range(len(BAD_OPTIONS)))
-    conf_d("api.yaml", "http:\n  routers:\n" + routers + "  middlewares:\n" + middlewares
-           + '  services:\n    s: {loadBalancer: {servers: [{url: "http://127.0.0.1:9"}]}}\n')
-    result = subprocess.run([sys.executable, "-m", "gatekeeper", "check", str(conf_d.root)], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 1
-    lines = result.stdout.splitlines()
-    for i, (_, error) in enumerate(BAD_OPTIONS):
-        line = next((x for x in lines if f'middleware "h{i}@file"' in x), "")
-        assert "api.yaml" in line and error in line, (error, result.stdout)
+    check_refuses(conf_d, "headers", BAD_OPTIONS, prefix="h")
