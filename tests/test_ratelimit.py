@@ -3,10 +3,7 @@ refused request never reaching the upstream, the per-user limit after JWT (the k
 bounded memory, the outcome in a real /metrics, and ``gatekeeper check`` refusing bad options."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Callable, Dict, Iterable, List
 
 import pytest
@@ -17,9 +14,9 @@ from gatekeeper.jwt.mint import mint
 from gatekeeper.middlewares.bucket import Buckets
 from gatekeeper.ops.echo import named_echo_app
 from tests.conftest import RunningServer
+from tests.middleware_gateway import built, check_refuses, config_errors, jwt_options, one_middleware, routes_yaml
 from tests.serve_process import Gatekeeper, metric_value, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "ratelimit-test-secret-0123456789abcdef"
 
 
@@ -43,18 +40,11 @@ def limited(conf_d, wsgi_server) -> Callable[..., tuple]:
     def start(limit: str, middlewares: str = "[limit]") -> tuple:
         upstream = CountingUpstream()
         server = wsgi_server(upstream)
-        conf_d("routes.yaml", f"""
-            http:
-              routers:
-                app: {{rule: "PathPrefix(`/`)", service: app, middlewares: {middlewares}}}
-              middlewares:
-                limit: {{rateLimit: {limit}}}
-                jwt: {{plugin: {{jwt: {{signingSecret: "{SECRET}", forwardHeaders: {{X-User: sub}}}}}}}}
-              services:
-                app: {{loadBalancer: {{servers: [{{url: "{server.url}"}}]}}}}
-            """)
-        gw = Gateway(conf_d.root)
-        assert not gw.config.errors, [str(e) for e in gw.config.errors]
+        conf_d("routes.yaml", routes_yaml(f"""
+            limit: {{rateLimit: {limit}}}
+            jwt: {jwt_options(SECRET, "forwardHeaders: {X-User: sub}")}
+            """, middlewares, server.url))
+        gw = built(conf_d.root)
         started.append(RunningServer(gw))
         return started[-1].url, upstream
     yield start
@@ -128,15 +118,7 @@ def test_memory_is_bounded_when_sources_rotate():
 
 def test_outcome_counted_in_metrics_from_a_real_admin_listener(conf_d, wsgi_server, tmp_path):
     upstream = wsgi_server(named_echo_app("echo"))
-    conf_d("routes.yaml", f"""
-        http:
-          routers:
-            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [limit]}}
-          middlewares:
-            limit: {{rateLimit: {{average: 1, period: 1m, burst: 1}}}}
-          services:
-            app: {{loadBalancer: {{servers: [{{url: "{upstream.url}"}}]}}}}
-        """)
+    conf_d("routes.yaml", one_middleware("rateLimit", "{average: 1, period: 1m, burst: 1}", "limit", upstream.url))
     gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--admin", "127.0.0.1:0")
     try:
         assert statuses(gk.url, 3) == [200, 429, 429]
@@ -149,7 +131,7 @@ def test_outcome_counted_in_metrics_from_a_real_admin_listener(conf_d, wsgi_serv
         gk.stop()
 
 
-@pytest.mark.parametrize("options, message", [
+BAD_OPTIONS = [
     ("{average: lots}", "rateLimit.average: expected a number"),
     ("{average: -1}", "rateLimit.average: must be at least 0"),
     ("{average: 5, period: soon}", 'rateLimit.period: expected a duration such as "10s"'),
@@ -166,24 +148,12 @@ def test_outcome_counted_in_metrics_from_a_real_admin_listener(conf_d, wsgi_serv
     ("{average: 5, redis: {tls: {cert: /nonexistent.pem, key: /nonexistent.key}}}",
      "rateLimit.redis.tls.cert: no such file"),
     ("{average: 5, redis: {secret: redis-creds}}", "rateLimit.redis.secret: not supported"),
-], ids=["average-text", "average-negative", "period-text", "period-negative", "burst-fraction", "two-strategies",
-        "unknown-option", "redis-cluster", "redis-min-idle", "redis-no-timeout", "redis-secret-ref", "redis-tls",
-        "redis-crd-secret"])
-def test_check_refuses_bad_options_with_a_clear_error(conf_d, options, message):
-    conf_d("limits.yaml", f"""
-        http:
-          routers:
-            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [limit]}}
-          middlewares:
-            limit: {{rateLimit: {options}}}
-          services:
-            app: {{loadBalancer: {{servers: [{{url: "http://127.0.0.1:9"}}]}}}}
-        """)
-    result = subprocess.run([sys.executable, "-m", "gatekeeper", "check", str(conf_d.root)], capture_output=True,
-                            text=True, timeout=60, cwd=ROOT)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert message in result.stdout, result.stdout
-    assert "limits.yaml" in result.stdout and 'middleware "limit@file"' in result.stdout, result.stdout
+]
+
+
+def test_check_refuses_bad_options_with_a_clear_error(conf_d):
+    """One ``gatekeeper check`` run (a real subprocess) over one middleware per mistake."""
+    check_refuses(conf_d, "rateLimit", BAD_OPTIONS, prefix="limit", file="limits.yaml")
 
 
 @pytest.mark.parametrize("options, message", [
@@ -202,15 +172,6 @@ def test_check_refuses_bad_options_with_a_clear_error(conf_d, options, message):
 ], ids=["no-store", "no-endpoints", "cluster", "sentinel", "no-timeout", "secret-ref-in-file", "deny-on-error",
         "unknown", "limit-text"])
 def test_distributed_rate_limit_bad_options_put_it_in_error(conf_d, options, message):
-    conf_d("limits.yaml", f"""
-        http:
-          routers:
-            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [shared]}}
-          middlewares:
-            shared: {{plugin: {{distributedRateLimit: {options}}}}}
-          services:
-            app: {{loadBalancer: {{servers: [{{url: "http://127.0.0.1:9"}}]}}}}
-        """)
-    config = Gateway(conf_d.root).config
-    errors = [str(e) for e in config.errors]
+    conf_d("limits.yaml", one_middleware("plugin", f"{{distributedRateLimit: {options}}}", "shared"))
+    errors = config_errors(Gateway(conf_d.root))
     assert any(message in e and 'middleware "shared@file"' in e for e in errors), errors
