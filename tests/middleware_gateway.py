@@ -98,10 +98,10 @@ def serve_routes(conf_d: Callable[..., Path], wsgi_server: Callable[..., Any], m
 
 
 def check_refuses(conf_d: Callable[..., Path], kind: str, bad_options: Sequence[Tuple[str, str]],
-                  prefix: str = "m", file: str = "api.yaml", services: str = "") -> None:
+                  prefix: str = "m", file: str = "api.yaml", services: str = "") -> str:
     """One real ``gatekeeper check`` over one middleware per ``(options, error)`` (``{kind: options}``, or
     ``options`` whole when ``kind`` is empty), each on its own router: it fails, and each error is reported
-    on its middleware's own file and line."""
+    on its middleware's own file and line. Returns what it printed, for more checks."""
     names = [f"{prefix}{i}" for i in range(len(bad_options))]
     routers = "".join(f'    r{i}: {{rule: "Path(`/{i}`)", service: s, middlewares: [{name}]}}\n'
                       for i, name in enumerate(names))
@@ -118,3 +118,4 @@ def check_refuses(conf_d: Callable[..., Path], kind: str, bad_options: Sequence[
     for i, (name, (_, error)) in enumerate(zip(names, bad_options)):
         line = next((x for x in lines if f'middleware "{name}@file"' in x), "")
         assert f'{file}:{first_line + i}: middleware "{name}@file"' in line and error in line, (error, result.stdout)
+    return result.stdout

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
@@ -14,10 +13,11 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 import requests
 
-from gatekeeper.app import Gateway, edge_stack
+from gatekeeper.app import edge_stack
 from gatekeeper.middlewares import forwardauth
 from gatekeeper.ops.echo import named_echo_app
-from tests.conftest import RunningServer, exchange, status_of
+from tests.conftest import exchange, status_of
+from tests.middleware_gateway import Gateways, check_refuses, config_errors, one_middleware
 
 
 class AuthServer:
@@ -74,31 +74,14 @@ def upstream(wsgi_server) -> Any:
 
 @pytest.fixture
 def gateway(tmp_path: Path, upstream) -> Iterator[Callable[..., str]]:
-    started: List[RunningServer] = []
-    count = [0]
+    gateways = Gateways(tmp_path)
 
     def start(fwd: str, trusted: List[str] = [], errors_ok: bool = False) -> str:  # noqa: B006
-        count[0] += 1
-        root = tmp_path / f"conf{count[0]}.d"
-        root.mkdir()
-        (root / "routes.yaml").write_text(textwrap.dedent(f"""
-            http:
-              routers:
-                app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [fwd]}}
-              middlewares:
-                fwd: {{forwardAuth: {fwd}}}
-              services:
-                app: {{loadBalancer: {{servers: [{{url: "{upstream.url}"}}]}}}}
-            """))
-        gw = Gateway(root, trusted_proxies=trusted)
-        if not errors_ok:
-            assert not gw.config.errors, [str(e) for e in gw.config.errors]
-        started.append(RunningServer(gw))
-        start.last = gw  # type: ignore[attr-defined]
-        return started[-1].url
+        start.last = gateways.start(one_middleware("forwardAuth", fwd, "fwd", upstream.url),  # type: ignore
+                                    errors_ok=errors_ok, trusted_proxies=trusted)
+        return str(gateways.last.url)
     yield start
-    for server in started:
-        server.stop()
+    gateways.stop()
 
 
 def test_a_2xx_lets_the_request_on_with_the_chosen_headers_and_never_the_clients_copies(gateway, auth_server,
@@ -239,30 +222,19 @@ def test_tls_to_the_auth_server(gateway, wsgi_server, pki, upstream):
         "inline-pem", "bad-bool", "typo"])
 def test_mistakes_are_refused_and_the_router_answers_503(gateway, fwd, error):
     url = gateway(fwd, errors_ok=True)
-    errors = [str(e) for e in gateway.last.config.errors]
+    errors = config_errors(gateway.last)
     assert any(error in e and "routes.yaml" in e for e in errors), errors
     assert requests.get(url + "/x", timeout=5).status_code == 503
 
 
 def test_gatekeeper_check_names_each_access_mistake(conf_d):
     """The command line an operator runs before a deploy: one line per refused middleware, file and line."""
-    import subprocess
-    import sys
-
-    conf_d("access.yaml", """
-        http:
-          middlewares:
-            allow: {ipAllowList: {sourceRange: [10.0.0.300]}}
-            basic: {basicAuth: {users: ["alice:hunter2"]}}
-            sso: {forwardAuth: {address: "ftp://auth/"}}
-        """)
-    result = subprocess.run([sys.executable, "-m", "gatekeeper", "check", str(conf_d.root)], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 1
-    out = result.stdout
-    assert "access.yaml:4:" in out and "'10.0.0.300' is not an IP address or CIDR range" in out
-    assert "access.yaml:5:" in out and 'user "alice": the password is not hashed' in out and "hunter2" not in out
-    assert "access.yaml:6:" in out and "forwardAuth.address: expected an http:// or https:// URL" in out
+    out = check_refuses(conf_d, "", [
+        ("{ipAllowList: {sourceRange: [10.0.0.300]}}", "'10.0.0.300' is not an IP address or CIDR range"),
+        ('{basicAuth: {users: ["alice:hunter2"]}}', 'user "alice": the password is not hashed'),
+        ('{forwardAuth: {address: "ftp://auth/"}}', "forwardAuth.address: expected an http:// or https:// URL"),
+    ], file="access.yaml")
+    assert "hunter2" not in out
 
 
 def chunks(data: bytes) -> Iterator[bytes]:

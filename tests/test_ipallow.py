@@ -2,7 +2,6 @@
 hop (kept only from a ``--trusted-proxy`` peer), in or out of ``sourceRange``; mistakes refused with 503."""
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Callable, Iterator, List, Sequence
 
@@ -11,42 +10,28 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.app import Gateway, edge_stack
+from gatekeeper.app import edge_stack
 from gatekeeper.jwt.mint import mint
 from gatekeeper.middlewares.ipallow import RangeSet
 from gatekeeper.middlewares.source import in_ranges, parse_ranges
-from tests.conftest import RunningServer, wait_until
+from tests.conftest import wait_until
+from tests.middleware_gateway import Gateways, config_errors, jwt_options, one_middleware, routes_yaml
 
 SECRET = "ipallow-secret-0123456789abcdef0123"
 
 
 @pytest.fixture
 def gateway(tmp_path: Path, echo_upstream) -> Iterator[Callable[..., str]]:
-    started: List[RunningServer] = []
-    count = [0]
+    gateways = Gateways(tmp_path)
 
     def start(allow: str, middlewares: str = "[allow]", trusted: Sequence[str] = ()) -> str:
-        count[0] += 1
-        root = tmp_path / f"conf{count[0]}.d"
-        root.mkdir()
-        (root / "routes.yaml").write_text(textwrap.dedent(f"""
-            http:
-              routers:
-                app: {{rule: "PathPrefix(`/`)", service: app, middlewares: {middlewares}}}
-              middlewares:
-                allow: {{ipAllowList: {allow}}}
-                jwt: {{plugin: {{jwt: {{signingSecret: "{SECRET}"}}}}}}
-              services:
-                app: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
-            """))
-        gw = Gateway(root, trusted_proxies=trusted)
-        assert not gw.config.errors, [str(e) for e in gw.config.errors]
-        started.append(RunningServer(gw))
-        start.last = gw  # type: ignore[attr-defined]
-        return started[-1].url
+        start.last = gateways.start(routes_yaml(f"""
+            allow: {{ipAllowList: {allow}}}
+            jwt: {jwt_options(SECRET)}
+            """, middlewares, echo_upstream.url), trusted_proxies=trusted)  # type: ignore[attr-defined]
+        return str(gateways.last.url)
     yield start
-    for server in started:
-        server.stop()
+    gateways.stop()
 
 
 @pytest.mark.parametrize("allow, status", [
@@ -122,25 +107,14 @@ def test_a_denied_address_is_refused_before_its_token_is_looked_at(gateway):
 ], ids=["missing", "empty", "bad-address", "bad-status", "interim-status", "no-body-status", "negative-depth",
         "subnet", "typo"])
 def test_mistakes_are_refused_and_the_router_answers_503(tmp_path, allow, error):
-    root = tmp_path / "conf.d"
-    root.mkdir()
-    (root / "routes.yaml").write_text(textwrap.dedent(f"""
-        http:
-          routers:
-            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [allow]}}
-          middlewares:
-            allow: {{ipAllowList: {allow}}}
-          services:
-            app: {{loadBalancer: {{servers: [{{url: "http://127.0.0.1:9"}}]}}}}
-        """))
-    gw = Gateway(root)
-    errors = [str(e) for e in gw.config.errors]
+    gateways = Gateways(tmp_path)
+    gw = gateways.start(one_middleware("ipAllowList", allow, "allow"), errors_ok=True)
+    errors = config_errors(gw)
     assert any(error in e and "routes.yaml" in e for e in errors), errors
-    server = RunningServer(gw)
     try:
-        assert requests.get(server.url + "/x", timeout=5).status_code == 503
+        assert requests.get(gw.url + "/x", timeout=5).status_code == 503
     finally:
-        server.stop()
+        gateways.stop()
 
 
 def test_the_access_log_counts_the_refusal(gateway, wsgi_server):
