@@ -24,7 +24,8 @@ def jwt_options(secret: str, extra: str = "") -> str:
 
 def routes_yaml(middlewares: str, chain: str, backend: str = NOWHERE, routers: str = "", services: str = "") -> str:
     """An ``http:`` manifest: router ``app`` (PathPrefix /) applies ``chain`` (a YAML list) before service
-    ``app`` at ``backend``; ``middlewares``, ``routers`` and ``services`` are YAML lines added under each.
+    ``app`` at ``backend``; ``middlewares``, ``routers`` and ``services`` are YAML lines added under each (no
+    ``middlewares:`` at all without any: the chain may name another provider's).
 
     >>> print(routes_yaml("auth: {basicAuth: {}}", "[auth]"))
     http:
@@ -40,7 +41,7 @@ def routes_yaml(middlewares: str, chain: str, backend: str = NOWHERE, routers: s
         return textwrap.indent(textwrap.dedent(lines).strip("\n") + "\n", "    ") if lines.strip() else ""
     return ("http:\n  routers:\n"
             f'    app: {{rule: "PathPrefix(`/`)", service: app, middlewares: {chain}}}\n' + block(routers)
-            + "  middlewares:\n" + block(middlewares)
+            + ("  middlewares:\n" + block(middlewares) if middlewares.strip() else "")
             + f'  services:\n    app: {{loadBalancer: {{servers: [{{url: "{backend}"}}]}}}}\n' + block(services))
 
 

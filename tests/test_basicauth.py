@@ -23,6 +23,7 @@ from gatekeeper.jwt.mint import mint
 from gatekeeper.middlewares.htpasswd import apr1
 from gatekeeper.ops.view import config_document
 from tests.conftest import RunningServer, wait_until
+from tests.middleware_gateway import Gateways, jwt_options, routes_yaml
 
 SECRET = "basicauth-secret-0123456789abcdef01"
 APACHE_APR1 = "test:$apr1$H6uskkkW$IgXLP6ewTrSuBkTrqE8wj/"   # Traefik's documented example, password "test"
@@ -55,34 +56,16 @@ def auth(user: str, password: str) -> Dict[str, str]:
 
 @pytest.fixture
 def gateway(tmp_path: Path, echo_upstream) -> Iterator[Callable[..., Gateway]]:
-    started: List[RunningServer] = []
-    count = [0]
+    gateways = Gateways(tmp_path)
 
     def start(basic: str, middlewares: str = "[basic]", files: Dict[str, str] = {}) -> Gateway:  # noqa: B006
-        count[0] += 1
-        root = tmp_path / f"conf{count[0]}.d"
-        for name, text in files.items():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            (root / name).write_text(text)
-        (root / "team").mkdir(parents=True, exist_ok=True)
-        (root / "team" / "routes.yaml").write_text(textwrap.dedent(f"""
-            http:
-              routers:
-                app: {{rule: "PathPrefix(`/`)", service: app, middlewares: {middlewares}}}
-                open: {{rule: "PathPrefix(`/open`)", service: app}}
-              middlewares:
-                basic: {{basicAuth: {basic}}}
-                jwt: {{plugin: {{jwt: {{signingSecret: "{SECRET}", tokenKey: jwt, forwardAuthorization: true}}}}}}
-              services:
-                app: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
-            """))
-        gw = Gateway(root)
-        started.append(RunningServer(gw))
-        gw.url = started[-1].url  # type: ignore[attr-defined]
-        return gw
+        return gateways.start(routes_yaml(f"""
+            basic: {{basicAuth: {basic}}}
+            jwt: {jwt_options(SECRET, "tokenKey: jwt, forwardAuthorization: true")}
+            """, middlewares, echo_upstream.url, routers='open: {rule: "PathPrefix(`/open`)", service: app}'),
+            path="team/routes.yaml", files=[*files.items()], errors_ok=True)
     yield start
-    for server in started:
-        server.stop()
+    gateways.stop()
 
 
 @pytest.mark.parametrize("make_line", [
@@ -220,13 +203,7 @@ def test_mistakes_are_refused_and_the_router_answers_503(gateway, basic, error):
 def kube_gateway(tmp_path: Path, echo_upstream, secret: str) -> Gateway:
     root = tmp_path / "kube.d"
     root.mkdir()
-    (root / "routes.yaml").write_text(textwrap.dedent(f"""
-        http:
-          routers:
-            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [apps-auth@kubernetescrd]}}
-          services:
-            app: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
-        """))
+    (root / "routes.yaml").write_text(routes_yaml("", "[apps-auth@kubernetescrd]", echo_upstream.url))
     (root / "kube.yaml").write_text(textwrap.dedent("""
         apiVersion: traefik.io/v1alpha1
         kind: Middleware
