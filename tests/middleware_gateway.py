@@ -4,11 +4,15 @@ middleware leaves, and one real ``gatekeeper check`` over one middleware per mis
 ``tests/serve_process.py`` is for ``gatekeeper serve`` subprocesses)."""
 from __future__ import annotations
 
+import http.server
 import subprocess
 import sys
 import textwrap
+import threading
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 from gatekeeper.app import Gateway
 from tests.conftest import RunningServer
@@ -96,6 +100,29 @@ def serve_routes(conf_d: Callable[..., Path], wsgi_server: Callable[..., Any], m
     ``wrap``) with the test's ``wsgi_server``; the URL."""
     conf_d("routes.yaml", manifest)
     return str(wsgi_server(wrap(built(conf_d.root, **options))).url)  # type: ignore[attr-defined]
+
+
+@contextmanager
+def file_server(root: Path, files: Dict[str, str]) -> Iterator[str]:
+    """Python's http.server over ``files`` (path: text) under ``root``: a normalising upstream, which decodes the
+    path and resolves ``..`` and ``.`` segments as many upstreams do; its URL while the block runs."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def check_refuses(conf_d: Callable[..., Path], kind: str, bad_options: Sequence[Tuple[str, str]],

@@ -8,11 +8,9 @@ request. Attacks that succeeded before a fix say so in their docstring.
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import socket
 import textwrap
-import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -24,11 +22,11 @@ import gevent.event
 import pytest
 import requests
 
-from gatekeeper.app import Gateway
 from gatekeeper.jwt.mint import mint
 from gatekeeper.middlewares.htpasswd import sha_line
 from gatekeeper.requestpath import PathPolicy, PathSettings
 from tests.conftest import exchange, status_of
+from tests.middleware_gateway import built, file_server
 
 DEFAULT_POLICY = PathPolicy()
 SECRET = "attacks-secret-0123456789abcdef0123"
@@ -74,10 +72,8 @@ class Recorder:
 def gateway(conf_d, wsgi_server) -> Callable[..., Any]:
     """``gateway(yaml, policy=..., trusted=[...])``: a Gateway over one manifest (``http:`` block), served."""
     def start(manifest: str, policy: PathPolicy = DEFAULT_POLICY, trusted: tuple = ()) -> Any:
-        conf_d("routes.yaml", textwrap.dedent(manifest))
-        gw = Gateway(conf_d.root, request_path=PathSettings(policy), trusted_proxies=trusted)
-        assert not gw.config.errors, [str(e) for e in gw.config.errors]
-        return wsgi_server(gw)
+        conf_d("routes.yaml", manifest)
+        return wsgi_server(built(conf_d.root, request_path=PathSettings(policy), trusted_proxies=trusted))
     return start
 
 
@@ -85,23 +81,8 @@ def gateway(conf_d, wsgi_server) -> Callable[..., Any]:
 def files_upstream(tmp_path: Path) -> Iterator[str]:
     """Python's http.server over pub/hello.txt and admin/secret.txt: it decodes the path and resolves ``..``
     and ``.`` segments, as many upstreams do."""
-    root = tmp_path / "files"
-    (root / "pub").mkdir(parents=True)
-    (root / "admin").mkdir()
-    (root / "pub" / "hello.txt").write_text("hello")
-    (root / "admin" / "secret.txt").write_text("admin secret")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with file_server(tmp_path / "files", {"pub/hello.txt": "hello", "admin/secret.txt": "admin secret"}) as url:
+        yield url
 
 
 # --- path rewrites against a normalising upstream ---------------------------------------------------------

@@ -3,12 +3,8 @@ upstream gets (raw and decoded in step), a rewrite that would resolve elsewhere 
 upstream (Python's http.server) never serves a file the router did not route to."""
 from __future__ import annotations
 
-import http.server
 import posixpath
-import textwrap
-import threading
 import time
-from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import unquote
@@ -23,6 +19,7 @@ from gatekeeper.jwt.mint import mint
 from gatekeeper.middlewares.paths import rewritten
 from gatekeeper.requestpath import PathPolicy, PathSettings
 from tests.conftest import exchange, status_of
+from tests.middleware_gateway import file_server, jwt_options, routes_yaml, serve_routes
 
 SECRET = "paths-secret-0123456789abcdef0123456"
 DEFAULT_POLICY = PathPolicy()
@@ -33,19 +30,9 @@ def serve(conf_d, wsgi_server, echo_upstream) -> Callable[..., str]:
     """``serve(middlewares_yaml, chain)``: a gateway whose router ``app`` (PathPrefix /) applies ``chain``
     in front of ``upstream`` (the echo upstream unless given)."""
     def start(middlewares: str, chain: str, upstream: str = "", policy: PathPolicy = DEFAULT_POLICY) -> str:
-        conf_d("routes.yaml", f"""
-            http:
-              routers:
-                app: {{rule: "PathPrefix(`/`)", service: app, middlewares: {chain}}}
-              middlewares:
-                auth: {{plugin: {{jwt: {{signingSecret: "{SECRET}"}}}}}}
-{textwrap.indent(middlewares, " " * 16)}
-              services:
-                app: {{loadBalancer: {{servers: [{{url: "{upstream or echo_upstream.url}"}}]}}}}
-            """)
-        gateway = Gateway(conf_d.root, request_path=PathSettings(policy))
-        assert not gateway.config.errors, [str(e) for e in gateway.config.errors]
-        return wsgi_server(gateway).url
+        return serve_routes(conf_d, wsgi_server, routes_yaml(f"auth: {jwt_options(SECRET)}\n{middlewares}", chain,
+                                                             upstream or echo_upstream.url),
+                            request_path=PathSettings(policy))
     return start
 
 
@@ -119,23 +106,8 @@ def test_a_clean_rewrite_reaches_the_normalising_upstream(serve, files_upstream)
 @pytest.fixture
 def files_upstream(tmp_path: Path) -> Iterator[str]:
     """Python's http.server over static/hello.txt and admin/secret.txt: it decodes and resolves ``..``."""
-    root = tmp_path / "files"
-    (root / "static").mkdir(parents=True)
-    (root / "admin").mkdir()
-    (root / "static" / "hello.txt").write_text("hello")
-    (root / "admin" / "secret.txt").write_text("admin secret")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with file_server(tmp_path / "files", {"static/hello.txt": "hello", "admin/secret.txt": "admin secret"}) as url:
+        yield url
 
 
 def test_replace_path_after_jwt_forwards_the_rewrite_only_for_a_valid_token(serve):
