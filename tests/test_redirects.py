@@ -4,9 +4,6 @@ carries CR/LF, and ``gatekeeper check`` refusing bad options of this wing's midd
 from __future__ import annotations
 
 import ssl
-import subprocess
-import sys
-import textwrap
 from typing import Callable, Sequence
 
 import pytest
@@ -14,6 +11,7 @@ import requests
 
 from gatekeeper.app import Gateway
 from tests.conftest import exchange, status_of
+from tests.middleware_gateway import NOWHERE, check_refuses, jwt_options, one_middleware, routes_yaml, serve_routes
 
 SECRET = "redirect-secret-0123456789abcdef0123"
 
@@ -22,19 +20,8 @@ SECRET = "redirect-secret-0123456789abcdef0123"
 def serve(conf_d, wsgi_server, echo_upstream) -> Callable[..., str]:
     """``serve(middleware_yaml, chain)``: router ``app`` (PathPrefix /) with ``chain`` before the echo upstream."""
     def start(middlewares: str, chain: str = "[redirect]", trusted: Sequence[str] = ()) -> str:
-        conf_d("routes.yaml", f"""
-            http:
-              routers:
-                app: {{rule: "PathPrefix(`/`)", service: app, middlewares: {chain}}}
-              middlewares:
-                auth: {{plugin: {{jwt: {{signingSecret: "{SECRET}"}}}}}}
-{textwrap.indent(middlewares, " " * 16)}
-              services:
-                app: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
-            """)
-        gateway = Gateway(conf_d.root, trusted_proxies=trusted)
-        assert not gateway.config.errors, [str(e) for e in gateway.config.errors]
-        return wsgi_server(gateway).url
+        return serve_routes(conf_d, wsgi_server, routes_yaml(f"auth: {jwt_options(SECRET)}\n{middlewares}", chain,
+                                                             echo_upstream.url), trusted_proxies=trusted)
     return start
 
 
@@ -75,15 +62,7 @@ def test_a_tls_entry_point_is_https(conf_d, wsgi_server, echo_upstream, tls_file
     ca, cert, key = tls_files
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(cert), str(key))
-    conf_d("routes.yaml", f"""
-        http:
-          routers:
-            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [redirect]}}
-          middlewares:
-            redirect: {{redirectScheme: {{scheme: {target}}}}}
-          services:
-            app: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
-        """)
+    conf_d("routes.yaml", one_middleware("redirectScheme", f"{{scheme: {target}}}", "redirect", echo_upstream.url))
     server = wsgi_server(Gateway(conf_d.root), ssl_context=context)
     response = requests.get(f"https://127.0.0.1:{server.port}/x", headers={"Host": "foo"}, verify=str(ca),
                             allow_redirects=False, timeout=5)
@@ -145,35 +124,20 @@ def test_a_redirect_before_jwt_needs_no_token_and_after_it_does(serve):
 
 
 def test_gatekeeper_check_refuses_bad_options_with_the_reason(conf_d):
-    conf_d("bad.yaml", """
-        http:
-          routers:
-            app: {rule: "PathPrefix(`/`)", service: app, middlewares: [r1, r2, r3, e1, e2, e3, b1]}
-          middlewares:
-            r1: {redirectRegex: {regex: '^(a', replacement: '/'}}
-            r2: {redirectScheme: {port: 443}}
-            r3: {redirectRegex: {regex: 'x', replacement: "a\\r\\nb"}}
-            e1: {errors: {status: ['500-4xx'], service: pages, query: '/{status}'}}
-            e2: {errors: {status: ['500'], service: nowhere, query: '/{status}'}}
-            e3: {errors: {status: ['599-500'], service: pages}}
-            b1: {buffering: {retryExpression: 'IsNetworkError() && Attempts() < 2'}}
-          services:
-            app: {loadBalancer: {servers: [{url: "http://127.0.0.1:1"}]}}
-            pages: {loadBalancer: {servers: [{url: "http://127.0.0.1:1"}]}}
-        """)
-    result = subprocess.run([sys.executable, "-m", "gatekeeper", "check", str(conf_d.root)], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 1
-    for expected in [
-        'bad.yaml:6: middleware "r1@file": redirectRegex.regex: missing ): this ( is never closed',
-        'bad.yaml:7: middleware "r2@file": redirectScheme.scheme: expected a string, got nothing',
-        'bad.yaml:8: middleware "r3@file": redirectRegex.replacement: must not hold spaces or control',
-        "bad.yaml:9: middleware \"e1@file\": errors.status[0]: '500-4xx' is not a status code or a range",
-        'bad.yaml:10: middleware "e2@file": errors.service: service "nowhere" does not exist',
-        "bad.yaml:11: middleware \"e3@file\": errors.status[0]: '599-500': codes go from 100 to 599, low to high",
-        'bad.yaml:12: middleware "b1@file": buffering.retryExpression: not supported',
-    ]:
-        assert expected in result.stdout, result.stdout
+    check_refuses(conf_d, "", [
+        ("{redirectRegex: {regex: '^(a', replacement: '/'}}", "redirectRegex.regex: missing ): this ( is never closed"),
+        ("{redirectScheme: {port: 443}}", "redirectScheme.scheme: expected a string, got nothing"),
+        ("""{redirectRegex: {regex: 'x', replacement: "a\\r\\nb"}}""",
+         "redirectRegex.replacement: must not hold spaces or control"),
+        ("{errors: {status: ['500-4xx'], service: pages, query: '/{status}'}}",
+         "errors.status[0]: '500-4xx' is not a status code or a range"),
+        ("{errors: {status: ['500'], service: nowhere, query: '/{status}'}}",
+         'errors.service: service "nowhere" does not exist'),
+        ("{errors: {status: ['599-500'], service: pages}}",
+         "errors.status[0]: '599-500': codes go from 100 to 599, low to high"),
+        ("{buffering: {retryExpression: 'IsNetworkError() && Attempts() < 2'}}",
+         "buffering.retryExpression: not supported"),
+    ], file="bad.yaml", services=f'pages: {{loadBalancer: {{servers: [{{url: "{NOWHERE}"}}]}}}}')
 
 
 def test_outcomes_are_counted_and_logged_without_credentials(conf_d, wsgi_server, tmp_path):
