@@ -8,7 +8,6 @@ import hashlib
 import os
 import socket
 import tempfile
-import textwrap
 import time
 from typing import Any, Callable, Dict, Iterable, List, Set
 
@@ -18,6 +17,7 @@ import requests
 from gatekeeper.app import Gateway, edge_stack
 from gatekeeper.ops.echo import echo_app
 from tests.conftest import status_of
+from tests.middleware_gateway import config_errors, one_middleware, serve_routes
 
 
 def spooled_files() -> Set[str]:
@@ -62,18 +62,8 @@ def serve(conf_d, wsgi_server, upstream):
     backend = wsgi_server(upstream)
 
     def start(options: str, max_body_bytes=None) -> str:
-        conf_d("routes.yaml", textwrap.dedent(f"""
-            http:
-              routers:
-                app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [buffer]}}
-              middlewares:
-                buffer: {{buffering: {options}}}
-              services:
-                app: {{loadBalancer: {{servers: [{{url: "{backend.url}"}}]}}}}
-            """))
-        gateway = Gateway(conf_d.root)
-        assert not gateway.config.errors, [str(e) for e in gateway.config.errors]
-        return wsgi_server(edge_stack(gateway, max_body_bytes=max_body_bytes)).url
+        return serve_routes(conf_d, wsgi_server, one_middleware("buffering", options, "buffer", backend.url),
+                            wrap=lambda gateway: edge_stack(gateway, max_body_bytes=max_body_bytes))
     return start
 
 
@@ -153,16 +143,8 @@ def test_a_slow_uploader_holds_only_its_own_request(serve):
     ("{maxBodyBytes: 1}", 'buffering: unknown field "maxBodyBytes"'),
 ], ids=["negative", "not-a-number", "retry-expression", "unknown"])
 def test_bad_options_fail_closed(conf_d, options, message):
-    conf_d("routes.yaml", f"""
-        http:
-          routers:
-            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [buffer]}}
-          middlewares:
-            buffer: {{buffering: {options}}}
-          services:
-            app: {{loadBalancer: {{servers: [{{url: "http://127.0.0.1:1"}}]}}}}
-        """)
-    errors = [str(e) for e in Gateway(conf_d.root).config.errors]
+    conf_d("routes.yaml", one_middleware("buffering", options, "buffer"))
+    errors = config_errors(Gateway(conf_d.root))
     assert errors and 'middleware "buffer@file": ' + message in errors[0], errors
 
 

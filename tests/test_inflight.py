@@ -13,6 +13,7 @@ import requests
 
 from gatekeeper.app import Gateway
 from tests.conftest import RunningServer, wait_until
+from tests.middleware_gateway import built, config_errors, one_middleware, routes_yaml
 
 
 class SlowUpstream:
@@ -54,19 +55,11 @@ def gateway(conf_d, wsgi_server, free_port) -> Iterator[Callable[..., tuple]]:
     def start(inflight: str) -> tuple:
         upstream = SlowUpstream()
         server = wsgi_server(upstream)
-        conf_d("routes.yaml", f"""
-            http:
-              routers:
-                app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [inflight]}}
-                down: {{rule: "PathPrefix(`/down`)", service: down, middlewares: [inflight], priority: 100}}
-              middlewares:
-                inflight: {{inFlightReq: {inflight}}}
-              services:
-                app: {{loadBalancer: {{servers: [{{url: "{server.url}"}}]}}}}
-                down: {{loadBalancer: {{servers: [{{url: "http://127.0.0.1:{free_port}"}}]}}}}
-            """)
-        gw = Gateway(conf_d.root)
-        assert not gw.config.errors, [str(e) for e in gw.config.errors]
+        conf_d("routes.yaml", routes_yaml(
+            f"inflight: {{inFlightReq: {inflight}}}", "[inflight]", server.url,
+            routers='down: {rule: "PathPrefix(`/down`)", service: down, middlewares: [inflight], priority: 100}',
+            services=f'down: {{loadBalancer: {{servers: [{{url: "http://127.0.0.1:{free_port}"}}]}}}}'))
+        gw = built(conf_d.root)
         started.append(RunningServer(gw))
         return started[-1], upstream
     yield start
@@ -136,14 +129,6 @@ def test_source_criterion_header(gateway):
     ("{amount: 1, amout: 2}", 'inFlightReq: unknown field "amout"'),
 ], ids=["missing", "zero", "text", "two-strategies", "unknown"])
 def test_bad_options_are_refused_and_the_router_answers_503(conf_d, options, message):
-    conf_d("routes.yaml", f"""
-        http:
-          routers:
-            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: [inflight]}}
-          middlewares:
-            inflight: {{inFlightReq: {options}}}
-          services:
-            app: {{loadBalancer: {{servers: [{{url: "http://127.0.0.1:9"}}]}}}}
-        """)
-    errors = [str(e) for e in Gateway(conf_d.root).config.errors]
+    conf_d("routes.yaml", one_middleware("inFlightReq", options, "inflight"))
+    errors = config_errors(Gateway(conf_d.root))
     assert any(message in e and 'middleware "inflight@file"' in e for e in errors), errors
