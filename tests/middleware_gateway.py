@@ -59,6 +59,14 @@ def config_errors(gateway: Gateway) -> List[str]:
     return [str(e) for e in gateway.config.errors]
 
 
+def new_conf_d(tmp_path: Path, name: str, manifest: str) -> Path:
+    """A fresh ``conf.d`` under ``tmp_path`` holding ``manifest`` (dedented) as ``name``; its path."""
+    root = tmp_path / "conf.d"
+    root.mkdir()
+    (root / name).write_text(textwrap.dedent(manifest))
+    return root
+
+
 def built(root: Path, **options: Any) -> Gateway:
     """A Gateway over ``root`` whose configuration must have no errors (the test would prove nothing)."""
     gateway = Gateway(root, **options)

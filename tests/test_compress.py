@@ -19,7 +19,7 @@ import zstandard
 from gatekeeper.app import Gateway
 from gatekeeper.ops.exchange import Exchange, observe
 from tests.conftest import RunningServer
-from tests.middleware_gateway import check_refuses
+from tests.middleware_gateway import built, check_refuses, new_conf_d
 from tests.test_upstream_faults import RawUpstream, read_request, reset
 
 STREAM_GO = gevent.event.Event()
@@ -95,9 +95,7 @@ def running_raw() -> Iterator[Callable[..., RawUpstream]]:
 
 
 def make_gateway(tmp_path: Path, backend: str) -> Gateway:
-    root = tmp_path / "conf.d"
-    root.mkdir()
-    (root / "routes.yaml").write_text(f"""
+    root = new_conf_d(tmp_path, "routes.yaml", f"""
 http:
   routers:
     d: {{rule: "PathPrefix(`/d/`)", service: app, middlewares: [plain]}}
@@ -114,9 +112,7 @@ http:
   services:
     app: {{loadBalancer: {{servers: [{{url: "{backend}"}}]}}}}
 """)
-    gw = Gateway(root)
-    assert not gw.config.errors, [str(e) for e in gw.config.errors]
-    return gw
+    return built(root)
 
 
 class Answer:

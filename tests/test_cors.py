@@ -11,10 +11,9 @@ from typing import Dict, Iterator, Optional
 import pytest
 import requests
 
-from gatekeeper.app import Gateway
 from gatekeeper.jwt.mint import mint
 from tests.conftest import RunningServer
-from tests.middleware_gateway import check_refuses
+from tests.middleware_gateway import built, check_refuses, new_conf_d
 
 SECRET = "cors-secret-0123456789abcdef0123456789"
 APP = "https://app.example"
@@ -22,9 +21,7 @@ APP = "https://app.example"
 
 @pytest.fixture
 def gateway(tmp_path: Path, echo_upstream) -> Iterator[str]:
-    root = tmp_path / "conf.d"
-    root.mkdir()
-    (root / "routes.yaml").write_text(f"""
+    root = new_conf_d(tmp_path, "routes.yaml", f"""
 http:
   routers:
     c: {{rule: "PathPrefix(`/c/`)", service: app, middlewares: [cors]}}
@@ -64,8 +61,7 @@ http:
   services:
     app: {{loadBalancer: {{servers: [{{url: "{echo_upstream.url}"}}]}}}}
 """)
-    gw = Gateway(root)
-    assert not gw.config.errors, [str(e) for e in gw.config.errors]
+    gw = built(root)
     server = RunningServer(gw)
     yield server.url
     server.stop()

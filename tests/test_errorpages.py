@@ -5,7 +5,6 @@ page service's servers."""
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 from typing import Any, Callable, Dict, Iterator, List
 
@@ -14,6 +13,7 @@ import requests
 
 from gatekeeper.app import Gateway
 from gatekeeper.jwt.mint import mint
+from tests.middleware_gateway import built, config_errors, jwt_options, routes_yaml
 
 SECRET = "errors-secret-0123456789abcdef012345"
 
@@ -47,24 +47,14 @@ def gateway(conf_d, wsgi_server, echo_upstream):
     """``gateway(errors_options, pages_url, chain)`` -> (Gateway, url)."""
     def start(options: str, pages_url: str, chain: str = "[errors]"):
         conf_d("routes.yaml", write_routes(options, pages_url, chain, echo_upstream.url))
-        gw = Gateway(conf_d.root)
-        assert not gw.config.errors, [str(e) for e in gw.config.errors]
+        gw = built(conf_d.root)
         return gw, wsgi_server(gw).url
     return start
 
 
 def write_routes(options: str, pages_url: str, chain: str, app_url: str) -> str:
-    return textwrap.dedent(f"""
-        http:
-          routers:
-            app: {{rule: "PathPrefix(`/`)", service: app, middlewares: {chain}}}
-          middlewares:
-            errors: {{errors: {options}}}
-            auth: {{plugin: {{jwt: {{signingSecret: "{SECRET}"}}}}}}
-          services:
-            app: {{loadBalancer: {{servers: [{{url: "{app_url}"}}]}}}}
-            pages: {{loadBalancer: {{servers: [{{url: "{pages_url}"}}]}}}}
-        """)
+    return routes_yaml(f"errors: {{errors: {options}}}\nauth: {jwt_options(SECRET)}", chain, app_url,
+                       services=f'pages: {{loadBalancer: {{servers: [{{url: "{pages_url}"}}]}}}}')
 
 
 CATCH_5XX = "{status: ['500-599', '404'], service: pages, query: '/{status}.html?o={originalStatus}&u={url}'}"
@@ -173,7 +163,7 @@ def test_a_reload_follows_the_page_service_servers(gateway, pages, conf_d, echo_
 def test_bad_options_fail_closed(conf_d, echo_upstream, wsgi_server, options, message):
     conf_d("routes.yaml", write_routes(options, echo_upstream.url, "[errors]", echo_upstream.url))
     gw = Gateway(conf_d.root)
-    errors = [str(e) for e in gw.config.errors]
+    errors = config_errors(gw)
     assert errors and 'middleware "errors@file": ' in errors[0] and message in errors[0], errors
     assert requests.get(wsgi_server(gw).url + "/x", timeout=5).status_code == 503
 

@@ -15,6 +15,7 @@ import requests
 from gatekeeper.app import Gateway
 from gatekeeper.ops.view import MASK, middleware_options, secret_values
 from tests.conftest import RunningServer
+from tests.middleware_gateway import new_conf_d
 
 SIGNING = "view-signing-secret-0123456789abcdef"
 PASSWORD = "alice-password-123"
@@ -31,9 +32,7 @@ SECRETS = [SIGNING, SHA_HASH, SHA_HASH[5:], REDIS_PASSWORD, STORE_PASSWORD, "MII
 
 @pytest.fixture
 def admin(tmp_path: Path, echo_upstream) -> Iterator[str]:
-    root = tmp_path / "conf.d"
-    root.mkdir()
-    (root / "mw.yaml").write_text(f"""
+    root = new_conf_d(tmp_path, "mw.yaml", f"""
 http:
   routers:
     r: {{rule: "PathPrefix(`/`)", service: app, middlewares: [jwt, basic, limit, shared, auth, hdr]}}
