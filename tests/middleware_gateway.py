@@ -147,11 +147,11 @@ def check_refuses(conf_d: Callable[..., Path], kind: str, bad_options: Sequence[
     conf_d(file, "http:\n  routers:\n" + routers + "  middlewares:\n" + middlewares
            + f'  services:\n    s: {{loadBalancer: {{servers: [{{url: "{NOWHERE}"}}]}}}}\n'
            + textwrap.indent(textwrap.dedent(services), "    "))
-    result = subprocess.run([sys.executable, "-m", "gatekeeper", "check", str(conf_d.root)],  # type: ignore
+    result = subprocess.run([sys.executable, "-m", "gatekeeper", "check", str(conf_d.root)],  # type: ignore[attr-defined]
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     for i, (name, (_, error)) in enumerate(zip(names, bad_options)):
-        line = next((x for x in lines if f'middleware "{name}@file"' in x), "")
-        assert f'{file}:{first_line + i}: middleware "{name}@file"' in line and error in line, (error, result.stdout)
-    return result.stdout
+        where = f'{file}:{first_line + i}: middleware "{name}@file"'
+        assert any(where in line and error in line for line in lines), (where, error, result.stdout)
+    return str(result.stdout)
