@@ -52,6 +52,22 @@ def test_check_reports_problems_exit_1(conf_d):
     assert "2 problem(s)" in out.splitlines()[-1] or "problem(s)" in out.splitlines()[-1]
 
 
+def test_check_into_a_reader_that_leaves_early_prints_no_traceback(conf_d):
+    """``gatekeeper check conf.d | head``: the pipe closes under the writer; one exit status, no traceback."""
+    routers = "".join(f"    r{i}: {{rule: 'Path(`/{i}`)', service: missing-{i}}}\n" for i in range(3000))
+    conf_d("many.yaml", "http:\n  routers:\n" + routers)
+    proc = subprocess.Popen([sys.executable, "-m", "gatekeeper", "check", str(conf_d.root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()                    # the reader leaves, as head does after its lines
+    errors = proc.stderr.read()
+    proc.stderr.close()
+    proc.wait(timeout=60)
+    assert b"answers 503" in first
+    assert proc.returncode == 1
+    assert b"Traceback" not in errors and b"BrokenPipe" not in errors, errors.decode()
+
+
 def test_check_unreadable_dir_exit_1(tmp_path):
     result = gatekeeper("check", str(tmp_path / "missing"))
     assert result.returncode == 1

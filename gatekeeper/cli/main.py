@@ -6,6 +6,7 @@ defaults of ``serve`` are :class:`gatekeeper.cli.serve.Settings`'s.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Callable, FrozenSet, List, NoReturn, Optional, Tuple
 
@@ -278,7 +279,13 @@ def run_check(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    status: int = args.func(args)
+    try:
+        status: int = args.func(args)
+    except BrokenPipeError:
+        # `gatekeeper check | head`: the reader left; say nothing more (no traceback), as Unix tools do.
+        # stdout goes to /dev/null so the interpreter's own flush at exit cannot raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return status
 
 
