@@ -21,6 +21,19 @@ from gatekeeper.wsgi import Headers
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
+def request_heads(conn: socket.socket) -> Iterator[bytes]:
+    """Each request head (bodiless requests) a client sends on ``conn``, until it closes."""
+    data = b""
+    while True:
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        yield head
+
+
 class ScriptedUpstream:
     """Answers the first request it sees with ``first`` (raw bytes, in one send), every later one with OK."""
 
@@ -42,15 +55,8 @@ class ScriptedUpstream:
             threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
 
     def serve(self, conn: socket.socket) -> None:
-        data = b""
         with conn:
-            while True:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                _, _, data = data.partition(b"\r\n\r\n")
+            for _ in request_heads(conn):
                 self.requests += 1
                 conn.sendall(self.first if self.requests == 1 else OK)
 
@@ -109,15 +115,8 @@ class TricklingUpstream(ScriptedUpstream):
 
     def serve(self, conn: socket.socket) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        data = b""
         with conn:
-            while True:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                _, _, data = data.partition(b"\r\n\r\n")
+            for _ in request_heads(conn):
                 self.requests += 1
                 for piece in self.split(self.answer):
                     conn.sendall(piece)
