@@ -205,21 +205,6 @@ class StaleSince:
                                                                                 item[0][1]))]
 
 
-def native_thread() -> Optional[Tuple[Callable[..., Any], Callable[[float], None]]]:
-    """(start a native thread, sleep in it) when gevent has patched this process, else None.
-
-    The sampler reads counters (~20 ms for 20,000 detail rows) or every worker's files (~0.25 s for 1,000
-    routers with traffic): on the hub that would hold every request of the process for as long. In a native
-    thread the hub keeps serving (they share the GIL, which switches every 5 ms)."""
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return None
-    if not monkey.is_module_patched("threading"):
-        return None
-    return monkey.get_original("_thread", "start_new_thread"), monkey.get_original("time", "sleep")
-
-
 class DashboardSource:
     """``state()`` for :func:`make_dashboard`: the admin ``/config`` document plus traffic and reloads.
 
@@ -282,18 +267,16 @@ class DashboardSource:
             self.traffic.add(now, self.totals())
 
     def start(self) -> "DashboardSource":
-        """Sample once a second in the background: a native thread when it reads counters or files and gevent
-        serves this process (nothing in it touches gevent), else a daemon thread (a greenlet under gevent)."""
+        """Sample once a second in the background, in a daemon thread (a greenlet under gevent).
+
+        Not a native thread: the cyclic garbage collector runs in whichever thread allocates, so a native
+        thread would run other objects' finalizers (a connection pool's, an inFlightReq slot's) away from
+        the hub, where their gevent locks cannot be taken. Long reads yield to the hub instead (totals.py)."""
         if not self._started:
             self._started = True
             self.sample()
-            native = native_thread() if (self.counts is not None or self.worker_files) else None
-            if native is not None:
-                start_thread, sleep = native
-                start_thread(self._run, (sleep,))
-            else:
-                threading.Thread(target=self._run, args=(self._stop.wait,),
-                                 name="dashboard-sampler", daemon=True).start()
+            threading.Thread(target=self._run, args=(self._stop.wait,),
+                             name="dashboard-sampler", daemon=True).start()
         return self
 
     def _run(self, sleep: Callable[[float], Any]) -> None:

@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+import gevent
+
 Totals = Dict[str, Dict[str, Any]]            # per router: requests, status counts, latency sum/count, jwt
 
 
@@ -56,6 +58,9 @@ WORKER_KEYS = ('["gatekeeper_detail_request_duration_seconds", ', '["gatekeeper_
                '["gatekeeper_request_duration_seconds", ', '["gatekeeper_jwt_outcomes", ')
 
 
+YIELD_EVERY = 2000  # values read between two yields to the hub (a few ms of work)
+
+
 def worker_file_totals(directory: str) -> Optional[Totals]:
     """The totals of every worker read from prometheus_client's multiprocess files, only the samples the
     dashboard needs (requests by router and status, latency, JWT outcomes); None when the files hold none of
@@ -76,7 +81,9 @@ def worker_file_totals(directory: str) -> Optional[Totals]:
             values = MmapedDict.read_all_values_from_file(path)  # type: ignore[no-untyped-call]
         except FileNotFoundError:   # a worker's files removed between the glob and the read
             continue
-        for key, value, _timestamp, _position in values:
+        for count, (key, value, _timestamp, _position) in enumerate(values):
+            if count % YIELD_EVERY == YIELD_EVERY - 1:
+                gevent.sleep(0)   # the hub serves requests between slices of a long read
             parsed = parsed_key(key)
             if parsed is None:
                 continue
