@@ -337,12 +337,17 @@ def test_sampling_under_workers_adds_every_worker(conf_d, echo_upstream, tmp_pat
     conf_d("api.yaml", lb_manifest('open: {rule: "PathPrefix(`/open`)", service: s}', echo_upstream.url))
     gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--admin", "127.0.0.1:0", "--workers", "2")
     try:
-        for _ in range(20):
-            with requests.Session() as fresh:     # new connections: both workers take some
+        sent, pids = 0, set()
+
+        def both_workers_answered() -> bool:   # new connections until both have (the kernel picks the worker)
+            nonlocal sent
+            with requests.Session() as fresh:
                 assert fresh.get(gk.url + "/open/x", timeout=5).status_code == 200
-        assert wait_for(lambda: row_named(gk, "routers", "open")[6] == "20", timeout=15)
-        pids = {line.split("pid=")[1].split()[0] for line in gk.access_lines() if "pid=" in line}
-        assert len(pids) == 2, "the test needs both workers to answer"
+            sent += 1
+            pids.update(line.split("pid=")[1].split()[0] for line in gk.access_lines() if "pid=" in line)
+            return sent >= 20 and len(pids) == 2
+        assert wait_for(both_workers_answered, timeout=30), "the test needs both workers to answer"
+        assert wait_for(lambda: row_named(gk, "routers", "open")[6] == str(sent), timeout=15)
         assert wait_for(lambda: len(row_named(gk, "routers", "open")[10]) >= 2, timeout=15)
     finally:
         assert gk.stop() == 0
