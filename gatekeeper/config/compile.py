@@ -113,11 +113,7 @@ class Builder:
             return self.build_failover(definition, trail)
         children, names = [], []
         for child_name, weight in definition.children:
-            if child_name in trail:
-                raise ConfigError(f"weighted: service \"{child_name}\" refers back to itself")
-            child = self.service(child_name, trail)
-            if child is None:
-                raise ConfigError(f"weighted: service \"{child_name}\" {self.missing('service', child_name)}")
+            child = self.service_member("weighted: service", child_name, trail)
             if child.app is None and child.definition.kind == "loadBalancer" and not child.definition.servers:
                 continue  # no endpoints right now: the other members serve, as Traefik does
             if child.app is None:
@@ -132,22 +128,33 @@ class Builder:
         return make_weighted(children, name=definition.name, sticky=definition.sticky,
                              skip_down=definition.reports_health, identities=names)
 
+    def service_member(self, where: str, name: str, trail: Tuple[str, ...]) -> BuiltService:
+        """A composite service's member, built first; ConfigError ``{where} "{name}" ...`` when it refers back
+        to a service being built or does not exist."""
+        if name in trail:
+            raise ConfigError(f'{where} "{name}" refers back to itself')
+        child = self.service(name, trail)
+        if child is None:
+            raise ConfigError(f'{where} "{name}" {self.missing("service", name)}')
+        return child
+
+    def serving_app(self, where: str, name: str, child: BuiltService) -> WSGIApp:
+        """A member's app: ConfigError ``{where} "{name}" is in error: ...`` when it has none."""
+        if child.app is None:
+            raise ConfigError(f'{where} "{name}" is in error: {child.error}')
+        return child.app
+
     def build_failover(self, definition: ServiceDef, trail: Tuple[str, ...]) -> WSGIApp:
         """``service`` while it is up, else ``fallback``: the main service must report its health (as in
         Traefik), and with ``failover.healthCheck`` the fallback too."""
         apps = []
         for role, (child_name, _) in zip(("service", "fallback"), definition.children):
-            if child_name in trail:
-                raise ConfigError(f'failover: {role} "{child_name}" refers back to itself')
-            child = self.service(child_name, trail)
-            if child is None:
-                raise ConfigError(f'failover: {role} "{child_name}" {self.missing("service", child_name)}')
-            if child.app is None:
-                raise ConfigError(f'failover: {role} "{child_name}" is in error: {child.error}')
+            child = self.service_member(f"failover: {role}", child_name, trail)
+            app = self.serving_app(f"failover: {role}", child_name, child)
             if (role == "service" or definition.reports_health) and not reports_health(child.definition):
                 raise ConfigError(f'failover: {role} "{child_name}" has no healthCheck, so whether it is up '
                                   f'cannot be known')
-            apps.append(child.app)
+            apps.append(app)
         return make_failover(apps[0], apps[1])
 
     def build_mirroring(self, definition: ServiceDef, trail: Tuple[str, ...]) -> WSGIApp:
@@ -156,14 +163,8 @@ class Builder:
         apps = []
         for role, (child_name, percent) in zip(("service", *("mirror",) * len(definition.mirrors)),
                                                (*definition.children, *definition.mirrors)):
-            if child_name in trail:
-                raise ConfigError(f'mirroring: {role} "{child_name}" refers back to itself')
-            child = self.service(child_name, trail)
-            if child is None:
-                raise ConfigError(f'mirroring: {role} "{child_name}" {self.missing("service", child_name)}')
-            if child.app is None:
-                raise ConfigError(f'mirroring: {role} "{child_name}" is in error: {child.error}')
-            apps.append((child.app, percent))
+            child = self.service_member(f"mirroring: {role}", child_name, trail)
+            apps.append((self.serving_app(f"mirroring: {role}", child_name, child), percent))
         return make_mirroring(apps[0][0], apps[1:], mirror_body=definition.mirror_body,
                               max_body_size=definition.max_body_size)
 
