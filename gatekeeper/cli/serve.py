@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Seq
 
 from gatekeeper.proxy.client import ProxyLimits
 from gatekeeper.server import DEFAULT_SERVER, Server, make_server
-from gatekeeper.server.base import Entrypoint, Refusal, ServerLimits, listen_socket, tls_context
+from gatekeeper.server.base import ACCEPT_BATCH, Entrypoint, Refusal, ServerLimits, listen_socket, tls_context
 
 Address = Tuple[str, int]
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -77,7 +77,8 @@ class Settings:
 
     def server_limits(self) -> ServerLimits:
         return ServerLimits(max_header_bytes=self.max_header_bytes, idle_timeout=self.idle_timeout,
-                            max_body_bytes=self.max_body_bytes)
+                            max_body_bytes=self.max_body_bytes,
+                            accept_batch=1 if self.workers > 1 else ACCEPT_BATCH)
 
     def entrypoints(self) -> List[Entrypoint]:
         """``--entrypoint`` listeners, or the single ``--listen`` one serving every router."""

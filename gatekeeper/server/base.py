@@ -35,16 +35,21 @@ RESPONSE_500 = (b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\nCon
 RESPONSE_502 = (b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Type: text/plain; "
                 b"charset=utf-8\r\nContent-Length: 16\r\n\r\n502 Bad Gateway\n")
 HEADER_BLOCK_ENDS = (b"\n\r\n", b"\n\n")   # an empty line after a line: the end of a header block
+ACCEPT_BATCH = 100            # connections accepted per wake-up of a listener (gevent's own default)
+TURN = 1e-6                   # a timer this short expires on the next loop iteration, after its poll for I/O
 server_log = logging.getLogger("gatekeeper.server")
 
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """Client-side limits (operations.md "Limits"): header bytes, idle seconds, optional body bytes."""
+    """Client-side limits (operations.md "Limits"): header bytes, idle seconds, optional body bytes, and
+    connections accepted per wake-up of the listener (``accept_batch``; 1 with --workers, see
+    :class:`ConnectionTracking`)."""
 
     max_header_bytes: int = 64 * 1024
     idle_timeout: float = 60.0
     max_body_bytes: Optional[int] = None
+    accept_batch: int = ACCEPT_BATCH
 
 
 # --- the header block: budget (431), folding, deadline (slowloris) --------------------------------------
@@ -176,6 +181,7 @@ class ClientConnection:
     """One client connection as :class:`ConnectionTracking` sees it, on either server."""
 
     waiting_for_request = False   # between requests: a drain may close it at once
+    turn_taken_in = -1            # the event-loop iteration this connection last started a request in
 
     def client_socket(self) -> socket.socket:
         raise NotImplementedError
@@ -183,6 +189,20 @@ class ClientConnection:
     def refused_request(self) -> Tuple[str, str, str]:
         """(peer, method, target) of the request being refused, as far as it was read."""
         raise NotImplementedError
+
+    def take_turn(self) -> None:
+        """At most one request per connection per event-loop iteration: called before each request.
+
+        A connection whose next request is already there (pipelined, or a client and an upstream that
+        answer faster than the gateway) never waits on a socket, so it never gives the loop back: one
+        client held the process for hundreds of requests while every other connection waited. A second
+        request in the same iteration first lets every other ready connection go (``sleep(0)`` runs this
+        greenlet again in the next iteration).
+        """
+        loop = gevent.get_hub().loop
+        if loop.iteration == self.turn_taken_in:
+            gevent.sleep(TURN)
+        self.turn_taken_in = loop.iteration
 
     def wake_if_idle(self) -> None:
         """During a drain: an idle keep-alive connection is closed now rather than after idle_timeout."""
@@ -200,13 +220,15 @@ class ConnectionTracking:
     open connections (the metrics gauge).
     """
 
-    # One accept per wake-up: with --workers, every worker is woken for the shared socket, and accepting
-    # up to 100 at once (gevent's default) let one worker take a whole burst of new connections.
-    max_accept = 1
-
     def init_tracking(self, limits: Optional[ServerLimits], on_refused: Optional[Callable[[Refusal], None]],
                       on_connection: Optional[Callable[[int], None]]) -> None:
         self.limits = limits or ServerLimits()
+        # Connections accepted per wake-up of the listener. One process takes a whole burst at once: at one
+        # a loop iteration, a burst waited behind every busy connection's turn (the 64th of wrk's
+        # connections got its first answer 320 ms late, c64 p99 was 5-14x p50). With --workers every
+        # worker is woken for the shared socket, and the first awake would take the whole burst: there,
+        # one (serve.py), so bursts spread over the workers.
+        self.max_accept = self.limits.accept_batch
         self.on_refused = on_refused
         self.on_connection = on_connection
         self.connections: set[ClientConnection] = set()

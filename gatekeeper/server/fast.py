@@ -272,11 +272,12 @@ class Connection(ClientConnection):
             self.sock.sendall(memoryview(data)[sent:])
 
     def serve(self) -> None:
-        """Requests in order until one ends the connection."""
+        """Requests in order until one ends the connection, one per turn of the event loop."""
         while True:
             request = self.next_request()
             if request is None:
                 return
+            self.take_turn()
             if not Reply(self, request).run():
                 return
 

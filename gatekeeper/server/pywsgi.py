@@ -103,6 +103,7 @@ class GatewayHandler(ClientConnection, WSGIHandler):  # type: ignore[misc]
     def read_requestline(self) -> str:
         if self.server.draining:
             return ""  # closes the connection: no new request once the drain began
+        self.take_turn()
         self.waiting_for_request = True
         try:
             line: str = super().read_requestline()
