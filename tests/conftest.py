@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from gatekeeper.ops.echo import named_echo_app
 from gatekeeper.server import make_server
-from gatekeeper.server.base import listen_socket
+from gatekeeper.server.listen import listen_socket
 
 
 class RunningServer:

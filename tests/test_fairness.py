@@ -13,8 +13,6 @@ from typing import List
 import gevent
 import pytest
 
-from gatekeeper.server.base import ServerLimits
-
 SERVERS = ["fast", "pywsgi"]
 PIPELINED = 200
 
@@ -91,11 +89,3 @@ def test_a_burst_of_connections_is_accepted_at_once(wsgi_server, server):
     before_last = served[:max(firsts)]
     most = max(sum(1 for p in before_last if p.startswith(f"/c{n}/")) for n in range(40))
     assert most <= 3, f"a client had {most} requests served before the last client's first"
-
-
-def test_with_workers_each_wake_up_accepts_one(wsgi_server):
-    """``--workers`` sets ``accept_batch=1``: every worker is woken for the shared socket, and the first
-    awake must not take the whole burst (tests/test_workers.py spreads connections over workers)."""
-    running = wsgi_server(recording_app([]), limits=ServerLimits(accept_batch=1))
-    assert running.server.max_accept == 1
-    assert wsgi_server(recording_app([])).server.max_accept == 100

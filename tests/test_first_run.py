@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from gatekeeper.jwt.mint import mint
-from gatekeeper.server.base import parse_address
+from gatekeeper.server.listen import parse_address
 from tests.conftest import RunningServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,10 +29,13 @@ def serve(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A loopback port something else listens on."""
+@pytest.fixture(params=[False, True], ids=["plain", "reuseport"])
+def taken_port(request) -> Iterator[int]:
+    """A loopback port something else listens on: plainly, or with SO_REUSEPORT as another gatekeeper's
+    workers do (a new group must not silently share the port with it)."""
     with socket.socket() as sock:
+        if request.param:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         yield int(sock.getsockname()[1])
@@ -42,7 +45,8 @@ def taken_port() -> Iterator[int]:
     (["--listen", "127.0.0.1:{port}"], "traffic listener (--listen)"),
     (["--entrypoint", "web=127.0.0.1:{port}"], "entry point web"),
     (["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:{port}"], "admin listener (--admin)"),
-], ids=["listen", "entrypoint", "admin"])
+    (["--workers", "2", "--listen", "127.0.0.1:{port}"], "traffic listener (--listen)"),
+], ids=["listen", "entrypoint", "admin", "workers"])
 def test_a_port_in_use_names_the_listener_and_address_before_loading(taken_port: int, args: List[str],
                                                                    listener: str) -> None:
     result = serve(*(a.format(port=taken_port) for a in args))

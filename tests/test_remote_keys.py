@@ -32,7 +32,7 @@ from gatekeeper.jwt.mint import mint, new_key_pem, public_jwk
 from gatekeeper.jwt.refusals import DESCRIPTIONS
 from gatekeeper.ops.echo import named_echo_app
 from gatekeeper.server import make_server
-from gatekeeper.server.base import listen_socket
+from gatekeeper.server.listen import listen_socket
 
 DISCOVERY = "/.well-known/openid-configuration"
 SEED = Path(__file__).resolve().parent / "data" / "seed"  # verbatim copy of shared/seed's YAML

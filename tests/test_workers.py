@@ -3,9 +3,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Dict, List
 
 import pytest
 import requests
@@ -46,6 +49,36 @@ def test_requests_served_by_two_workers_and_counted_once(workers):
     assert live_pids(workers) == pids
 
 
+def served_by(gk, paths: List[str]) -> Dict[str, str]:
+    """path -> pid of the worker that served it, from the access log."""
+    found = {}
+    for line in gk.access_lines():
+        match = re.search(r"pid=(\d+) .*path=(\S+)", line)
+        if match and match.group(2) in paths:
+            found[match.group(2)] = match.group(1)
+    return found
+
+
+def test_a_burst_of_connections_is_spread_over_the_workers(workers):
+    """40 connections opened together, then one request on each: both workers serve some. Each worker has
+    its own SO_REUSEPORT socket; on one shared socket the first worker awake took a whole burst."""
+    assert wait_for(lambda: len(live_pids(workers)) == 2)
+    host, port = workers.url.removeprefix("http://").split(":")
+    conns = [socket.create_connection((host, int(port)), timeout=5) for _ in range(40)]
+    try:
+        for n, conn in enumerate(conns):
+            conn.sendall(b"GET /a/burst-%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
+        for conn in conns:
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for conn in conns:
+            conn.close()
+    paths = [f"/a/burst-{n}" for n in range(40)]
+    assert wait_for(lambda: len(served_by(workers, paths)) == 40)
+    counts = Counter(served_by(workers, paths).values())
+    assert len(counts) == 2 and min(counts.values()) >= 5, counts
+
+
 def test_reload_seen_by_every_worker(workers, conf_d):
     assert wait_for(lambda: len(live_pids(workers)) == 2)  # both up, signal handlers and watchers in place
     conf_d("more.yaml", "http:\n  routers:\n    b: {rule: \"PathPrefix(`/b`)\", service: s@file}\n")
@@ -65,6 +98,14 @@ def test_killed_worker_replaced(workers):
     assert "worker %s exited" % victim in workers.log()
     assert all(requests.get(workers.url + "/a", timeout=5).ok for _ in range(4))
     assert workers.proc.poll() is None
+    # The replacement serves the dead worker's socket: new connections reach both live workers.
+    sent: List[str] = []
+
+    def both_serve() -> bool:
+        sent.append(f"/a/after-{len(sent)}")
+        assert requests.get(workers.url + sent[-1], timeout=5).ok
+        return set(served_by(workers, sent).values()) == live_pids(workers)
+    assert wait_for(both_serve, timeout=20), (served_by(workers, sent), live_pids(workers))
 
 
 def test_stop_ends_every_worker(workers):

@@ -12,7 +12,7 @@ from typing import Any, Callable, FrozenSet, List, NoReturn, Optional, Tuple
 
 from gatekeeper.cli.serve import DEFAULTS, Settings
 from gatekeeper.server import SERVERS
-from gatekeeper.server.base import Entrypoint, parse_address, parse_entrypoint
+from gatekeeper.server.listen import Entrypoint, parse_address, parse_entrypoint
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Seq
 
 from gatekeeper.proxy.client import ProxyLimits
 from gatekeeper.server import DEFAULT_SERVER, Server, make_server
-from gatekeeper.server.base import ACCEPT_BATCH, Entrypoint, Refusal, ServerLimits, listen_socket, tls_context
+from gatekeeper.server.base import Refusal, ServerLimits
+from gatekeeper.server.listen import Entrypoint, listen_group, listen_socket, tls_context
 
 Address = Tuple[str, int]
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -77,8 +78,7 @@ class Settings:
 
     def server_limits(self) -> ServerLimits:
         return ServerLimits(max_header_bytes=self.max_header_bytes, idle_timeout=self.idle_timeout,
-                            max_body_bytes=self.max_body_bytes,
-                            accept_batch=1 if self.workers > 1 else ACCEPT_BATCH)
+                            max_body_bytes=self.max_body_bytes)
 
     def entrypoints(self) -> List[Entrypoint]:
         """``--entrypoint`` listeners, or the single ``--listen`` one serving every router."""
@@ -89,16 +89,19 @@ DEFAULTS = Settings()
 
 
 class Listeners:
-    """Every socket this process serves, bound before any worker forks so all workers share them."""
+    """Every socket this process serves, bound before any worker forks. With N workers each entry point has
+    N sockets on its port (listen.listen_group), worker ``slot`` serving the slot-th; the admin listener is one
+    socket all workers share."""
 
-    def __init__(self, entrypoints: Sequence[Entrypoint], admin: Optional[Address]) -> None:
+    def __init__(self, entrypoints: Sequence[Entrypoint], admin: Optional[Address], workers: int = 1) -> None:
         self.entrypoints = list(entrypoints)
-        self.sockets: List[socket.socket] = []
+        self.groups: List[List[socket.socket]] = []
         self.admin: Optional[socket.socket] = None
         try:
             for ep in self.entrypoints:
                 listener = f"entry point {ep.name}" if ep.name else "traffic listener (--listen)"
-                self.sockets.append(listen_socket(ep.host, ep.port, listener=listener))
+                self.groups.append(listen_group(ep.host, ep.port, workers, listener=listener) if workers > 1
+                                   else [listen_socket(ep.host, ep.port, listener=listener)])
                 if ep.cert:
                     try:
                         tls_context(ep)  # fail now, in the parent, on a bad certificate or key
@@ -111,8 +114,20 @@ class Listeners:
             self.close()
             raise
 
+    def for_worker(self, slot: int) -> List[socket.socket]:
+        """The traffic sockets worker ``slot`` serves, one per entry point (slot 0 without workers)."""
+        return [group[slot] for group in self.groups]
+
+    def keep_only(self, slot: int) -> None:
+        """In worker ``slot``: close the other workers' sockets, so once they and the parent let go of one,
+        nothing queues on it for nobody."""
+        for group in self.groups:
+            for index, sock in enumerate(group):
+                if index != slot:
+                    sock.close()
+
     def all(self) -> List[socket.socket]:
-        return self.sockets + ([self.admin] if self.admin is not None else [])
+        return [sock for group in self.groups for sock in group] + ([self.admin] if self.admin is not None else [])
 
     def close(self) -> None:
         for sock in self.all():
@@ -121,7 +136,7 @@ class Listeners:
     def describe(self) -> str:
         """``http://127.0.0.1:8080`` or ``web=http://...:8080, secure=https://...:8443``."""
         shown = []
-        for ep, sock in zip(self.entrypoints, self.sockets):
+        for ep, sock in zip(self.entrypoints, self.for_worker(0)):
             host, port = sock.getsockname()[:2]
             url = f"{ep.scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
             shown.append(url if ep.name is None else f"{ep.name}={url}")
@@ -173,7 +188,7 @@ def record_refusals(*observers: Optional[Callable[[Any], None]]) -> Callable[[Re
     return refused
 
 
-def start_servers(settings: Settings, loader: Any, listeners: Listeners) -> List[Server]:
+def start_servers(settings: Settings, loader: Any, listeners: Listeners, slot: int = 0) -> List[Server]:
     """A server per listener, each entry point's gateway behind the one request edge (app.edge_stack)."""
     from gatekeeper.app import Gateway, edge_stack
     from gatekeeper.ops import metrics
@@ -187,7 +202,7 @@ def start_servers(settings: Settings, loader: Any, listeners: Listeners) -> List
                       request_path=path_settings_from_args(settings))
     on_refused = record_refusals(metrics.record_refused, access_log)
     servers: List[Server] = []
-    for ep, sock in zip(listeners.entrypoints, listeners.sockets):
+    for ep, sock in zip(listeners.entrypoints, listeners.for_worker(slot)):
         app = edge_stack(gateway if ep.name is None else gateway.for_entrypoint(ep.name),
                          max_body_bytes=limits.max_body_bytes, access_log=access_log)
         app = with_entrypoint(app, ep.name)  # the entry point's name for the access log and metrics
@@ -205,11 +220,12 @@ def start_servers(settings: Settings, loader: Any, listeners: Listeners) -> List
 
 
 def serve_process(settings: Settings, loader: Any, listeners: Listeners,
-                  announce: Callable[[], None] = lambda: None) -> int:
+                  announce: Callable[[], None] = lambda: None, slot: int = 0) -> int:
     """Serve every listener in this process until SIGTERM/SIGINT, then drain; SIGHUP reloads.
 
-    Runs as the whole program with one worker, or in each forked worker. ``announce()`` runs once the
-    signal handlers are in place, so whoever reads the start line may signal at once.
+    Runs as the whole program with one worker, or in each forked worker (``slot``: which of each entry
+    point's sockets it serves). ``announce()`` runs once the signal handlers are in place, so whoever
+    reads the start line may signal at once.
     """
     import gevent
     import gevent.event
@@ -219,7 +235,8 @@ def serve_process(settings: Settings, loader: Any, listeners: Listeners,
     from gatekeeper.ops.logs import drain_logged, reload_on_signal
     from gatekeeper.proxy import health
 
-    servers = start_servers(settings, loader, listeners)
+    listeners.keep_only(slot)
+    servers = start_servers(settings, loader, listeners, slot)
     # Background work starts here, in the serving process (with --workers: in each worker, after the
     # fork). A thread (a greenlet under gevent) started before fork() does not exist in the child: a key
     # set whose fetcher the parent had started answered every token 401 in every worker. Health checkers
@@ -300,7 +317,7 @@ def run(settings: Settings) -> int:
         return 2
     loader = make_loader(settings)
     try:  # bind first: a port in use is said at once, naming the listener and its address
-        listeners = Listeners(settings.entrypoints(), settings.admin)
+        listeners = Listeners(settings.entrypoints(), settings.admin, settings.workers)
     except (OSError, ssl.SSLError) as exc:
         print(f"gatekeeper: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -322,7 +339,7 @@ def run(settings: Settings) -> int:
     if settings.workers > 1:
         from gatekeeper.server.workers import supervise
         with metrics_across_workers():
-            code = supervise(settings.workers, lambda: serve_process(settings, loader, listeners),
+            code = supervise(settings.workers, lambda slot: serve_process(settings, loader, listeners, slot=slot),
                              grace=settings.grace, listeners=listeners.all(), announce=announce,
                              on_exit=forget_worker)
         logging.getLogger("gatekeeper.serve").info("stopped: every worker exited", extra={"fields": {

@@ -79,7 +79,7 @@ def main(argv: "List[str] | None" = None) -> None:
     monkey.patch_all(queue=False)
 
     from gatekeeper.server import make_server
-    from gatekeeper.server.base import listen_socket, parse_address
+    from gatekeeper.server.listen import listen_socket, parse_address
 
     parser = argparse.ArgumentParser(prog="python -m gatekeeper.ops.echo")
     parser.add_argument("--listen", default="127.0.0.1:9000")

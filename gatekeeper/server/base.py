@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import email.message
 import email.parser
-import errno
 import logging
 import socket
 import ssl
@@ -42,14 +41,11 @@ server_log = logging.getLogger("gatekeeper.server")
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """Client-side limits (operations.md "Limits"): header bytes, idle seconds, optional body bytes, and
-    connections accepted per wake-up of the listener (``accept_batch``; 1 with --workers, see
-    :class:`ConnectionTracking`)."""
+    """Client-side limits (operations.md "Limits"): header bytes, idle seconds, optional body bytes."""
 
     max_header_bytes: int = 64 * 1024
     idle_timeout: float = 60.0
     max_body_bytes: Optional[int] = None
-    accept_batch: int = ACCEPT_BATCH
 
 
 # --- the header block: budget (431), folding, deadline (slowloris) --------------------------------------
@@ -220,15 +216,14 @@ class ConnectionTracking:
     open connections (the metrics gauge).
     """
 
+    # A whole burst of new connections per wake-up of the listener: accepting one a loop iteration, a burst
+    # waited behind every busy connection's turn (the 64th of wrk's connections got its first answer 320 ms
+    # late; c64 p99 was 5-14x p50). Workers each have their own socket (listen.listen_group).
+    max_accept = ACCEPT_BATCH
+
     def init_tracking(self, limits: Optional[ServerLimits], on_refused: Optional[Callable[[Refusal], None]],
                       on_connection: Optional[Callable[[int], None]]) -> None:
         self.limits = limits or ServerLimits()
-        # Connections accepted per wake-up of the listener. One process takes a whole burst at once: at one
-        # a loop iteration, a burst waited behind every busy connection's turn (the 64th of wrk's
-        # connections got its first answer 320 ms late, c64 p99 was 5-14x p50). With --workers every
-        # worker is woken for the shared socket, and the first awake would take the whole burst: there,
-        # one (serve.py), so bursts spread over the workers.
-        self.max_accept = self.limits.accept_batch
         self.on_refused = on_refused
         self.on_connection = on_connection
         self.connections: set[ClientConnection] = set()
@@ -283,99 +278,6 @@ def drain(servers: Sequence[ConnectionTracking], grace: float) -> bool:
 def peer_of(address: Any) -> str:
     """The client's IP address, or ``-`` (a UNIX socket has none)."""
     return str(address[0]) if isinstance(address, tuple) else "-"
-
-
-# --- listeners: sockets, addresses, entry points, TLS -------------------------------------------------------
-
-def listen_socket(host: str, port: int, backlog: int = 1024, *, listener: str = "listener") -> socket.socket:
-    """A listening TCP socket with TCP_NODELAY set, so accepted sockets inherit it on Linux.
-
-    Without it pywsgi answered 22 req/s at one connection here (Nagle + delayed ACK). ``[::]`` is dual-stack
-    (IPv4 too), as Go binds it. A bind failure is an OSError naming ``listener`` and the address:
-    ``entry point web: cannot listen on 127.0.0.1:8080: Address already in use (...)``.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if family == socket.AF_INET6 and host == "::":
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((host, port))
-        sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        why = f"{exc.strerror or exc}{_LISTEN_HINTS.get(exc.errno or 0, '')}"
-        raise OSError(exc.errno, f"{listener}: cannot listen on {shown}: {why}") from exc
-    return sock
-
-
-_LISTEN_HINTS = {
-    errno.EADDRINUSE: " (another process is listening there: stop it, or choose another port)",
-    errno.EACCES: " (ports below 1024 need privileges: choose a port above 1023)",
-    errno.EADDRNOTAVAIL: " (no interface of this machine has that address)",
-}
-
-
-def parse_address(text: str) -> Tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); ValueError when it does not parse.
-
-    No host (``:8080``) means every IPv4 interface, as in Traefik and Go (``0.0.0.0``; ``[::]:8080`` adds IPv6).
-
-    >>> parse_address("[::1]:8080"), parse_address(":9000")
-    (('::1', 8080), ('0.0.0.0', 9000))
-    """
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"not an address HOST:PORT: {text!r}")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
-
-
-@dataclass(frozen=True)
-class Entrypoint:
-    """One traffic listener: ``--entrypoint NAME=HOST:PORT[,tls=CERT:KEY]`` (name None: plain --listen)."""
-
-    name: Optional[str]
-    host: str
-    port: int
-    cert: Optional[str] = None
-    key: Optional[str] = None
-
-    @property
-    def scheme(self) -> str:
-        return "https" if self.cert else "http"
-
-
-def parse_entrypoint(text: str) -> Entrypoint:
-    """``web=0.0.0.0:8080`` or ``secure=127.0.0.1:8443,tls=cert.pem:key.pem``; ValueError otherwise.
-
-    >>> parse_entrypoint("secure=127.0.0.1:8443,tls=cert.pem:key.pem").scheme
-    'https'
-    """
-    name, sep, rest = text.partition("=")
-    if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"expected NAME=HOST:PORT[,tls=CERT:KEY], not {text!r}")
-    address, _, option = rest.partition(",")
-    host, port = parse_address(address)
-    if not option:
-        return Entrypoint(name, host, port)
-    key, sep, value = option.partition("=")
-    cert, colon, keyfile = value.partition(":")
-    if key != "tls" or not sep or not colon or not cert or not keyfile:
-        raise ValueError(f"expected ,tls=CERT:KEY after the address, not {option!r}")
-    return Entrypoint(name, host, port, cert, keyfile)
-
-
-def tls_context(entrypoint: Entrypoint) -> ssl.SSLContext:
-    """A server context (TLS 1.2+) with the entry point's certificate chain and key."""
-    if entrypoint.cert is None:
-        raise ValueError(f"entry point {entrypoint.name} has no tls=CERT:KEY")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(entrypoint.cert, entrypoint.key)
-    return context
 
 
 class HandshakeAbandoned(gevent.GreenletExit):  # type: ignore[misc]

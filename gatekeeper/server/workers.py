@@ -1,6 +1,6 @@
 """``--workers N``: a pre-fork supervisor. The parent binds every socket, forks N workers that each serve
-them (the kernel hands each new connection to one worker), replaces a worker that dies, and fans SIGHUP and
-SIGTERM/SIGINT out to the workers.
+their own (slot) socket of each entry point (the kernel spreads new connections over them, SO_REUSEPORT),
+replaces a worker that dies in its slot, and fans SIGHUP and SIGTERM/SIGINT out to the workers.
 
 Each worker is a whole gateway: it inherited the parent's loaded configuration, watches conf.d itself and
 reloads on SIGHUP. What a worker's exit means beyond a replacement (its metrics) is the caller's:
@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import gevent
 import gevent.event
@@ -32,14 +32,15 @@ KILL_MARGIN = 5.0   # after the grace, workers still running are killed
 
 
 class Supervisor:
-    """Keeps ``count`` workers running ``work()`` until told to stop."""
+    """Keeps ``count`` workers running ``work(slot)`` until told to stop; a replacement takes the slot (its
+    sockets, with SO_REUSEPORT listeners) of the worker it replaces."""
 
-    def __init__(self, count: int, work: Callable[[], int], grace: float, listeners: Sequence[socket.socket],
+    def __init__(self, count: int, work: Callable[[int], int], grace: float, listeners: Sequence[socket.socket],
                  on_exit: Optional[Callable[[int], None]] = None) -> None:
         self.count, self.work, self.grace, self.listeners = count, work, grace, listeners
         self.on_exit_hook = on_exit
-        self.workers: Dict[int, float] = {}          # pid -> start time
-        self.exited: List[float] = []        # start times of workers that exited, to replace
+        self.workers: Dict[int, Tuple[float, int]] = {}   # pid -> (start time, slot)
+        self.exited: List[Tuple[float, int]] = []         # (start time, slot) of workers that exited, to replace
         self.changed = gevent.event.Event()
         self.stopping = False
         self.handlers: List[Any] = []
@@ -49,8 +50,8 @@ class Supervisor:
         self.handlers = [gevent.signal_handler(signal.SIGHUP, self.fan_out, signal.SIGHUP),
                          gevent.signal_handler(signal.SIGTERM, self.stop),
                          gevent.signal_handler(signal.SIGINT, self.stop)]
-        for _ in range(self.count):
-            self.spawn()
+        for slot in range(self.count):
+            self.spawn(slot)
         announce()
         while not self.stopping:
             self.changed.wait(1.0)  # a timeout keeps the hub from deciding nothing can wake us (LoopExit)
@@ -58,33 +59,33 @@ class Supervisor:
             self.replace_exited()
         return self.shutdown()
 
-    def spawn(self) -> None:
+    def spawn(self, slot: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = gevent.os.fork_and_watch(self.on_exit, ref=True)
         if pid == 0:
-            self.become_worker()
-        self.workers[pid] = time.monotonic()
+            self.become_worker(slot)
+        self.workers[pid] = (time.monotonic(), slot)
         log.info("worker %d started", pid)
 
     def on_exit(self, watcher: Any) -> None:
         """Child watcher callback (runs in the hub): note the exit and wake the main greenlet."""
-        started = self.workers.pop(watcher.pid, None)
+        worker = self.workers.pop(watcher.pid, None)
         if self.on_exit_hook is not None:
             self.on_exit_hook(watcher.pid)
-        if started is not None and not self.stopping:
+        if worker is not None and not self.stopping:
             log.error("worker %d exited (status %d); replacing it", watcher.pid, watcher.rstatus)
-            self.exited.append(started)
+            self.exited.append(worker)
         self.changed.set()
 
     def replace_exited(self) -> None:
         while self.exited and not self.stopping:
-            started = self.exited.pop()
+            started, slot = self.exited.pop()
             if time.monotonic() - started < QUICK_DEATH:
                 gevent.sleep(QUICK_DEATH)  # a worker failing at once must not become a fork loop
                 if self.stopped_meanwhile():
                     return
-            self.spawn()
+            self.spawn(slot)
 
     def stopped_meanwhile(self) -> bool:
         """Whether a stop arrived while this greenlet slept (a method, so a type checker does not take
@@ -117,7 +118,7 @@ class Supervisor:
         return 0
 
     # -- child side --------------------------------------------------------------------------------
-    def become_worker(self) -> None:
+    def become_worker(self, slot: int) -> None:
         """In the forked child: drop the parent's signal handlers and state, serve, and never return."""
         for handler in self.handlers:
             handler.cancel()
@@ -128,7 +129,7 @@ class Supervisor:
         self.exited.clear()
         code = 1
         try:
-            code = self.work()
+            code = self.work(slot)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -139,9 +140,10 @@ class Supervisor:
             os._exit(code)
 
 
-def supervise(count: int, work: Callable[[], int], *, grace: float, listeners: Sequence[socket.socket],
+def supervise(count: int, work: Callable[[int], int], *, grace: float, listeners: Sequence[socket.socket],
               announce: Callable[[], None] = lambda: None, on_exit: Optional[Callable[[int], None]] = None) -> int:
-    """Run ``work`` in ``count`` forked workers until SIGTERM/SIGINT; 0 when they all stopped.
+    """Run ``work(slot)`` in ``count`` forked workers (slots 0..count-1) until SIGTERM/SIGINT; 0 when they
+    all stopped.
 
     ``announce()`` runs once the workers are forked and the parent's signal handlers are in place;
     ``on_exit(pid)`` after each worker's exit."""
