@@ -1,6 +1,7 @@
 """Turn-taking between connections on both servers: a client whose requests are always ready (pipelined, or
-answered faster than the gateway works) gets one request per event-loop iteration, and a burst of new
-connections is accepted in one wake-up of the listener instead of one connection per loop iteration.
+answered faster than the gateway works) lets the others go once they are ready (at the latest after a short
+burst), and a burst of new connections is accepted in one wake-up of the listener instead of one connection
+per loop iteration.
 
 The app records the order it served requests in; every assertion is on that order, not on timings.
 """

@@ -36,6 +36,7 @@ RESPONSE_502 = (b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Type:
 HEADER_BLOCK_ENDS = (b"\n\r\n", b"\n\n")   # an empty line after a line: the end of a header block
 ACCEPT_BATCH = 100            # connections accepted per wake-up of a listener (gevent's own default)
 TURN = 1e-6                   # a timer this short expires on the next loop iteration, after its poll for I/O
+TURN_BURST = 16               # requests a connection may start in one loop iteration while no other is ready
 server_log = logging.getLogger("gatekeeper.server")
 
 
@@ -178,6 +179,7 @@ class ClientConnection:
 
     waiting_for_request = False   # between requests: a drain may close it at once
     turn_taken_in = -1            # the event-loop iteration this connection last started a request in
+    turns_in_a_row = 0            # requests it started in that iteration
 
     def client_socket(self) -> socket.socket:
         raise NotImplementedError
@@ -187,18 +189,25 @@ class ClientConnection:
         raise NotImplementedError
 
     def take_turn(self) -> None:
-        """At most one request per connection per event-loop iteration: called before each request.
+        """Called before each request: a connection that already started one in this event-loop iteration
+        lets the others go first when any is ready, and after ``TURN_BURST`` requests in a row regardless.
 
         A connection whose next request is already there (pipelined, or a client and an upstream that
         answer faster than the gateway) never waits on a socket, so it never gives the loop back: one
-        client held the process for hundreds of requests while every other connection waited. A second
-        request in the same iteration first lets every other ready connection go (``sleep(0)`` runs this
-        greenlet again in the next iteration).
+        client held the process for hundreds of requests while every other connection waited. Ready
+        others are the watchers this iteration's poll found and not yet run (``pendingcnt``); what arrived
+        since, the next poll finds, within a burst. The yield is a 1 µs timer: it fires in the next
+        iteration, after its poll (``sleep(0)`` is a callback, run again before any I/O). With nothing
+        else ready (one client) a connection yields once per burst, not once per request.
         """
         loop = gevent.get_hub().loop
-        if loop.iteration == self.turn_taken_in:
+        if loop.iteration != self.turn_taken_in:
+            self.turn_taken_in, self.turns_in_a_row = loop.iteration, 1
+            return
+        self.turns_in_a_row += 1
+        if loop.pendingcnt or self.turns_in_a_row > TURN_BURST:
             gevent.sleep(TURN)
-        self.turn_taken_in = loop.iteration
+            self.turn_taken_in, self.turns_in_a_row = loop.iteration, 1
 
     def wake_if_idle(self) -> None:
         """During a drain: an idle keep-alive connection is closed now rather than after idle_timeout."""
