@@ -101,9 +101,9 @@ class GatewayHandler(ClientConnection, WSGIHandler):  # type: ignore[misc]
             super().handle()
 
     def read_requestline(self) -> str:
+        self.take_turn()   # first: a drain that begins while this connection waits its turn still counts
         if self.server.draining:
             return ""  # closes the connection: no new request once the drain began
-        self.take_turn()
         self.waiting_for_request = True
         try:
             line: str = super().read_requestline()
