@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from gatekeeper.errors import ConfigError
 
@@ -89,6 +89,25 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     return f'; did you mean "{by_lower[close[0]]}"?' if close else ""
 
 
+_CANONICAL: Dict[Tuple[str, ...], Dict[str, str]] = {}
+CANONICAL_CACHE_SIZE = 256
+
+
+def canonical_names(allowed: Tuple[str, ...]) -> Dict[str, str]:
+    """``{lower-case name: name}`` of ``allowed``, made once per tuple: :func:`pick` runs for every router,
+    service and option block of a conf.d (40,000 times for 10,000 tenants), always with one of a few tuples.
+
+    >>> canonical_names(("rule", "entryPoints"))
+    {'rule': 'rule', 'entrypoints': 'entryPoints'}
+    """
+    found = _CANONICAL.get(allowed)
+    if found is None:
+        found = {name.lower(): name for name in allowed}
+        if len(_CANONICAL) < CANONICAL_CACHE_SIZE:
+            _CANONICAL[allowed] = found
+    return found
+
+
 def pick(obj: Any, allowed: Iterable[str], where: str) -> Dict[str, Any]:
     """Fields of a mapping keyed by their canonical name, matching names case-insensitively like Traefik.
 
@@ -107,7 +126,7 @@ def pick(obj: Any, allowed: Iterable[str], where: str) -> Dict[str, Any]:
     if not isinstance(obj, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type_name(obj)}", line=line_of(obj))
     allowed = tuple(allowed)
-    canonical = {name.lower(): name for name in allowed}
+    canonical = canonical_names(allowed)
     out: Dict[str, Any] = {}
     for key, value in obj.items():
         name = canonical.get(str(key).lower())
