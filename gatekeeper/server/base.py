@@ -35,7 +35,6 @@ RESPONSE_502 = (b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Type:
                 b"charset=utf-8\r\nContent-Length: 16\r\n\r\n502 Bad Gateway\n")
 HEADER_BLOCK_ENDS = (b"\n\r\n", b"\n\n")   # an empty line after a line: the end of a header block
 ACCEPT_BATCH = 100            # connections accepted per wake-up of a listener (gevent's own default)
-TURN = 1e-6                   # a timer this short expires on the next loop iteration, after its poll for I/O
 TURN_BURST = 16               # requests a connection may start in one loop iteration while no other is ready
 server_log = logging.getLogger("gatekeeper.server")
 
@@ -196,17 +195,20 @@ class ClientConnection:
         answer faster than the gateway) never waits on a socket, so it never gives the loop back: one
         client held the process for hundreds of requests while every other connection waited. Ready
         others are the watchers this iteration's poll found and not yet run (``pendingcnt``); what arrived
-        since, the next poll finds, within a burst. The yield is a 1 µs timer: it fires in the next
-        iteration, after its poll (``sleep(0)`` is a callback, run again before any I/O). With nothing
+        since, the next poll finds, within a burst. The yield is a timer of 0 s: it fires in the next
+        iteration, after its poll (``sleep(0)`` is a callback, run again before any I/O; a timer of 1 µs
+        could make libev's poll block for its 1 ms minimum when the timer is not yet due). With nothing
         else ready (one client) a connection yields once per burst, not once per request.
         """
-        loop = gevent.get_hub().loop
+        hub = gevent.get_hub()
+        loop = hub.loop
         if loop.iteration != self.turn_taken_in:
             self.turn_taken_in, self.turns_in_a_row = loop.iteration, 1
             return
         self.turns_in_a_row += 1
         if loop.pendingcnt or self.turns_in_a_row > TURN_BURST:
-            gevent.sleep(TURN)
+            with loop.timer(0) as turn:   # already due: the poll before it does not block
+                hub.wait(turn)
             self.turn_taken_in, self.turns_in_a_row = loop.iteration, 1
 
     def wake_if_idle(self) -> None:
