@@ -57,12 +57,24 @@ def test_field_names_are_case_insensitive(conf_d):
     assert config.services["a@file"].definition.pass_host_header is False
 
 
-def test_duplicate_names_first_file_wins(conf_d):
+def test_a_name_defined_twice_differently_serves_neither(conf_d):
+    """No guess at which was meant: the first file's rule answers 503 (its router is in error)."""
     conf_d("a.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/a`)', service: s}\n" + SERVICE.replace(" a:", " s:"))
     conf_d("b.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/b`)', service: s}\n")
     config = compile_dir(conf_d.root)
-    assert config.routers[0].definition.rule == "Path(`/a`)"
-    assert any('b.yaml:3: router "r@file": defined again (first definition in a.yaml:3 wins)' in m
+    (router,) = config.routers
+    assert router.definition.rule == "Path(`/a`)" and router.error is not None
+    assert any('b.yaml:3: router "r@file": defined again, differently (first definition in a.yaml:3)' in m
+               for m in messages(config))
+
+
+def test_a_name_defined_twice_the_same_way_serves(conf_d):
+    conf_d("a.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/a`)', service: s}\n" + SERVICE.replace(" a:", " s:"))
+    conf_d("b.yaml", "http:\n  routers:\n    r: {rule: 'Path(`/a`)', service: s}\n")
+    config = compile_dir(conf_d.root)
+    (router,) = config.routers
+    assert router.error is None
+    assert any('b.yaml:3: router "r@file": defined again, the same way (the definition in a.yaml:3 serves)' in m
                for m in messages(config))
 
 

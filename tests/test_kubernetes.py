@@ -276,14 +276,15 @@ spec: {{ports: [{{name: http, port: 80}}]}}
 
 
 
-def test_weighted_members_are_shared_and_conflicts_reported(conf_d):
+def test_weighted_members_are_shared_and_conflicts_refused(conf_d):
     first = ingress_route("[{name: web, port: 80}, {name: web, port: metrics}]")
     second = first.replace("my-app", "other").replace("port: metrics}", "port: metrics, scheme: https}")
     defs, errors = read_definitions(conf_d, first, second, WEB_SERVICE, web_slice("- addresses: [10.0.0.1]"))
-    assert [s.url for s in defs.services["apps-web-metrics@kubernetescrd"].servers] == ["http://10.0.0.1:9100"]
+    assert "apps-web-metrics@kubernetescrd" not in defs.services  # two schemes for one port: neither is guessed
     assert len(defs.routers) == 2 and "apps-web-80@kubernetescrd" in defs.services
-    assert errors == ['all.yaml:20: service "apps-web-metrics@kubernetescrd": defined again '
-                      '(first definition in all.yaml:9 wins)']
+    assert errors == ['all.yaml:20: service "apps-web-metrics@kubernetescrd": defined again, differently (first '
+                      'definition in all.yaml:9): neither definition serves until one is renamed or removed; names '
+                      'are global across conf.d (Kubernetes objects are namespace-name@kubernetescrd)']
 
 
 def test_a_traefik_service_reference_reaches_another_provider(conf_d):
@@ -443,7 +444,7 @@ spec:
     ("apiVersion: v1\nkind: Secret\nmetadata: {namespace: apps}\n",
      "all.yaml:1: Secret: metadata.name: expected a string"),
     (WEB_SERVICE + "---" + WEB_SERVICE,
-     "all.yaml:11: Service apps/web: defined again (first definition in all.yaml wins)"),
+     "all.yaml:11: Service apps/web: defined again, the same way (the definition in all.yaml serves)"),
     (ingress_route("[{name: web, port: 80, serversTransport: mytransport}]"),
      "spec.routes[0].services[0].serversTransport: ServersTransport objects are not supported"),
     (ingress_route("[{name: web, port: 80, nativeLB: true}]"),

@@ -39,6 +39,14 @@ def address(text: str) -> Tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def entrypoint_name(text: str) -> str:
+    """argparse type for check's ``--entrypoint``: a name, or serve's whole ``NAME=HOST:PORT...``."""
+    name = text.partition("=")[0].strip()
+    if not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an entry point NAME (or NAME=HOST:PORT)")
+    return name
+
+
 def entrypoint(text: str) -> Entrypoint:
     """argparse type for NAME=HOST:PORT[,tls=CERT:KEY]."""
     try:
@@ -96,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="load a conf.d as serve would and print every problem")
     check.add_argument("conf_d", nargs="?", default=DEFAULTS.conf_d, metavar="DIR")
+    check.add_argument("--entrypoint", action="append", type=entrypoint_name, metavar="NAME[=HOST:PORT...]",
+                       help="an entry point serve has (repeatable; serve's own --entrypoint values work too): "
+                            "routers naming another are reported")
     add_kubernetes_arguments(check)
     check.set_defaults(func=run_check)
 
@@ -262,7 +273,8 @@ def run_check(args: argparse.Namespace) -> int:
     from gatekeeper.config.providers.k8s_objects import KubeOptions
 
     kube = KubeOptions(bool(args.allow_cross_namespace), args.ingress_class or "")
-    config = compile_config(snapshot, options=CompileOptions(kubernetes=kube))
+    names = frozenset(args.entrypoint or ()) or None
+    config = compile_config(snapshot, options=CompileOptions(kubernetes=kube, entry_points=names))
     for err in config.errors:
         print(str(err))
     from gatekeeper.ops.sampler import fresh_start_lines

@@ -157,7 +157,8 @@ def make_loader(settings: Settings) -> Any:
                          response_timeout=settings.upstream_timeout)
     from gatekeeper.config.providers.k8s_objects import KubeOptions
     kube = KubeOptions(settings.allow_cross_namespace, settings.ingress_class)
-    loader = ConfigLoader(settings.conf_d, options=CompileOptions(limits=limits, kubernetes=kube),
+    names = frozenset(ep.name for ep in settings.entrypoint if ep.name) or None  # None: --listen serves all
+    loader = ConfigLoader(settings.conf_d, options=CompileOptions(limits=limits, kubernetes=kube, entry_points=names),
                           debounce=settings.debounce_ms / 1000.0)
     loader.on_reload.append(record_reload)
     return loader

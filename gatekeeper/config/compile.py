@@ -9,10 +9,10 @@ previous configuration, so a reload costs what changed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Set, Tuple, Union
+from typing import Dict, FrozenSet, List, Mapping, Optional, Set, Tuple, Union
 
 from gatekeeper.config import middlewares
-from gatekeeper.config.lastgood import Rules, keep_last_good, with_last_good_files
+from gatekeeper.config.lastgood import Rules, keep_last_good, unknown_entry_points_in_error, with_last_good_files
 from gatekeeper.config.manifests import Snapshot, paused_gc
 from gatekeeper.config.middlewares import compose
 from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef, Source, qualify
@@ -50,6 +50,7 @@ __all__ = ["CompileOptions", "compile_config"]
 class CompileOptions:
     limits: ProxyLimits = field(default_factory=ProxyLimits)
     kubernetes: KubeOptions = field(default_factory=KubeOptions)    # --allow-cross-namespace, --ingress-class
+    entry_points: Optional[FrozenSet[str]] = None  # --entrypoint names (None: one listener serves every router)
 
 
 # Middlewares built from other objects (a chain's members, an errors page's service): rebuilt on every load
@@ -283,12 +284,13 @@ def compile_config(snapshot: Snapshot, previous: Optional[Config] = None,
     memo = None
     if previous is not None and reuse:
         memo = previous.memo or memo_of(previous.routers, previous.services, previous.middlewares)
-    kept = keep_last_good(collected.definitions(), collected.failed_keys, rules, previous,
-                          memo.serving if memo is not None else frozenset())
+    serving = memo.serving if memo is not None else frozenset()
+    entry_point_errors = unknown_entry_points_in_error(collected.routers, options.entry_points, serving)
+    kept = keep_last_good(collected.definitions(), collected.failed_keys, rules, previous, serving)
     transports, transport_errors, failed_transports = read_transports(snapshot)
     defs = with_transports(kept.definitions(), transports, failed_transports)
     builder = Builder(defs, previous, options, kept.stale, root=snapshot.root, failed=collected.failed)
-    builder.errors.extend([*kept.errors, *transport_errors])
+    builder.errors.extend([*entry_point_errors, *kept.errors, *transport_errors])
     reused: Set[int] = set()
     if previous is not None and memo is not None:  # what the previous configuration built, unchanged
         found_services = unchanged_built(defs.services, previous.services, memo.services)

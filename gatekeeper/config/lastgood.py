@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import AbstractSet, Callable, Dict, List, Mapping, MutableMapping, Optional, Set, Tuple
 
 from gatekeeper.config.manifests import FileResult, Snapshot
 from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef
@@ -15,14 +15,19 @@ from gatekeeper.config.reuse import unseen
 from gatekeeper.config.table import Config
 from gatekeeper.errors import ConfigError, ExpressionError
 from gatekeeper.expr import RequestView, compile_rule
+from gatekeeper.options import did_you_mean
 
-__all__ = ["LastGood", "Rules", "keep_last_good", "with_last_good_files"]
+__all__ = ["LastGood", "Rules", "keep_last_good", "unknown_entry_points_in_error", "with_last_good_files"]
 
 
 def with_last_good_files(snapshot: Snapshot, previous: Optional[Config],
                          broken: Mapping[str, ConfigError] = {}) -> Snapshot:
-    """Files that fail to read or parse, or hold a document of a broken shape (``broken``, by file), keep
-    the documents they had in the previous configuration."""
+    """Files that fail to read or parse, hold a document of a broken shape (``broken``, by file), or turned
+    blank keep the documents they had in the previous configuration.
+
+    A blank file is most likely caught between the truncate and the write of an in-place save (``>``,
+    many editors); taking it as "delete everything here" would drop a protected router, and its requests
+    could fall through to a catch-all. Deleting the file is how its objects go away."""
     if previous is None:
         return snapshot
     before: Dict[str, FileResult] = {f.file: f for f in previous.snapshot.files}
@@ -30,6 +35,8 @@ def with_last_good_files(snapshot: Snapshot, previous: Optional[Config],
     for result in snapshot.files:
         old = before.get(result.file)
         error = broken.get(result.file) if broken else result.error
+        if error is None and result.blank and not broken:
+            error = ConfigError("the file is empty (caught mid-write?); delete it to remove what it defined")
         if error is not None and old is not None and old.documents:
             err = error.located(file=result.file)
             err = ConfigError(err.reason + " (serving the last good version of this file)",
@@ -38,6 +45,30 @@ def with_last_good_files(snapshot: Snapshot, previous: Optional[Config],
         else:
             merged.append(result)
     return replace(snapshot, files=tuple(merged))
+
+
+def unknown_entry_points_in_error(routers: MutableMapping[str, RouterDef], known: Optional[AbstractSet[str]],
+                                  serving: AbstractSet[int] = frozenset()) -> List[ConfigError]:
+    """Routers naming an entry point this gateway does not have (``known``; None: not known, as for
+    ``check`` without ``--entrypoint``) are put in error, on every entry point: a typo (``wbe``) would
+    otherwise serve the router on no listener, and what it protects would fall through to a catch-all. So
+    its rule answers 503 everywhere, unless its last good version serves (:func:`keep_last_good`).
+    ``serving``: as for :func:`keep_last_good` (those were checked when they were new)."""
+    if not known:
+        return []
+    errors = []
+    for router in list(unseen(routers.values(), serving)):
+        name = router.name
+        unknown = [ep for ep in router.entry_points if ep not in known]
+        if not unknown:
+            continue
+        reason = (f'entryPoints: "{unknown[0]}" is not an entry point of this gateway'
+                  f"{did_you_mean(unknown[0], known)} (it has {', '.join(sorted(known))}); answers 503 on every "
+                  "entry point until fixed")
+        routers[name] = replace(router, error=router.error or reason, entry_points=())
+        errors.append(ConfigError(reason, file=router.source.file, line=router.line_of("entryPoints") or None,
+                                  obj=f'router "{name}"'))
+    return errors
 
 
 class Rules:

@@ -241,6 +241,7 @@ class FileResult:
     digest: str
     documents: Tuple[Document, ...] = ()
     error: Optional[ConfigError] = None
+    blank: bool = False    # nothing but whitespace: as a truncate-then-write looks between its two steps
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,7 @@ def read_file(path: Path, root: Path) -> FileResult:
     except UnicodeDecodeError as exc:
         return FileResult(rel, digest, error=ConfigError(f"not UTF-8 text (byte {exc.start})", file=rel))
     try:
-        return FileResult(rel, digest, documents=parse_text(text, rel))
+        return FileResult(rel, digest, documents=parse_text(text, rel), blank=not text.strip())
     except ConfigError as err:
         return FileResult(rel, digest, error=err)
 

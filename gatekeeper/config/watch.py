@@ -4,8 +4,9 @@ Every relevant file event under conf.d (recursive, the root included, so the Kub
 swap is seen) pushes a deadline ``debounce`` seconds ahead; when the deadline passes with no new event,
 ``on_change()`` runs once (events that never pause still reload every ``max_delay``). An editor's burst of
 events (atomic rename, truncate-then-write, vim's ``4913`` probe and swap files) thus ends in one reload of
-the final content; a file caught half-written fails to parse, keeps its last good version, and the next
-event reloads it again.
+the final content. A file caught half-written that fails to parse, or caught blank (between the truncate and
+the write), keeps its last good version, and the next event reloads it again; one cut at a line boundary can
+parse, which is why docs/operations.md asks for atomic writes (write aside, rename).
 
 Under gevent (``patch_all(queue=False)``, as ``gatekeeper serve`` does) watchdog's threads and the debounce
 thread are greenlets, and inotify reads wait in gevent's ``select.poll``: nothing blocks the server.

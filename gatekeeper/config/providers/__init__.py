@@ -1,8 +1,9 @@
 """Documents of both shapes -> :class:`~gatekeeper.config.model.Definitions`, collecting every error.
 
 ``collect(snapshot)`` hands each document to the provider that understands its shape (Traefik's file provider:
-a top-level ``http``; Kubernetes: ``apiVersion`` + ``kind``) and merges what they define. Names are global;
-the first definition in sorted file order wins and a later one is reported as a duplicate.
+a top-level ``http``; Kubernetes: ``apiVersion`` + ``kind``) and merges what they define. Names are global:
+a name defined again the same way is reported; defined again differently, neither definition serves
+(``Collector.add``: a stray copy must not replace a protected router or its JWT middleware).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def collect(snapshot: Snapshot, kube_options: Optional[KubeOptions] = None) -> C
         out.replay(file_operations(result))
     cluster = kube_provider.read_documents(kube_docs, out, kube_options)
     ingress_provider.read_ingresses(cluster, out)
+    out.failed_elsewhere()
     return out
 
 

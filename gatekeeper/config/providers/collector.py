@@ -5,8 +5,8 @@ without importing each other in a circle.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Sequence, Set, Tuple, Union
 
 from gatekeeper.config.model import Definitions, MiddlewareDef, RouterDef, ServiceDef
 from gatekeeper.errors import ConfigError
@@ -31,15 +31,53 @@ class Collector:
     # files with a document whose structure is broken (no object can be named): compile keeps the file's
     # last good version, as for a file that does not parse; the first such error of each file
     broken_files: Dict[str, ConfigError] = field(default_factory=dict)
+    # names defined twice with different contents: no version from this snapshot serves (fail closed)
+    conflicted: Set[Tuple[str, str]] = field(default_factory=set)
 
     def add(self, kind: str, obj: Definition) -> None:
+        """A definition; a name already taken is a conflict unless both definitions say the same thing.
+
+        Which of two different definitions was meant cannot be known, and the one in the file that sorts
+        first is not a safe guess: a file added beside ``api.yaml`` could redefine ``jwt`` or ``api`` and
+        open the route. So neither serves: see :meth:`conflict`.
+        """
         table = getattr(self, kind + "s")
-        if obj.name in table:
-            first = table[obj.name].source
-            self.error(ConfigError(f"defined again (first definition in {first} wins)",
-                                   file=obj.source.file, line=obj.source.line, obj=f'{kind} "{obj.name}"'))
+        first = table.get(obj.name)
+        if first is None and (kind, obj.name) not in self.conflicted:
+            table[obj.name] = obj
             return
-        table[obj.name] = obj
+        if first is not None and same_definition(first, obj):
+            reason = f"defined again, the same way (the definition in {first.source} serves)"
+            self.error(ConfigError(reason, file=obj.source.file, line=obj.source.line, obj=f'{kind} "{obj.name}"'))
+            return
+        reason = (f"defined again, differently (first definition in {first.source if first else 'an earlier file'}): "
+                  "neither definition serves until one is renamed or removed; names are global across conf.d "
+                  "(Kubernetes objects are namespace-name@kubernetescrd)")
+        self.conflict(kind, obj.name, ConfigError(reason, file=obj.source.file, line=obj.source.line,
+                                                  obj=f'{kind} "{obj.name}"'))
+
+    def conflict(self, kind: str, name: str, err: ConfigError) -> None:
+        """No definition of ``name`` from this snapshot serves: compile keeps its last good version; without
+        one a router answers 503 for what its first definition's rule matches, and the routers that use a
+        middleware or service of that name answer 503 (both are in error)."""
+        self.conflicted.add((kind, name))
+        table = getattr(self, kind + "s")
+        first = table.pop(name, None)
+        if kind == "router" and first is not None:
+            table[name] = replace(first, error=err.reason)
+        self.fail(kind, name, err, key=first.identity if first is not None else "")
+
+    def failed_elsewhere(self) -> None:
+        """A name that failed to validate in one place and is defined validly in another is a conflict too:
+        the valid one may be the stray copy. (A router salvaged from its own failure is in error already.)"""
+        for kind, name in list(self.failed):
+            found = getattr(self, kind + "s").get(name)
+            if found is not None and (kind, name) not in self.conflicted \
+                    and not (kind == "router" and found.error is not None):
+                self.conflict(kind, name, ConfigError(
+                    f"defined again in {found.source}, while this definition is in error: neither serves until "
+                    "one is fixed, renamed or removed", file=self.failed[kind, name].file,
+                    line=self.failed[kind, name].line, obj=f'{kind} "{name}"'))
 
     def error(self, err: ConfigError) -> None:
         self.errors.append(err)
@@ -73,7 +111,8 @@ class Collector:
         replays 20,000 unchanged definitions. Otherwise one call per operation, so duplicates are reported
         exactly as the first time (the same errors in the same order)."""
         tables = [(getattr(self, kind + "s"), added) for kind, added in recorded.added]
-        if recorded.batch is not None and all(table.keys().isdisjoint(added) for table, added in tables):
+        if recorded.batch is not None and not self.conflicted \
+                and all(table.keys().isdisjoint(added) for table, added in tables):
             for table, added in tables:
                 table.update(added)
             operations: Sequence[Operation] = recorded.batch
@@ -81,6 +120,11 @@ class Collector:
             operations = recorded.ops
         for op, args in operations:
             getattr(self, op)(*args)
+
+
+def same_definition(first: Definition, second: Definition) -> bool:
+    """Whether two definitions of one name say the same thing, wherever they are written."""
+    return type(first) is type(second) and replace(second, source=first.source) == first
 
 
 class Recorder(Collector):

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from gatekeeper.config.model import RouterDef, ServiceDef, Source, qualify
 from gatekeeper.config.providers.collector import Collector
-from gatekeeper.config.providers.k8s_objects import Cluster, KubeObject
+from gatekeeper.config.providers.k8s_objects import Cluster, KubeObject, conflict
 from gatekeeper.config.providers.k8s_servers import resolve_servers
 from gatekeeper.config.providers.kubernetes import object_id
 from gatekeeper.errors import ConfigError
@@ -75,6 +75,8 @@ def read_ingresses(cluster: Cluster, out: Collector) -> None:
         if not handled_here(obj, classes, cluster.options.ingress_class):
             continue
         paths, config, problem = read_ingress(obj, cluster, default_taken)
+        twice = conflict(cluster, "Ingress", obj.namespace, obj.name)
+        problem = obj.located(twice) if twice is not None else problem
         default_taken = default_taken or any(p.priority is not None for p in paths)
         for path in paths:
             add_path(obj, path, config, problem, cluster=cluster, out=out, made=made)

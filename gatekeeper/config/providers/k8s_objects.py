@@ -130,6 +130,7 @@ class Cluster:
     services: Dict[Tuple[str, str], KubeService] = field(default_factory=dict)
     endpoints: Dict[Tuple[str, str], List[EndpointGroup]] = field(default_factory=dict)
     options: KubeOptions = field(default_factory=KubeOptions)
+    conflicts: Dict[Tuple[str, str, str], str] = field(default_factory=dict)  # (kind, ns, name): defined twice
 
     def of_kind(self, kind: str) -> List[KubeObject]:
         return [obj for (k, _, _), obj in self.objects.items() if k == kind]
@@ -152,14 +153,50 @@ def index_objects(docs: List[Document], out: Collector, options: Optional[KubeOp
         obj = KubeObject(kind, namespace, name, doc)
         first = cluster.objects.setdefault((kind, namespace, name), obj)
         if first is not obj:
-            out.error(obj.located(ConfigError(f"defined again (first definition in {first.doc.file} wins)")))
+            duplicate(first, obj, cluster, out)
             continue
         if kind in readers:
             try:
                 readers[kind](obj, cluster)
             except ConfigError as err:
                 out.error(obj.located(err))
+    mark_conflicted_services(cluster)
     return cluster
+
+
+def duplicate(first: KubeObject, again: KubeObject, cluster: Cluster, out: Collector) -> None:
+    """An object defined twice: the same way is only reported; differently, neither version is used
+    (``cluster.conflicts``): what reads it is in error, so a stray copy in a file that sorts first cannot
+    replace a Middleware, a Secret's signing key or a Service's endpoints. Traefik keeps the first; see
+    docs/configuration.md."""
+    if first.body == again.body:
+        out.error(again.located(ConfigError(f"defined again, the same way (the definition in {first.doc.file} "
+                                            "serves)")))
+        return
+    reason = (f"defined twice, differently ({first.doc.file} and {again.doc.file}): neither definition is used "
+              "until one is renamed or removed")
+    out.error(again.located(ConfigError(reason)))
+    cluster.conflicts.setdefault((first.kind, first.namespace, first.name), reason)
+    if first.kind == "EndpointSlice":  # the Services both versions name lose their endpoints
+        for obj in (first, again):
+            labels = (obj.body.get("metadata") or {}).get("labels") or {}
+            service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
+            if service:
+                cluster.conflicts.setdefault(("Endpoints", first.namespace, str(service)), reason)
+
+
+def mark_conflicted_services(cluster: Cluster) -> None:
+    """A Service, or its Endpoints, defined twice differently: the Service is in error (its routes answer 503
+    or keep their last good version)."""
+    for (kind, namespace, name), reason in cluster.conflicts.items():
+        if kind in ("Service", "Endpoints"):
+            cluster.services[(namespace, name)] = KubeService(namespace, name, problem=reason)
+
+
+def conflict(cluster: Cluster, kind: str, namespace: str, name: str) -> Optional[ConfigError]:
+    """The error of an object defined twice differently (see :func:`duplicate`), or None."""
+    reason = cluster.conflicts.get((kind, namespace, name))
+    return ConfigError(reason) if reason is not None else None
 
 
 def refuse_unread(doc: Document, out: Collector) -> None:
@@ -237,13 +274,22 @@ def resolve_secrets(value: Any, namespace: str, cluster: Cluster, path: str, lin
     return value
 
 
+def secret_values(cluster: Cluster, namespace: str, name: str,
+                  path: str) -> Optional[Dict[str, Union[str, ConfigError]]]:
+    """A Secret's keys, None when it does not exist; ConfigError when it is defined twice differently."""
+    problem = conflict(cluster, "Secret", namespace, name)
+    if problem is not None:
+        raise ConfigError(f"{path}: Secret {namespace}/{name} {problem.reason}")
+    return cluster.secrets.get((namespace, name))
+
+
 def secret_value(urn: str, namespace: str, cluster: Cluster, path: str, line: Optional[int]) -> str:
     match = URN.fullmatch(urn)
     if match is None:
         raise ConfigError(f'{path}: malformed Secret reference "{urn}" (expected urn:k8s:secret:NAME:KEY)',
                           line=line)
     name, key = match.groups()
-    values = cluster.secrets.get((namespace, name))
+    values = secret_values(cluster, namespace, name, path)
     if values is None:
         raise ConfigError(f"{path}: Secret {namespace}/{name} does not exist (wanted its key \"{key}\")", line=line)
     value = values.get(key)

@@ -33,8 +33,10 @@ from gatekeeper.config.providers.k8s_objects import (
     Cluster,
     KubeObject,
     KubeOptions,
+    conflict,
     index_objects,
     resolve_secrets,
+    secret_values,
 )
 from gatekeeper.config.providers.k8s_servers import resolve_servers
 from gatekeeper.config.providers.service_options import read_health_check, read_sticky
@@ -79,6 +81,9 @@ def read_middleware(obj: KubeObject, cluster: Cluster, out: Collector) -> None:
     name = qualify(object_id(obj.namespace, obj.name), PROVIDER)
     source = Source(obj.doc.file, obj.line, PROVIDER)
     try:
+        problem = conflict(cluster, "Middleware", obj.namespace, obj.name)
+        if problem is not None:
+            raise problem
         spec = pick(obj.body.get("spec"), file_provider.MIDDLEWARE_KINDS, "spec")
         if "plugin" in spec:
             spec["plugin"] = resolve_secrets(spec["plugin"], obj.namespace, cluster, "spec.plugin",
@@ -102,7 +107,7 @@ def basic_auth_users(options: Any, namespace: str, cluster: Cluster) -> Any:
     fields = pick(options, ("secret", "realm", "removeHeader", "headerField"), "spec.basicAuth")
     name = want_str(fields.pop("secret", None) or "", "spec.basicAuth.secret")
     secret = cluster.objects.get(("Secret", namespace, name))
-    values = cluster.secrets.get((namespace, name))
+    values = secret_values(cluster, namespace, name, "spec.basicAuth.secret")
     if secret is None or values is None:
         raise ConfigError(f"spec.basicAuth.secret: Secret {namespace}/{name} does not exist")
     bad = [v for v in values.values() if isinstance(v, ConfigError)]
@@ -180,7 +185,7 @@ def read_ingress_route(obj: KubeObject, cluster: Cluster, out: Collector) -> Non
         return
     if not routes:
         out.broken(obj.located(ConfigError("spec.routes: at least one route is required")))
-    problem = unsupported_route_options(spec)
+    problem = conflict(cluster, "IngressRoute", obj.namespace, obj.name) or unsupported_route_options(spec)
     for i, route in enumerate(routes):
         read_route_at(obj, i, route, entry_points=entry_points, cluster=cluster, out=out, problem=problem)
 
