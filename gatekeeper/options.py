@@ -5,7 +5,7 @@ user-written mappings. They share these helpers so a name is matched, a type che
 the same way everywhere: every error is a ``ConfigError`` that starts with the option's path
 (``clientConfig.tls.ca: no such file /etc/ca.pem``) and, when the mapping came from a manifest, knows its
 line. Values are echoed in messages by their type (``got a string``), since an option may hold a secret;
-only numbers and booleans are shown as written (``got -1``).
+only numbers and booleans are shown as written (``got -1``), and URLs without userinfo or query (:func:`safe_url`).
 
     >>> pick({"Rule": "Path(`/`)", "service": "web"}, ("rule", "service"), "http.routers.api")
     {'rule': 'Path(`/`)', 'service': 'web'}
@@ -22,6 +22,7 @@ import difflib
 import os
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from urllib.parse import urlsplit
 
 from gatekeeper.errors import ConfigError
 
@@ -30,6 +31,7 @@ PEM_MARKER = "-----BEGIN "
 HEADER_NAME = re.compile(r"[!#$%&'*+.^`|~0-9A-Za-z-]+\Z")  # an HTTP field name: RFC 9110's token
 
 _SIGNED_NUMBER = re.compile(r"\s*-?\d+(\.\d+)?\s*")
+NOT_A_URL = "(unreadable URL, not shown)"  # what safe_url shows of text it cannot show safely
 _TYPE_NAMES = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
 
 Number = Union[int, float]
@@ -61,6 +63,29 @@ def type_name(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def safe_url(url: str) -> str:
+    """A URL for a message, a log line or a metric label: scheme, host, port and path only, since userinfo,
+    query and fragment could each carry a credential. Text that is not a URL with a host (or has a port that
+    is not a number, as ``http://user:pa/ss@host`` has) is not shown at all: it could be a credential cut
+    anywhere.
+
+    >>> safe_url("https://user:pw@idp.example:8443/keys?api_key=x#f")
+    'https://idp.example:8443/keys'
+    >>> safe_url("http://[::1]:9000"), safe_url("user:pw@host"), safe_url("http://u:p/w@host")
+    ('http://[::1]:9000', '(unreadable URL, not shown)', '(unreadable URL, not shown)')
+    """
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:  # an unclosed "[", or a port that is not a number
+        return NOT_A_URL
+    if not parts.hostname:
+        return NOT_A_URL
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    path = "" if "@" in parts.path else parts.path  # "@" in a path: likely userinfo with a raw "/" in it
+    return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{path}"
 
 
 def _got(value: Any) -> str:

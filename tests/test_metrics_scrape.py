@@ -12,9 +12,9 @@ import requests
 from serve_process import Gatekeeper, metric_value, wait_for
 from test_remote_keys import IdP, jwk, pems, serve_idp  # noqa: F401 - pems is a fixture used here
 
-from gatekeeper.jwt.fetch import safe_url
 from gatekeeper.jwt.mint import mint
 from gatekeeper.ops.metrics import NO_UPSTREAM
+from gatekeeper.options import safe_url
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 SECRET = "s3cret-api-key"    # in a key set URL's query: must never reach a label

@@ -24,7 +24,7 @@ from urllib.parse import urljoin, urlsplit
 
 from gatekeeper import jsontext
 from gatekeeper.errors import ConfigError
-from gatekeeper.options import PEM_MARKER, pick, want_bool, want_int, want_number, want_pem
+from gatekeeper.options import PEM_MARKER, pick, safe_url, want_bool, want_int, want_number, want_pem
 
 if TYPE_CHECKING:
     import requests
@@ -168,13 +168,6 @@ def redirect_target(url: str, location: Optional[str]) -> str:
     if scheme == "http" and urlsplit(url).scheme == "https":
         raise FetchError(f"{url}: redirect from https to http refused ({safe_url(target)})")
     return target
-
-
-def safe_url(url: str) -> str:
-    """A URL for a message or a metric label: no userinfo, query or fragment (any could carry a credential)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}{':%d' % parts.port if parts.port else ''}{parts.path}"
 
 
 def get_json(session: requests.Session, url: str, client: ClientConfig) -> Tuple[Any, float]:

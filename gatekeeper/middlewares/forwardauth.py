@@ -33,7 +33,7 @@ from gatekeeper.errors import ConfigError
 from gatekeeper.expr.regexps import RegexpError, compile_search
 from gatekeeper.middlewares.base import Context, Wrapper, mark, refusal
 from gatekeeper.middlewares.forwardauth_request import SKIPPED, Settings, auth_headers, read_body, read_tls
-from gatekeeper.options import HEADER_NAME, pick, want_bool, want_int, want_str, want_str_list
+from gatekeeper.options import HEADER_NAME, pick, safe_url, want_bool, want_int, want_str, want_str_list
 from gatekeeper.proxy.failures import FailureLogThrottle
 from gatekeeper.proxy.rewrite import response_headers
 from gatekeeper.wsgi import CREDENTIAL_HEADERS, USER, Environ, Headers, StartResponse, WSGIApp, environ_key
@@ -93,7 +93,7 @@ class ForwardAuth:
         self.user_header = user_header[0].lower() if user_header else None
         self.failed = refusal(500, "", name, "auth_error")
         self.unauthorized = refusal(401, "", name, "unauthorized")
-        self.shown = display_address(settings.address)
+        self.shown = safe_url(settings.address)  # for log lines: never credentials or a query
 
     def wrap(self, app: WSGIApp) -> WSGIApp:
         def forward_auth(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -165,17 +165,6 @@ def read_address(value: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError("forwardAuth.address: expected an http:// or https:// URL with a host")
     return address
-
-
-def display_address(address: str) -> str:
-    """The address for a log line: scheme, host, port and path, never credentials or a query.
-
-    >>> display_address("https://u:p@auth.example:8443/check?key=s3cret")
-    'https://auth.example:8443/check'
-    """
-    parts = urlsplit(address)
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}{':' + str(parts.port) if parts.port else ''}{parts.path}"
 
 
 def header_names(value: Any, option: str) -> List[str]:

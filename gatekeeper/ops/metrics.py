@@ -41,7 +41,6 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gatekeeper.jwt import remote as jwks
-from gatekeeper.jwt.fetch import safe_url
 from gatekeeper.ops import families
 from gatekeeper.ops.exchange import DEFAULT_ENTRYPOINT, Exchange, fan_out, observe
 from gatekeeper.ops.families import (
@@ -51,6 +50,7 @@ from gatekeeper.ops.families import (
     DetailKey,
     Row,
 )
+from gatekeeper.options import safe_url
 from gatekeeper.proxy import health
 from gatekeeper.wsgi import WSGIApp
 
