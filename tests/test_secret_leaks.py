@@ -6,17 +6,35 @@ a message that quotes the option as written leaks it. Real files, sockets on 127
 """
 from __future__ import annotations
 
+import base64
+import json
+import logging
 import subprocess
 import sys
 
 import pytest
 import requests
+from conftest import wait_until
 from serve_process import ROOT, Gatekeeper
+from test_remote_keys import (  # noqa: F401 - fresh_key_sets, pems and tls_server_context are fixtures used here
+    IdP,
+    Redirector,
+    fresh_key_sets,
+    jwk,
+    outcome,
+    pems,
+    remote_auth,
+    serve_idp,
+    tls_server_context,
+    token,
+)
 
 from gatekeeper.errors import ConfigError
 from gatekeeper.proxy.balancer import ServerSpec
 
 UPSTREAM_PASSWORD = "upstream-pw-4c1d9e"
+JWKS_PASSWORD = "jwks-pw-8a7b6c"
+JWKS_QUERY_KEY = "jwks-apikey-5e4f3a"
 
 
 def check_output(conf_d_root) -> str:
@@ -75,3 +93,82 @@ def test_server_url_with_credentials_is_not_echoed_in_the_log_or_check(conf_d, t
     access = "\n".join(gk.access_lines())
     assert leaks(UPSTREAM_PASSWORD, {"/config": shown, "check": checked, "log": gk.log(), "access log": access}) \
         == [], gk.log()
+
+
+# --- key set URLs (jwksUrl) ----------------------------------------------------------------------------
+
+def with_credentials(base: str) -> str:
+    """``base`` (scheme://host:port) as a key set URL with a password and an API key in its query."""
+    scheme, _, authority = base.partition("://")
+    return f"{scheme}://jwks:{JWKS_PASSWORD}@{authority}/keys?api_key={JWKS_QUERY_KEY}"
+
+
+def failing_key_server(how: str, wsgi_server, free_port, pems, tls_server_context) -> str:  # noqa: F811
+    """The base URL of a key server that fails ``how``."""
+    if how == "down":
+        return f"http://127.0.0.1:{free_port}"
+    if how in ("redirect-without-location", "too-many-redirects"):
+        redirector = Redirector()
+        server = wsgi_server(redirector)
+        redirector.location = with_credentials(server.url) if how == "too-many-redirects" else ""
+        return server.url
+    idp = IdP(jwk(pems["c"], "enc", use="enc") if how == "no-usable-key" else jwk(pems["a"], "a"))
+    idp.status = 500 if how == "http-500" else 200
+    idp.garbage = how == "not-json"
+    serve_idp(wsgi_server, idp, **({"ssl_context": tls_server_context} if how == "tls-untrusted" else {}))
+    return idp.issuer
+
+
+@pytest.mark.parametrize("how", ["down", "http-500", "not-json", "no-usable-key", "redirect-without-location",
+                                 "too-many-redirects", "tls-untrusted"])
+def test_key_set_failure_names_the_url_without_its_credentials(wsgi_server, free_port, pems,  # noqa: F811
+                                                               tls_server_context, caplog, how):  # noqa: F811
+    """However a fetch fails, its error (the key set's lastError, shown on the dashboard) and gatekeeper's log
+    lines name the key set by host and path only: no password, no query."""
+    url = with_credentials(failing_key_server(how, wsgi_server, free_port, pems, tls_server_context))
+    auth = remote_auth(url, clientConfig={"maxRetries": 0, "timeoutSeconds": 2})
+    with caplog.at_level(logging.DEBUG, logger="gatekeeper"):
+        assert outcome(auth, token(pems["a"], "a")) == "no_keys"
+        keyset = auth.source.keyset
+        assert wait_until(lambda: keyset.last_error is not None, 5)
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("gatekeeper"))
+    shown = f"{keyset.name} {keyset.status()} {logged}"
+    assert "127.0.0.1" in keyset.last_error and "/keys" in keyset.last_error, keyset.last_error
+    assert [secret for secret in (JWKS_PASSWORD, JWKS_QUERY_KEY) if secret in shown] == [], shown
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def rs256_token() -> str:
+    """A token naming RS256 and a kid (its signature does not matter: the key set is fetched first)."""
+    return ".".join([b64(json.dumps({"alg": "RS256", "kid": "k1", "typ": "JWT"}).encode()),
+                     b64(json.dumps({"sub": "alice"}).encode()), b64(b"x" * 256)])
+
+
+def test_jwks_url_credentials_never_logged_nor_shown(conf_d, tmp_path, free_port):
+    """A gateway whose key set host is down: its log, /config and the dashboard name the key set without
+    the password or the query's API key."""
+    url = f"http://jwks:{JWKS_PASSWORD}@127.0.0.1:{free_port}/keys?api_key={JWKS_QUERY_KEY}"
+    conf_d("api.yaml", f"""
+        http:
+          routers:
+            api: {{rule: 'PathPrefix(`/api`)', middlewares: [jwt], service: api}}
+          middlewares:
+            jwt: {{plugin: {{jwt: {{jwksUrl: '{url}'}}}}}}
+          services:
+            api: {{loadBalancer: {{servers: [{{url: 'http://127.0.0.1:{free_port}'}}]}}}}
+        """)
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--admin", "127.0.0.1:0")
+    try:
+        answer = requests.get(gk.url + "/api/x", headers={"Authorization": f"Bearer {rs256_token()}"}, timeout=10)
+        assert answer.status_code == 401
+        assert wait_until(lambda: "fetching the key set failed" in gk.log(), 10), gk.log()
+        shown = {path: requests.get(gk.admin + path, timeout=5).text
+                 for path in ("/config", "/dashboard/state.json", "/dashboard/?kind=middleware&name=jwt%40file")}
+    finally:
+        gk.stop()
+    found = [(secret, where) for secret in (JWKS_PASSWORD, JWKS_QUERY_KEY)
+             for where in leaks(secret, {**shown, "log": gk.log()})]
+    assert found == [], gk.log()

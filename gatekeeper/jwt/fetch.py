@@ -113,6 +113,11 @@ class FetchError(Exception):
     """A key set or discovery document could not be had; the message says why, for logs and status."""
 
 
+def fetch_error(url: str, reason: str) -> FetchError:
+    """A FetchError naming ``url`` by :func:`safe_url`: a key set URL may hold a password or an API key."""
+    return FetchError(f"{safe_url(url)}: {reason}")
+
+
 def cache_lifetime(headers: Mapping[str, str], now: Optional[float] = None) -> float:
     """Seconds to keep a response: max-age, else Expires - Date, else DEFAULT_TTL; clamped to the bounds."""
     directives = {}
@@ -146,8 +151,9 @@ def _describe(exc: "requests.RequestException") -> str:
     import requests
     if isinstance(exc, requests.Timeout):
         return "timed out"
-    if isinstance(exc, requests.exceptions.SSLError):
-        return f"TLS error: {exc}"
+    if isinstance(exc, requests.exceptions.SSLError):  # its text names the URL, query included: not shown
+        cause = exc.args[0] if exc.args else exc
+        return f"TLS error: {getattr(cause, 'reason', cause)}"  # urllib3's MaxRetryError holds the SSL error
     if isinstance(exc, requests.ConnectionError):
         return "connection failed"
     return type(exc).__name__
@@ -160,13 +166,13 @@ def redirect_target(url: str, location: Optional[str]) -> str:
     answer it, once downgraded) could then publish their own keys.
     """
     if not location:
-        raise FetchError(f"{url}: redirect without a Location")
+        raise fetch_error(url, "redirect without a Location")
     target = urljoin(url, location.strip())
     scheme = urlsplit(target).scheme
     if scheme not in ("http", "https") or not is_http_url(target):
-        raise FetchError(f"{url}: redirect to a non-http(s) URL refused")
+        raise fetch_error(url, "redirect to a non-http(s) URL refused")
     if scheme == "http" and urlsplit(url).scheme == "https":
-        raise FetchError(f"{url}: redirect from https to http refused ({safe_url(target)})")
+        raise fetch_error(url, f"redirect from https to http refused ({safe_url(target)})")
     return target
 
 
@@ -189,22 +195,22 @@ def get_json(session: requests.Session, url: str, client: ClientConfig) -> Tuple
                     url = redirect_target(url, response.headers.get("Location"))
                     continue
                 if response.status_code != 200:
-                    raise FetchError(f"{url}: HTTP {response.status_code}")
+                    raise fetch_error(url, f"HTTP {response.status_code}")
                 body = response.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
                 headers = response.headers
                 break
         else:
-            raise FetchError(f"{first}: more than {MAX_REDIRECTS} redirects")
+            raise fetch_error(first, f"more than {MAX_REDIRECTS} redirects")
     except requests.RequestException as exc:
-        raise FetchError(f"{url}: {_describe(exc)}") from None
+        raise fetch_error(url, _describe(exc)) from None
     except OSError as exc:  # urllib3 may surface socket errors raw while reading the body
-        raise FetchError(f"{url}: {exc}") from None
+        raise fetch_error(url, str(exc)) from None
     if len(body) > MAX_DOCUMENT_BYTES:
-        raise FetchError(f"{url}: larger than {MAX_DOCUMENT_BYTES} bytes")
+        raise fetch_error(url, f"larger than {MAX_DOCUMENT_BYTES} bytes")
     try:
         return jsontext.loads(body), cache_lifetime(headers)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise FetchError(f"{url}: not valid JSON ({exc})") from None
+        raise fetch_error(url, f"not valid JSON ({exc})") from None
 
 
 def discover_jwks_uri(session: requests.Session, issuer: str, client: ClientConfig) -> str:
@@ -212,12 +218,12 @@ def discover_jwks_uri(session: requests.Session, issuer: str, client: ClientConf
     must be exactly the configured one (else anyone serving that path could name any key set)."""
     document, _ = get_json(session, issuer.rstrip("/") + DISCOVERY_PATH, client)
     if not isinstance(document, dict):
-        raise FetchError(f"{issuer}: the discovery document is not a JSON object")
+        raise fetch_error(issuer, "the discovery document is not a JSON object")
     if document.get("issuer") != issuer:
-        raise FetchError(f"{issuer}: the discovery document names issuer {document.get('issuer')!r}")
+        raise fetch_error(issuer, f"the discovery document names issuer {document.get('issuer')!r}")
     uri = document.get("jwks_uri")
     if not isinstance(uri, str) or not is_http_url(uri):
-        raise FetchError(f"{issuer}: the discovery document has no http(s) jwks_uri")
+        raise fetch_error(issuer, "the discovery document has no http(s) jwks_uri")
     return uri
 
 

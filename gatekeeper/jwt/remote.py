@@ -30,10 +30,18 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from gatekeeper.errors import ConfigError
-from gatekeeper.jwt.fetch import DISCOVERY_PATH, ClientConfig, FetchError, discover_jwks_uri, get_json
+from gatekeeper.jwt.fetch import (
+    DISCOVERY_PATH,
+    ClientConfig,
+    FetchError,
+    discover_jwks_uri,
+    fetch_error,
+    get_json,
+)
 from gatekeeper.jwt.jws import Verifier
 from gatekeeper.jwt.keys import KeyIndex, read_jwk_set
 from gatekeeper.jwt.refusals import unauthorized
+from gatekeeper.options import safe_url
 
 if TYPE_CHECKING:
     import requests
@@ -72,7 +80,8 @@ class RemoteKeySet:
 
     def __init__(self, *, url: Optional[str], issuer: Optional[str], client: ClientConfig) -> None:
         self.issuer = issuer                  # set: the URL is found by OpenID discovery from this issuer
-        self.name = url or (issuer or "").rstrip("/") + DISCOVERY_PATH
+        # for logs, status and metrics: without the userinfo or query a key set URL may hold
+        self.name = safe_url(url or (issuer or "").rstrip("/") + DISCOVERY_PATH)
         self.client = client                  # the latest configuration's; see key_set()
         self.fetches = 0                      # fetch attempts (discovery and key set together count one)
         self.failures = 0                     # failed attempts
@@ -201,7 +210,7 @@ class RemoteKeySet:
         try:
             entries, count = read_jwk_set(document, "jwksUrl", skipped)
         except ConfigError as exc:
-            raise FetchError(f"{self._jwks_uri}: {exc.reason.split(': ', 1)[-1]}") from None
+            raise fetch_error(self._jwks_uri or "", exc.reason.split(": ", 1)[-1]) from None
         return KeyIndex(entries), count, lifetime, skipped
 
     def _install(self, index: KeyIndex, count: int, lifetime: float, skipped: List[str]) -> None:
@@ -242,7 +251,7 @@ class RemoteKeySet:
         fetched = self._fetched_at
         return {
             "url": self.name,
-            "jwks_uri": self._jwks_uri,
+            "jwks_uri": self._jwks_uri and safe_url(self._jwks_uri),
             "keys": self._key_count if self._index is not None else 0,
             "fetches": self.fetches,
             "failures": self.failures,

@@ -282,7 +282,7 @@ def record_key_fetch(keyset: "jwks.RemoteKeySet", ok: bool) -> None:
     Counted as they happen rather than read from ``RemoteKeySet.status()`` at scrape time: with workers,
     a scrape is answered by one worker, and only counters in the multiprocess directory add up all of them.
     """
-    url = safe_url(keyset.name)
+    url = keyset.name   # shown without userinfo or query already (safe_url)
     _labelled(KEYSET_FETCHES, url).inc()
     failures = _labelled(KEYSET_FAILURES, url)   # shown from the first fetch on, at 0 until one fails
     if not ok:
