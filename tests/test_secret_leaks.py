@@ -30,6 +30,7 @@ from test_remote_keys import (  # noqa: F401 - fresh_key_sets, pems and tls_serv
 )
 
 from gatekeeper.errors import ConfigError
+from gatekeeper.ops.view import mask
 from gatekeeper.proxy.balancer import ServerSpec
 
 UPSTREAM_PASSWORD = "upstream-pw-4c1d9e"
@@ -42,6 +43,13 @@ def check_output(conf_d_root) -> str:
     check = subprocess.run([sys.executable, "-m", "gatekeeper", "check", str(conf_d_root)], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     return check.stdout + check.stderr
+
+
+def admin_pages(gk: Gatekeeper, *paths: str) -> dict:
+    """path -> body of each admin page, each answered 200 (a page that failed would hide nothing)."""
+    answers = {path: requests.get(gk.admin + path, timeout=5) for path in paths}
+    assert {path: answer.status_code for path, answer in answers.items()} == dict.fromkeys(paths, 200), gk.log()
+    return {path: answer.text for path, answer in answers.items()}
 
 
 def leaks(secret: str, texts: dict) -> list:
@@ -86,13 +94,13 @@ def test_server_url_with_credentials_is_not_echoed_in_the_log_or_check(conf_d, t
     gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--admin", "127.0.0.1:0")
     try:
         assert requests.get(gk.url + "/api/x", timeout=5).status_code == 503
-        shown = requests.get(gk.admin + "/config", timeout=5).text
+        shown = admin_pages(gk, "/config")
     finally:
         gk.stop()
     assert f"127.0.0.1:{free_port}" in checked, checked  # the server is still named
     access = "\n".join(gk.access_lines())
-    assert leaks(UPSTREAM_PASSWORD, {"/config": shown, "check": checked, "log": gk.log(), "access log": access}) \
-        == [], gk.log()
+    assert leaks(UPSTREAM_PASSWORD, {**shown, "check": checked, "log": gk.log(), "access log": access}) == [], \
+        gk.log()
 
 
 # --- key set URLs (jwksUrl) ----------------------------------------------------------------------------
@@ -165,10 +173,78 @@ def test_jwks_url_credentials_never_logged_nor_shown(conf_d, tmp_path, free_port
         answer = requests.get(gk.url + "/api/x", headers={"Authorization": f"Bearer {rs256_token()}"}, timeout=10)
         assert answer.status_code == 401
         assert wait_until(lambda: "fetching the key set failed" in gk.log(), 10), gk.log()
-        shown = {path: requests.get(gk.admin + path, timeout=5).text
-                 for path in ("/config", "/dashboard/state.json", "/dashboard/?kind=middleware&name=jwt%40file")}
+        shown = admin_pages(gk, "/config", "/dashboard/state.json", "/dashboard/?kind=middleware&name=jwt%40file")
     finally:
         gk.stop()
     found = [(secret, where) for secret in (JWKS_PASSWORD, JWKS_QUERY_KEY)
              for where in leaks(secret, {**shown, "log": gk.log()})]
     assert found == [], gk.log()
+
+
+# --- forwardAuth address, URLs shown on /config and the dashboard, third-party debug lines ------------------
+
+AUTH_QUERY_KEY = "fwd-apikey-2b9c7d"
+
+
+@pytest.fixture
+def auth_says_yes(wsgi_server) -> str:
+    """The URL of an auth server saying yes to everything."""
+    def yes(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+    return wsgi_server(yes).url
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_forward_auth_address_query_key_not_shown(conf_d, tmp_path, free_port, auth_says_yes, level):
+    """A forwardAuth address with an API key in its query: /config, the dashboard and the log (at debug
+    too, where urllib3 would log each request's URL) show the address without the key's value."""
+    conf_d("api.yaml", f"""
+        http:
+          routers:
+            api: {{rule: 'PathPrefix(`/api`)', middlewares: [fa], service: api}}
+          middlewares:
+            fa: {{forwardAuth: {{address: '{auth_says_yes}/check?key={AUTH_QUERY_KEY}'}}}}
+          services:
+            api: {{loadBalancer: {{servers: [{{url: 'http://127.0.0.1:{free_port}'}}]}}}}
+        """)
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--admin", "127.0.0.1:0", "--log-level", level)
+    try:
+        assert requests.get(gk.url + "/api/x", timeout=10).status_code == 502  # auth said 200, api is down
+        shown = admin_pages(gk, "/config", "/dashboard/state.json", "/dashboard/?kind=middleware&name=fa%40file")
+    finally:
+        gk.stop()
+    assert "/check?key=***" in shown["/config"], shown["/config"]  # the option is still shown, masked
+    assert leaks(AUTH_QUERY_KEY, {**shown, "log": gk.log()}) == [], gk.log()
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("http://admin:pw@10.0.0.5:8080/", "http://***@10.0.0.5:8080/"),
+    ("https://auth/check?key=s3cret&v=2", "https://auth/check?key=***&v=***"),
+    ("https://idp/cb#access_token=s3cret", "https://idp/cb#access_token=***"),
+    ("http://x/?s3cret", "http://x/?***"),
+    ('{"address": "http://u:p@auth/c?key=s3cret", "n": "a=b"}', '{"address": "http://***@auth/c?key=***", "n": "a=b"}'),
+    ("server url 'http://x/?q=s3cret': no query", "server url 'http://x/?q=***': no query"),
+    ('"{\\"a\\": \\"http://x/?k=s3cret\\"}"', '"{\\"a\\": \\"http://x/?k=***\\"}"'),
+    ("<http://x/?k=s3cret>", "<http://x/?k=***>"),
+    ("no URL here?key=value", "no URL here?key=value"),
+], ids=["userinfo", "query", "fragment", "bare-query-item", "json", "quoted-in-a-message", "json-in-json",
+        "angle-brackets", "not-a-url"])
+def test_view_masks_url_credentials_anywhere_in_a_text(text, shown):
+    """What /config and the dashboard show of any text (options as written, error messages)."""
+    assert mask(text) == shown
+
+
+def test_debug_level_keeps_other_libraries_quiet_below_info():
+    """``--log-level debug`` is gatekeeper's debug: urllib3's debug lines (each request's URL, query included)
+    stay out, its warnings and gatekeeper's own debug lines come through."""
+    script = (
+        "import logging; from gatekeeper.ops.logs import configure_logging; configure_logging('text', 'debug'); "
+        f"logging.getLogger('urllib3.connectionpool').debug('GET /check?key={AUTH_QUERY_KEY} 200'); "
+        "logging.getLogger('urllib3.connectionpool').warning('a library warning'); "
+        "logging.getLogger('gatekeeper.watch').debug('a gatekeeper debug line')")
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert AUTH_QUERY_KEY not in run.stderr
+    assert "WARNING urllib3.connectionpool: a library warning" in run.stderr
+    assert "DEBUG gatekeeper.watch: a gatekeeper debug line" in run.stderr

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 __all__ = ["LineSink", "configure_logging", "drain_logged", "encode_json", "format_time", "json_record",
            "reload_on_signal"]
 
+PACKAGE_LOGGER = "gatekeeper"  # the parent of every logger of the package ("gatekeeper.proxy", ...)
 _second_cache: List[object] = [-1, ""]
 
 
@@ -79,12 +80,16 @@ class JSONFormatter(logging.Formatter):
 
 
 def configure_logging(fmt: str, level: str) -> None:
-    """Application log lines to stderr, as text or one JSON object per line."""
+    """Application log lines to stderr, as text or one JSON object per line: gatekeeper's own at ``level``,
+    other libraries' at INFO or above even at ``debug``, since their debug lines quote what gatekeeper never
+    logs (urllib3's give each request's URL, query included: a forwardAuth or jwksUrl API key)."""
     handler = logging.StreamHandler()
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    package = logging.getLogger(PACKAGE_LOGGER)
+    package.setLevel(level.upper())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(max(package.level, logging.INFO))
 
 
 class LineSink:

@@ -23,6 +23,10 @@ from gatekeeper.options import pick_case_insensitive
 JWT_SHOWN = ("tokenKey", "tokenSource", "usernameClaim", "claims", "forwardHeaders", "clockSkewSeconds",
              "forwardAuthorization")
 URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s'\"]+@")
+# A URL's authority and path, then from its "?" or "#" to its end (a query or fragment may hold an API key or
+# a token); one item of that. A URL ends at a space, a quote, "<", ">" or a backslash (JSON's \" and \u003c).
+URL_QUERY = re.compile(r"(?<=://)([^\s'\"<>\\?#]*)([?#][^\s'\"<>\\]*)")
+QUERY_ITEM = re.compile(r"(?<=[?#&;])([^=&#;]*=)?[^&#;]+")
 # options whose values are secrets (or say where one is): masked wherever a text could quote them
 SECRET_OPTIONS = ("signingsecret", "publickey", "jwksfile", "clientconfig", "users")  # users: basicAuth's hashes
 # ... and any option whose name holds one of these words (redis.password, tls.key, clientSecret, users)
@@ -35,12 +39,20 @@ MASK = "***"
 
 
 def mask(text: str) -> str:
-    """``http://user:pass@host`` -> ``http://***@host`` anywhere in ``text``.
+    """URLs anywhere in ``text`` with their userinfo and the values of their query and fragment masked: any
+    could be a credential (``forwardAuth.address: https://auth/check?key=...``). Names stay, to tell them apart.
 
     >>> mask("upstream http://admin:hunter2@10.0.0.5:8080/ refused")
     'upstream http://***@10.0.0.5:8080/ refused'
+    >>> mask("'https://auth.example/check?key=s3cret&v=2#t' and http://x/?s3cret")
+    "'https://auth.example/check?key=***&v=***#***' and http://x/?***"
     """
-    return URL_CREDENTIALS.sub("***@", text)
+    return URL_QUERY.sub(_masked_query, URL_CREDENTIALS.sub("***@", text))
+
+
+def _masked_query(url: re.Match[str]) -> str:
+    """One :data:`URL_QUERY` match (authority and path, then query and fragment) with its values masked."""
+    return url.group(1) + QUERY_ITEM.sub(lambda item: (item.group(1) or "") + MASK, url.group(2))
 
 
 def state(error: Optional[str], stale: bool) -> str:
