@@ -30,6 +30,7 @@ from test_remote_keys import (  # noqa: F401 - fresh_key_sets, pems and tls_serv
 )
 
 from gatekeeper.errors import ConfigError
+from gatekeeper.jwt.auth import JWTAuth
 from gatekeeper.ops.view import mask
 from gatekeeper.proxy.balancer import ServerSpec
 
@@ -248,3 +249,52 @@ def test_debug_level_keeps_other_libraries_quiet_below_info():
     assert AUTH_QUERY_KEY not in run.stderr
     assert "WARNING urllib3.connectionpool: a library warning" in run.stderr
     assert "DEBUG gatekeeper.watch: a gatekeeper debug line" in run.stderr
+
+
+# --- invalid key set options, which may come from a Kubernetes Secret --------------------------------------
+
+SECRET_URL_TOKEN = "idp-token-9d8e7f6a"
+
+
+@pytest.mark.parametrize("options, reason", [
+    ({"jwksUrl": f"idp.example/keys?token={SECRET_URL_TOKEN}"}, "jwksUrl: expected an http or https URL"),
+    ({"jwksUrl": f"ftp://jwks:{SECRET_URL_TOKEN}@idp.example/keys"}, "jwksUrl: expected an http or https URL"),
+    ({"jwksUrl": "urn:k8s:secret:idp:url"}, "jwksUrl: unresolved Kubernetes Secret reference"),
+    ({"trustedIssuers": [{"issuer": "https://a.example", "jwksUrl": f"a.example/k?token={SECRET_URL_TOKEN}"}]},
+     "trustedIssuers[0].jwksUrl: expected an http or https URL"),
+    ({"trustedIssuers": [{"issuer": f"urn:{SECRET_URL_TOKEN}"}]}, "trustedIssuers[0].issuer: "),
+    ({"trustedIssuers": [{"issuer": f"https://a.example/?t={SECRET_URL_TOKEN}"}] * 2},
+     "trustedIssuers: issuer https://a.example/ is listed twice"),
+], ids=["jwksUrl-without-scheme", "jwksUrl-ftp-with-password", "jwksUrl-unresolved-secret",
+        "issuer-jwksUrl-without-scheme", "issuer-not-a-url", "issuer-twice"])
+def test_invalid_key_set_option_is_refused_without_showing_its_value(options, reason):
+    """The refusal says what is wrong with a jwksUrl or an issuer without quoting it (options.py's rule:
+    values are echoed by their type, URLs only by scheme, host, port and path)."""
+    with pytest.raises(ConfigError) as refused:
+        JWTAuth.from_config(options)
+    assert refused.value.reason.startswith(reason), refused.value.reason
+    assert SECRET_URL_TOKEN not in str(refused.value)
+
+
+def test_secret_jwks_url_value_not_echoed_when_invalid(conf_d, tmp_path):
+    """jwksUrl taken from a Kubernetes Secret (urn:k8s:secret:...) whose value lacks its scheme: the
+    refusal in the log, on /config and on the dashboard does not quote the Secret's value."""
+    url = f"idp.example/keys?token={SECRET_URL_TOKEN}"
+    conf_d("app.yaml", f"""
+        apiVersion: v1
+        kind: Secret
+        metadata: {{name: idp, namespace: apps}}
+        stringData: {{url: '{url}'}}
+        ---
+        apiVersion: traefik.io/v1alpha1
+        kind: Middleware
+        metadata: {{name: test-jwt, namespace: apps}}
+        spec: {{plugin: {{jwt: {{jwksUrl: 'urn:k8s:secret:idp:url'}}}}}}
+        """)
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--admin", "127.0.0.1:0")
+    try:
+        shown = admin_pages(gk, "/config", "/dashboard/state.json")
+    finally:
+        gk.stop()
+    assert "jwksUrl: expected an http or https URL" in gk.log(), gk.log()
+    assert leaks(SECRET_URL_TOKEN, {**shown, "log": gk.log()}) == [], gk.log()

@@ -23,7 +23,7 @@ from gatekeeper.jwt.fetch import ClientConfig, is_http_url, parse_client_config
 from gatekeeper.jwt.jws import ASYMMETRIC_ALGS, ParsedToken, Verifier
 from gatekeeper.jwt.refusals import unauthorized
 from gatekeeper.jwt.remote import RemoteKeySet, key_set
-from gatekeeper.options import pick, refuse_secret_reference, want_bool, want_text
+from gatekeeper.options import pick, refuse_secret_reference, safe_url, want_bool, want_text
 
 # The options that name where keys come from; a middleware gives one (ops/ shows which, never its value).
 KEY_SOURCES = ("signingSecret", "publicKey", "jwksFile", "jwksUrl", "trustedIssuers")
@@ -133,16 +133,18 @@ class IssuerSource(keys.KeySource):
 
 
 def _url_option(where: str, value: Any, *, path_allowed: bool) -> str:
+    """A key set URL (or, with ``path_allowed``, a path), else a ConfigError that shows the value only as
+    :func:`safe_url` does: it may come from a Kubernetes Secret, and a URL may carry a password or a key."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}: expected a URL")
-    text: str = value.strip()
+    text: str = refuse_secret_reference(value.strip(), where)
     if text.startswith("/"):
         if not path_allowed:
             raise ConfigError(f"{where}: a path (resolved against the token's issuer) is accepted only with "
                               "trustedIssuers, which says which issuers to trust")
         return text
     if not is_http_url(text):
-        raise ConfigError(f"{where}: expected an http or https URL, got {text!r}")
+        raise ConfigError(f"{where}: expected an http or https URL, got {safe_url(text)}")
     return text
 
 
@@ -161,8 +163,8 @@ def _trusted_issuer(where: str, entry: Any, default_url: Optional[str], client: 
     url = _url_option(f"{where}.jwksUrl", fields["jwksUrl"], path_allowed=True) if "jwksUrl" in fields \
         else default_url
     if (url is None or url.startswith("/")) and not is_http_url(issuer):
-        raise ConfigError(f"{where}.issuer: {issuer!r} is not an http(s) URL, so its keys cannot be found "
-                          "from it: give jwksUrl")
+        raise ConfigError(f"{where}.issuer: {safe_url(issuer)} is not an http(s) URL, so its keys cannot be "
+                          "found from it: give jwksUrl")
     if url is None:
         keyset = key_set(issuer=issuer, client=client)
     else:
@@ -189,5 +191,5 @@ def remote_source(opts: Mapping[str, Any]) -> keys.KeySource:
     names = [entry.issuer for entry in issuers]
     for name in names:
         if names.count(name) > 1:
-            raise ConfigError(f"trustedIssuers: issuer {name!r} is listed twice")
+            raise ConfigError(f"trustedIssuers: issuer {safe_url(name)} is listed twice")
     return IssuerSource(issuers)
