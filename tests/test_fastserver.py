@@ -65,6 +65,41 @@ def test_fast_server_refuses_what_pywsgi_tolerates(wsgi_server, raw):
     assert status_of(answer) == 400, answer[:200]
 
 
+@pytest.mark.parametrize("te", [b"identity", b"gzip", b"xchunked"])
+def test_a_transfer_encoding_llhttp_refuses_never_reaches_the_app(wsgi_server, te):
+    """llhttp refuses such a head only after on_headers_complete queued it: it is answered 400, not served
+    first (it was routed and forwarded upstream, then refused)."""
+    calls: List[str] = []
+
+    def app(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = wsgi_server(app, server="fast")
+    answer = exchange(server.port, b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + te + b"\r\n\r\n"
+                                   b"0\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (status_of(answer), calls) == (400, [])
+
+
+def test_trailer_fields_never_become_request_headers(serve):
+    """A chunked body's trailer arrives after routing and the middlewares' checks (while a buffering
+    middleware or a mirror reads the body): ``X-User: admin`` there made the JWT middleware's ``X-User``
+    ``alice,admin`` upstream, and ``X-Forwarded-For`` chose the address ``ipAllowList`` saw."""
+    def app(environ, start_response):
+        body = environ["wsgi.input"].read()
+        seen = f"{environ.get('HTTP_X_USER')}|{environ.get('HTTP_X_FORWARDED_FOR')}|{environ['HTTP_HOST']}|"
+        answer = seen.encode() + body
+        start_response("200 OK", [("Content-Length", str(len(answer)))])
+        return [answer]
+
+    server = serve(app)
+    answer = exchange(server.port, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                                   b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\nX-User: admin\r\n"
+                                   b"X-Forwarded-For: 10.0.0.5\r\nHost: evil\r\n\r\n")
+    assert answer.partition(b"\r\n\r\n")[2] == b"None|None|x|hello"
+
+
 # --- framing ----------------------------------------------------------------------------------------
 
 def chunks_app(environ, start_response):

@@ -117,6 +117,8 @@ class Connection(ClientConnection):
         request.size += len(name) + len(value) + 4
         if request.size > self.limits.max_header_bytes:
             raise Refused(431)
+        if not request.in_head:
+            return   # a chunked body's trailer: it arrives after routing and the checks ran, never a header
         key = _header_keys.get(name, _UNSEEN)   # the cache without a call: this runs for every header
         if key is _UNSEEN:
             key = environ_key(name)
@@ -191,6 +193,10 @@ class Connection(ClientConnection):
         except httptools.HttpParserError as exc:
             self.refused = exc.__context__.status if isinstance(exc.__context__, Refused) else 400
             self.backlog, self.refused_in = b"", data
+            if self.pending and self.pending[-1] is self.parsing:
+                # llhttp refuses some heads only after on_headers_complete queued them (an unknown
+                # Transfer-Encoding): such a request is answered 400, never served
+                self.pending.pop()
             return len(data)
         request = self.parsing
         if request is not None and request.in_head:
