@@ -30,7 +30,8 @@ def gateway(request, conf_d, echo_upstream, wsgi_server, tmp_path):
         slow: {{loadBalancer: {{servers: [{{url: "{slow.url}"}}]}}}}
     """)
     gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--max-header-bytes", "4096", "--max-body-bytes", "1000",
-                    "--idle-timeout", "0.5", "--upstream-timeout", "0.5", "--server", request.param)
+                    "--idle-timeout", "0.5", "--read-timeout", "1.5", "--upstream-timeout", "0.5",
+                    "--server", request.param)
     yield gk
     assert gk.stop() == 0
 
@@ -66,6 +67,22 @@ def test_body_size_limit(gateway, size, status):
         assert response.json()["body_size"] == size
     else:
         assert response.headers["Connection"] == "close"
+
+
+def test_a_body_dribbled_inside_the_idle_timeout_is_cut_by_the_read_timeout(gateway):
+    """A chunk every 0.3 s never trips the 0.5 s idle timeout; the body as a whole must arrive within the
+    1.5 s read timeout, so the connection (and the upstream one opened for it) is closed after it."""
+    with socket.create_connection(("127.0.0.1", int(gateway.url.rsplit(":", 1)[1])), timeout=5) as sock:
+        sock.sendall(b"POST /dribble HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        start = time.monotonic()
+        while time.monotonic() - start < 6:
+            try:
+                sock.sendall(b"1\r\na\r\n")
+                time.sleep(0.3)
+            except OSError:
+                break
+        cut_after = time.monotonic() - start
+    assert 1.5 <= cut_after < 4, cut_after
 
 
 def test_idle_connection_closed_after_idle_timeout(gateway):

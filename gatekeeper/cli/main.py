@@ -182,6 +182,9 @@ def add_limit_arguments(limits: Any) -> None:
                         help="request body size; past it 413 (default: no limit)")
     limits.add_argument("--idle-timeout", type=positive(float), default=d.idle_timeout, metavar="SECONDS",
                         help=f"close a client connection idle this long (default {d.idle_timeout:g})")
+    limits.add_argument("--read-timeout", type=positive(float), default=d.read_timeout, metavar="SECONDS",
+                        help=f"a request body must arrive within this (default {d.read_timeout:g}; Traefik's "
+                             "readTimeout)")
     limits.add_argument("--upstream-connect-timeout", type=positive(float), default=d.upstream_connect_timeout,
                         metavar="SECONDS",
                         help=f"connecting to an upstream; past it 504 (default {d.upstream_connect_timeout:g})")

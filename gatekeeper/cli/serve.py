@@ -60,6 +60,7 @@ class Settings:
     max_header_bytes: int = ServerLimits.max_header_bytes
     max_body_bytes: Optional[int] = ServerLimits.max_body_bytes
     idle_timeout: float = ServerLimits.idle_timeout
+    read_timeout: float = ServerLimits.read_timeout
     upstream_connect_timeout: float = ProxyLimits.connect_timeout
     upstream_timeout: float = ProxyLimits.response_timeout
     strict: bool = False                    # --strict: refuse to start on a conf.d with errors
@@ -78,6 +79,7 @@ class Settings:
 
     def server_limits(self) -> ServerLimits:
         return ServerLimits(max_header_bytes=self.max_header_bytes, idle_timeout=self.idle_timeout,
+                            read_timeout=self.read_timeout,
                             max_body_bytes=self.max_body_bytes)
 
     def entrypoints(self) -> List[Entrypoint]:

@@ -14,6 +14,7 @@ import email.parser
 import logging
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -46,6 +47,7 @@ class ServerLimits:
     max_header_bytes: int = 64 * 1024
     idle_timeout: float = 60.0
     max_body_bytes: Optional[int] = None
+    read_timeout: float = 60.0    # a request body, from its first read to its end (Traefik's readTimeout)
 
 
 # --- the header block: budget (431), folding, deadline (slowloris) --------------------------------------
@@ -102,6 +104,25 @@ def parse_header_block(block: bytes) -> email.message.Message:
     from gevent.pywsgi import OldMessage
     message: email.message.Message = email.parser.Parser(_class=OldMessage).parsestr(block.decode("iso-8859-1"))
     return message
+
+
+class BodyDeadline:
+    """``--read-timeout`` for one request body, from its first wait for bytes. The idle timeout bounds each
+    read; this bounds them all, so a body dribbled a byte at a time just inside the idle timeout cannot hold
+    the connection, and the upstream connection opened for it, for ever (Traefik's ``readTimeout``)."""
+
+    __slots__ = ("at", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.at = seconds, 0.0
+
+    def check(self) -> None:
+        """Before waiting for more body bytes: ConnectionError (the body is incomplete) once it passed."""
+        now = time.monotonic()
+        if not self.at:
+            self.at = now + self.seconds
+        elif now > self.at:
+            raise ConnectionError("request body incomplete: not received within --read-timeout")
 
 
 def header_deadline(limits: ServerLimits) -> gevent.Timeout:

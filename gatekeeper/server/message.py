@@ -11,7 +11,15 @@ from collections import deque
 from email.utils import formatdate
 from typing import Any, Callable, Deque, Iterable, Iterator, List, Optional, Protocol, Tuple
 
-from gatekeeper.server.base import body_refused, chunk, failure_response, log_request_error, send_head
+from gatekeeper.server.base import (
+    BodyDeadline,
+    ServerLimits,
+    body_refused,
+    chunk,
+    failure_response,
+    log_request_error,
+    send_head,
+)
 from gatekeeper.server.upgrade import Offer, offered, switching_head
 from gatekeeper.wsgi import UPGRADE, Environ, Headers, WSGIApp
 
@@ -29,6 +37,7 @@ class Connection(Protocol):
     which imports it."""
 
     head_sent: bool
+    limits: ServerLimits
     refused: Optional[int]
     sock: socket.socket
     upgrade_tail: bytes
@@ -69,6 +78,7 @@ class Request:
     __slots__ = (
         "body",
         "complete",
+        "deadline",
         "discard",
         "environ",
         "expect_continue",
@@ -87,9 +97,16 @@ class Request:
         self.keep_alive = True
         self.expect_continue = False
         self.discard = False
+        self.deadline: Optional[BodyDeadline] = None   # the body's, from its first wait (BodyDeadline)
         self.size = 0          # header bytes, as pywsgi counts its header block
         self.raw = 0           # bytes received while this request's head was incomplete
         self.in_head = True
+
+    def body_deadline(self, limits: ServerLimits) -> BodyDeadline:
+        """The body's ``--read-timeout``, the same for the app's reads and the server's discarding."""
+        if self.deadline is None:
+            self.deadline = BodyDeadline(limits.read_timeout)
+        return self.deadline
 
 
 class Input:
@@ -109,6 +126,7 @@ class Input:
         while not request.body:
             if request.complete:
                 return False
+            request.body_deadline(self.conn.limits).check()
             self.conn.fill_body()
         return True
 
@@ -362,6 +380,7 @@ class Reply:
             while not request.complete:
                 if dropped > MAX_DISCARD:
                     return False
+                request.body_deadline(conn.limits).check()
                 dropped += conn.fill_body()
         except OSError:
             return False

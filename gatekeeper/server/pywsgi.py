@@ -22,6 +22,7 @@ import gevent
 from gevent.pywsgi import _BAD_REQUEST_RESPONSE, WSGIHandler, WSGIServer  # pywsgi answers these with 400
 
 from gatekeeper.server.base import (
+    BodyDeadline,
     ClientConnection,
     ConnectionTracking,
     HeadersTooLarge,
@@ -42,6 +43,24 @@ from gatekeeper.server.upgrade import Offer, offered, switching_head
 from gatekeeper.wsgi import RAW_URI, UPGRADE, Environ, WSGIApp
 
 
+class DeadlineReader:
+    """pywsgi's body reads (``read``, ``readline``) through the connection's reader, each first checking
+    the body's :class:`~gatekeeper.server.base.BodyDeadline`."""
+
+    def __init__(self, rfile: Any, deadline: BodyDeadline) -> None:
+        self.rfile, self.deadline = rfile, deadline
+
+    def read(self, *args: Any) -> bytes:
+        self.deadline.check()
+        data: bytes = self.rfile.read(*args)
+        return data
+
+    def readline(self, *args: Any) -> bytes:
+        self.deadline.check()
+        line: bytes = self.rfile.readline(*args)
+        return line
+
+
 class GatewayHandler(ClientConnection, WSGIHandler):  # type: ignore[misc]
     """pywsgi's handler following base's contract (limits, tracking, drain, failures)."""
 
@@ -58,6 +77,9 @@ class GatewayHandler(ClientConnection, WSGIHandler):  # type: ignore[misc]
     def get_environ(self) -> Environ:
         env: Environ = super().get_environ()
         env[RAW_URI] = self.path
+        body = env.get("wsgi.input")
+        if body is not None:   # its reads, bounded all together by --read-timeout
+            body.rfile = DeadlineReader(body.rfile, BodyDeadline(self.server.limits.read_timeout))
         if offered(env):
             env[UPGRADE] = Offer(env["HTTP_UPGRADE"], self.detach)
         return env
