@@ -238,6 +238,16 @@ def connection_tokens(environ: Environ) -> FrozenSet[str]:
     return frozenset(t.strip().lower() for t in value.split(",")) if value else frozenset()
 
 
+def header_tokens(value: str) -> List[str]:
+    """The items of a comma-separated header value, trimmed, empty ones left out (RFC 9110 5.6.1), in order
+    and as written (``Upgrade`` is passed on as the client wrote it).
+
+    >>> header_tokens(" websocket,, h2c ")
+    ['websocket', 'h2c']
+    """
+    return [item for item in (part.strip() for part in value.split(",")) if item]
+
+
 def strip_connection_headers(environ: Environ) -> None:
     """Remove ``Connection`` and the client headers it names from ``environ`` (``Host`` excepted).
 

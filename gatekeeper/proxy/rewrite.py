@@ -10,9 +10,11 @@ from urllib.parse import urlsplit
 from gatekeeper.requestpath import connection_tokens
 from gatekeeper.wsgi import Environ, Headers, environ_key, raw_target
 
-# RFC 9110 7.6.1 hop-by-hop headers, plus Expect: pywsgi answers 100-continue to the client itself.
+# RFC 9110 7.6.1 hop-by-hop headers, plus Expect: pywsgi answers 100-continue to the client itself, and
+# HTTP2-Settings: it goes with an h2c offer (RFC 7540 3.2.1), which is never passed on (server/upgrade.py).
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
-                        "proxy-connection", "proxy-authenticate", "proxy-authorization", "expect"})
+                        "proxy-connection", "proxy-authenticate", "proxy-authorization", "expect",
+                        "http2-settings"})
 # Headers the gateway sets itself: a client's `Connection: X-Real-Ip` must not remove them.
 GATEWAY_HEADERS = ("X-Forwarded-For", "X-Real-Ip", "X-Forwarded-Proto", "X-Forwarded-Host",
                    "X-Forwarded-Port")

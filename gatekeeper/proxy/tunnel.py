@@ -9,7 +9,9 @@ and nothing reached the upstream). Only a request whose server offered the hand-
 dropped as hop-by-hop and the request proxied as a plain one.
 
 An upstream that does not switch answers as usual: its response is relayed as for any request (a 401, 403
-or 426 of its own, say). A failure before the answer is a 502 (504 on a timeout), as in balancer.py.
+or 426 of its own, say). A failure before the answer is a 502 (504 on a timeout), as in balancer.py, and so
+is a 101 to a protocol that was not offered (or without ``Upgrade``): that connection is closed, never
+tunnelled.
 
 Usage (balancer.py's ``Server.forward``)::
 
@@ -32,6 +34,7 @@ from gatekeeper.proxy.client import Connection, ConnectionPool, request_head, tr
 from gatekeeper.proxy.failures import upstream_failed
 from gatekeeper.proxy.response import CHUNK, Relay, frame_body, read_head
 from gatekeeper.proxy.rewrite import response_headers, upgrade_headers
+from gatekeeper.requestpath import header_tokens
 from gatekeeper.wsgi import (
     TUNNEL_BYTES_IN,
     TUNNEL_BYTES_OUT,
@@ -68,6 +71,8 @@ def forward(environ: Environ, start_response: StartResponse, offer: Offer, pool:
             version, status, reason, answer = read_head(conn.reader, pool.limits.max_header_bytes)
             if status == 101 or status >= 200:
                 break   # 100 Continue, 103 Early Hints: interim, skipped
+        if status == 101:
+            check_switch(offer.protocol, answer)
         body = None
         if status != 101:
             answer, body = frame_body(pool, conn, method=environ["REQUEST_METHOD"], status=status, version=version,
@@ -77,7 +82,7 @@ def forward(environ: Environ, start_response: StartResponse, offer: Offer, pool:
         failure = exc if conn is None else translated(conn, exc)
         return upstream_failed(environ, start_response, failure, doing=" an upgrade")
     if body is None:
-        protocol = next((v for n, v in answer if n.lower() == "upgrade"), offer.protocol)
+        protocol = upgrade_value(answer)
         start_response(f"101 {reason or 'Switching Protocols'}", upgrade_headers(protocol, response_headers(answer)))
         return Tunnel(environ, offer, conn)
     try:
@@ -86,6 +91,27 @@ def forward(environ: Environ, start_response: StartResponse, offer: Offer, pool:
         body.close()
         raise
     return Relay(body, environ)
+
+
+def upgrade_value(headers: Headers) -> str:
+    """The ``Upgrade`` header of an answer ("" without one)."""
+    return next((value for name, value in headers if name.lower() == "upgrade"), "")
+
+
+def check_switch(offered: str, answer: Headers) -> None:
+    """A 101 must switch to protocols the gateway offered (BadGateway otherwise, as Go's ReverseProxy
+    answers): an upstream that switched to another, h2c say, would take the client's next bytes as requests
+    that no router and no middleware ever saw.
+
+    >>> check_switch("websocket, foo", [("Upgrade", "WebSocket")])
+    >>> check_switch("websocket", [("Upgrade", "h2c")])
+    Traceback (most recent call last):
+    gatekeeper.errors.BadGateway: upstream tried to switch to 'h2c' when 'websocket' was offered
+    """
+    switched = header_tokens(upgrade_value(answer))
+    allowed = {protocol.lower() for protocol in header_tokens(offered)}
+    if not switched or any(protocol.lower() not in allowed for protocol in switched):
+        raise BadGateway(f"upstream tried to switch to {upgrade_value(answer)!r} when {offered!r} was offered")
 
 
 class Tunnel:

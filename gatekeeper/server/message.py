@@ -303,8 +303,9 @@ class Reply:
         conn.head_sent = False
         environ = self.request.environ
         result: Optional[Iterable[bytes]] = None
-        if conn.switchable() and offered(environ):
-            environ[UPGRADE] = Offer(environ["HTTP_UPGRADE"], self.detach)
+        protocols = offered(environ) if conn.switchable() else None
+        if protocols:
+            environ[UPGRADE] = Offer(protocols, self.detach)
         try:
             result = conn.server.application(environ, self.start_response)
             self.send_result(result)

@@ -80,8 +80,9 @@ class GatewayHandler(ClientConnection, WSGIHandler):  # type: ignore[misc]
         body = env.get("wsgi.input")
         if body is not None:   # its reads, bounded all together by --read-timeout
             body.rfile = DeadlineReader(body.rfile, BodyDeadline(self.server.limits.read_timeout))
-        if offered(env):
-            env[UPGRADE] = Offer(env["HTTP_UPGRADE"], self.detach)
+        protocols = offered(env)
+        if protocols:
+            env[UPGRADE] = Offer(protocols, self.detach)
         return env
 
     def detach(self) -> Tuple[socket.socket, bytes]:
