@@ -126,6 +126,21 @@ def status_of(answer: bytes) -> int:
     return int(code)
 
 
+def public_and_private(upstream_url: str, secret: str) -> str:
+    """A manifest routing ``/public`` openly and ``/private`` behind a JWT signed with ``secret``, both to one
+    upstream: what a request on the public route must never reach the upstream as."""
+    return f"""
+http:
+  routers:
+    public: {{rule: "PathPrefix(`/public`)", service: up}}
+    private: {{rule: "PathPrefix(`/private`)", service: up, middlewares: [jwt]}}
+  middlewares:
+    jwt: {{plugin: {{jwt: {{signingSecret: "{secret}"}}}}}}
+  services:
+    up: {{loadBalancer: {{servers: [{{url: "{upstream_url}"}}]}}}}
+"""
+
+
 # --- a test PKI ------------------------------------------------------------------------------------------
 
 def certificate(subject: str, key: Any, issuer: Optional[Tuple[x509.Certificate, Any]], *,

@@ -14,7 +14,7 @@ import pytest
 from gevent.server import StreamServer
 
 from gatekeeper.app import Gateway
-from tests.conftest import exchange, status_of, wait_until
+from tests.conftest import exchange, public_and_private, status_of, wait_until
 
 SECRET = "upgrade-protocols-secret-0123456789"
 SMUGGLED = b"GET /private/secret HTTP/1.1\r\nHost: x\r\n\r\n"   # stands for HTTP/2 frames after an h2c switch
@@ -96,18 +96,6 @@ def header_names(head: bytes) -> List[str]:
     return [line.partition(b":")[0].decode("latin-1").lower() for line in head.split(b"\r\n")[1:]]
 
 
-MANIFEST = """
-http:
-  routers:
-    public: {{rule: "PathPrefix(`/public`)", service: up}}
-    private: {{rule: "PathPrefix(`/private`)", service: up, middlewares: [jwt]}}
-  middlewares:
-    jwt: {{plugin: {{jwt: {{signingSecret: "{secret}"}}}}}}
-  services:
-    up: {{loadBalancer: {{servers: [{{url: "{url}"}}]}}}}
-"""
-
-
 @pytest.fixture(params=["fast", "pywsgi"])
 def gateway(request, wsgi_server, conf_d) -> Iterator[Callable[[Choice], "tuple[int, Switcher]"]]:
     """Factory: ``gateway(choose)`` -> (port of a Gateway on the parametrized server, its Switcher upstream)."""
@@ -116,7 +104,7 @@ def gateway(request, wsgi_server, conf_d) -> Iterator[Callable[[Choice], "tuple[
     def start(choose: Choice) -> "tuple[int, Switcher]":
         upstream = Switcher(choose)
         started.append(upstream)
-        conf_d("up.yaml", MANIFEST.format(secret=SECRET, url=upstream.url))
+        conf_d("up.yaml", public_and_private(upstream.url, SECRET))
         return wsgi_server(Gateway(conf_d.root), server=request.param).port, upstream
 
     yield start
