@@ -1,6 +1,6 @@
 """The canonical request path, decided once where a request enters the gateway (Traefik's request-path
-processing), and the headers a client may not pass on: forwarding headers from an untrusted peer, and
-those its ``Connection`` header names.
+processing), and the headers a client may not pass on: forwarding headers (path overrides such as
+``X-Original-URL`` among them) from an untrusted peer, and those its ``Connection`` header names.
 
 A normalising upstream (Python's ``http.server``, most frameworks) decodes and resolves the path it gets.
 If the gateway routed on one spelling and forwarded another, ``/public/..%2Fadmin/x`` or ``//admin/x``
@@ -43,12 +43,17 @@ ENCODED_CHARACTERS: Dict[str, Tuple[str, str]] = {
 }
 ALL_ENCODED = frozenset(escape for _, escape in ENCODED_CHARACTERS.values())
 
+# Headers an earlier proxy sets to name the path it rewrote: IIS URL Rewrite and older Symfony, Zend and Drupal
+# serve that path instead of the request's, so a client's would be routed as one path and served as another.
+PATH_OVERRIDE_HEADERS = ("X-Original-Url", "X-Rewrite-Url", "X-Original-Uri")
 # Client headers about earlier hops: Traefik's forwardedHeaders list, plus Forwarded (RFC 7239) and
-# X-Forwarded-Ssl, which frameworks also believe. Kept only from a --trusted-proxy peer.
+# X-Forwarded-Ssl, which frameworks also believe, and the path overrides (trusted as X-Forwarded-Uri is).
+# Kept only from a --trusted-proxy peer.
 FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Port",
                       "X-Forwarded-Proto", "X-Forwarded-Scheme", "X-Scheme", "X-Forwarded-Server",
                       "X-Forwarded-Uri", "X-Forwarded-Method", "X-Forwarded-Prefix", "X-Forwarded-Ssl",
-                      "X-Forwarded-Tls-Client-Cert", "X-Forwarded-Tls-Client-Cert-Info", "X-Real-Ip")
+                      "X-Forwarded-Tls-Client-Cert", "X-Forwarded-Tls-Client-Cert-Info", "X-Real-Ip",
+                      *PATH_OVERRIDE_HEADERS)
 FORWARDING_KEYS = tuple(environ_key(h) for h in FORWARDING_HEADERS)
 _FORWARDING_SET = frozenset(FORWARDING_KEYS)
 
