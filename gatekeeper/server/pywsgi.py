@@ -19,7 +19,7 @@ import ssl
 from typing import Any, Callable, Optional, Tuple
 
 import gevent
-from gevent.pywsgi import _BAD_REQUEST_RESPONSE, WSGIHandler, WSGIServer  # pywsgi answers these with 400
+from gevent.pywsgi import _BAD_REQUEST_RESPONSE, Input, WSGIHandler, WSGIServer  # pywsgi answers these with 400
 
 from gatekeeper.server.base import (
     BodyDeadline,
@@ -78,8 +78,8 @@ class GatewayHandler(ClientConnection, WSGIHandler):  # type: ignore[misc]
         env: Environ = super().get_environ()
         env[RAW_URI] = self.path
         body = env.get("wsgi.input")
-        if body is not None:   # its reads, bounded all together by --read-timeout
-            body.rfile = DeadlineReader(body.rfile, BodyDeadline(self.server.limits.read_timeout))
+        if isinstance(body, Input):   # an upgrade's is the connection's raw reader: not bounded
+            body.rfile = DeadlineReader(self.rfile, BodyDeadline(self.server.limits.read_timeout))
         protocols = offered(env)
         if protocols:
             env[UPGRADE] = Offer(protocols, self.detach)
