@@ -3,8 +3,9 @@
 A request goes, in this order:
 
 1. the edge (:func:`edge_stack`): metrics and the access log see every request, then the body limit (413);
-2. the entry (:class:`Gateway`): the canonical path is decided once (requestpath.py: the path that routes is
-   the path forwarded), a client's forwarding headers are dropped unless its peer is a trusted proxy;
+2. the entry (:class:`Gateway`): the Host is checked and the canonical path decided once (requestpath.py:
+   the path that routes is the path forwarded), a client's forwarding headers are dropped unless its peer is
+   a trusted proxy;
 3. routing: the current configuration is read once, so a reload mid-request cannot change what it sees;
 4. the router's handler, built when the configuration compiled: middlewares, then the service (the proxy).
 
