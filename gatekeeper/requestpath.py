@@ -138,10 +138,13 @@ def valid_host(host: str) -> bool:
 
 
 def host_refusal(environ: Environ) -> Optional[str]:
-    """Why the request's Host header is refused (RFC 9112 3.2), or None: two Host lines (which the servers
-    join with ``,``) or one that is not ``host[:port]``."""
+    """Why the request's Host header is refused (RFC 9112 3.2), or None: none on HTTP/1.1 (else it would be
+    routed on the listener's address), two Host lines (which the servers join with ``,``) or one that is not
+    ``host[:port]``. HTTP/1.0 may leave it out."""
     host = environ.get("HTTP_HOST")
-    if host is None or host in _VALID_HOSTS_SEEN:
+    if host is None:
+        return "an HTTP/1.1 request must carry a Host header" if environ.get("SERVER_PROTOCOL") == "HTTP/1.1" else None
+    if host in _VALID_HOSTS_SEEN:
         return None
     if not valid_host(host):
         return "the Host header must be one host[:port]"

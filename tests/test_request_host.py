@@ -59,3 +59,20 @@ def test_a_valid_host_routes_and_is_forwarded_as_sent(gateway_port, host):  # no
 def test_addresses_and_an_empty_host_route_on_the_catch_all(gateway_port, host):  # noqa: F811
     answer = send(gateway_port, f"GET /public/index.txt HTTP/1.1\r\nHost: {host}")
     assert status_of(answer) == 200, answer[:300]
+
+
+def test_two_host_lines_are_400(gateway_port):  # noqa: F811
+    """The servers join them into ``gw.test,echo.test``: routed on one, read upstream as either."""
+    answer = send(gateway_port, "GET /x HTTP/1.1\r\nHost: gw.test\r\nHost: echo.test")
+    assert status_of(answer) == 400, answer[:300]
+
+
+@pytest.mark.parametrize("request_line, status", [
+    ("GET /public/index.txt HTTP/1.1", 400),
+    ("GET http://echo.test/x HTTP/1.1", 400),
+    ("GET /public/index.txt HTTP/1.0", 200),
+], ids=["http-1.1", "http-1.1-absolute-form", "http-1.0-may-omit-it"])
+def test_an_http_1_1_request_without_host_is_400(gateway_port, request_line, status):  # noqa: F811
+    """RFC 9112 3.2 (Go: "missing required Host header"): it was routed on the listener's address."""
+    answer = send(gateway_port, request_line)
+    assert status_of(answer) == status, answer[:300]
