@@ -15,7 +15,9 @@ would be routed as public and served as ``/admin/x``. So, before routing, in thi
    entry point allows them; a raw ``\\`` counts as ``%5C`` (Go, hence Traefik, forwards it escaped);
    a ``%`` not followed by two hex digits is 400;
 3. normalisation: escapes of unreserved characters are decoded, the others upper-cased (RFC 3986 6.2.2);
-4. sanitisation (on unless turned off): ``.``, ``..`` and empty segments removed (RFC 3986 5.2.4, 6.2.2.3).
+4. sanitisation (on unless turned off): a ``.`` or ``..`` segment with ``;`` parameters (``/..;x/``) is 400
+   (Tomcat, Jetty and Spring drop the parameters and resolve it); ``.``, ``..`` and empty segments removed
+   (RFC 3986 5.2.4, 6.2.2.3).
 
 The result goes into ``RAW_URI`` (forwarded byte for byte by the proxy) and ``PATH_INFO`` (decoded), the
 same on the fast server, pywsgi and gunicorn, which all put the raw target in ``RAW_URI``.
@@ -212,6 +214,8 @@ def canonical_target(raw: str, policy: PathPolicy) -> str:
         raise Refused("a backslash in the path is refused")
     if "%" in path:
         path = normalize_escapes(path, policy.denied)
+    if policy.sanitize and has_dot_segment_parameters(path):  # before a ".." removes one
+        raise Refused("a dot segment (. or ..) must not carry ;parameters in the path")
     if policy.sanitize and ("/." in path or "//" in path):
         path = remove_dot_segments(path)
     if policy.sanitize and hides_dot_segment(path):
@@ -229,8 +233,31 @@ def hides_dot_segment(path: str) -> bool:
     """
     if "%2F" not in path and "%5C" not in path and "\\" not in path:
         return False
-    separated = path.replace("%2F", "/").replace("%5C", "/").replace("\\", "/")
-    return any(segment in (".", "..") for segment in separated.split("/"))
+    return any(segment in (".", "..") for segment in decoded_segments(path))
+
+
+def has_dot_segment_parameters(path: str) -> bool:
+    """Whether a segment of ``path`` is ``.`` or ``..`` with ``;`` parameters (``%3B`` counted too, where an
+    entry point allows it): Tomcat, Jetty and Spring drop the parameters, then resolve the dots, so
+    ``/pub/..;/admin`` routes on ``/pub`` and is served as ``/admin``. Refused rather than resolved: an
+    upstream that keeps parameters reads ``..;`` as a name, and no real path needs one.
+
+    >>> has_dot_segment_parameters("/pub/..;x=1/admin"), has_dot_segment_parameters("/a;v=1/...;x/.b;y")
+    (True, False)
+    """
+    if ";" not in path and "%3B" not in path:
+        return False
+    for segment in decoded_segments(path):
+        name, semicolon, _ = segment.replace("%3B", ";").partition(";")
+        if semicolon and name in (".", ".."):
+            return True
+    return False
+
+
+def decoded_segments(path: str) -> List[str]:
+    """The segments of ``path`` as an upstream that decodes ``%2F`` and ``%5C`` and reads ``\\`` as ``/`` sees
+    them (the path is normalised: escapes are upper-case)."""
+    return path.replace("%2F", "/").replace("%5C", "/").replace("\\", "/").split("/")
 
 
 def compile_path_policy(policy: PathPolicy) -> Callable[[Environ], Optional[str]]:

@@ -197,6 +197,21 @@ def test_refused_encoded_characters_are_400(gateway_port, target):
 
 
 @pytest.mark.parametrize("target", [
+    "/public/..;/admin/secret.txt",
+    "/public/..;x=1/admin/secret.txt",
+    "/public/%2e%2e;/admin/secret.txt",
+    "/public/.;/../admin/secret.txt",
+    "/public/..;",
+], ids=["dotdot", "dotdot-with-value", "encoded-dotdot", "dot", "last-segment"])
+def test_a_dot_segment_with_path_parameters_is_400(gateway_port, target):
+    """Tomcat, Jetty and Spring drop ``;`` parameters, then resolve ``..``: ``/public/..;/admin/x`` would be
+    routed as public and served as ``/admin/x``."""
+    answer = get(gateway_port, target)
+    assert status_of(answer) == 400, answer[:300]
+    assert SECRET_TEXT.encode() not in answer
+
+
+@pytest.mark.parametrize("target", [
     "//admin/secret.txt",
     "/public/..//admin/secret.txt",
     "/public/../admin/secret.txt",
@@ -340,6 +355,12 @@ def test_escape_hatches_entry_point_then_router(hatch, settings, target, want):
     assert forwarded_uri(hatch(settings), target) == want
 
 
+@pytest.mark.parametrize("target", ["/plain/a;jsessionid=1/b;v=2", "/plain/...;x", "/plain/.hidden;x/y"],
+                         ids=["names", "three-dots-is-a-name", "dot-file"])
+def test_path_parameters_on_other_segments_are_forwarded_as_sent(hatch, target):
+    assert forwarded_uri(hatch(), target) == target
+
+
 def test_per_entrypoint_settings_apply_to_that_entry_point_only(hatch):
     settings = path_settings([("files", frozenset({"%2F"}))])
     assert forwarded_uri(hatch(settings, entrypoint="files"), "/plain/a%2Fb") == "/plain/a%2Fb"
@@ -379,9 +400,11 @@ def test_encoded_characters_middleware_options_are_checked(conf_d, options, erro
     ("/%c3%a9%20", "/%C3%A9%20"),
     ("/a?b=../%2f#", None),
     ("/a?b=../%2f", "/a?b=../%2f"),
+    ("/a/..;x/b", None),
+    ("/a/b;v=1/./c", "/a/b;v=1/c"),
 ], ids=["dots", "trailing-dotdot", "trailing-dot", "above-root", "empty-segments", "encoded-dots",
         "three-dots-is-a-name", "dot-file", "unreserved-decoded", "reserved-upper-cased", "fragment",
-        "query-untouched"])
+        "query-untouched", "dotdot-with-parameter", "parameter-on-a-name"])
 def test_canonical_target(raw, want):
     if want is None:
         with pytest.raises(Refused):
