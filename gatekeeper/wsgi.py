@@ -97,14 +97,41 @@ def raw_target(environ: Environ) -> str:
     return path + "?" + query if query else path
 
 
+def without_credentials(target: str) -> str:
+    """A request target as a log may show it: no query (a token may travel there), no fragment
+    (``#access_token=``) and no userinfo (``http://alice:password@host/``, refused but still logged).
+
+    >>> without_credentials("http://alice:pw@x/a?jwt=t"), without_credentials("/a#access_token=t")
+    ('http://x/a', '/a')
+    """
+    target = target.partition("?")[0].partition("#")[0]
+    if target.startswith("/"):
+        return target
+    scheme, sep, rest = target.partition("://")
+    if not sep:
+        scheme, rest = "", target
+    authority, slash, path = rest.partition("/")
+    return scheme + sep + authority.rpartition("@")[2] + slash + path
+
+
 def log_path(environ: Environ) -> str:
-    """The request path for a log line: never the query string (a token may travel there).
+    """The request path for a log line or a span: :func:`without_credentials`, at most 200 characters.
 
     >>> log_path({"RAW_URI": "/a?jwt=secret"}), len(log_path({"PATH_INFO": "/x" * 300}))
     ('/a', 200)
     """
-    path = str(environ.get(RAW_URI) or environ.get("PATH_INFO") or "/").partition("?")[0][:200]
+    path = without_credentials(str(environ.get(RAW_URI) or environ.get("PATH_INFO") or "/"))[:200]
     return path if path.isprintable() else ascii(path)
+
+
+def log_host(environ: Environ) -> Optional[str]:
+    """The Host header for a log line or a span, without the ``user:password@`` a malformed one may carry.
+
+    >>> log_host({"HTTP_HOST": "alice:pw@api.example:80"}), log_host({})
+    ('api.example:80', None)
+    """
+    host = environ.get("HTTP_HOST")
+    return None if host is None else str(host).rpartition("@")[2]
 
 
 def error_response(status_code: int, message: str = "",

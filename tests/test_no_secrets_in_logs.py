@@ -106,6 +106,31 @@ def test_serve_logs_no_credential_on_failing_paths(server, conf_d, upstream, tmp
     assert sum("garbled status line" in line and "garbled@file" in line for line in lines) == 1, log
 
 
+PASSWORD = "S3cretPassw0rd"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.parametrize("server", SERVERS)
+def test_refused_targets_and_hosts_log_no_userinfo(server, log_format, conf_d, upstream, tmp_path):
+    """``GET http://alice:PASSWORD@x/pub`` and ``Host: alice:PASSWORD@gw`` are refused (400), and a fragment
+    (``#access_token=...``) too, but the access line wrote the target up to ``?`` and the Host as sent."""
+    conf_d("routes.yaml", lb_manifest('pub: {rule: "PathPrefix(`/`)", service: s}', upstream))
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log", "--server", server, "--log-format", log_format)
+    port = int(gk.url.rsplit(":", 1)[1])
+    try:
+        for head in (f"GET http://alice:{PASSWORD}@x/pub HTTP/1.1\r\nHost: gw",
+                     f"GET https://alice:{PASSWORD}@x HTTP/1.1\r\nHost: gw",
+                     f"GET /pub HTTP/1.1\r\nHost: alice:{PASSWORD}@gw",
+                     f"GET /pub#access_token={PASSWORD} HTTP/1.1\r\nHost: gw"):
+            answer = exchange(port, f"{head}\r\nConnection: close\r\n\r\n".encode(), half_close=False)
+            assert status_of(answer) == 400, (head, answer[:200])
+    finally:
+        assert gk.stop() == 0
+    lines = gk.access_lines()
+    assert len(lines) == 4 and PASSWORD not in gk.log(), lines
+    assert "http://x/pub" in lines[0] and "https://x" in lines[1] and "gw" in lines[2], lines
+
+
 # --- in-process: every way an app can fail, on both servers --------------------------------------------
 
 def claims_in_environ(app: Callable) -> Callable:

@@ -35,6 +35,8 @@ from gatekeeper.wsgi import (
     StartResponse,
     WSGIApp,
     environ_key,
+    log_host,
+    without_credentials,
 )
 
 DEFAULT_ENTRYPOINT = "default"   # the --listen listener (and gunicorn's), which has no name
@@ -70,7 +72,7 @@ class Exchange:
         self.clock = time.perf_counter()
         self.client, self.method, self.path = client, method, path
         self.client_port: Optional[str] = None
-        self.host: Optional[str] = None        # the Host header as received
+        self.host: Optional[str] = None        # the Host header as received (less any userinfo)
         self.protocol = "HTTP/1.1"
         self.scheme = "http"
         self.size_in = 0                       # request body: Content-Length (after a 101: bytes relayed in)
@@ -98,9 +100,9 @@ class Exchange:
     def begin(cls, environ: Environ, keep: Sequence[str] = ()) -> "Exchange":
         """Read the request as received, before any middleware rewrites its path or headers; give it an id."""
         raw = environ.get(RAW_URI) or environ.get("PATH_INFO") or "/"
-        exchange = cls(environ.get("REMOTE_ADDR", "-"), environ.get("REQUEST_METHOD", "-"), raw.partition("?")[0])
+        exchange = cls(environ.get("REMOTE_ADDR", "-"), environ.get("REQUEST_METHOD", "-"), without_credentials(raw))
         exchange.client_port = environ.get("REMOTE_PORT")
-        exchange.host = environ.get("HTTP_HOST")
+        exchange.host = log_host(environ)
         exchange.protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
         exchange.scheme = environ.get("wsgi.url_scheme", "http")
         length = environ.get("CONTENT_LENGTH")

@@ -18,6 +18,7 @@ import logging
 import os
 from typing import Any, Dict, Iterable, Mapping, Optional
 
+from gatekeeper.ops.exchange import host_of
 from gatekeeper.wsgi import (
     CLAIMS,
     JWT_REASON,
@@ -30,6 +31,7 @@ from gatekeeper.wsgi import (
     OnClose,
     StartResponse,
     WSGIApp,
+    log_host,
     log_path,
 )
 
@@ -166,7 +168,7 @@ def request_attributes(environ: Environ) -> Dict[str, Any]:
     """
     return {"http.request.method": environ.get("REQUEST_METHOD", ""), "url.path": log_path(environ),
             "url.scheme": environ.get("wsgi.url_scheme", "http"),
-            "server.address": str(environ.get("HTTP_HOST", "")).rpartition(":")[0] or environ.get("HTTP_HOST", ""),
+            "server.address": host_of(log_host(environ) or ""),
             "client.address": environ.get("REMOTE_ADDR", ""),
             "network.protocol.version": str(environ.get("SERVER_PROTOCOL", "")).rpartition("/")[2]}
 
