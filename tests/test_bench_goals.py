@@ -69,3 +69,24 @@ def test_a_contender_gets_its_own_row_of_medians_within_the_rounds(capsys):
     assert (other["rps"], other["cpu_us_per_req"], other["ratio"], other["added_p50_us"]) == (
         2000.0, 150.0, 0.1, 51.0)
     assert "| python=pypy | 64 | 2,000 | 61 | 183 | 0.100 | +51 | 150 (90%) |" in capsys.readouterr().out
+
+
+def test_a_contender_is_judged_against_the_same_caddy_round_by_round():
+    """--python .venv-pypy/bin/python: the interpreter's own req/s ratio to Caddy (per round, then the median)
+    and its added p50 against Caddy's, beside gatekeeper's verdicts."""
+    bench = load_bench()
+    rows = {conns: [{"round": n + 1, "connections": conns, "direct": wrk_result(10000.0, 10.0, 0.0),
+                     "gateway": wrk_result(1000.0, 150.0, 200.0), "ratio": 0.1, "added_p50_us": 140.0,
+                     "caddy": wrk_result(caddy, 100.0, 80.0), "caddy_ratio": caddy / 10000.0,
+                     "caddy_added_p50_us": 90.0, "vs_caddy": 1000.0 / caddy,
+                     "contenders": {"python=pypy": wrk_result(rps, 110.0, 120.0)}}
+                    for n, (caddy, rps) in enumerate([(2000.0, 1000.0), (2000.0, 2200.0), (2000.0, 1900.0)])]
+            for conns in (1, 64)}
+    summary = bench.print_table({f"gatekeeper@{conns}": found for conns, found in rows.items()})
+    memory = {"connections": 1000, "rss_idle_mib": 60.0, "growth_mib": 10.0}
+    lines = [line for line in bench.goal_lines(summary, memory) if line.startswith("  python=pypy")]
+    assert [line.split(" (goal")[0] for line in lines] == [
+        "  python=pypy: req/s vs Caddy, 64 connections: 0.95x",    # per round 0.50, 1.10, 0.95: median
+        "  python=pypy: p99 at 64 connections vs 3x its p50: 330 us",
+        "  python=pypy: added p50 at 1 connection vs Caddy's: 100 us"]
+    assert [line.rsplit(": ", 1)[1] for line in lines] == ["-0.05x from it", "met", "+10 us from it"]
