@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import platform
 import socket
 import struct
 from typing import Callable, Dict, Iterator, List, Optional
@@ -416,6 +417,8 @@ LARGE = 100 * 1024 * 1024
 BLOCK = b"\x5a" * (1024 * 1024)
 
 
+@pytest.mark.skipif(platform.python_implementation() == "PyPy",
+                    reason="PyPy's GC frees large buffers late: 350-475 MiB here (docs/performance.md, PyPy)")
 def test_100mb_upload_and_download_with_bounded_memory(wsgi_server, proxy, echo_upstream):
     def big_download(environ, start_response):
         start_response("200 OK", [("Content-Length", str(LARGE))])

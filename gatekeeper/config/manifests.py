@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+import platform
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -158,7 +159,9 @@ class _LineLoader(_Bounded, yaml.SafeLoader):
         self._start_bounds(stream)
 
 
-try:  # libyaml's C parser, when PyYAML was built with it
+try:  # libyaml's C parser, when PyYAML was built with it (not under PyPy: its C-API emulation cannot subclass it)
+    if platform.python_implementation() == "PyPy":
+        raise ImportError("PyPy: the pure-Python parser, which its JIT runs")
     from yaml._yaml import CParser
 except ImportError:  # the pure-Python parser alone (tests/test_manifests.py runs this path too)
     LOADERS: Tuple[type, ...] = (_LineLoader,)
