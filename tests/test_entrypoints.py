@@ -62,3 +62,19 @@ def test_unreadable_certificate_exits_1_with_message(conf_d, tmp_path):
                              "--entrypoint", f"secure=127.0.0.1:0,tls={tmp_path}/no.pem:{tmp_path}/no.key"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "entry point secure: cannot load tls=" in result.stderr
+
+
+@pytest.mark.parametrize("routes, warned", [(ROUTES, True), ('only-web: {rule: "PathPrefix(`/web`)", service: s, '
+                                                             'entryPoints: [web]}', False)], ids=["two", "one"])
+def test_one_listener_for_routers_split_over_entry_points_is_warned_at_start(conf_d, echo_upstream, tmp_path,
+                                                                             routes, warned):
+    """Without --entrypoint, --listen serves every router: routers split over web and secure are all reachable
+    on it (as a conf.d written for one entry point, such as the seeds' websecure, must run as it is)."""
+    conf_d("api.yaml", lb_manifest(routes, echo_upstream.url))
+    gk = Gatekeeper(conf_d.root, tmp_path / "gk.log")
+    try:
+        assert requests.get(gk.url + "/web", timeout=5).status_code == 200
+    finally:
+        assert gk.stop() == 0
+    line = "routers name the entry points secure, web, but --listen serves every router on one listener"
+    assert (line in gk.log()) is warned, gk.log()

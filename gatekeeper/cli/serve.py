@@ -300,6 +300,19 @@ def start_line(settings: Settings, listeners: Listeners, config: Any) -> str:
             f"{len(config.routers)} routers, {len(config.errors)} errors){extra}")
 
 
+def warn_if_entry_points_merge(settings: Settings, config: Any) -> None:
+    """Without ``--entrypoint``, the one ``--listen`` listener serves every router whatever its ``entryPoints``
+    (so a conf.d written for ``websecure`` runs as it is). Routers split over two or more entry points (say
+    ``web`` and ``internal``) are then all reachable on it: said at start, with the way to keep them apart."""
+    if settings.entrypoint:
+        return
+    named = sorted({name for router in config.routers for name in router.definition.entry_points})
+    if len(named) > 1:
+        logging.getLogger("gatekeeper.serve").warning(
+            "routers name the entry points %s, but --listen serves every router on one listener: give "
+            "--entrypoint NAME=HOST:PORT for each, or routers meant for one are reachable on all", ", ".join(named))
+
+
 def run(settings: Settings) -> int:
     """``gatekeeper serve``: patch, bind every listener, load conf.d, then serve here or in N workers.
 
@@ -335,6 +348,8 @@ def run(settings: Settings) -> int:
         print(*(str(err).splitlines()[0] for err in config.errors), sep="\n", file=sys.stderr)
         print(f"gatekeeper: --strict: {len(config.errors)} configuration error(s); not starting", file=sys.stderr)
         return 1
+
+    warn_if_entry_points_merge(settings, config)
 
     def announce() -> None:
         print(start_line(settings, listeners, config), flush=True)
