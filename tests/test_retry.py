@@ -35,7 +35,8 @@ def running() -> Iterator[List]:
 
 @pytest.fixture
 def gateway(tmp_path: Path, running) -> Callable[..., str]:
-    def start(servers: List[str], retry: str = "{attempts: 2}", middlewares: str = "[retry]") -> str:
+    def start(servers: List[str], retry: str = "{attempts: 2}", middlewares: str = "[retry]",
+              rewrite: str = "{stripPrefix: {prefixes: [/api]}}") -> str:
         root = tmp_path / "conf.d"
         root.mkdir()
         urls = ", ".join(f'{{url: "{u}"}}' for u in servers)
@@ -46,6 +47,7 @@ http:
   middlewares:
     retry: {{retry: {retry}}}
     auth: {{plugin: {{jwt: {{signingSecret: "{SECRET}"}}}}}}
+    rewrite: {rewrite}
   services:
     app: {{loadBalancer: {{servers: [{urls}]}}}}
 """)
@@ -159,3 +161,39 @@ def test_the_written_marker_is_per_greenlet():
         REQUEST_WRITTEN.reset(token)
     gevent.joinall([gevent.spawn(attempt, []), gevent.spawn(attempt, [])])
     assert seen == [True, True] and REQUEST_WRITTEN.get() is None
+
+
+def path_recorder(seen: List[str]) -> Callable:
+    def app(environ, start_response):
+        seen.append(f"{environ['PATH_INFO']} {environ.get('HTTP_AUTHORIZATION') is not None}")
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+    return app
+
+
+@pytest.mark.parametrize("rewrite, sent, forwarded", [
+    ("{stripPrefix: {prefixes: [/api]}}", "/api/api/admin/x", "/api/admin/x"),
+    ("{addPrefix: {prefix: /v1}}", "/x", "/v1/x"),
+    ("{replacePathRegex: {regex: '^/api/(.*)', replacement: '/$1'}}", "/api/api/admin/x", "/api/admin/x"),
+], ids=["stripPrefix", "addPrefix", "replacePathRegex"])
+def test_every_attempt_starts_from_the_request_retry_got(gateway, wsgi_server, free_port, rewrite, sent, forwarded):
+    """The middlewares after retry rewrite the request in place: a second attempt over the first one's result
+    stripped /api twice, sending /api/api/admin/x to /admin/x, past the router (and claims) guarding it."""
+    seen: List[str] = []
+    url = gateway([f"http://127.0.0.1:{free_port}", wsgi_server(path_recorder(seen)).url],
+                  middlewares="[retry, rewrite]", rewrite=rewrite)
+    assert [requests.get(url + sent, timeout=10).status_code for _ in range(2)] == [200, 200]  # round robin:
+    assert seen == [f"{forwarded} False"] * 2                                                  # one went first to
+                                                                                               # the dead server
+
+
+def test_a_retried_request_keeps_its_token(gateway, wsgi_server, free_port):
+    """[retry, jwt]: the first attempt's JWT middleware removed Authorization before forwarding; the second
+    attempt refused the same valid request with 401."""
+    from gatekeeper.jwt.mint import mint
+    seen: List[str] = []
+    url = gateway([f"http://127.0.0.1:{free_port}", wsgi_server(path_recorder(seen)).url], middlewares="[retry, auth]")
+    token = mint({"sub": "alice", "exp": int(time.time()) + 300}, secret=SECRET)
+    codes = [requests.get(url + "/x", headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code
+             for _ in range(2)]
+    assert codes == [200, 200] and seen == ["/x False"] * 2

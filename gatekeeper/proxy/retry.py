@@ -8,6 +8,11 @@ while waiting for the answer), since the upstream may have acted on it, and so d
 the proxy (a middleware's 401). Nothing goes to the client until an attempt is kept: a failed attempt's canned
 502/504 is discarded, so a retry never follows bytes sent to the client.
 
+Every attempt starts from the request as ``retry`` received it (:func:`restart`): the middlewares after it
+rewrite the environ in place (``stripPrefix``, ``addPrefix``, the JWT middleware removing ``Authorization``),
+and a second pass over the first attempt's result would strip ``/api`` twice, sending
+``/api/api/admin/x`` to ``/admin/x`` past the router that guards it.
+
 The waits follow Traefik (cenkalti/backoff): the first is ``initial_interval``, each next one grows by
 ``2 ** (1 / (attempts - 1))`` so the last stays within twice the first, each randomised by +-50%;
 ``initial_interval`` 0 retries at once.
@@ -76,6 +81,7 @@ def retry(attempts: int, initial_interval: float = 0.0,
             return app
 
         def retried(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+            original = dict(environ)
             for wait in waits:
                 environ.pop(UPSTREAM_ERROR, None)
                 attempt, written = Attempt(), cast(List[bool], [])
@@ -92,8 +98,15 @@ def retry(attempts: int, initial_interval: float = 0.0,
                     close()
                 if wait > 0:
                     sleep(wait * (1 + RANDOMIZATION * (2 * random.random() - 1)))  # jitter, as Traefik
-                environ[RETRY_ATTEMPTS] = environ.get(RETRY_ATTEMPTS, 0) + 1   # the access log's and metrics'
-            environ.pop(UPSTREAM_ERROR, None)
+                restart(environ, original, environ.get(RETRY_ATTEMPTS, 0) + 1)
             return app(environ, start_response)  # the last attempt answers the client, whatever happens
         return retried
     return wrap
+
+
+def restart(environ: Environ, original: Environ, attempts: int) -> None:
+    """``environ`` as ``retry`` received it, in place (the edge's access log and metrics keep this dict), with
+    the count of attempts made so far for them."""
+    environ.clear()
+    environ.update(original)
+    environ[RETRY_ATTEMPTS] = attempts
