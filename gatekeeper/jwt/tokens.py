@@ -40,14 +40,17 @@ class TokenPlaces:
     def find(self, environ: Environ) -> Optional[str]:
         """The request's one token; ``ambiguous_token`` for more than one. Empty values are no token."""
         found = self._header_tokens(environ.get(self.header_key))
+        unread_form = False
         if self.token_key is not None:
-            found += _query_values(environ, self.token_key) + _form_values(environ, self.token_key)
+            form = _form_values(environ, self.token_key)
+            unread_form = form is None
+            found += _query_values(environ, self.token_key) + (form or [])
         if self.query is not None and self.query != self.token_key:
             found += _query_values(environ, self.query)
         if self.cookie is not None:
             found += cookie_values(environ.get("HTTP_COOKIE"), self.cookie)
-        if len(found) > 1:
-            raise unauthorized("ambiguous_token")
+        if len(found) > 1 or (found and unread_form):
+            raise unauthorized("ambiguous_token")   # (a form too large or chunked may hold a second one)
         return found[0] if found else None
 
     def _header_tokens(self, value: Optional[str]) -> List[str]:
@@ -135,18 +138,21 @@ def _pairs_named(text: str, name: str) -> List[str]:
     return [value for key, value in parse_qsl(text, keep_blank_values=True) if key == name and value]
 
 
-def _form_values(environ: Environ, name: str) -> List[str]:
+def _form_values(environ: Environ, name: str) -> Optional[List[str]]:
     """Every non-empty value of a field of a urlencoded body (at most 1 MiB); the body is put back so
-    the upstream gets it intact."""
+    the upstream gets it intact. None for a urlencoded body that is not read (chunked, or past 1 MiB): it
+    may hold a token the upstream reads, so beside another token it counts as a second one."""
     media_type = (environ.get("CONTENT_TYPE") or "").split(";", 1)[0].strip().lower()
     if media_type != "application/x-www-form-urlencoded":
         return []
     try:
         length = int(environ.get("CONTENT_LENGTH") or "")
     except ValueError:
+        return None if environ.get("HTTP_TRANSFER_ENCODING") else []
+    if length == 0:
         return []
     if not 0 < length <= MAX_FORM_BYTES:
-        return []
+        return None
     body = _read_exactly(environ["wsgi.input"], length)
     environ["wsgi.input"] = io.BytesIO(body)
     return _pairs_named(body.decode("latin-1"), name)
