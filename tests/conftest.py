@@ -3,9 +3,17 @@
 The test process is monkey-patched exactly as ``gatekeeper serve`` is (``patch_all(queue=False)``, see
 STYLE.md's gevent + watchdog trap), so a gevent server started here serves while the test's own
 ``requests`` client waits on it.
+
+One difference: names are resolved on the hub's thread (``gevent.config.resolver = "block"``; every test
+talks to 127.0.0.1). gevent's default resolver runs each ``getaddrinfo`` in a native thread, where the
+garbage collector can run the finalizers of the test clients' dropped urllib3 pools; their gevent locks fail
+there, and the unraisable warning failed whichever test was running (tests/test_drain.py, in CI). The
+gateway processes the tests start keep gevent's default.
 """
+import gevent
 from gevent import monkey
 
+gevent.config.resolver = "block"   # before the hub exists (see above)
 monkey.patch_all(queue=False)
 
 import datetime
@@ -16,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-import gevent
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
