@@ -47,14 +47,12 @@ class Collector:
             table[obj.name] = obj
             return
         if first is not None and same_definition(first, obj):
-            reason = f"defined again, the same way (the definition in {first.source} serves)"
-            self.error(ConfigError(reason, file=obj.source.file, line=obj.source.line, obj=f'{kind} "{obj.name}"'))
+            self.error(defined_at(kind, obj, f"defined again, the same way (the definition in {first.source} serves)"))
             return
-        reason = (f"defined again, differently (first definition in {first.source if first else 'an earlier file'}): "
-                  "neither definition serves until one is renamed or removed; names are global across conf.d "
-                  "(Kubernetes objects are namespace-name@kubernetescrd)")
-        self.conflict(kind, obj.name, ConfigError(reason, file=obj.source.file, line=obj.source.line,
-                                                  obj=f'{kind} "{obj.name}"'))
+        self.conflict(kind, obj.name, defined_at(kind, obj, (
+            f"defined again, differently (first definition in {first.source if first else 'an earlier file'}): "
+            "neither definition serves until one is renamed or removed; names are global across conf.d "
+            "(Kubernetes objects are namespace-name@kubernetescrd)")))
 
     def conflict(self, kind: str, name: str, err: ConfigError) -> None:
         """No definition of ``name`` from this snapshot serves: compile keeps its last good version; without
@@ -120,6 +118,11 @@ class Collector:
             operations = recorded.ops
         for op, args in operations:
             getattr(self, op)(*args)
+
+
+def defined_at(kind: str, obj: Definition, reason: str) -> ConfigError:
+    """``reason`` about ``obj``, located where it is defined."""
+    return ConfigError(reason, file=obj.source.file, line=obj.source.line, obj=f'{kind} "{obj.name}"')
 
 
 def same_definition(first: Definition, second: Definition) -> bool:

@@ -165,10 +165,8 @@ def index_objects(docs: List[Document], out: Collector, options: Optional[KubeOp
 
 
 def duplicate(first: KubeObject, again: KubeObject, cluster: Cluster, out: Collector) -> None:
-    """An object defined twice: the same way is only reported; differently, neither version is used
-    (``cluster.conflicts``): what reads it is in error, so a stray copy in a file that sorts first cannot
-    replace a Middleware, a Secret's signing key or a Service's endpoints. Traefik keeps the first; see
-    docs/configuration.md."""
+    """An object defined twice: the same way, reported; differently, neither version is used (``conflicts``), so
+    a stray copy sorting first cannot replace a Middleware, a Secret's signing key or a Service's endpoints."""
     if first.body == again.body:
         out.error(again.located(ConfigError(f"defined again, the same way (the definition in {first.doc.file} "
                                             "serves)")))
@@ -178,16 +176,12 @@ def duplicate(first: KubeObject, again: KubeObject, cluster: Cluster, out: Colle
     out.error(again.located(ConfigError(reason)))
     cluster.conflicts.setdefault((first.kind, first.namespace, first.name), reason)
     if first.kind == "EndpointSlice":  # the Services both versions name lose their endpoints
-        for obj in (first, again):
-            labels = (obj.body.get("metadata") or {}).get("labels") or {}
-            service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
-            if service:
-                cluster.conflicts.setdefault(("Endpoints", first.namespace, str(service)), reason)
+        for service in filter(None, map(slice_service, (first, again))):
+            cluster.conflicts.setdefault(("Endpoints", first.namespace, service), reason)
 
 
 def mark_conflicted_services(cluster: Cluster) -> None:
-    """A Service, or its Endpoints, defined twice differently: the Service is in error (its routes answer 503
-    or keep their last good version)."""
+    """A Service, or its Endpoints, defined twice differently: the Service is in error (503, or last good)."""
     for (kind, namespace, name), reason in cluster.conflicts.items():
         if kind in ("Service", "Endpoints"):
             cluster.services[(namespace, name)] = KubeService(namespace, name, problem=reason)
@@ -361,8 +355,7 @@ def address_ip(entry: Any, where: str) -> str:
 
 def index_endpoint_slice(obj: KubeObject, cluster: Cluster) -> None:
     """EndpointSlice (discovery.k8s.io/v1): belongs to the Service named by its ``kubernetes.io/service-name``."""
-    labels = (obj.body.get("metadata") or {}).get("labels") or {}
-    service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
+    service = slice_service(obj)
     if not service:
         raise ConfigError(f"metadata.labels: {SERVICE_NAME_LABEL} is required (it names the Service)")
     endpoints = []
@@ -374,7 +367,14 @@ def index_endpoint_slice(obj: KubeObject, cluster: Cluster) -> None:
         for address in want_str_list(entry.get("addresses") or [], f"{where}.addresses"):
             endpoints.append(Endpoint(address, ready, serving))
     group = EndpointGroup(read_endpoint_ports(obj.body.get("ports"), "ports"), tuple(endpoints))
-    cluster.endpoints.setdefault((obj.namespace, str(service)), []).append(group)
+    cluster.endpoints.setdefault((obj.namespace, service), []).append(group)
+
+
+def slice_service(obj: KubeObject) -> Optional[str]:
+    """The Service an EndpointSlice belongs to, by its ``kubernetes.io/service-name`` label; None without."""
+    labels = (obj.body.get("metadata") or {}).get("labels") or {}
+    service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
+    return str(service) if service else None
 
 
 def endpoint_conditions(conditions: Any, where: str) -> Tuple[bool, bool]:
