@@ -12,17 +12,10 @@ import textwrap
 import pytest
 import requests
 from serve_process import ROOT, Gatekeeper
-from test_fail_closed import SECRET, file_manifests, kube_manifests, status, write
+from test_fail_closed import SECRET, file_manifests, kube_manifests, protected_gateway, reload, status, write
 
 from gatekeeper.app import Gateway
 from gatekeeper.jwt.mint import mint
-
-
-def reload(gateway: Gateway) -> None:
-    before = gateway.loader.generation
-    gateway.loader.reload("test")
-    assert gateway.loader.wait_for_generation(before + 1, 5)
-
 
 DUPLICATES = {
     # a copied file that sorts first redefines the JWT middleware as something harmless
@@ -34,10 +27,7 @@ DUPLICATES = {
 
 @pytest.mark.parametrize("kind", list(DUPLICATES))
 def test_a_name_defined_again_differently_keeps_the_last_good_version(conf_d, wsgi_server, echo_upstream, kind):
-    write(conf_d.root, file_manifests(echo_upstream.url))
-    gateway = Gateway(conf_d.root)
-    server = wsgi_server(gateway)
-    assert (status(server.url + "/api/x"), status(server.url + "/api/x", auth=True)) == (401, 200)
+    gateway, server = protected_gateway(conf_d.root, wsgi_server, file_manifests(echo_upstream.url))
     (conf_d.root / "00-copy.yaml").write_text(DUPLICATES[kind])
     reload(gateway)
     assert any("defined again, differently" in str(e) for e in gateway.config.errors)
@@ -62,10 +52,7 @@ COLLIDING = {
 @pytest.mark.parametrize("case", list(COLLIDING))
 def test_a_kubernetes_name_that_normalizes_alike_does_not_replace_the_jwt(conf_d, wsgi_server, echo_upstream,
                                                                           case):
-    write(conf_d.root, kube_manifests(echo_upstream.port))
-    gateway = Gateway(conf_d.root)
-    server = wsgi_server(gateway)
-    assert (status(server.url + "/api/x"), status(server.url + "/api/x", auth=True)) == (401, 200)
+    gateway, server = protected_gateway(conf_d.root, wsgi_server, kube_manifests(echo_upstream.port))
     (conf_d.root / "00-other.yaml").write_text(
         f"apiVersion: traefik.io/v1alpha1\nkind: Middleware\n{COLLIDING[case]}\n"
         "spec: {headers: {customResponseHeaders: {X-Frame-Options: DENY}}}\n")
@@ -118,10 +105,7 @@ def test_a_router_naming_an_entry_point_that_does_not_exist_answers_503(conf_d, 
 def test_a_file_caught_blank_keeps_the_protected_route(conf_d, wsgi_server, echo_upstream):
     """An in-place save caught between its truncate and its write: a blank file is not taken as "delete
     everything here" (the protected router would go, and /api would fall through to the catch-all)."""
-    write(conf_d.root, file_manifests(echo_upstream.url))
-    gateway = Gateway(conf_d.root)
-    server = wsgi_server(gateway)
-    assert (status(server.url + "/api/x"), status(server.url + "/api/x", auth=True)) == (401, 200)
+    gateway, server = protected_gateway(conf_d.root, wsgi_server, file_manifests(echo_upstream.url))
     (conf_d.root / "api.yaml").write_text("\n")
     reload(gateway)
     assert status(server.url + "/api/x") == 401

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict, Tuple
 
 import pytest
 import requests
 
 from gatekeeper.app import Gateway
 from gatekeeper.jwt.mint import mint
+from tests.conftest import RunningServer
 
 SECRET = "a-signing-secret-long-enough-for-hs256"
 
@@ -88,6 +89,23 @@ def status(url: str, auth: bool = False) -> int:
     return requests.get(url, headers=headers, timeout=5).status_code
 
 
+def protected_gateway(root: Path, wsgi_server: Callable[..., RunningServer],
+                      files: Dict[str, str]) -> Tuple[Gateway, RunningServer]:
+    """``files`` written and served; /api checks tokens (401 without one, 200 with)."""
+    write(root, files)
+    gateway = Gateway(root)
+    server = wsgi_server(gateway)
+    assert (status(server.url + "/api/x"), status(server.url + "/api/x", auth=True)) == (401, 200)
+    return gateway, server
+
+
+def reload(gateway: Gateway) -> None:
+    """A reload of conf.d as the watcher makes one, waited for."""
+    before = gateway.loader.generation
+    gateway.loader.reload("test")
+    assert gateway.loader.wait_for_generation(before + 1, 5)
+
+
 def files_at_start(upstream: str, port: int, case: str) -> Dict[str, str]:
     return {
         "middleware-typo": file_manifests(upstream, "{rule: 'PathPrefix(`/api`)', middleware: [jwt], service: api}"),
@@ -147,14 +165,9 @@ EDITS = {
 @pytest.mark.parametrize("edit", list(EDITS))
 def test_live_edit_in_error_keeps_the_protected_route(conf_d, wsgi_server, echo_upstream, edit):
     """Before: the route disappeared and /api/... fell through to the public route: 200 without a token."""
-    write(conf_d.root, kube_manifests(echo_upstream.port))
-    gateway = Gateway(conf_d.root)
-    server = wsgi_server(gateway)
-    assert (status(server.url + "/api/x"), status(server.url + "/api/x", auth=True)) == (401, 200)
-    before = gateway.loader.generation
+    gateway, server = protected_gateway(conf_d.root, wsgi_server, kube_manifests(echo_upstream.port))
     write(conf_d.root, EDITS[edit](echo_upstream.url, echo_upstream.port))
-    gateway.loader.reload("test")
-    assert gateway.loader.wait_for_generation(before + 1, 5)
+    reload(gateway)
     assert gateway.config.errors, "the mistake is reported"
     assert status(server.url + "/api/x") in (401, 503)
     assert status(server.url + "/other") == 200
@@ -166,12 +179,10 @@ def test_live_edit_of_a_server_url_keeps_the_last_good_service(conf_d, wsgi_serv
     gateway = Gateway(conf_d.root)
     server = wsgi_server(gateway)
     assert status(server.url + "/api/x", auth=True) == 200
-    before = gateway.loader.generation
     no_scheme = echo_upstream.url.replace("http://", "")
     api_service = f"{{loadBalancer: {{servers: [{{url: '{no_scheme}'}}]}}}}"
     write(conf_d.root, file_manifests(echo_upstream.url, api_service=api_service))
-    gateway.loader.reload("test")
-    assert gateway.loader.wait_for_generation(before + 1, 5)
+    reload(gateway)
     built = gateway.config.services["api@file"]
     assert (built.stale, built.definition.servers[0].url) == (True, echo_upstream.url)
     assert any('service "api@file"' in str(e) for e in gateway.config.errors)
@@ -206,14 +217,10 @@ def test_live_edit_breaking_a_document_keeps_the_files_last_good_version(conf_d,
                                                                        edit):
     """Before: every object of the document vanished and /api/... fell to the public catch-all: 200."""
     kube = edit.startswith("kube")
-    write(conf_d.root, kube_manifests(echo_upstream.port) if kube else file_manifests(echo_upstream.url))
-    gateway = Gateway(conf_d.root)
-    server = wsgi_server(gateway)
-    assert (status(server.url + "/api/x"), status(server.url + "/api/x", auth=True)) == (401, 200)
-    before = gateway.loader.generation
+    files = kube_manifests(echo_upstream.port) if kube else file_manifests(echo_upstream.url)
+    gateway, server = protected_gateway(conf_d.root, wsgi_server, files)
     write(conf_d.root, DOCUMENT_EDITS[edit](echo_upstream.url, echo_upstream.port))
-    gateway.loader.reload("test")
-    assert gateway.loader.wait_for_generation(before + 1, 5)
+    reload(gateway)
     errors = [str(e) for e in gateway.config.errors]
     assert any("serving the last good version of this file" in e for e in errors), errors
     assert (status(server.url + "/api/x"), status(server.url + "/api/x", auth=True)) == (401, 200)
